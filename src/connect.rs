@@ -1,0 +1,224 @@
+//! Opening one physical connection: token, connect, classify, retry.
+
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::ClientWrapper;
+use tokio::time::Instant;
+use tokio_postgres::NoTls;
+use tracing::Instrument;
+
+use crate::credentials::{Credential, TokenCache};
+use crate::error::{BoxError, Error};
+use crate::pool::Counters;
+use crate::retry::{ErrorClass, RetryPolicy, classify};
+
+/// Opens connections with the token the cache holds at that moment, retrying transient
+/// failures within the policy's deadline.
+pub(crate) struct Connector {
+    /// Everything but the password, which is set per attempt.
+    pg_config: tokio_postgres::Config,
+    /// `user@host:port/dbname`, for errors and tracing.
+    target: String,
+    tokens: TokenCache,
+    retry: RetryPolicy,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("target", &self.target)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One attempt ran past the connect timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("connection attempt timed out after {0:.1?} (see `RetryPolicy::connect_timeout`)")]
+struct AttemptTimedOut(Duration);
+
+enum AttemptError {
+    Postgres(tokio_postgres::Error),
+    TimedOut(AttemptTimedOut),
+}
+
+impl AttemptError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            AttemptError::Postgres(e) => classify(e),
+            AttemptError::TimedOut(_) => ErrorClass::Transient,
+        }
+    }
+
+    fn into_boxed(self) -> BoxError {
+        match self {
+            AttemptError::Postgres(e) => Box::new(e),
+            AttemptError::TimedOut(e) => Box::new(e),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            AttemptError::Postgres(e) => error_chain(e),
+            AttemptError::TimedOut(e) => error_chain(e),
+        }
+    }
+}
+
+/// `error: cause: cause ...`, for log lines (tokio-postgres's own `Display` is just "db error").
+fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+impl Connector {
+    pub(crate) fn new(
+        pg_config: tokio_postgres::Config,
+        target: String,
+        tokens: TokenCache,
+        retry: RetryPolicy,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Connector {
+            pg_config,
+            target,
+            tokens,
+            retry,
+            counters,
+        }
+    }
+
+    pub(crate) fn target(&self) -> &str {
+        &self.target
+    }
+
+    pub(crate) fn tokens(&self) -> &TokenCache {
+        &self.tokens
+    }
+
+    /// Opens one connection, or explains why it could not.
+    pub(crate) async fn connect(&self) -> Result<ClientWrapper, Error> {
+        let span = tracing::info_span!("lakebase.connect", target = %self.target);
+        self.connect_with_retries().instrument(span).await
+    }
+
+    async fn connect_with_retries(&self) -> Result<ClientWrapper, Error> {
+        let started = Instant::now();
+        let deadline = started + self.retry.total_deadline();
+        let mut credential = self.tokens.token().await?;
+        let mut refreshed_after_rejection = false;
+        let mut attempts: u32 = 0;
+        loop {
+            attempts += 1;
+            // The first attempt always runs, even with a zero deadline (`RetryPolicy::no_retry`).
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = if attempts == 1 {
+                self.retry.attempt_timeout()
+            } else {
+                self.retry.attempt_timeout().min(left)
+            };
+            let error = match self.attempt(&credential, timeout).await {
+                Ok(client) => {
+                    self.counters.connection_opened();
+                    tracing::debug!(attempts, elapsed_ms = millis(started.elapsed()), "connection opened");
+                    return Ok(client);
+                }
+                Err(error) => error,
+            };
+            self.counters.attempt_failed();
+            let class = error.class();
+            match (class, error) {
+                (ErrorClass::Auth, AttemptError::Postgres(source)) => {
+                    if refreshed_after_rejection {
+                        tracing::warn!(error = %error_chain(&source), "login rejected with a fresh token");
+                        return Err(Error::AuthRejected {
+                            target: self.target.clone(),
+                            source,
+                        });
+                    }
+                    refreshed_after_rejection = true;
+                    self.counters.auth_refresh();
+                    tracing::info!(
+                        attempt = attempts,
+                        cause = %error_chain(&source),
+                        "login rejected; minting a fresh token and retrying once"
+                    );
+                    credential = self.tokens.force_refresh(&credential).await?;
+                }
+                (ErrorClass::Fatal, AttemptError::Postgres(source)) => {
+                    tracing::warn!(cause = %error_chain(&source), "connect failed with a non-retryable error");
+                    return Err(Error::Connect {
+                        target: self.target.clone(),
+                        source,
+                    });
+                }
+                // Transient or rate limited (a timed-out attempt is always transient).
+                (_, error) => {
+                    let delay = self.retry.delay(attempts, class, fastrand::f64());
+                    if Instant::now() + delay >= deadline {
+                        tracing::warn!(
+                            attempts,
+                            cause = %error.describe(),
+                            "giving up: the retry deadline has passed"
+                        );
+                        return Err(Error::ConnectRetriesExhausted {
+                            target: self.target.clone(),
+                            attempts,
+                            elapsed: started.elapsed(),
+                            source: error.into_boxed(),
+                        });
+                    }
+                    self.counters.retry(class);
+                    tracing::info!(
+                        attempt = attempts,
+                        delay_ms = millis(delay),
+                        rate_limited = class == ErrorClass::RateLimited,
+                        cause = %error.describe(),
+                        "connect failed with a transient error; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    // Retries can take a while; pick up a token refreshed meanwhile.
+                    credential = self.tokens.token().await?;
+                }
+            }
+        }
+    }
+
+    /// One connection attempt: TCP, TLS and login under one timeout (tokio-postgres's own
+    /// `connect_timeout` covers the TCP connect only).
+    async fn attempt(
+        &self,
+        credential: &Credential,
+        timeout: Duration,
+    ) -> Result<ClientWrapper, AttemptError> {
+        let mut config = self.pg_config.clone();
+        let _ = config.password(credential.secret().expose());
+        let (client, connection) = match tokio::time::timeout(timeout, config.connect(NoTls)).await
+        {
+            Err(_) => return Err(AttemptError::TimedOut(AttemptTimedOut(timeout))),
+            Ok(result) => result.map_err(AttemptError::Postgres)?,
+        };
+        let task = tokio::spawn(
+            async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(error = %error_chain(&error), "connection ended with an error");
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(ClientWrapper::new(client, task))
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,858 @@
+//! `TokenCache`: when to ask the provider for a new token, and what to serve meanwhile.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tracing::Instrument;
+
+use super::{Credential, CredentialProvider};
+use crate::defaults;
+use crate::error::{Error, SharedError};
+
+/// A token with less life left than this is never handed out, even as a fallback: the login
+/// it is used for must still complete before it expires.
+const LOGIN_MARGIN: Duration = Duration::from_secs(5);
+
+/// When the [`TokenCache`] asks its provider for a new token.
+///
+/// The defaults suit Lakebase tokens, which live for an hour and are checked by Postgres only
+/// at login:
+///
+/// | setting | default | meaning |
+/// |---|---|---|
+/// | [`min_remaining`](Self::min_remaining) | 2 min | a cached token with less life left is not reused; callers wait for a new one |
+/// | [`refresh_ahead`](Self::refresh_ahead) | 15 min | once less life is left, one background refresh starts; callers keep the cached token meanwhile |
+/// | [`mint_timeout`](Self::mint_timeout) | 30 s | a provider call that takes longer fails |
+/// | [`failure_backoff`](Self::failure_backoff) | 1 s doubling to 30 s | after a failed mint, no new attempt before this; a still-valid token is served meanwhile |
+///
+/// [`CachePolicy::per_connect`] instead mints a new token for every physical connection, like
+/// the Python recipe in the Lakebase docs. It costs one workspace call per connection and
+/// gives up single-flight minting; use it only when each connection must have its own token.
+///
+/// ```
+/// use std::time::Duration;
+/// use lakebase_pool::CachePolicy;
+///
+/// let policy = CachePolicy::default()
+///     .refresh_ahead(Duration::from_secs(10 * 60))
+///     .min_remaining(Duration::from_secs(60));
+/// # let _ = policy;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachePolicy {
+    min_remaining: Duration,
+    refresh_ahead: Duration,
+    mint_timeout: Duration,
+    failure_backoff: Duration,
+    max_failure_backoff: Duration,
+    per_connect: bool,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        CachePolicy {
+            min_remaining: defaults::TOKEN_MIN_REMAINING,
+            refresh_ahead: defaults::TOKEN_REFRESH_AHEAD,
+            mint_timeout: defaults::TOKEN_MINT_TIMEOUT,
+            failure_backoff: defaults::TOKEN_FAILURE_BACKOFF,
+            max_failure_backoff: defaults::TOKEN_MAX_FAILURE_BACKOFF,
+            per_connect: false,
+        }
+    }
+}
+
+impl CachePolicy {
+    /// Mint a new token for every physical connection instead of reusing a cached one.
+    /// Stale-while-valid fallback, back-off and timeouts still apply.
+    ///
+    /// ```
+    /// let policy = lakebase_pool::CachePolicy::per_connect();
+    /// # let _ = policy;
+    /// ```
+    pub fn per_connect() -> Self {
+        CachePolicy {
+            per_connect: true,
+            ..CachePolicy::default()
+        }
+    }
+
+    /// A cached token is reused only while at least this much of its life is left.
+    ///
+    /// Default: 2 minutes.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let policy = lakebase_pool::CachePolicy::default().min_remaining(Duration::from_secs(60));
+    /// # let _ = policy;
+    /// ```
+    #[must_use]
+    pub fn min_remaining(mut self, min_remaining: Duration) -> Self {
+        self.min_remaining = min_remaining;
+        self
+    }
+
+    /// Start one background refresh once a cached token has less than this much life left.
+    /// Must not be shorter than [`min_remaining`](Self::min_remaining).
+    ///
+    /// Default: 15 minutes.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let policy = lakebase_pool::CachePolicy::default().refresh_ahead(Duration::from_secs(600));
+    /// # let _ = policy;
+    /// ```
+    #[must_use]
+    pub fn refresh_ahead(mut self, refresh_ahead: Duration) -> Self {
+        self.refresh_ahead = refresh_ahead;
+        self
+    }
+
+    /// How long one call to the provider may take before it counts as failed.
+    ///
+    /// Default: 30 seconds.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let policy = lakebase_pool::CachePolicy::default().mint_timeout(Duration::from_secs(10));
+    /// # let _ = policy;
+    /// ```
+    #[must_use]
+    pub fn mint_timeout(mut self, mint_timeout: Duration) -> Self {
+        self.mint_timeout = mint_timeout;
+        self
+    }
+
+    /// After a failed mint, wait `initial` before asking the provider again, doubling after
+    /// each further failure up to `max`. Callers arriving meanwhile get the still-valid cached
+    /// token, or, when there is none, [`Error::Credentials`] at once.
+    ///
+    /// Default: 1 second doubling up to 30 seconds.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let policy = lakebase_pool::CachePolicy::default()
+    ///     .failure_backoff(Duration::from_millis(500), Duration::from_secs(10));
+    /// # let _ = policy;
+    /// ```
+    #[must_use]
+    pub fn failure_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.failure_backoff = initial;
+        self.max_failure_backoff = max;
+        self
+    }
+
+    /// Checks the settings as a whole.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.refresh_ahead < self.min_remaining {
+            return Err(Error::invalid(
+                "refresh_ahead",
+                format!(
+                    "{:?} is shorter than min_remaining ({:?}); refresh must start before a \
+                     token becomes unusable",
+                    self.refresh_ahead, self.min_remaining
+                ),
+            ));
+        }
+        if self.mint_timeout.is_zero() {
+            return Err(Error::invalid("mint_timeout", "must be greater than zero"));
+        }
+        if self.failure_backoff.is_zero() || self.max_failure_backoff < self.failure_backoff {
+            return Err(Error::invalid(
+                "failure_backoff",
+                format!(
+                    "initial ({:?}) must be greater than zero and not above max ({:?})",
+                    self.failure_backoff, self.max_failure_backoff
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn mint_timeout_value(&self) -> Duration {
+        self.mint_timeout
+    }
+
+    fn backoff_after(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        self.failure_backoff
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_failure_backoff)
+    }
+}
+
+/// Counters of a [`TokenCache`], as reported by [`TokenCache::stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenStats {
+    /// Tokens the provider returned successfully.
+    pub minted: u64,
+    /// Provider calls that failed or timed out.
+    pub mint_failures: u64,
+    /// Requests answered from the cache without calling the provider.
+    pub served_from_cache: u64,
+    /// Refreshes forced because the server rejected a cached token.
+    pub forced_refreshes: u64,
+    /// Life left on the cached token (`None` when none is cached or it never expires).
+    pub expires_in: Option<Duration>,
+}
+
+/// Caches the tokens of a [`CredentialProvider`] and decides when to mint new ones.
+///
+/// * **Reuse**: a token with at least [`min_remaining`](CachePolicy::min_remaining) left is
+///   returned at once; callers holding a valid token never wait on a mint.
+/// * **Refresh ahead**: once less than [`refresh_ahead`](CachePolicy::refresh_ahead) is left,
+///   one background task mints the next token.
+/// * **Single flight**: however many callers need a new token at once, the provider is called
+///   once; the others wait for that call and re-check the cache when it ends.
+/// * **Stale while valid**: when a mint fails, a cached token that has not expired is still
+///   served; new attempts are spaced by [`failure_backoff`](CachePolicy::failure_backoff).
+/// * **Forced refresh**: [`force_refresh`](Self::force_refresh) replaces a token the server
+///   rejected, once, however many connections report the same token.
+///
+/// Expiry is counted from the credential's own `expires_at`, on the system clock, so a machine
+/// that was asleep does not hand out a token that expired while it slept.
+///
+/// Cloning is cheap; clones share the cache.
+///
+/// ```
+/// use lakebase_pool::{CachePolicy, TokenCache};
+/// use lakebase_pool::credentials::StaticPassword;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lakebase_pool::Error> {
+/// let cache = TokenCache::new(StaticPassword::new("pw"), CachePolicy::default());
+/// let credential = cache.token().await?;
+/// assert_eq!(credential.secret().expose(), "pw");
+/// assert_eq!(cache.stats().minted, 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct TokenCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    provider: Box<dyn CredentialProvider>,
+    policy: CachePolicy,
+    clock: Clock,
+    state: Mutex<State>,
+    /// Held for the duration of one mint; this is what makes minting single-flight.
+    mint_lock: tokio::sync::Mutex<()>,
+    minted: AtomicU64,
+    mint_failures: AtomicU64,
+    served_from_cache: AtomicU64,
+    forced_refreshes: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    current: Option<Arc<Credential>>,
+    refreshing: bool,
+    consecutive_failures: u32,
+    last_error: Option<SharedError>,
+    /// No mint before this moment (set after a failure).
+    retry_at: Option<SystemTime>,
+}
+
+/// How usable a cached token is at a given moment.
+#[derive(Debug, PartialEq, Eq)]
+enum Freshness {
+    /// Reusable; `refresh_due` once it is within `refresh_ahead` of expiry.
+    Fresh { refresh_due: bool },
+    /// Too close to expiry to reuse, still good for a login (the fallback when minting fails).
+    Valid,
+    Expired,
+}
+
+/// The system clock, or in unit tests one driven by tokio's pausable clock.
+#[derive(Clone, Copy, Debug)]
+enum Clock {
+    System,
+    #[cfg(test)]
+    Tokio {
+        origin: SystemTime,
+        started: tokio::time::Instant,
+    },
+}
+
+impl Clock {
+    fn now(self) -> SystemTime {
+        match self {
+            Clock::System => SystemTime::now(),
+            #[cfg(test)]
+            Clock::Tokio { origin, started } => origin + started.elapsed(),
+        }
+    }
+}
+
+/// Why a provider call produced no usable credential, when the provider itself did not fail.
+#[derive(Debug, thiserror::Error)]
+enum MintError {
+    #[error("the credential provider did not answer within {0:.1?} (see `CachePolicy::mint_timeout`)")]
+    Timeout(Duration),
+    #[error("the credential provider returned an empty token")]
+    EmptySecret,
+    #[error(
+        "the credential provider returned a token that expired {0:.1?} ago (check the system clock)"
+    )]
+    AlreadyExpired(Duration),
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // No code panics while holding this lock; recover the data rather than propagate a poison.
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl TokenCache {
+    /// A cache in front of `provider`. The policy is not checked here;
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build) checks it.
+    ///
+    /// ```
+    /// use lakebase_pool::{CachePolicy, TokenCache};
+    /// use lakebase_pool::credentials::StaticPassword;
+    ///
+    /// let cache = TokenCache::new(StaticPassword::new("pw"), CachePolicy::default());
+    /// # let _ = cache;
+    /// ```
+    pub fn new(provider: impl CredentialProvider, policy: CachePolicy) -> Self {
+        Self::with_clock(Box::new(provider), policy, Clock::System)
+    }
+
+    pub(crate) fn from_boxed(provider: Box<dyn CredentialProvider>, policy: CachePolicy) -> Self {
+        Self::with_clock(provider, policy, Clock::System)
+    }
+
+    fn with_clock(provider: Box<dyn CredentialProvider>, policy: CachePolicy, clock: Clock) -> Self {
+        TokenCache {
+            inner: Arc::new(Inner {
+                provider,
+                policy,
+                clock,
+                state: Mutex::new(State::default()),
+                mint_lock: tokio::sync::Mutex::new(()),
+                minted: AtomicU64::new(0),
+                mint_failures: AtomicU64::new(0),
+                served_from_cache: AtomicU64::new(0),
+                forced_refreshes: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// A token to log in with now.
+    ///
+    /// Returns the cached token when it is fresh enough (starting a background refresh when it
+    /// is due), otherwise waits for the one mint in flight, starting it if needed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Credentials`] when the provider failed (or is being backed off from) and no
+    /// cached token is still valid.
+    pub async fn token(&self) -> Result<Arc<Credential>, Error> {
+        if self.inner.policy.per_connect {
+            return self.mint_or_fallback().await;
+        }
+        if let Some(credential) = self.fresh_from_cache(true) {
+            return Ok(credential);
+        }
+        let _minting = self.inner.mint_lock.lock().await;
+        // Another caller may have minted while this one waited for the lock.
+        if let Some(credential) = self.fresh_from_cache(false) {
+            return Ok(credential);
+        }
+        self.mint_or_fallback().await
+    }
+
+    /// Replaces `rejected`, a token the server refused at login, and returns its successor.
+    ///
+    /// When the cache already holds a newer token (another connection reported the same
+    /// rejection first), that token is returned and the provider is not called, so a burst
+    /// of failed logins costs one mint. The rejected token is never served again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Credentials`] when the provider fails (or is being backed off from).
+    pub async fn force_refresh(&self, rejected: &Arc<Credential>) -> Result<Arc<Credential>, Error> {
+        let _minting = if self.inner.policy.per_connect {
+            None
+        } else {
+            Some(self.inner.mint_lock.lock().await)
+        };
+        {
+            let mut state = lock(&self.inner.state);
+            if let Some(current) = &state.current {
+                if Arc::ptr_eq(current, rejected) {
+                    state.current = None;
+                } else if self.freshness(current) != Freshness::Expired {
+                    return Ok(Arc::clone(current));
+                }
+            }
+        }
+        self.inner.forced_refreshes.fetch_add(1, Ordering::Relaxed);
+        self.mint_or_fallback().await
+    }
+
+    /// A snapshot of the cache's counters.
+    ///
+    /// ```
+    /// use lakebase_pool::{CachePolicy, TokenCache};
+    /// use lakebase_pool::credentials::StaticPassword;
+    ///
+    /// let cache = TokenCache::new(StaticPassword::new("pw"), CachePolicy::default());
+    /// assert_eq!(cache.stats().minted, 0);
+    /// ```
+    pub fn stats(&self) -> TokenStats {
+        let expires_in = lock(&self.inner.state)
+            .current
+            .as_ref()
+            .and_then(|c| c.expiry())
+            .map(|at| at.duration_since(self.inner.clock.now()).unwrap_or_default());
+        TokenStats {
+            minted: self.inner.minted.load(Ordering::Relaxed),
+            mint_failures: self.inner.mint_failures.load(Ordering::Relaxed),
+            served_from_cache: self.inner.served_from_cache.load(Ordering::Relaxed),
+            forced_refreshes: self.inner.forced_refreshes.load(Ordering::Relaxed),
+            expires_in,
+        }
+    }
+
+    fn freshness(&self, credential: &Credential) -> Freshness {
+        let Some(expires_at) = credential.expiry() else {
+            return Freshness::Fresh { refresh_due: false };
+        };
+        let left = expires_at
+            .duration_since(self.inner.clock.now())
+            .unwrap_or_default();
+        if left >= self.inner.policy.min_remaining {
+            Freshness::Fresh {
+                refresh_due: left < self.inner.policy.refresh_ahead,
+            }
+        } else if left > LOGIN_MARGIN {
+            Freshness::Valid
+        } else {
+            Freshness::Expired
+        }
+    }
+
+    /// The cached token if it may be reused, starting the background refresh when it is due
+    /// and `may_start_refresh` allows (the caller holding the mint lock must not).
+    fn fresh_from_cache(&self, may_start_refresh: bool) -> Option<Arc<Credential>> {
+        let mut state = lock(&self.inner.state);
+        let current = state.current.clone()?;
+        let Freshness::Fresh { refresh_due } = self.freshness(&current) else {
+            return None;
+        };
+        let backing_off = state.retry_at.is_some_and(|at| self.inner.clock.now() < at);
+        if refresh_due && may_start_refresh && !state.refreshing && !backing_off {
+            state.refreshing = true;
+            let cache = self.clone();
+            drop(tokio::spawn(async move { cache.refresh_in_background().await }));
+        }
+        self.inner.served_from_cache.fetch_add(1, Ordering::Relaxed);
+        Some(current)
+    }
+
+    async fn refresh_in_background(self) {
+        {
+            let _minting = self.inner.mint_lock.lock().await;
+            let still_due = lock(&self.inner.state)
+                .current
+                .as_ref()
+                .is_none_or(|c| self.freshness(c) != Freshness::Fresh { refresh_due: false });
+            if still_due {
+                // Failures are recorded and logged by `mint_or_fallback`; callers keep the
+                // cached token until it is too old, then see the error themselves.
+                let _ = self.mint_or_fallback().await;
+            }
+        }
+        lock(&self.inner.state).refreshing = false;
+    }
+
+    /// Calls the provider unless backing off; on failure falls back to a still-valid token.
+    async fn mint_or_fallback(&self) -> Result<Arc<Credential>, Error> {
+        let now = self.inner.clock.now();
+        {
+            let state = lock(&self.inner.state);
+            if let (Some(retry_at), Some(error)) = (state.retry_at, &state.last_error)
+                && now < retry_at
+            {
+                return self.fallback(&state, error, retry_at.duration_since(now).ok());
+            }
+        }
+        match self.mint().await {
+            Ok(credential) => {
+                let credential = Arc::new(credential);
+                let mut state = lock(&self.inner.state);
+                state.current = Some(Arc::clone(&credential));
+                state.consecutive_failures = 0;
+                state.last_error = None;
+                state.retry_at = None;
+                Ok(credential)
+            }
+            Err(error) => {
+                let mut state = lock(&self.inner.state);
+                state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+                let backoff = self.inner.policy.backoff_after(state.consecutive_failures);
+                state.retry_at = now.checked_add(backoff);
+                state.last_error = Some(Arc::clone(&error));
+                tracing::warn!(
+                    error = %error,
+                    consecutive_failures = state.consecutive_failures,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "database token mint failed"
+                );
+                self.fallback(&state, &error, Some(backoff))
+            }
+        }
+    }
+
+    /// The cached token if it is still good for a login, else the provider's error.
+    fn fallback(
+        &self,
+        state: &State,
+        error: &SharedError,
+        retry_in: Option<Duration>,
+    ) -> Result<Arc<Credential>, Error> {
+        match &state.current {
+            Some(current) if self.freshness(current) != Freshness::Expired => {
+                tracing::debug!("serving the cached database token while minting fails");
+                Ok(Arc::clone(current))
+            }
+            _ => Err(Error::Credentials {
+                retry_in,
+                source: Arc::clone(error),
+            }),
+        }
+    }
+
+    /// One provider call under the mint timeout, with the result checked.
+    async fn mint(&self) -> Result<Credential, SharedError> {
+        let span = tracing::info_span!("lakebase.token.mint");
+        let timeout = self.inner.policy.mint_timeout;
+        let call = tokio::time::timeout(timeout, self.inner.provider.credential());
+        let result = match call.instrument(span.clone()).await {
+                Err(_) => Err(Arc::new(MintError::Timeout(timeout)) as SharedError),
+                Ok(Err(error)) => Err(SharedError::from(error)),
+                Ok(Ok(credential)) => self.check(credential),
+            };
+        match &result {
+            Ok(credential) => {
+                self.inner.minted.fetch_add(1, Ordering::Relaxed);
+                let expires_in = credential.expiry().map(|at| {
+                    at.duration_since(self.inner.clock.now())
+                        .unwrap_or_default()
+                        .as_secs()
+                });
+                tracing::info!(parent: &span, expires_in_s = expires_in, "minted a database token");
+            }
+            Err(_) => {
+                self.inner.mint_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    fn check(&self, credential: Credential) -> Result<Credential, SharedError> {
+        if credential.secret().is_empty() {
+            return Err(Arc::new(MintError::EmptySecret) as SharedError);
+        }
+        if let Some(expires_at) = credential.expiry() {
+            let now = self.inner.clock.now();
+            if let Ok(ago) = now.duration_since(expires_at) {
+                return Err(Arc::new(MintError::AlreadyExpired(ago)) as SharedError);
+            }
+            let left = expires_at.duration_since(now).unwrap_or_default();
+            if left < self.inner.policy.min_remaining {
+                tracing::warn!(
+                    expires_in_s = left.as_secs(),
+                    min_remaining_s = self.inner.policy.min_remaining.as_secs(),
+                    "the credential provider returned a token that expires sooner than \
+                     min_remaining; every connection will mint a new one"
+                );
+            }
+        }
+        Ok(credential)
+    }
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("policy", &self.inner.policy)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+    use crate::BoxError;
+    use crate::credentials::BoxFuture;
+
+    /// What the scripted provider does on its next call.
+    #[derive(Clone, Copy)]
+    enum Step {
+        /// Succeed after `delay` with a token living `ttl`.
+        Ok { delay: Duration, ttl: Duration },
+        Fail,
+        Hang,
+    }
+
+    /// A provider whose behaviour the test scripts; it counts calls and numbers its tokens.
+    struct Scripted {
+        clock: Clock,
+        calls: Arc<AtomicUsize>,
+        step: Arc<Mutex<Step>>,
+    }
+
+    impl CredentialProvider for Scripted {
+        fn credential(&self) -> BoxFuture<'_, Result<Credential, BoxError>> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let step = *self.step.lock().unwrap();
+            let clock = self.clock;
+            Box::pin(async move {
+                match step {
+                    Step::Ok { delay, ttl } => {
+                        tokio::time::sleep(delay).await;
+                        Ok(Credential::new(format!("token-{n}")).expires_at(clock.now() + ttl))
+                    }
+                    Step::Fail => Err(BoxError::from("workspace says no")),
+                    Step::Hang => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    struct Harness {
+        cache: TokenCache,
+        calls: Arc<AtomicUsize>,
+        step: Arc<Mutex<Step>>,
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn harness(policy: CachePolicy, first: Step) -> Harness {
+        let clock = Clock::Tokio {
+            origin: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            started: tokio::time::Instant::now(),
+        };
+        let calls = Arc::new(AtomicUsize::new(0));
+        let step = Arc::new(Mutex::new(first));
+        let provider = Scripted {
+            clock,
+            calls: Arc::clone(&calls),
+            step: Arc::clone(&step),
+        };
+        Harness {
+            cache: TokenCache::with_clock(Box::new(provider), policy, clock),
+            calls,
+            step,
+        }
+    }
+
+    impl Harness {
+        fn set(&self, step: Step) {
+            *self.step.lock().unwrap() = step;
+        }
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    fn ok(ttl: Duration) -> Step {
+        Step::Ok {
+            delay: Duration::from_millis(50),
+            ttl,
+        }
+    }
+
+    /// Lets spawned tasks run without moving the paused clock.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fresh_token_is_reused_without_calling_the_provider() {
+        let h = harness(CachePolicy::default(), ok(HOUR));
+        let first = h.cache.token().await.unwrap();
+        let again = h.cache.token().await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(h.calls(), 1);
+        assert_eq!(h.cache.stats().served_from_cache, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_callers_share_one_mint() {
+        let h = harness(CachePolicy::default(), ok(HOUR));
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let cache = h.cache.clone();
+                tokio::spawn(async move { cache.token().await.unwrap() })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().secret().expose(), "token-1");
+        }
+        assert_eq!(h.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_ahead_runs_in_the_background_while_callers_keep_the_cached_token() {
+        let h = harness(CachePolicy::default(), ok(HOUR));
+        let first = h.cache.token().await.unwrap();
+        // 50 min later 10 min are left: refresh is due. Make the next mint slow.
+        tokio::time::advance(50 * MIN).await;
+        h.set(Step::Ok {
+            delay: Duration::from_secs(20),
+            ttl: HOUR,
+        });
+        let started = tokio::time::Instant::now();
+        let during = h.cache.token().await.unwrap();
+        assert!(Arc::ptr_eq(&first, &during), "the caller got the cached token");
+        assert_eq!(started.elapsed(), Duration::ZERO, "the caller did not wait on the mint");
+        // Another caller while the refresh is in flight does not start a second one.
+        let _ = h.cache.token().await.unwrap();
+        settle().await;
+        assert_eq!(h.calls(), 2);
+        tokio::time::advance(Duration::from_secs(21)).await;
+        settle().await;
+        let after = h.cache.token().await.unwrap();
+        assert_eq!(after.secret().expose(), "token-2");
+        assert_eq!(h.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_refresh_keeps_serving_the_valid_token_then_reports_the_cause() {
+        let h = harness(CachePolicy::default(), ok(HOUR));
+        let first = h.cache.token().await.unwrap();
+        h.set(Step::Fail);
+        // Inside min_remaining: no longer reusable, still valid for 90 s.
+        tokio::time::advance(HOUR - Duration::from_secs(90)).await;
+        let fallback = h.cache.token().await.unwrap();
+        assert!(Arc::ptr_eq(&first, &fallback));
+        assert_eq!(h.calls(), 2);
+        // Past expiry: the provider's error surfaces, naming the cause.
+        tokio::time::advance(Duration::from_secs(100)).await;
+        let err = h.cache.token().await.unwrap_err();
+        assert!(matches!(err, Error::Credentials { .. }), "{err:?}");
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert_eq!(cause, "workspace says no");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_before_the_provider_is_called_again() {
+        let policy = CachePolicy::default().failure_backoff(Duration::from_secs(1), Duration::from_secs(4));
+        let h = harness(policy, Step::Fail);
+        assert!(h.cache.token().await.is_err());
+        assert_eq!(h.calls(), 1);
+        // Within the back-off: an immediate error, no provider call, and it says when.
+        let err = h.cache.token().await.unwrap_err();
+        match err {
+            Error::Credentials { retry_in, .. } => assert_eq!(retry_in, Some(Duration::from_secs(1))),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(h.calls(), 1);
+        // Back-off doubles: 1 s, 2 s, 4 s, 4 s.
+        let mut expected_calls = 1;
+        for wait in [1, 2, 4, 4] {
+            tokio::time::advance(Duration::from_secs(wait) - Duration::from_millis(1)).await;
+            assert!(h.cache.token().await.is_err());
+            assert_eq!(h.calls(), expected_calls, "called again before the back-off ended");
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert!(h.cache.token().await.is_err());
+            expected_calls += 1;
+            assert_eq!(h.calls(), expected_calls);
+        }
+        // Recovery: the next attempt after the back-off succeeds and resets it.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        h.set(ok(HOUR));
+        assert_eq!(h.cache.token().await.unwrap().secret().expose(), "token-6");
+        assert_eq!(h.cache.stats().mint_failures, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_tokens_are_never_served() {
+        let h = harness(CachePolicy::default(), ok(Duration::from_secs(200)));
+        let _ = h.cache.token().await.unwrap();
+        h.set(Step::Fail);
+        tokio::time::advance(Duration::from_secs(196)).await;
+        // 4 s left is below the login margin: not served even though minting failed.
+        assert!(h.cache.token().await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn provider_returning_an_expired_token_is_a_failure() {
+        let h = harness(CachePolicy::default(), ok(Duration::ZERO));
+        let err = h.cache.token().await.unwrap_err();
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(cause.contains("expired"), "{cause}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hanging_provider_hits_the_mint_timeout() {
+        let policy = CachePolicy::default().mint_timeout(Duration::from_secs(3));
+        let h = harness(policy, Step::Hang);
+        let started = tokio::time::Instant::now();
+        let err = h.cache.token().await.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(cause.contains("did not answer within 3.0s"), "{cause}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn force_refresh_mints_once_for_many_reports_of_the_same_token() {
+        let h = harness(CachePolicy::default(), ok(HOUR));
+        let rejected = h.cache.token().await.unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let cache = h.cache.clone();
+                let rejected = Arc::clone(&rejected);
+                tokio::spawn(async move { cache.force_refresh(&rejected).await.unwrap() })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().secret().expose(), "token-2");
+        }
+        assert_eq!(h.calls(), 2);
+        assert_eq!(h.cache.stats().forced_refreshes, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn force_refresh_never_falls_back_to_the_rejected_token() {
+        let h = harness(CachePolicy::default(), ok(HOUR));
+        let rejected = h.cache.token().await.unwrap();
+        h.set(Step::Fail);
+        let err = h.cache.force_refresh(&rejected).await.unwrap_err();
+        assert!(matches!(err, Error::Credentials { .. }));
+        // Nor does a plain request afterwards.
+        assert!(h.cache.token().await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_connect_policy_mints_every_time() {
+        let h = harness(CachePolicy::per_connect(), ok(HOUR));
+        for _ in 0..3 {
+            let _ = h.cache.token().await.unwrap();
+        }
+        assert_eq!(h.calls(), 3);
+    }
+
+    #[test]
+    fn policy_rejects_refresh_ahead_shorter_than_min_remaining() {
+        let err = CachePolicy::default()
+            .min_remaining(10 * MIN)
+            .refresh_ahead(5 * MIN)
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("invalid pool setting `refresh_ahead`"), "{err}");
+    }
+}

@@ -1,0 +1,42 @@
+//! Every default of the pool in one place, with the reason for it.
+//!
+//! Each value can be changed through [`PoolBuilder`](crate::PoolBuilder),
+//! [`RetryPolicy`](crate::RetryPolicy) or [`CachePolicy`](crate::CachePolicy).
+//!
+//! | setting | default | why |
+//! |---|---|---|
+//! | token reuse | while >= 2 min of life is left | Postgres checks the token only at login, so a token with minutes left is as good as a new one |
+//! | token refresh ahead | in the background once < 15 min is left | callers never wait on a mint while a valid token exists |
+//! | token mint timeout | 30 s | every network call has a bound |
+//! | token failure back-off | 1 s doubling to 30 s | a failing workspace is not hammered; recovery is noticed within 30 s |
+//! | max lifetime | 45 min, shortened per connection by a random 0-5 % | connections are replaced well before server-side limits, and connections opened together do not all reconnect together |
+//! | idle timeout | 10 min | idle connections close, so a scale-to-zero compute can suspend |
+//! | validation | a round trip only for connections idle >= 5 s | catches connections killed while idle without a query on every checkout |
+//! | keep-alive queries | never | a pool must not keep a compute awake and billed |
+//! | max size | 16 | |
+//! | wait timeout | 30 s | `get()` never waits forever for a free connection |
+//! | connect attempt timeout | 10 s | covers TCP, TLS and login together (tokio-postgres's own timeout covers only TCP) |
+//! | cold-start backoff | 100 ms doubling to 4 s, full jitter; rate-limit errors 2-4 s | a waking compute usually answers within a second; full jitter spreads a crowd of reconnects |
+//! | cold-start deadline | 30 s | the Lakebase proxy's own wake-up budget is about 13 s; twice that and more is an outage |
+
+use std::time::Duration;
+
+pub(crate) const TOKEN_MIN_REMAINING: Duration = Duration::from_secs(2 * 60);
+pub(crate) const TOKEN_REFRESH_AHEAD: Duration = Duration::from_secs(15 * 60);
+pub(crate) const TOKEN_MINT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const TOKEN_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const TOKEN_MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(30);
+
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(45 * 60);
+pub(crate) const LIFETIME_JITTER: f64 = 0.05;
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+pub(crate) const VALIDATE_AFTER_IDLE: Duration = Duration::from_secs(5);
+pub(crate) const MAX_SIZE: usize = 16;
+pub(crate) const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on the validation round trip of an idle connection at checkout.
+pub(crate) const VALIDATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(4);
+pub(crate) const CONNECT_DEADLINE: Duration = Duration::from_secs(30);

@@ -1,0 +1,226 @@
+//! The crate's one error type.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A boxed error from a credential provider or another pluggable part.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// An error shared by every caller that waited on the same operation (one token mint serves
+/// many checkouts, so its failure is reported to all of them).
+pub type SharedError = Arc<dyn StdError + Send + Sync + 'static>;
+
+/// Everything that can go wrong when building a [`Pool`](crate::Pool) or checking a connection
+/// out of it.
+///
+/// `Display` is a short phrase that names what failed and, in parentheses, what to do about it.
+/// The underlying cause is never repeated in `Display`; it is available through
+/// [`std::error::Error::source`], so printing the whole chain shows each cause once.
+/// No variant ever contains a token or password.
+///
+/// The predicates [`is_transient`](Error::is_transient), [`is_auth`](Error::is_auth) and
+/// [`is_timeout`](Error::is_timeout) sort errors by what a caller should do with them.
+///
+/// ```
+/// use lakebase_pool::Error;
+///
+/// fn http_status(err: &Error) -> u16 {
+///     if err.is_transient() { 503 } else { 500 }
+/// }
+/// # let _ = http_status;
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A pool setting is missing or out of range. Raised by
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build); never by a checkout.
+    #[error("invalid pool setting `{setting}`: {problem}")]
+    InvalidConfig {
+        /// The builder method or setting at fault, e.g. `"max_size"`.
+        setting: &'static str,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+
+    /// No database token that is still valid could be obtained: the credential provider failed
+    /// (its error is the [`source`](std::error::Error::source)) and no cached token is left that
+    /// has not expired.
+    #[error("no valid database token is available ({})", retry_hint(*.retry_in))]
+    Credentials {
+        /// How long until the pool asks the provider again, when it is backing off.
+        retry_in: Option<Duration>,
+        /// The provider's error.
+        #[source]
+        source: SharedError,
+    },
+
+    /// Connecting kept failing with transient errors (server down, starting up, waking from
+    /// scale-to-zero, rate limited) until the retry deadline passed. The last attempt's error
+    /// is the [`source`](std::error::Error::source).
+    #[error(
+        "gave up connecting to {target} after {attempts} attempts in {elapsed:.1?} (the server \
+         kept failing with transient errors; it may be down or still waking up; \
+         `RetryPolicy::deadline` sets how long to keep trying)"
+    )]
+    ConnectRetriesExhausted {
+        /// `user@host:port/dbname` of the connection that failed.
+        target: String,
+        /// How many connection attempts were made.
+        attempts: u32,
+        /// Time from the first attempt to giving up.
+        elapsed: Duration,
+        /// The last attempt's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// Connecting failed with an error that retrying cannot fix (wrong database name, endpoint
+    /// disabled or unknown, protocol error, ...). The server's error is the
+    /// [`source`](std::error::Error::source).
+    #[error("could not connect to {target} (the error is not retryable; the cause says what to fix)")]
+    Connect {
+        /// `user@host:port/dbname` of the connection that failed.
+        target: String,
+        /// The error from tokio-postgres.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// The server rejected the login, and it rejected a freshly minted token too.
+    #[error(
+        "{target} rejected the login even with a freshly minted token (check that the role \
+         exists, may log in, and matches the identity the tokens are minted for)"
+    )]
+    AuthRejected {
+        /// `user@host:port/dbname` of the connection that failed.
+        target: String,
+        /// The server's authentication error (SQLSTATE `28P01` or `28000`).
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// Every connection was in use and none came back within the wait timeout.
+    #[error(
+        "timed out after {waited:.1?} waiting for a free connection (all {max_size} are in \
+         use; raise `max_size` or `wait_timeout`, or return connections sooner)"
+    )]
+    PoolTimeout {
+        /// The configured wait timeout.
+        waited: Duration,
+        /// The pool's size limit.
+        max_size: usize,
+    },
+
+    /// Opening a connection took longer than the pool's overall bound for it. This is a
+    /// backstop behind the retry deadline and token timeout and should not normally fire.
+    #[error("opening a connection to {target} took longer than {after:.1?} (the server or the token provider hangs)")]
+    ConnectTimeout {
+        /// `user@host:port/dbname` of the connection that failed.
+        target: String,
+        /// The bound that was exceeded.
+        after: Duration,
+    },
+
+    /// The pool has been closed with [`Pool::close`](crate::Pool::close).
+    #[error("the pool is closed")]
+    PoolClosed,
+}
+
+fn retry_hint(retry_in: Option<Duration>) -> String {
+    match retry_in {
+        Some(wait) => format!(
+            "the credential provider failed; the pool asks it again in {wait:.1?}, on a later checkout"
+        ),
+        None => "the credential provider failed; the pool asks it again on the next checkout".into(),
+    }
+}
+
+impl Error {
+    /// Whether trying again later may succeed: connection retries ran out, the pool was
+    /// exhausted, or the credential provider failed (it may recover).
+    ///
+    /// ```
+    /// let err = lakebase_pool::Error::PoolClosed;
+    /// assert!(!err.is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::ConnectRetriesExhausted { .. }
+                | Error::PoolTimeout { .. }
+                | Error::ConnectTimeout { .. }
+                | Error::Credentials { .. }
+        )
+    }
+
+    /// Whether the server refused the login itself (as opposed to a failure to get a token).
+    ///
+    /// ```
+    /// assert!(!lakebase_pool::Error::PoolClosed.is_auth());
+    /// ```
+    pub fn is_auth(&self) -> bool {
+        matches!(self, Error::AuthRejected { .. })
+    }
+
+    /// Whether the error is a timeout: waiting for a free connection, or opening one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let err = lakebase_pool::Error::PoolTimeout { waited: Duration::from_secs(30), max_size: 4 };
+    /// assert!(err.is_timeout());
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::PoolTimeout { .. } | Error::ConnectTimeout { .. })
+    }
+
+    pub(crate) fn invalid(setting: &'static str, problem: impl Into<String>) -> Self {
+        Error::InvalidConfig {
+            setting,
+            problem: problem.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_send_sync_and_static() {
+        fn assert_bounds<T: Send + Sync + 'static>() {}
+        assert_bounds::<Error>();
+    }
+
+    #[test]
+    fn credentials_display_names_the_retry_and_keeps_the_cause_in_source() {
+        let cause: SharedError = Arc::new(std::io::Error::other("workspace unreachable"));
+        let err = Error::Credentials {
+            retry_in: Some(Duration::from_secs(2)),
+            source: cause,
+        };
+        assert_eq!(
+            err.to_string(),
+            "no valid database token is available (the credential provider failed; \
+             the pool asks it again in 2.0s, on a later checkout)"
+        );
+        assert_eq!(
+            StdError::source(&err).map(|e| e.to_string()).as_deref(),
+            Some("workspace unreachable")
+        );
+    }
+
+    #[test]
+    fn pool_timeout_display_says_how_to_fix_it() {
+        let err = Error::PoolTimeout {
+            waited: Duration::from_millis(1500),
+            max_size: 8,
+        };
+        assert_eq!(
+            err.to_string(),
+            "timed out after 1.5s waiting for a free connection (all 8 are in use; raise \
+             `max_size` or `wait_timeout`, or return connections sooner)"
+        );
+        assert!(err.is_transient() && err.is_timeout() && !err.is_auth());
+    }
+}

@@ -1,0 +1,80 @@
+//! A Postgres connection pool for Databricks Lakebase, built on deadpool-postgres.
+//!
+//! Lakebase passwords are short-lived OAuth tokens. This pool opens every physical connection
+//! with a token that is fresh at that moment, replaces connections before their age matters
+//! (45 minutes, each shortened by a random 0-5 % so they do not all reconnect at once), and
+//! retries through cold starts after scale-to-zero. Callers just `get()` a connection.
+//!
+//! ```no_run
+//! use std::time::{Duration, SystemTime};
+//! use lakebase_pool::Pool;
+//! use lakebase_pool::credentials::{from_fn, Credential};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Any async source of tokens; the pool caches them and refreshes ahead of expiry.
+//! let tokens = from_fn(|| async {
+//!     let token = String::from("token-from-your-identity-provider");
+//!     let expiry = SystemTime::now() + Duration::from_secs(3600);
+//!     Ok::<_, std::io::Error>(Credential::new(token).expires_at(expiry))
+//! });
+//!
+//! let pool = Pool::builder()
+//!     .host("127.0.0.1")
+//!     .user("app")
+//!     .dbname("app")
+//!     .credentials(tokens)
+//!     .build()?;
+//!
+//! let conn = pool.get().await?;
+//! let row = conn.query_one("SELECT version()", &[]).await?;
+//! println!("{}", row.get::<_, String>(0));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Where things are
+//!
+//! * [`Pool`], [`PoolBuilder`], [`Connection`], [`Stats`]: the pool and its settings.
+//! * [`credentials`]: the [`CredentialProvider`](credentials::CredentialProvider) trait and the
+//!   [`TokenCache`] that decides when to mint.
+//! * [`retry`]: which connection errors are retried, and the backoff schedule.
+//! * [`defaults`]: every default value with the reason for it.
+//! * `testing` (feature `testing`): a throwaway local PostgreSQL for tests and demos.
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `testing` | no | `testing::LocalPostgres` and a password-rotating provider, for tests and demos |
+//!
+//! # Security
+//!
+//! Tokens and passwords are held as [`Secret`], which never prints its text. No error, `Debug`
+//! output or tracing field contains one. This version connects without TLS and therefore
+//! refuses any host that is not loopback or a Unix socket.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms, rustdoc::broken_intra_doc_links)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod connect;
+pub mod credentials;
+pub mod defaults;
+mod error;
+mod pool;
+pub mod retry;
+mod secret;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+pub use deadpool_postgres;
+pub use tokio_postgres;
+
+pub use crate::credentials::{CachePolicy, TokenCache, TokenStats};
+pub use crate::error::{BoxError, Error, SharedError};
+pub use crate::pool::{Connection, Pool, PoolBuilder, Stats};
+pub use crate::retry::RetryPolicy;
+pub use crate::secret::Secret;

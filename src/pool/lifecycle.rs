@@ -1,0 +1,176 @@
+//! When a connection is retired: max lifetime with jitter, idle timeout, validation; and the
+//! deadpool manager and housekeeper that apply those rules.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use deadpool_postgres::ClientWrapper;
+
+use super::stats::{Counters, RetireReason};
+use crate::Error;
+use crate::connect::Connector;
+use crate::defaults;
+
+/// The rules that decide when a connection is closed.
+#[derive(Clone, Debug)]
+pub(crate) struct Lifecycle {
+    pub(crate) max_lifetime: Duration,
+    /// Fraction of the max lifetime by which each connection's lifetime is shortened at most.
+    pub(crate) jitter: f64,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) validate_after_idle: Duration,
+}
+
+impl Lifecycle {
+    /// When a connection created at `created` must be retired: the max lifetime shortened by
+    /// a random fraction in `[0, jitter)`, chosen once per connection so that connections
+    /// opened together do not all reconnect together. `None` means never.
+    fn retire_at(&self, created: Instant) -> Option<Instant> {
+        let keep = 1.0 - self.jitter * fastrand::f64();
+        let lifetime = Duration::try_from_secs_f64(self.max_lifetime.as_secs_f64() * keep)
+            .unwrap_or(self.max_lifetime)
+            .min(self.max_lifetime);
+        created.checked_add(lifetime)
+    }
+
+    /// Why `client` must be closed now, if it must.
+    fn retire_reason(&self, client: &PooledClient, now: Instant) -> Option<RetireReason> {
+        if client.client.is_closed() {
+            Some(RetireReason::Broken)
+        } else if client.retire_at.is_some_and(|at| now >= at) {
+            Some(RetireReason::Lifetime)
+        } else if now.saturating_duration_since(client.idle_since) >= self.idle_timeout {
+            Some(RetireReason::Idle)
+        } else {
+            None
+        }
+    }
+
+    /// How often the housekeeper looks for idle connections to retire: often enough to honour
+    /// short lifetimes, rarely enough to cost nothing.
+    pub(crate) fn housekeeping_interval(&self) -> Duration {
+        (self.max_lifetime.min(self.idle_timeout) / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(30))
+    }
+}
+
+/// A pooled connection with the facts its lifecycle needs.
+#[derive(Debug)]
+pub(crate) struct PooledClient {
+    pub(crate) client: ClientWrapper,
+    pub(crate) created: Instant,
+    pub(crate) retire_at: Option<Instant>,
+    /// When it was last returned to the pool (or created). deadpool's own metrics record the
+    /// last checkout instead, which would count time in use as idle time.
+    pub(crate) idle_since: Instant,
+}
+
+/// The deadpool manager: opens connections through the [`Connector`] and applies the
+/// [`Lifecycle`] at every checkout.
+#[derive(Debug)]
+pub(crate) struct Manager {
+    connector: Connector,
+    lifecycle: Lifecycle,
+    counters: Arc<Counters>,
+}
+
+impl Manager {
+    pub(crate) fn new(connector: Connector, lifecycle: Lifecycle, counters: Arc<Counters>) -> Self {
+        Manager {
+            connector,
+            lifecycle,
+            counters,
+        }
+    }
+
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    fn retire(&self, reason: RetireReason, client: &PooledClient) {
+        self.counters.retired(reason);
+        tracing::debug!(
+            reason = reason.as_str(),
+            age_s = client.created.elapsed().as_secs_f64(),
+            "retiring connection"
+        );
+    }
+}
+
+impl managed::Manager for Manager {
+    type Type = PooledClient;
+    type Error = Error;
+
+    async fn create(&self) -> Result<PooledClient, Error> {
+        let client = self.connector.connect().await?;
+        let now = Instant::now();
+        Ok(PooledClient {
+            client,
+            created: now,
+            retire_at: self.lifecycle.retire_at(now),
+            idle_since: now,
+        })
+    }
+
+    async fn recycle(&self, client: &mut PooledClient, _: &Metrics) -> RecycleResult<Error> {
+        let now = Instant::now();
+        if let Some(reason) = self.lifecycle.retire_reason(client, now) {
+            self.retire(reason, client);
+            return Err(RecycleError::message(reason.as_str()));
+        }
+        // A connection that sat idle may have been killed without the client noticing
+        // (suspend, network change); one empty round trip finds out before the caller does.
+        if now.saturating_duration_since(client.idle_since) >= self.lifecycle.validate_after_idle {
+            let check = client.client.simple_query("");
+            let healthy = matches!(
+                tokio::time::timeout(defaults::VALIDATION_TIMEOUT, check).await,
+                Ok(Ok(_))
+            );
+            if !healthy {
+                self.retire(RetireReason::Broken, client);
+                return Err(RecycleError::message(RetireReason::Broken.as_str()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The background task that closes idle connections past their lifetime or idle timeout,
+/// so that they do not hold server resources (or keep a compute awake) until the next
+/// checkout. It holds only a weak reference and ends when the pool is dropped or closed.
+pub(crate) fn spawn_housekeeper(
+    pool: managed::WeakPool<Manager>,
+    interval: Duration,
+) -> tokio::task::AbortHandle {
+    let task = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let _ = ticks.tick().await;
+            let Some(pool) = pool.upgrade() else { return };
+            if pool.is_closed() {
+                return;
+            }
+            retire_idle(&pool);
+        }
+    });
+    task.abort_handle()
+}
+
+/// Removes idle connections that must be retired now; never sends a query.
+fn retire_idle(pool: &managed::Pool<Manager>) {
+    let manager = pool.manager();
+    let now = Instant::now();
+    let mut reasons = Vec::new();
+    let removed = pool.retain(|client, _| match manager.lifecycle.retire_reason(client, now) {
+        Some(reason) => {
+            reasons.push(reason);
+            false
+        }
+        None => true,
+    });
+    for (reason, client) in reasons.into_iter().zip(&removed.removed) {
+        manager.retire(reason, client);
+    }
+}

@@ -1,0 +1,262 @@
+//! The pool: checkout, connection guard, statistics, shutdown.
+
+mod builder;
+mod lifecycle;
+mod stats;
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{self, PoolError, TimeoutType};
+use deadpool_postgres::ClientWrapper;
+
+pub use self::builder::PoolBuilder;
+use self::lifecycle::Manager;
+pub(crate) use self::stats::Counters;
+pub use self::stats::Stats;
+use crate::Error;
+use crate::credentials::TokenCache;
+
+/// A pool of Postgres connections whose passwords come from a credential provider.
+///
+/// Every physical connection is opened with the token the cache holds at that moment;
+/// connections are replaced after their (jittered) max lifetime, closed when idle too long,
+/// and opening one retries through cold starts. See [`PoolBuilder`] for every setting.
+///
+/// `Pool` is a cheap handle (`Clone` shares the pool), `Send` and `Sync`: put it in Axum
+/// `State` or Actix `web::Data` as it is.
+///
+/// ```no_run
+/// use lakebase_pool::Pool;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = Pool::builder()
+///     .host("127.0.0.1")
+///     .user("app")
+///     .password("local-dev-password")
+///     .build()?;
+/// let conn = pool.get().await?;
+/// let row = conn.query_one("SELECT 1 + 1", &[]).await?;
+/// assert_eq!(row.get::<_, i32>(0), 2);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    pool: managed::Pool<Manager, Connection>,
+    counters: Arc<Counters>,
+    housekeeper: tokio::task::AbortHandle,
+    wait_timeout: Duration,
+    create_bound: Duration,
+}
+
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        self.housekeeper.abort();
+    }
+}
+
+impl Pool {
+    /// Starts configuring a pool.
+    ///
+    /// ```
+    /// let builder = lakebase_pool::Pool::builder();
+    /// # let _ = builder;
+    /// ```
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// Checks out a connection: an idle one that passes the lifecycle checks, or a new one.
+    ///
+    /// The connection returns to the pool when the [`Connection`] is dropped.
+    ///
+    /// # Errors
+    ///
+    /// * [`Error::PoolTimeout`]: every connection stayed in use for the wait timeout.
+    /// * [`Error::Credentials`]: no valid token could be obtained.
+    /// * [`Error::ConnectRetriesExhausted`]: the server stayed unreachable until the retry
+    ///   deadline.
+    /// * [`Error::AuthRejected`], [`Error::Connect`]: the server refused the connection.
+    /// * [`Error::PoolClosed`]: [`close`](Self::close) was called.
+    pub async fn get(&self) -> Result<Connection, Error> {
+        self.inner.pool.get().await.map_err(|e| self.checkout_error(e))
+    }
+
+    /// A snapshot of the pool's state and counters.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) {
+    /// let stats = pool.stats();
+    /// assert!(stats.size <= stats.max_size);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let status = self.inner.pool.status();
+        let tokens = self.token_cache().stats();
+        self.inner.counters.snapshot(status, tokens)
+    }
+
+    /// The token cache in front of the pool's credential provider.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) {
+    /// println!("token expires in {:?}", pool.token_cache().stats().expires_in);
+    /// # }
+    /// ```
+    pub fn token_cache(&self) -> &TokenCache {
+        self.inner.pool.manager().connector().tokens()
+    }
+
+    /// Closes the pool: idle connections are closed now, checked-out ones when they are
+    /// returned, every later [`get`](Self::get) fails with [`Error::PoolClosed`], and the
+    /// background task ends.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) {
+    /// pool.close();
+    /// assert!(pool.is_closed());
+    /// # }
+    /// ```
+    pub fn close(&self) {
+        self.inner.pool.close();
+        self.inner.housekeeper.abort();
+    }
+
+    /// Whether [`close`](Self::close) has been called.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) {
+    /// assert!(!pool.is_closed());
+    /// # }
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.inner.pool.is_closed()
+    }
+
+    fn target(&self) -> String {
+        self.inner.pool.manager().connector().target().to_owned()
+    }
+
+    fn checkout_error(&self, error: PoolError<Error>) -> Error {
+        match error {
+            PoolError::Backend(error) => error,
+            PoolError::Closed => Error::PoolClosed,
+            PoolError::Timeout(TimeoutType::Create) => Error::ConnectTimeout {
+                target: self.target(),
+                after: self.inner.create_bound,
+            },
+            PoolError::Timeout(TimeoutType::Wait | TimeoutType::Recycle) => Error::PoolTimeout {
+                waited: self.inner.wait_timeout,
+                max_size: self.inner.pool.status().max_size,
+            },
+            // The pool is always built with a runtime and without hooks.
+            PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => Error::invalid(
+                "build",
+                "the pool was built without a runtime or with a hook (a bug in lakebase-pool)",
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("target", &self.inner.pool.manager().connector().target())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// A connection checked out of a [`Pool`]; it goes back to the pool when dropped.
+///
+/// It dereferences to deadpool-postgres's [`ClientWrapper`], and through it to
+/// [`tokio_postgres::Client`], so queries, `prepare_cached` and transactions work as with
+/// deadpool-postgres.
+///
+/// ```no_run
+/// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), Box<dyn std::error::Error>> {
+/// let mut conn = pool.get().await?;
+/// let tx = conn.transaction().await?;
+/// tx.execute("INSERT INTO events (kind) VALUES ($1)", &[&"signup"]).await?;
+/// tx.commit().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Connection {
+    object: managed::Object<Manager>,
+}
+
+impl Connection {
+    /// When the pool will retire this connection (its max lifetime, shortened by its jitter),
+    /// or `None` without a lifetime limit. A connection in use is not interrupted; it is
+    /// retired once it is idle after this moment.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
+    /// let conn = pool.get().await?;
+    /// println!("retires in {:?}", conn.retire_at().map(|at| at - std::time::Instant::now()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn retire_at(&self) -> Option<Instant> {
+        self.object.retire_at
+    }
+
+    /// How long ago this physical connection was opened.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
+    /// let conn = pool.get().await?;
+    /// assert!(conn.age() < std::time::Duration::from_secs(3600));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn age(&self) -> Duration {
+        self.object.created.elapsed()
+    }
+}
+
+impl From<managed::Object<Manager>> for Connection {
+    fn from(object: managed::Object<Manager>) -> Self {
+        Connection { object }
+    }
+}
+
+impl Deref for Connection {
+    type Target = ClientWrapper;
+
+    fn deref(&self) -> &ClientWrapper {
+        &self.object.client
+    }
+}
+
+impl DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut ClientWrapper {
+        &mut self.object.client
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // The object returns to the pool right after this; idle time starts now.
+        self.object.idle_since = Instant::now();
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("age", &self.age())
+            .field("retire_at", &self.retire_at())
+            .field("closed", &self.object.client.is_closed())
+            .finish()
+    }
+}

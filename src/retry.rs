@@ -1,0 +1,436 @@
+//! Which connection errors are worth retrying, and how long to wait between attempts.
+//!
+//! # Classification
+//!
+//! [`classify`] sorts an error from opening a connection into an [`ErrorClass`]:
+//!
+//! * **Transient**: the server is down, restarting, or waking from scale-to-zero. I/O errors
+//!   `ConnectionRefused`, `ConnectionReset`, `ConnectionAborted`, `TimedOut`, `UnexpectedEof`,
+//!   `BrokenPipe`, `NotConnected`; a connection closed during start-up; SQLSTATE `57P01`,
+//!   `57P02`, `57P03`, `08000`, `08001`, `08003`, `08006`; and the Lakebase proxy's own
+//!   `XX000` messages "Couldn't connect to compute node", "endpoint is idle, retry request",
+//!   "timed out while waiting for endpoint to become active".
+//! * **Rate limited**: retry, but back off longer. SQLSTATE `53300` and the proxy messages "Too
+//!   many connections attempts", "Failed to acquire permit to connect to the database", "Too
+//!   many connections to this endpoint".
+//! * **Auth**: SQLSTATE `28P01` or `28000`. The pool mints a fresh token and tries once more.
+//! * **Fatal**: everything else, including the proxy's "endpoint is disabled", "endpoint
+//!   cannot be found", "Check your quotas" and "Endpoint ID is not specified". Fails at once.
+//!
+//! # Defaults
+//!
+//! Each retry waits a random time between zero and a ceiling that doubles from
+//! 100 ms up to 4 s ("full jitter": a crowd of clients that failed together spreads out):
+//!
+//! | retry | wait (transient) | wait (rate limited) |
+//! |---|---|---|
+//! | 1 | 0-100 ms | 2-4 s |
+//! | 2 | 0-200 ms | 2-4 s |
+//! | 3 | 0-400 ms | 2-4 s |
+//! | 4 | 0-800 ms | 2-4 s |
+//! | 5 | 0-1.6 s | 2-4 s |
+//! | 6 | 0-3.2 s | 2-4 s |
+//! | 7 and later | 0-4 s | 2-4 s |
+//!
+//! Each attempt (TCP, TLS and login together) is bounded by the 10 s connect timeout, and no
+//! attempt starts, nor wait begins, that would end after the 30 s deadline. The worst case
+//! for one checkout is therefore the deadline plus the token mint timeout.
+
+use std::error::Error as StdError;
+use std::io;
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+
+use crate::Error;
+use crate::defaults;
+
+/// What to do about an error from opening a connection; see the [module docs](self).
+///
+/// ```
+/// use lakebase_pool::retry::ErrorClass;
+///
+/// fn should_retry(class: ErrorClass) -> bool {
+///     matches!(class, ErrorClass::Transient | ErrorClass::RateLimited)
+/// }
+/// assert!(should_retry(ErrorClass::Transient));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// Retry with backoff: the server is down, starting, or waking up.
+    Transient,
+    /// Retry with a longer backoff: the server or proxy is limiting connections.
+    RateLimited,
+    /// The login was rejected: mint a fresh token, then retry once.
+    Auth,
+    /// Retrying will not help.
+    Fatal,
+}
+
+/// Classifies an error from opening a connection; see the [module docs](self).
+///
+/// ```no_run
+/// use lakebase_pool::retry::{classify, ErrorClass};
+///
+/// # async fn demo() {
+/// match tokio_postgres::connect("host=127.0.0.1 user=app", tokio_postgres::NoTls).await {
+///     Err(e) if classify(&e) == ErrorClass::Transient => println!("try again shortly"),
+///     Err(e) => println!("failed: {e}"),
+///     Ok(_) => println!("connected"),
+/// }
+/// # }
+/// ```
+pub fn classify(error: &tokio_postgres::Error) -> ErrorClass {
+    if let Some(db) = error.as_db_error() {
+        return classify_server_error(db.code(), db.message());
+    }
+    if error.is_closed() {
+        // The server hung up during start-up: typically a restart or suspend in progress.
+        return ErrorClass::Transient;
+    }
+    match io_error_kind(error) {
+        Some(kind) => classify_io(kind),
+        None => ErrorClass::Fatal,
+    }
+}
+
+/// Classifies an error the server (or the Lakebase proxy in front of it) sent.
+pub(crate) fn classify_server_error(code: &SqlState, message: &str) -> ErrorClass {
+    if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    {
+        ErrorClass::Auth
+    } else if *code == SqlState::TOO_MANY_CONNECTIONS {
+        ErrorClass::RateLimited
+    } else if [
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::CONNECTION_EXCEPTION,
+        SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+        SqlState::CONNECTION_DOES_NOT_EXIST,
+        SqlState::CONNECTION_FAILURE,
+    ]
+    .contains(code)
+    {
+        ErrorClass::Transient
+    } else if *code == SqlState::INTERNAL_ERROR {
+        classify_proxy_message(message)
+    } else {
+        ErrorClass::Fatal
+    }
+}
+
+/// The Lakebase (Neon) proxy reports its own failures as `XX000` with these texts.
+fn classify_proxy_message(message: &str) -> ErrorClass {
+    const RATE_LIMITED: [&str; 3] = [
+        "too many connections attempts",
+        "failed to acquire permit to connect to the database",
+        "too many connections to this endpoint",
+    ];
+    const TRANSIENT: [&str; 3] = [
+        "couldn't connect to compute node",
+        "endpoint is idle, retry request",
+        "timed out while waiting for endpoint to become active",
+    ];
+    let message = message.to_ascii_lowercase();
+    if RATE_LIMITED.iter().any(|text| message.contains(text)) {
+        ErrorClass::RateLimited
+    } else if TRANSIENT.iter().any(|text| message.contains(text)) {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Fatal
+    }
+}
+
+fn classify_io(kind: io::ErrorKind) -> ErrorClass {
+    use io::ErrorKind::*;
+    match kind {
+        ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | UnexpectedEof
+        | BrokenPipe | NotConnected => ErrorClass::Transient,
+        _ => ErrorClass::Fatal,
+    }
+}
+
+/// The kind of the first `io::Error` in the source chain, if any.
+fn io_error_kind(error: &(dyn StdError + 'static)) -> Option<io::ErrorKind> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return Some(io.kind());
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// How a checkout retries opening a connection: per-attempt timeout, backoff and deadline.
+/// The [module docs](self) show the schedule.
+///
+/// ```
+/// use std::time::Duration;
+/// use lakebase_pool::RetryPolicy;
+///
+/// let policy = RetryPolicy::default()
+///     .connect_timeout(Duration::from_secs(5))
+///     .backoff(Duration::from_millis(50), Duration::from_secs(2))
+///     .deadline(Duration::from_secs(20));
+/// # let _ = policy;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    connect_timeout: Duration,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            initial_backoff: defaults::INITIAL_BACKOFF,
+            max_backoff: defaults::MAX_BACKOFF,
+            deadline: defaults::CONNECT_DEADLINE,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Bound on one connection attempt: TCP connect, TLS handshake and login together.
+    ///
+    /// Default: 10 seconds.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let policy = lakebase_pool::RetryPolicy::default().connect_timeout(Duration::from_secs(15));
+    /// # let _ = policy;
+    /// ```
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The backoff ceiling starts at `initial` and doubles after each retry up to `max`;
+    /// each wait is random between zero and the ceiling. Rate-limit errors wait between
+    /// `max / 2` and `max`.
+    ///
+    /// Default: 100 ms doubling up to 4 s.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let policy = lakebase_pool::RetryPolicy::default()
+    ///     .backoff(Duration::from_millis(200), Duration::from_secs(8));
+    /// # let _ = policy;
+    /// ```
+    #[must_use]
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_backoff = initial;
+        self.max_backoff = max;
+        self
+    }
+
+    /// How long a checkout keeps retrying transient errors before it gives up with
+    /// [`Error::ConnectRetriesExhausted`]. No attempt or wait is started that would end
+    /// after it.
+    ///
+    /// Default: 30 seconds.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let policy = lakebase_pool::RetryPolicy::default().deadline(Duration::from_secs(60));
+    /// # let _ = policy;
+    /// ```
+    #[must_use]
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// A policy that never retries: one attempt, then the error.
+    ///
+    /// ```
+    /// let policy = lakebase_pool::RetryPolicy::no_retry();
+    /// # let _ = policy;
+    /// ```
+    pub fn no_retry() -> Self {
+        RetryPolicy::default().deadline(Duration::ZERO)
+    }
+
+    pub(crate) fn attempt_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    pub(crate) fn total_deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.connect_timeout.is_zero() {
+            return Err(Error::invalid("connect_timeout", "must be greater than zero"));
+        }
+        if self.initial_backoff.is_zero() || self.max_backoff < self.initial_backoff {
+            return Err(Error::invalid(
+                "backoff",
+                format!(
+                    "initial ({:?}) must be greater than zero and not above max ({:?})",
+                    self.initial_backoff, self.max_backoff
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The wait before retry number `retry` (1 for the first retry). `unit` is a random
+    /// number in `[0, 1)`; taking it as an argument keeps this function deterministic.
+    pub(crate) fn delay(&self, retry: u32, class: ErrorClass, unit: f64) -> Duration {
+        let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 0.0 };
+        let (floor, span) = match class {
+            ErrorClass::RateLimited => {
+                let half = self.max_backoff / 2;
+                (half, self.max_backoff - half)
+            }
+            _ => {
+                let doublings = retry.saturating_sub(1).min(31);
+                let ceiling = self
+                    .initial_backoff
+                    .saturating_mul(1u32 << doublings)
+                    .min(self.max_backoff);
+                (Duration::ZERO, ceiling)
+            }
+        };
+        let jittered = Duration::try_from_secs_f64(span.as_secs_f64() * unit)
+            .unwrap_or(span)
+            .min(span);
+        floor.saturating_add(jittered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_wake_up_texts_are_transient() {
+        for text in [
+            "Couldn't connect to compute node",
+            "endpoint is idle, retry request",
+            "timed out while waiting for endpoint to become active",
+        ] {
+            assert_eq!(
+                classify_server_error(&SqlState::INTERNAL_ERROR, text),
+                ErrorClass::Transient,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn proxy_rate_limit_texts_are_rate_limited() {
+        for text in [
+            "Too many connections attempts",
+            "Failed to acquire permit to connect to the database. Too many database connection attempts are currently ongoing.",
+            "Too many connections to this endpoint",
+        ] {
+            assert_eq!(
+                classify_server_error(&SqlState::INTERNAL_ERROR, text),
+                ErrorClass::RateLimited,
+                "{text}"
+            );
+        }
+        assert_eq!(
+            classify_server_error(&SqlState::TOO_MANY_CONNECTIONS, "sorry, too many clients already"),
+            ErrorClass::RateLimited
+        );
+    }
+
+    #[test]
+    fn proxy_fatal_texts_and_unknown_internal_errors_are_fatal() {
+        for text in [
+            "endpoint is disabled",
+            "endpoint cannot be found",
+            "endpoint is temporarily unavailable. Check your quotas and/or contact our support.",
+            "Endpoint ID is not specified. Either please upgrade the postgres client library",
+            "something unexpected",
+        ] {
+            assert_eq!(
+                classify_server_error(&SqlState::INTERNAL_ERROR, text),
+                ErrorClass::Fatal,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn server_states_are_classified_by_sqlstate() {
+        for code in ["57P01", "57P02", "57P03", "08000", "08001", "08003", "08006"] {
+            assert_eq!(
+                classify_server_error(&SqlState::from_code(code), "x"),
+                ErrorClass::Transient,
+                "{code}"
+            );
+        }
+        for code in ["28P01", "28000"] {
+            assert_eq!(classify_server_error(&SqlState::from_code(code), "x"), ErrorClass::Auth);
+        }
+        for code in ["3D000", "42501", "42P01"] {
+            assert_eq!(classify_server_error(&SqlState::from_code(code), "x"), ErrorClass::Fatal);
+        }
+    }
+
+    #[test]
+    fn io_kinds_before_startup_are_transient_others_fatal() {
+        assert_eq!(classify_io(io::ErrorKind::ConnectionRefused), ErrorClass::Transient);
+        assert_eq!(classify_io(io::ErrorKind::UnexpectedEof), ErrorClass::Transient);
+        assert_eq!(classify_io(io::ErrorKind::PermissionDenied), ErrorClass::Fatal);
+        let wrapped = io::Error::new(io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(io_error_kind(&wrapped), Some(io::ErrorKind::ConnectionReset));
+    }
+
+    #[test]
+    fn transient_delay_is_full_jitter_under_a_doubling_capped_ceiling() {
+        let policy = RetryPolicy::default();
+        let ceilings_ms = [100, 200, 400, 800, 1600, 3200, 4000, 4000];
+        for (i, ceiling) in ceilings_ms.iter().enumerate() {
+            let retry = i as u32 + 1;
+            assert_eq!(policy.delay(retry, ErrorClass::Transient, 0.0), Duration::ZERO);
+            assert_eq!(
+                policy.delay(retry, ErrorClass::Transient, 0.5),
+                Duration::from_millis(ceiling / 2)
+            );
+            let top = policy.delay(retry, ErrorClass::Transient, 0.999_999);
+            assert!(top <= Duration::from_millis(*ceiling), "retry {retry}: {top:?}");
+        }
+    }
+
+    #[test]
+    fn rate_limited_delay_stays_in_the_upper_half() {
+        let policy = RetryPolicy::default();
+        for unit in [0.0, 0.3, 0.999_999] {
+            let delay = policy.delay(1, ErrorClass::RateLimited, unit);
+            assert!(delay >= Duration::from_secs(2) && delay <= Duration::from_secs(4), "{delay:?}");
+        }
+    }
+
+    #[test]
+    fn delay_never_overflows_or_panics_on_extreme_inputs() {
+        let policy = RetryPolicy::default().backoff(Duration::from_nanos(1), Duration::MAX);
+        for retry in [0, 1, 31, 32, 64, u32::MAX] {
+            for unit in [0.0, 0.5, 0.999_999_999, 1.0, f64::NAN, f64::INFINITY, -1.0] {
+                let delay = policy.delay(retry, ErrorClass::Transient, unit);
+                assert!(delay <= Duration::MAX);
+                let _ = policy.delay(retry, ErrorClass::RateLimited, unit);
+            }
+        }
+    }
+
+    #[test]
+    fn validate_rejects_inverted_backoff() {
+        let err = RetryPolicy::default()
+            .backoff(Duration::from_secs(5), Duration::from_secs(1))
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("invalid pool setting `backoff`"), "{err}");
+    }
+}

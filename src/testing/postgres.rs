@@ -1,0 +1,604 @@
+//! `LocalPostgres`: a throwaway PostgreSQL cluster on loopback, owned by the test.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::NoTls;
+
+use super::RotatingPassword;
+use crate::{PoolBuilder, Secret};
+
+/// How long a starting server may take before the harness gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_LINE: &str = "database system is ready to accept connections";
+const SUPERUSER: &str = "postgres";
+
+/// Why the local cluster could not be set up or driven.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HarnessError {
+    /// `initdb` and `postgres` were not found.
+    #[error(
+        "PostgreSQL server binaries (initdb, postgres, pg_ctl) were not found in \
+         $LAKEBASE_PG_BINDIR, $PATH or /usr/lib/postgresql/*/bin (install them: \
+         `apt-get install -y postgresql` on Debian or Ubuntu, `brew install postgresql@17` on \
+         macOS, or set LAKEBASE_PG_BINDIR to the directory that holds them)"
+    )]
+    BinariesNotFound,
+
+    /// Running as root, and there is no `postgres` user to run the server as.
+    #[error(
+        "running as root, but there is no `postgres` user to run the server as (initdb and \
+         postgres refuse to run as root; installing the postgresql package creates the user, \
+         or run the tests as an ordinary user)"
+    )]
+    NoUnprivilegedUser,
+
+    /// A command of the harness failed.
+    #[error("`{command}` failed ({status}); its output:\n{output}")]
+    CommandFailed {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed.
+        output: String,
+    },
+
+    /// The server did not report being ready in time, or exited while starting.
+    #[error("the local PostgreSQL server did not start within {waited:?}; the end of its log:\n{log}")]
+    NotReady {
+        /// How long the harness waited.
+        waited: Duration,
+        /// The last lines of the server log.
+        log: String,
+    },
+
+    /// A file-system or process operation failed.
+    #[error("could not {action}")]
+    Io {
+        /// What the harness was doing.
+        action: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// An administrative SQL statement failed.
+    #[error("administrative SQL on the local server failed")]
+    Sql(#[from] tokio_postgres::Error),
+}
+
+fn io_error(action: &'static str) -> impl FnOnce(io::Error) -> HarnessError {
+    move |source| HarnessError::Io { action, source }
+}
+
+/// How [`LocalPostgres::stop`] shuts the server down (`pg_ctl stop -m ...`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopMode {
+    /// Disconnect clients with `57P01` and shut down cleanly.
+    Fast,
+    /// Abort at once, as a crash would (recovery runs at the next start).
+    Immediate,
+}
+
+/// A throwaway PostgreSQL cluster: created in a temporary directory, listening on a free
+/// loopback port with password (SCRAM) authentication over TCP, stopped and deleted when the
+/// last handle is dropped.
+///
+/// It works as root (as on CI machines): `initdb` and `postgres` then run as the `postgres`
+/// system user. When the server binaries are missing, [`start`](Self::start) fails with
+/// [`HarnessError::BinariesNotFound`], whose message says how to install them.
+///
+/// Cloning is cheap; clones drive the same server.
+///
+/// ```no_run
+/// use lakebase_pool::testing::LocalPostgres;
+/// use lakebase_pool::Secret;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pg = LocalPostgres::start()?;
+/// pg.create_role("app", &Secret::new("app-password")).await?;
+/// let pool = pg.pool_builder("app").password("app-password").build()?;
+/// let conn = pool.get().await?;
+/// conn.simple_query("SELECT 1").await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct LocalPostgres {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Deleted on drop, after the server has stopped.
+    root: tempfile::TempDir,
+    bin_dir: PathBuf,
+    port: u16,
+    /// `(uid, gid)` to run server processes as when this process is root.
+    run_as: Option<(u32, u32)>,
+    server: Mutex<Option<Child>>,
+    /// `ALTER ROLE` on one role from two sessions at once can fail with "tuple concurrently
+    /// updated"; role changes go through this lock.
+    role_changes: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for LocalPostgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalPostgres")
+            .field("port", &self.inner.port)
+            .field("dir", &self.inner.root.path())
+            .finish()
+    }
+}
+
+impl LocalPostgres {
+    /// Creates and starts a cluster. Blocks for about a second (`initdb` plus start-up).
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError`] saying what is missing or what failed.
+    pub fn start() -> Result<Self, HarnessError> {
+        let bin_dir = find_bin_dir()?;
+        let run_as = unprivileged_user()?;
+        let root = tempfile::Builder::new()
+            .prefix("lakebase-pg-")
+            .tempdir()
+            .map_err(io_error("create a temporary directory"))?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(root.path(), Some(uid), Some(gid))
+                .map_err(io_error("hand the temporary directory to the postgres user"))?;
+        }
+        let mut pg = Inner {
+            root,
+            bin_dir,
+            port: 0,
+            run_as,
+            server: Mutex::new(None),
+            role_changes: tokio::sync::Mutex::new(()),
+        };
+        pg.initdb()?;
+        // A port found free can be taken by someone else before the server binds it.
+        let mut last_error = None;
+        for _ in 0..3 {
+            pg.port = free_port()?;
+            match pg.spawn_server() {
+                Ok(()) => {
+                    return Ok(LocalPostgres {
+                        inner: Arc::new(pg),
+                    });
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or(HarnessError::NotReady {
+            waited: READY_TIMEOUT,
+            log: String::new(),
+        }))
+    }
+
+    /// The host to connect to: `127.0.0.1`.
+    ///
+    /// ```no_run
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// assert_eq!(pg.host(), "127.0.0.1");
+    /// ```
+    pub fn host(&self) -> &str {
+        "127.0.0.1"
+    }
+
+    /// The TCP port the server listens on.
+    ///
+    /// ```no_run
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// println!("postgres://app@127.0.0.1:{}/app", pg.port());
+    /// ```
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+
+    /// A [`PoolBuilder`] with host, port, user `role` and database `role` set (the database
+    /// [`create_role`](Self::create_role) creates); add credentials and build.
+    ///
+    /// ```no_run
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// let builder = pg.pool_builder("app").password("app-password");
+    /// # let _ = builder;
+    /// ```
+    pub fn pool_builder(&self, role: &str) -> PoolBuilder {
+        crate::Pool::builder()
+            .host(self.host())
+            .port(self.port())
+            .user(role)
+            .dbname(role)
+    }
+
+    /// A provider that mints a random token for `role` on every call and makes it the role's
+    /// real password (valid for `ttl`), so Postgres itself checks each token.
+    ///
+    /// ```no_run
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// let tokens = pg.rotating_password("app", std::time::Duration::from_secs(3600));
+    /// assert_eq!(tokens.mint_count(), 0);
+    /// ```
+    pub fn rotating_password(&self, role: &str, ttl: Duration) -> RotatingPassword {
+        RotatingPassword::new(self.clone(), role, ttl)
+    }
+
+    /// A superuser session over the server's Unix socket (trust authentication).
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Sql`] when the server is down.
+    pub async fn admin(&self) -> Result<tokio_postgres::Client, HarnessError> {
+        let mut config = tokio_postgres::Config::new();
+        let _ = config
+            .host_path(self.inner.socket_dir())
+            .port(self.inner.port)
+            .user(SUPERUSER)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(10));
+        let (client, connection) = config.connect(NoTls).await?;
+        drop(tokio::spawn(async move {
+            let _ = connection.await;
+        }));
+        Ok(client)
+    }
+
+    /// Creates a login role with `password`, and a database of the same name that it owns.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Sql`], e.g. when the role exists.
+    pub async fn create_role(&self, role: &str, password: &Secret) -> Result<(), HarnessError> {
+        let admin = self.admin().await?;
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE {ident} LOGIN PASSWORD {password}; CREATE DATABASE {ident} OWNER {ident};",
+                ident = quote_ident(role),
+                password = quote_literal(password.expose()),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Sets `role`'s password, optionally valid only until `valid_until`. Calls are
+    /// serialised, so concurrent rotations do not collide.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Sql`] when the server is down or the role does not exist.
+    pub async fn set_password(
+        &self,
+        role: &str,
+        password: &Secret,
+        valid_until: Option<SystemTime>,
+    ) -> Result<(), HarnessError> {
+        let _serialised = self.inner.role_changes.lock().await;
+        let admin = self.admin().await?;
+        let until = match valid_until {
+            None => String::from("infinity"),
+            Some(at) => {
+                let epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+                let row = admin
+                    .query_one("SELECT to_timestamp($1::float8)::text", &[&epoch])
+                    .await?;
+                row.get(0)
+            }
+        };
+        admin
+            .batch_execute(&format!(
+                "ALTER ROLE {} PASSWORD {} VALID UNTIL {}",
+                quote_ident(role),
+                quote_literal(password.expose()),
+                quote_literal(&until),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Terminates every session of `role` (as `pg_terminate_backend` does when an operator
+    /// kills them) and returns how many there were.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Sql`] when the server is down.
+    pub async fn terminate_sessions(&self, role: &str) -> Result<u64, HarnessError> {
+        let admin = self.admin().await?;
+        let row = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1",
+                &[&role],
+            )
+            .await?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    /// Stops the server; [`resume`](Self::resume) starts it again on the same port.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::CommandFailed`] when `pg_ctl stop` fails.
+    pub fn stop(&self, mode: StopMode) -> Result<(), HarnessError> {
+        self.inner.stop(mode)
+    }
+
+    /// Starts the server again after [`stop`](Self::stop), on the same port and data.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::NotReady`] when it does not come up.
+    pub fn resume(&self) -> Result<(), HarnessError> {
+        self.inner.spawn_server()
+    }
+}
+
+impl Inner {
+    fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    fn socket_dir(&self) -> PathBuf {
+        self.root.path().to_path_buf()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.root.path().join("postgres.log")
+    }
+
+    /// A command for one of the server binaries, run as the unprivileged user if needed.
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(self.bin_dir.join(program));
+        if let Some((uid, gid)) = self.run_as {
+            let _ = command.uid(uid).gid(gid);
+        }
+        let _ = command.env("LC_ALL", "C").stdin(Stdio::null());
+        command
+    }
+
+    fn initdb(&self) -> Result<(), HarnessError> {
+        let mut command = self.command("initdb");
+        let _ = command
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-U", SUPERUSER, "-E", "UTF8", "--locale=C", "--no-sync"])
+            .args(["--auth-local=trust", "--auth-host=scram-sha-256"]);
+        run(command)
+    }
+
+    /// Starts `postgres` in the foreground as a child and waits for it to be ready.
+    fn spawn_server(&self) -> Result<(), HarnessError> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(io_error("open the server log"))?;
+        let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let stderr = log.try_clone().map_err(io_error("open the server log"))?;
+        let mut command = self.command("postgres");
+        let _ = command
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(self.socket_dir())
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+            .stdout(log)
+            .stderr(stderr);
+        let child = command.spawn().map_err(io_error("start postgres"))?;
+        *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(child);
+        self.wait_until_ready(log_start)
+    }
+
+    fn wait_until_ready(&self, log_start: u64) -> Result<(), HarnessError> {
+        let started = Instant::now();
+        while started.elapsed() < READY_TIMEOUT {
+            if read_log_from(&self.log_path(), log_start).contains(READY_LINE) {
+                return Ok(());
+            }
+            let exited = {
+                let mut server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
+                match server.as_mut().map(Child::try_wait) {
+                    Some(Ok(Some(_))) => {
+                        *server = None;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if exited {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill_server();
+        Err(HarnessError::NotReady {
+            waited: started.elapsed(),
+            log: tail(&read_log_from(&self.log_path(), log_start), 20),
+        })
+    }
+
+    fn stop(&self, mode: StopMode) -> Result<(), HarnessError> {
+        let mode = match mode {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        };
+        let mut command = self.command("pg_ctl");
+        let _ = command
+            .arg("stop")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", mode, "-w", "-t", "30"]);
+        let result = run(command);
+        if let Some(mut child) = self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = child.wait();
+        }
+        result
+    }
+
+    fn kill_server(&self) {
+        if let Some(mut child) = self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let running = self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        if running && self.stop(StopMode::Immediate).is_err() {
+            self.kill_server();
+        }
+    }
+}
+
+fn run(mut command: Command) -> Result<(), HarnessError> {
+    let output = command
+        .output()
+        .map_err(io_error("run a PostgreSQL command"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    Err(HarnessError::CommandFailed {
+        command: format!("{command:?}"),
+        status: output.status.to_string(),
+        output: tail(&text, 20),
+    })
+}
+
+fn read_log_from(path: &Path, offset: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = File::open(path)
+        && file.seek(SeekFrom::Start(offset)).is_ok()
+    {
+        let _ = file.read_to_string(&mut text);
+    }
+    text
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn free_port() -> Result<u16, HarnessError> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(io_error("find a free port"))?;
+    let port = listener
+        .local_addr()
+        .map_err(io_error("find a free port"))?
+        .port();
+    Ok(port)
+}
+
+/// The directory holding `initdb`, `postgres` and `pg_ctl`.
+fn find_bin_dir() -> Result<PathBuf, HarnessError> {
+    let has_all = |dir: &Path| {
+        ["initdb", "postgres", "pg_ctl"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = std::env::var_os("LAKEBASE_PG_BINDIR") {
+        candidates.push(PathBuf::from(dir));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    // Debian and Ubuntu keep the server binaries off $PATH; prefer the newest version.
+    let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .collect();
+    versioned.sort_by(|a, b| b.0.cmp(&a.0));
+    candidates.extend(versioned.into_iter().map(|(_, dir)| dir));
+    candidates
+        .into_iter()
+        .find(|dir| has_all(dir))
+        .ok_or(HarnessError::BinariesNotFound)
+}
+
+/// `(uid, gid)` of the `postgres` user when this process runs as root, else `None`.
+fn unprivileged_user() -> Result<Option<(u32, u32)>, HarnessError> {
+    if id(&["-u"])? != 0 {
+        return Ok(None);
+    }
+    let uid = id(&["-u", SUPERUSER]).map_err(|_| HarnessError::NoUnprivilegedUser)?;
+    let gid = id(&["-g", SUPERUSER]).map_err(|_| HarnessError::NoUnprivilegedUser)?;
+    Ok(Some((uid, gid)))
+}
+
+fn id(args: &[&str]) -> Result<u32, HarnessError> {
+    let output = Command::new("id")
+        .args(args)
+        .output()
+        .map_err(io_error("run `id`"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    match text.trim().parse() {
+        Ok(value) if output.status.success() => Ok(value),
+        _ => Err(HarnessError::CommandFailed {
+            command: format!("id {}", args.join(" ")),
+            status: output.status.to_string(),
+            output: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }),
+    }
+}
+
+/// A SQL identifier in double quotes.
+fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// A SQL string literal (standard_conforming_strings is on by default since PostgreSQL 9.1).
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_doubles_the_quote_characters() {
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
+}
