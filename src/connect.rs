@@ -129,7 +129,11 @@ impl Connector {
             let error = match self.attempt(&credential, timeout).await {
                 Ok(client) => {
                     self.counters.connection_opened();
-                    tracing::debug!(attempts, elapsed_ms = millis(started.elapsed()), "connection opened");
+                    tracing::debug!(
+                        attempts,
+                        elapsed_ms = millis(started.elapsed()),
+                        "connection opened"
+                    );
                     return Ok(client);
                 }
                 Err(error) => error,

@@ -78,7 +78,9 @@ pub enum Error {
     /// Connecting failed with an error that retrying cannot fix (wrong database name, endpoint
     /// disabled or unknown, protocol error, ...). The server's error is the
     /// [`source`](std::error::Error::source).
-    #[error("could not connect to {target} (the error is not retryable; the cause says what to fix)")]
+    #[error(
+        "could not connect to {target} (the error is not retryable; the cause says what to fix)"
+    )]
     Connect {
         /// `user@host:port/dbname` of the connection that failed.
         target: String,
@@ -114,7 +116,9 @@ pub enum Error {
 
     /// Opening a connection took longer than the pool's overall bound for it. This is a
     /// backstop behind the retry deadline and token timeout and should not normally fire.
-    #[error("opening a connection to {target} took longer than {after:.1?} (the server or the token provider hangs)")]
+    #[error(
+        "opening a connection to {target} took longer than {after:.1?} (the server or the token provider hangs)"
+    )]
     ConnectTimeout {
         /// `user@host:port/dbname` of the connection that failed.
         target: String,
@@ -132,7 +136,9 @@ fn retry_hint(retry_in: Option<Duration>) -> String {
         Some(wait) => format!(
             "the credential provider failed; the pool asks it again in {wait:.1?}, on a later checkout"
         ),
-        None => "the credential provider failed; the pool asks it again on the next checkout".into(),
+        None => {
+            "the credential provider failed; the pool asks it again on the next checkout".into()
+        }
     }
 }
 
@@ -171,7 +177,10 @@ impl Error {
     /// assert!(err.is_timeout());
     /// ```
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::PoolTimeout { .. } | Error::ConnectTimeout { .. })
+        matches!(
+            self,
+            Error::PoolTimeout { .. } | Error::ConnectTimeout { .. }
+        )
     }
 
     pub(crate) fn invalid(setting: &'static str, problem: impl Into<String>) -> Self {

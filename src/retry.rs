@@ -268,7 +268,10 @@ impl RetryPolicy {
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
         if self.connect_timeout.is_zero() {
-            return Err(Error::invalid("connect_timeout", "must be greater than zero"));
+            return Err(Error::invalid(
+                "connect_timeout",
+                "must be greater than zero",
+            ));
         }
         if self.initial_backoff.is_zero() || self.max_backoff < self.initial_backoff {
             return Err(Error::invalid(
@@ -285,7 +288,11 @@ impl RetryPolicy {
     /// The wait before retry number `retry` (1 for the first retry). `unit` is a random
     /// number in `[0, 1)`; taking it as an argument keeps this function deterministic.
     pub(crate) fn delay(&self, retry: u32, class: ErrorClass, unit: f64) -> Duration {
-        let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 0.0 };
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         let (floor, span) = match class {
             ErrorClass::RateLimited => {
                 let half = self.max_backoff / 2;
@@ -340,7 +347,10 @@ mod tests {
             );
         }
         assert_eq!(
-            classify_server_error(&SqlState::TOO_MANY_CONNECTIONS, "sorry, too many clients already"),
+            classify_server_error(
+                &SqlState::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already"
+            ),
             ErrorClass::RateLimited
         );
     }
@@ -364,7 +374,9 @@ mod tests {
 
     #[test]
     fn server_states_are_classified_by_sqlstate() {
-        for code in ["57P01", "57P02", "57P03", "08000", "08001", "08003", "08006"] {
+        for code in [
+            "57P01", "57P02", "57P03", "08000", "08001", "08003", "08006",
+        ] {
             assert_eq!(
                 classify_server_error(&SqlState::from_code(code), "x"),
                 ErrorClass::Transient,
@@ -372,20 +384,38 @@ mod tests {
             );
         }
         for code in ["28P01", "28000"] {
-            assert_eq!(classify_server_error(&SqlState::from_code(code), "x"), ErrorClass::Auth);
+            assert_eq!(
+                classify_server_error(&SqlState::from_code(code), "x"),
+                ErrorClass::Auth
+            );
         }
         for code in ["3D000", "42501", "42P01"] {
-            assert_eq!(classify_server_error(&SqlState::from_code(code), "x"), ErrorClass::Fatal);
+            assert_eq!(
+                classify_server_error(&SqlState::from_code(code), "x"),
+                ErrorClass::Fatal
+            );
         }
     }
 
     #[test]
     fn io_kinds_before_startup_are_transient_others_fatal() {
-        assert_eq!(classify_io(io::ErrorKind::ConnectionRefused), ErrorClass::Transient);
-        assert_eq!(classify_io(io::ErrorKind::UnexpectedEof), ErrorClass::Transient);
-        assert_eq!(classify_io(io::ErrorKind::PermissionDenied), ErrorClass::Fatal);
+        assert_eq!(
+            classify_io(io::ErrorKind::ConnectionRefused),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            classify_io(io::ErrorKind::UnexpectedEof),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            classify_io(io::ErrorKind::PermissionDenied),
+            ErrorClass::Fatal
+        );
         let wrapped = io::Error::new(io::ErrorKind::ConnectionReset, "reset");
-        assert_eq!(io_error_kind(&wrapped), Some(io::ErrorKind::ConnectionReset));
+        assert_eq!(
+            io_error_kind(&wrapped),
+            Some(io::ErrorKind::ConnectionReset)
+        );
     }
 
     #[test]
@@ -394,13 +424,19 @@ mod tests {
         let ceilings_ms = [100, 200, 400, 800, 1600, 3200, 4000, 4000];
         for (i, ceiling) in ceilings_ms.iter().enumerate() {
             let retry = i as u32 + 1;
-            assert_eq!(policy.delay(retry, ErrorClass::Transient, 0.0), Duration::ZERO);
+            assert_eq!(
+                policy.delay(retry, ErrorClass::Transient, 0.0),
+                Duration::ZERO
+            );
             assert_eq!(
                 policy.delay(retry, ErrorClass::Transient, 0.5),
                 Duration::from_millis(ceiling / 2)
             );
             let top = policy.delay(retry, ErrorClass::Transient, 0.999_999);
-            assert!(top <= Duration::from_millis(*ceiling), "retry {retry}: {top:?}");
+            assert!(
+                top <= Duration::from_millis(*ceiling),
+                "retry {retry}: {top:?}"
+            );
         }
     }
 
@@ -409,7 +445,10 @@ mod tests {
         let policy = RetryPolicy::default();
         for unit in [0.0, 0.3, 0.999_999] {
             let delay = policy.delay(1, ErrorClass::RateLimited, unit);
-            assert!(delay >= Duration::from_secs(2) && delay <= Duration::from_secs(4), "{delay:?}");
+            assert!(
+                delay >= Duration::from_secs(2) && delay <= Duration::from_secs(4),
+                "{delay:?}"
+            );
         }
     }
 
@@ -431,6 +470,10 @@ mod tests {
             .backoff(Duration::from_secs(5), Duration::from_secs(1))
             .validate()
             .unwrap_err();
-        assert!(err.to_string().starts_with("invalid pool setting `backoff`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid pool setting `backoff`"),
+            "{err}"
+        );
     }
 }

@@ -261,7 +261,9 @@ struct State {
 #[derive(Debug, PartialEq, Eq)]
 enum Freshness {
     /// Reusable; `refresh_due` once it is within `refresh_ahead` of expiry.
-    Fresh { refresh_due: bool },
+    Fresh {
+        refresh_due: bool,
+    },
     /// Too close to expiry to reuse, still good for a login (the fallback when minting fails).
     Valid,
     Expired,
@@ -291,7 +293,9 @@ impl Clock {
 /// Why a provider call produced no usable credential, when the provider itself did not fail.
 #[derive(Debug, thiserror::Error)]
 enum MintError {
-    #[error("the credential provider did not answer within {0:.1?} (see `CachePolicy::mint_timeout`)")]
+    #[error(
+        "the credential provider did not answer within {0:.1?} (see `CachePolicy::mint_timeout`)"
+    )]
     Timeout(Duration),
     #[error("the credential provider returned an empty token")]
     EmptySecret,
@@ -325,7 +329,11 @@ impl TokenCache {
         Self::with_clock(provider, policy, Clock::System)
     }
 
-    fn with_clock(provider: Box<dyn CredentialProvider>, policy: CachePolicy, clock: Clock) -> Self {
+    fn with_clock(
+        provider: Box<dyn CredentialProvider>,
+        policy: CachePolicy,
+        clock: Clock,
+    ) -> Self {
         TokenCache {
             inner: Arc::new(Inner {
                 provider,
@@ -374,7 +382,10 @@ impl TokenCache {
     /// # Errors
     ///
     /// [`Error::Credentials`] when the provider fails (or is being backed off from).
-    pub async fn force_refresh(&self, rejected: &Arc<Credential>) -> Result<Arc<Credential>, Error> {
+    pub async fn force_refresh(
+        &self,
+        rejected: &Arc<Credential>,
+    ) -> Result<Arc<Credential>, Error> {
         let _minting = if self.inner.policy.per_connect {
             None
         } else {
@@ -408,7 +419,10 @@ impl TokenCache {
             .current
             .as_ref()
             .and_then(|c| c.expiry())
-            .map(|at| at.duration_since(self.inner.clock.now()).unwrap_or_default());
+            .map(|at| {
+                at.duration_since(self.inner.clock.now())
+                    .unwrap_or_default()
+            });
         TokenStats {
             minted: self.inner.minted.load(Ordering::Relaxed),
             mint_failures: self.inner.mint_failures.load(Ordering::Relaxed),
@@ -448,7 +462,9 @@ impl TokenCache {
         if refresh_due && may_start_refresh && !state.refreshing && !backing_off {
             state.refreshing = true;
             let cache = self.clone();
-            drop(tokio::spawn(async move { cache.refresh_in_background().await }));
+            drop(tokio::spawn(
+                async move { cache.refresh_in_background().await },
+            ));
         }
         self.inner.served_from_cache.fetch_add(1, Ordering::Relaxed);
         Some(current)
@@ -533,10 +549,10 @@ impl TokenCache {
         let timeout = self.inner.policy.mint_timeout;
         let call = tokio::time::timeout(timeout, self.inner.provider.credential());
         let result = match call.instrument(span.clone()).await {
-                Err(_) => Err(Arc::new(MintError::Timeout(timeout)) as SharedError),
-                Ok(Err(error)) => Err(SharedError::from(error)),
-                Ok(Ok(credential)) => self.check(credential),
-            };
+            Err(_) => Err(Arc::new(MintError::Timeout(timeout)) as SharedError),
+            Ok(Err(error)) => Err(SharedError::from(error)),
+            Ok(Ok(credential)) => self.check(credential),
+        };
         match &result {
             Ok(credential) => {
                 self.inner.minted.fetch_add(1, Ordering::Relaxed);
@@ -599,7 +615,10 @@ mod tests {
     #[derive(Clone, Copy)]
     enum Step {
         /// Succeed after `delay` with a token living `ttl`.
-        Ok { delay: Duration, ttl: Duration },
+        Ok {
+            delay: Duration,
+            ttl: Duration,
+        },
         Fail,
         Hang,
     }
@@ -717,8 +736,15 @@ mod tests {
         });
         let started = tokio::time::Instant::now();
         let during = h.cache.token().await.unwrap();
-        assert!(Arc::ptr_eq(&first, &during), "the caller got the cached token");
-        assert_eq!(started.elapsed(), Duration::ZERO, "the caller did not wait on the mint");
+        assert!(
+            Arc::ptr_eq(&first, &during),
+            "the caller got the cached token"
+        );
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "the caller did not wait on the mint"
+        );
         // Another caller while the refresh is in flight does not start a second one.
         let _ = h.cache.token().await.unwrap();
         settle().await;
@@ -750,14 +776,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failures_back_off_before_the_provider_is_called_again() {
-        let policy = CachePolicy::default().failure_backoff(Duration::from_secs(1), Duration::from_secs(4));
+        let policy =
+            CachePolicy::default().failure_backoff(Duration::from_secs(1), Duration::from_secs(4));
         let h = harness(policy, Step::Fail);
         assert!(h.cache.token().await.is_err());
         assert_eq!(h.calls(), 1);
         // Within the back-off: an immediate error, no provider call, and it says when.
         let err = h.cache.token().await.unwrap_err();
         match err {
-            Error::Credentials { retry_in, .. } => assert_eq!(retry_in, Some(Duration::from_secs(1))),
+            Error::Credentials { retry_in, .. } => {
+                assert_eq!(retry_in, Some(Duration::from_secs(1)))
+            }
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(h.calls(), 1);
@@ -766,7 +795,11 @@ mod tests {
         for wait in [1, 2, 4, 4] {
             tokio::time::advance(Duration::from_secs(wait) - Duration::from_millis(1)).await;
             assert!(h.cache.token().await.is_err());
-            assert_eq!(h.calls(), expected_calls, "called again before the back-off ended");
+            assert_eq!(
+                h.calls(),
+                expected_calls,
+                "called again before the back-off ended"
+            );
             tokio::time::advance(Duration::from_millis(1)).await;
             assert!(h.cache.token().await.is_err());
             expected_calls += 1;
@@ -853,6 +886,10 @@ mod tests {
             .refresh_ahead(5 * MIN)
             .validate()
             .unwrap_err();
-        assert!(err.to_string().starts_with("invalid pool setting `refresh_ahead`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid pool setting `refresh_ahead`"),
+            "{err}"
+        );
     }
 }

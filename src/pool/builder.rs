@@ -492,23 +492,54 @@ mod tests {
 
     #[tokio::test]
     async fn missing_or_invalid_settings_name_the_setting() {
-        assert_eq!(setting_of(PoolBuilder::default().host("127.0.0.1").user("a").build()), "credentials");
-        assert_eq!(setting_of(PoolBuilder::default().user("a").password("p").build()), "host");
-        assert_eq!(setting_of(PoolBuilder::default().host("::1").password("p").build()), "user");
+        assert_eq!(
+            setting_of(PoolBuilder::default().host("127.0.0.1").user("a").build()),
+            "credentials"
+        );
+        assert_eq!(
+            setting_of(PoolBuilder::default().user("a").password("p").build()),
+            "host"
+        );
+        assert_eq!(
+            setting_of(PoolBuilder::default().host("::1").password("p").build()),
+            "user"
+        );
         assert_eq!(setting_of(base().max_size(0).build()), "max_size");
-        assert_eq!(setting_of(base().lifetime_jitter(0.9).build()), "lifetime_jitter");
-        assert_eq!(setting_of(base().lifetime_jitter(f64::NAN).build()), "lifetime_jitter");
-        assert_eq!(setting_of(base().max_lifetime(Duration::ZERO).build()), "max_lifetime");
-        assert_eq!(setting_of(base().idle_timeout(Duration::ZERO).build()), "idle_timeout");
-        let with_password: tokio_postgres::Config = "host=127.0.0.1 user=a password=x".parse().unwrap();
-        assert_eq!(setting_of(base().pg_config(with_password).build()), "pg_config");
+        assert_eq!(
+            setting_of(base().lifetime_jitter(0.9).build()),
+            "lifetime_jitter"
+        );
+        assert_eq!(
+            setting_of(base().lifetime_jitter(f64::NAN).build()),
+            "lifetime_jitter"
+        );
+        assert_eq!(
+            setting_of(base().max_lifetime(Duration::ZERO).build()),
+            "max_lifetime"
+        );
+        assert_eq!(
+            setting_of(base().idle_timeout(Duration::ZERO).build()),
+            "idle_timeout"
+        );
+        let with_password: tokio_postgres::Config =
+            "host=127.0.0.1 user=a password=x".parse().unwrap();
+        assert_eq!(
+            setting_of(base().pg_config(with_password).build()),
+            "pg_config"
+        );
     }
 
     #[tokio::test]
     async fn plaintext_to_a_non_loopback_host_is_refused() {
         assert_eq!(setting_of(base().host("db.example.com").build()), "host");
         assert_eq!(setting_of(base().host("10.0.0.5").build()), "host");
-        for host in ["localhost", "127.0.0.1", "::1", "[::1]", "/var/run/postgresql"] {
+        for host in [
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "[::1]",
+            "/var/run/postgresql",
+        ] {
             assert!(base().host(host).build().is_ok(), "{host}");
         }
     }

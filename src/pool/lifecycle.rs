@@ -163,13 +163,15 @@ fn retire_idle(pool: &managed::Pool<Manager>) {
     let manager = pool.manager();
     let now = Instant::now();
     let mut reasons = Vec::new();
-    let removed = pool.retain(|client, _| match manager.lifecycle.retire_reason(client, now) {
-        Some(reason) => {
-            reasons.push(reason);
-            false
-        }
-        None => true,
-    });
+    let removed = pool.retain(
+        |client, _| match manager.lifecycle.retire_reason(client, now) {
+            Some(reason) => {
+                reasons.push(reason);
+                false
+            }
+            None => true,
+        },
+    );
     for (reason, client) in reasons.into_iter().zip(&removed.removed) {
         manager.retire(reason, client);
     }

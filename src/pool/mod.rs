@@ -87,7 +87,11 @@ impl Pool {
     /// * [`Error::AuthRejected`], [`Error::Connect`]: the server refused the connection.
     /// * [`Error::PoolClosed`]: [`close`](Self::close) was called.
     pub async fn get(&self) -> Result<Connection, Error> {
-        self.inner.pool.get().await.map_err(|e| self.checkout_error(e))
+        self.inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| self.checkout_error(e))
     }
 
     /// A snapshot of the pool's state and counters.

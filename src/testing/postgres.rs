@@ -52,7 +52,9 @@ pub enum HarnessError {
     },
 
     /// The server did not report being ready in time, or exited while starting.
-    #[error("the local PostgreSQL server did not start within {waited:?}; the end of its log:\n{log}")]
+    #[error(
+        "the local PostgreSQL server did not start within {waited:?}; the end of its log:\n{log}"
+    )]
     NotReady {
         /// How long the harness waited.
         waited: Duration,
@@ -154,8 +156,9 @@ impl LocalPostgres {
             .tempdir()
             .map_err(io_error("create a temporary directory"))?;
         if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(root.path(), Some(uid), Some(gid))
-                .map_err(io_error("hand the temporary directory to the postgres user"))?;
+            std::os::unix::fs::chown(root.path(), Some(uid), Some(gid)).map_err(io_error(
+                "hand the temporary directory to the postgres user",
+            ))?;
         }
         let mut pg = Inner {
             root,
@@ -260,12 +263,16 @@ impl LocalPostgres {
     /// [`HarnessError::Sql`], e.g. when the role exists.
     pub async fn create_role(&self, role: &str, password: &Secret) -> Result<(), HarnessError> {
         let admin = self.admin().await?;
+        let ident = quote_ident(role);
         admin
             .batch_execute(&format!(
-                "CREATE ROLE {ident} LOGIN PASSWORD {password}; CREATE DATABASE {ident} OWNER {ident};",
-                ident = quote_ident(role),
-                password = quote_literal(password.expose()),
+                "CREATE ROLE {ident} LOGIN PASSWORD {}",
+                quote_literal(password.expose())
             ))
+            .await?;
+        // CREATE DATABASE cannot share a multi-statement query (an implicit transaction).
+        admin
+            .batch_execute(&format!("CREATE DATABASE {ident} OWNER {ident}"))
             .await?;
         Ok(())
     }
@@ -287,7 +294,10 @@ impl LocalPostgres {
         let until = match valid_until {
             None => String::from("infinity"),
             Some(at) => {
-                let epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+                let epoch = at
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
                 let row = admin
                     .query_one("SELECT to_timestamp($1::float8)::text", &[&epoch])
                     .await?;
@@ -520,11 +530,23 @@ fn free_port() -> Result<u16, HarnessError> {
 
 /// The directory holding `initdb`, `postgres` and `pg_ctl`.
 fn find_bin_dir() -> Result<PathBuf, HarnessError> {
+    first_with_binaries(bin_dir_candidates())
+}
+
+fn first_with_binaries(candidates: Vec<PathBuf>) -> Result<PathBuf, HarnessError> {
     let has_all = |dir: &Path| {
         ["initdb", "postgres", "pg_ctl"]
             .iter()
             .all(|b| dir.join(b).is_file())
     };
+    candidates
+        .into_iter()
+        .find(|dir| has_all(dir))
+        .ok_or(HarnessError::BinariesNotFound)
+}
+
+/// `$LAKEBASE_PG_BINDIR`, then `$PATH`, then Debian's versioned directories, newest first.
+fn bin_dir_candidates() -> Vec<PathBuf> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(dir) = std::env::var_os("LAKEBASE_PG_BINDIR") {
         candidates.push(PathBuf::from(dir));
@@ -542,12 +564,9 @@ fn find_bin_dir() -> Result<PathBuf, HarnessError> {
             Some((version, entry.path().join("bin")))
         })
         .collect();
-    versioned.sort_by(|a, b| b.0.cmp(&a.0));
+    versioned.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
     candidates.extend(versioned.into_iter().map(|(_, dir)| dir));
     candidates
-        .into_iter()
-        .find(|dir| has_all(dir))
-        .ok_or(HarnessError::BinariesNotFound)
 }
 
 /// `(uid, gid)` of the `postgres` user when this process runs as root, else `None`.
@@ -594,6 +613,19 @@ mod tests {
     fn quoting_doubles_the_quote_characters() {
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn missing_binaries_fail_with_an_install_hint() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = first_with_binaries(vec![empty.path().to_path_buf()]).unwrap_err();
+        assert!(matches!(err, HarnessError::BinariesNotFound));
+        let message = err.to_string();
+        assert!(
+            message.contains("apt-get install -y postgresql"),
+            "{message}"
+        );
+        assert!(message.contains("LAKEBASE_PG_BINDIR"), "{message}");
     }
 
     #[test]

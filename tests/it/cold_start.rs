@@ -1,0 +1,152 @@
+//! The server is down or restarting: checkouts retry within the deadline, then give up clearly.
+
+use std::time::Duration;
+
+use lakebase_pool::testing::StopMode;
+use lakebase_pool::{Error, RetryPolicy};
+
+use crate::support::{INITIAL_PASSWORD, LogCapture, ROLE, cluster};
+
+#[tokio::test]
+async fn checkout_waits_out_a_server_restart_with_logged_retries() {
+    let pg = cluster().await;
+    let pool = pg
+        .pool_builder(ROLE)
+        .password(INITIAL_PASSWORD)
+        .build()
+        .unwrap();
+    let (logs, _guard) = LogCapture::install();
+
+    pg.stop(StopMode::Fast).unwrap();
+    let checkout = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let conn = pool.get().await?;
+            conn.simple_query("SELECT 1")
+                .await
+                .map_err(|e| Error::Connect {
+                    target: String::from("query"),
+                    source: e,
+                })?;
+            Ok::<_, Error>(())
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!checkout.is_finished(), "the checkout is still retrying");
+    let restarter = pg.clone();
+    tokio::task::spawn_blocking(move || restarter.resume())
+        .await
+        .unwrap()
+        .unwrap();
+    checkout
+        .await
+        .unwrap()
+        .expect("checkout succeeds once the server is back");
+
+    let stats = pool.stats();
+    assert!(stats.connect_retries_transient >= 2, "{stats:?}");
+    assert_eq!(stats.connections_opened, 1);
+    let retries = logs.count("connect failed with a transient error; retrying");
+    assert_eq!(
+        retries as u64,
+        stats.connect_retries_transient,
+        "{}",
+        logs.text()
+    );
+    let text = logs.text();
+    assert!(
+        text.contains("attempt=1") && text.contains("delay_ms="),
+        "{text}"
+    );
+    assert!(
+        text.contains("Connection refused"),
+        "the cause is logged: {text}"
+    );
+}
+
+#[tokio::test]
+async fn checkout_gives_up_after_the_deadline_naming_attempts_and_cause() {
+    let pg = cluster().await;
+    let pool = pg
+        .pool_builder(ROLE)
+        .password(INITIAL_PASSWORD)
+        .retry(RetryPolicy::default().deadline(Duration::from_secs(2)))
+        .build()
+        .unwrap();
+    pg.stop(StopMode::Immediate).unwrap();
+
+    let started = tokio::time::Instant::now();
+    let err = pool.get().await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "bounded by the deadline: {elapsed:?}"
+    );
+    let Error::ConnectRetriesExhausted {
+        attempts,
+        ref target,
+        ..
+    } = err
+    else {
+        panic!("unexpected error {err:?}");
+    };
+    assert!(attempts >= 3, "{attempts} attempts");
+    assert_eq!(target, &format!("app@127.0.0.1:{}/app", pg.port()));
+    assert!(
+        err.to_string().starts_with(&format!(
+            "gave up connecting to app@127.0.0.1:{}/app after {attempts} attempts in",
+            pg.port()
+        )),
+        "{err}"
+    );
+    assert!(err.is_transient());
+    // The last attempt's error is the source: connection refused.
+    let source = std::error::Error::source(&err).unwrap();
+    let pg_error = source.downcast_ref::<tokio_postgres::Error>().unwrap();
+    assert_eq!(
+        lakebase_pool::retry::classify(pg_error),
+        lakebase_pool::retry::ErrorClass::Transient
+    );
+    let io = std::error::Error::source(pg_error)
+        .and_then(|e| e.downcast_ref::<std::io::Error>())
+        .unwrap();
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+#[tokio::test]
+async fn no_retry_policy_fails_after_one_attempt() {
+    let pg = cluster().await;
+    let pool = pg
+        .pool_builder(ROLE)
+        .password(INITIAL_PASSWORD)
+        .retry(RetryPolicy::no_retry())
+        .build()
+        .unwrap();
+    pg.stop(StopMode::Fast).unwrap();
+    match pool.get().await.unwrap_err() {
+        Error::ConnectRetriesExhausted { attempts, .. } => assert_eq!(attempts, 1),
+        other => panic!("unexpected error {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn wrong_database_fails_at_once_without_retries() {
+    let pg = cluster().await;
+    let pool = pg
+        .pool_builder(ROLE)
+        .password(INITIAL_PASSWORD)
+        .dbname("no_such_database")
+        .build()
+        .unwrap();
+    let err = pool.get().await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    assert_eq!(pool.stats().connect_retries_transient, 0);
+    let code = std::error::Error::source(&err)
+        .and_then(|e| e.downcast_ref::<tokio_postgres::Error>())
+        .and_then(|e| e.code().cloned());
+    assert_eq!(
+        code,
+        Some(tokio_postgres::error::SqlState::INVALID_CATALOG_NAME)
+    );
+}

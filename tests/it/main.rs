@@ -1,0 +1,8 @@
+//! Integration tests: one binary (one link step), each test against its own throwaway
+//! PostgreSQL cluster started by `LocalPostgres`.
+
+mod auth;
+mod cold_start;
+mod lifecycle;
+mod rotation;
+mod support;
