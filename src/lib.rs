@@ -78,3 +78,8 @@ pub use crate::error::{BoxError, Error, SharedError};
 pub use crate::pool::{Connection, Pool, PoolBuilder, Stats};
 pub use crate::retry::RetryPolicy;
 pub use crate::secret::Secret;
+
+/// The README's examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
