@@ -5,4 +5,5 @@ mod auth;
 mod cold_start;
 mod lifecycle;
 mod rotation;
+mod secrets;
 mod support;
