@@ -59,6 +59,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod backoff;
 mod connect;
 pub mod credentials;
 pub mod defaults;

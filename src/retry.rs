@@ -43,6 +43,7 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 
 use crate::Error;
+use crate::backoff::Backoff;
 use crate::defaults;
 
 /// What to do about an error from opening a connection; see the [module docs](self).
@@ -180,8 +181,7 @@ fn io_error_kind(error: &(dyn StdError + 'static)) -> Option<io::ErrorKind> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     connect_timeout: Duration,
-    initial_backoff: Duration,
-    max_backoff: Duration,
+    backoff: Backoff,
     deadline: Duration,
 }
 
@@ -189,8 +189,10 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             connect_timeout: defaults::CONNECT_TIMEOUT,
-            initial_backoff: defaults::INITIAL_BACKOFF,
-            max_backoff: defaults::MAX_BACKOFF,
+            backoff: Backoff {
+                initial: defaults::INITIAL_BACKOFF,
+                max: defaults::MAX_BACKOFF,
+            },
             deadline: defaults::CONNECT_DEADLINE,
         }
     }
@@ -226,8 +228,7 @@ impl RetryPolicy {
     /// ```
     #[must_use]
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.initial_backoff = initial;
-        self.max_backoff = max;
+        self.backoff = Backoff { initial, max };
         self
     }
 
@@ -273,15 +274,7 @@ impl RetryPolicy {
                 "must be greater than zero",
             ));
         }
-        if self.initial_backoff.is_zero() || self.max_backoff < self.initial_backoff {
-            return Err(Error::invalid(
-                "backoff",
-                format!(
-                    "initial ({:?}) must be greater than zero and not above max ({:?})",
-                    self.initial_backoff, self.max_backoff
-                ),
-            ));
-        }
+        self.backoff.validate("backoff")?;
         Ok(())
     }
 
@@ -295,17 +288,10 @@ impl RetryPolicy {
         };
         let (floor, span) = match class {
             ErrorClass::RateLimited => {
-                let half = self.max_backoff / 2;
-                (half, self.max_backoff - half)
+                let half = self.backoff.max / 2;
+                (half, self.backoff.max - half)
             }
-            _ => {
-                let doublings = retry.saturating_sub(1).min(31);
-                let ceiling = self
-                    .initial_backoff
-                    .saturating_mul(1u32 << doublings)
-                    .min(self.max_backoff);
-                (Duration::ZERO, ceiling)
-            }
+            _ => (Duration::ZERO, self.backoff.step(retry)),
         };
         let jittered = Duration::try_from_secs_f64(span.as_secs_f64() * unit)
             .unwrap_or(span)

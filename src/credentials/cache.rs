@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use tracing::Instrument;
 
 use super::{Credential, CredentialProvider};
+use crate::backoff::Backoff;
 use crate::defaults;
 use crate::error::{Error, SharedError};
 
@@ -45,8 +46,7 @@ pub struct CachePolicy {
     min_remaining: Duration,
     refresh_ahead: Duration,
     mint_timeout: Duration,
-    failure_backoff: Duration,
-    max_failure_backoff: Duration,
+    failure_backoff: Backoff,
     per_connect: bool,
 }
 
@@ -56,8 +56,10 @@ impl Default for CachePolicy {
             min_remaining: defaults::TOKEN_MIN_REMAINING,
             refresh_ahead: defaults::TOKEN_REFRESH_AHEAD,
             mint_timeout: defaults::TOKEN_MINT_TIMEOUT,
-            failure_backoff: defaults::TOKEN_FAILURE_BACKOFF,
-            max_failure_backoff: defaults::TOKEN_MAX_FAILURE_BACKOFF,
+            failure_backoff: Backoff {
+                initial: defaults::TOKEN_FAILURE_BACKOFF,
+                max: defaults::TOKEN_MAX_FAILURE_BACKOFF,
+            },
             per_connect: false,
         }
     }
@@ -138,8 +140,7 @@ impl CachePolicy {
     /// ```
     #[must_use]
     pub fn failure_backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.failure_backoff = initial;
-        self.max_failure_backoff = max;
+        self.failure_backoff = Backoff { initial, max };
         self
     }
 
@@ -158,27 +159,12 @@ impl CachePolicy {
         if self.mint_timeout.is_zero() {
             return Err(Error::invalid("mint_timeout", "must be greater than zero"));
         }
-        if self.failure_backoff.is_zero() || self.max_failure_backoff < self.failure_backoff {
-            return Err(Error::invalid(
-                "failure_backoff",
-                format!(
-                    "initial ({:?}) must be greater than zero and not above max ({:?})",
-                    self.failure_backoff, self.max_failure_backoff
-                ),
-            ));
-        }
+        self.failure_backoff.validate("failure_backoff")?;
         Ok(())
     }
 
     pub(crate) fn mint_timeout_value(&self) -> Duration {
         self.mint_timeout
-    }
-
-    fn backoff_after(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(31);
-        self.failure_backoff
-            .saturating_mul(1u32 << doublings)
-            .min(self.max_failure_backoff)
     }
 }
 
@@ -510,7 +496,11 @@ impl TokenCache {
             Err(error) => {
                 let mut state = lock(&self.inner.state);
                 state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-                let backoff = self.inner.policy.backoff_after(state.consecutive_failures);
+                let backoff = self
+                    .inner
+                    .policy
+                    .failure_backoff
+                    .step(state.consecutive_failures);
                 state.retry_at = now.checked_add(backoff);
                 state.last_error = Some(Arc::clone(&error));
                 tracing::warn!(

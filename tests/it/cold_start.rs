@@ -5,16 +5,12 @@ use std::time::Duration;
 use lakebase_pool::testing::StopMode;
 use lakebase_pool::{Error, RetryPolicy};
 
-use crate::support::{INITIAL_PASSWORD, LogCapture, ROLE, cluster};
+use crate::support::{LogCapture, app_pool, cluster};
 
 #[tokio::test]
 async fn checkout_waits_out_a_server_restart_with_logged_retries() {
     let pg = cluster().await;
-    let pool = pg
-        .pool_builder(ROLE)
-        .password(INITIAL_PASSWORD)
-        .build()
-        .unwrap();
+    let pool = app_pool(&pg).build().unwrap();
     let (logs, _guard) = LogCapture::install();
 
     pg.stop(StopMode::Fast).unwrap();
@@ -67,9 +63,7 @@ async fn checkout_waits_out_a_server_restart_with_logged_retries() {
 #[tokio::test]
 async fn checkout_gives_up_after_the_deadline_naming_attempts_and_cause() {
     let pg = cluster().await;
-    let pool = pg
-        .pool_builder(ROLE)
-        .password(INITIAL_PASSWORD)
+    let pool = app_pool(&pg)
         .retry(RetryPolicy::default().deadline(Duration::from_secs(2)))
         .build()
         .unwrap();
@@ -116,9 +110,7 @@ async fn checkout_gives_up_after_the_deadline_naming_attempts_and_cause() {
 #[tokio::test]
 async fn no_retry_policy_fails_after_one_attempt() {
     let pg = cluster().await;
-    let pool = pg
-        .pool_builder(ROLE)
-        .password(INITIAL_PASSWORD)
+    let pool = app_pool(&pg)
         .retry(RetryPolicy::no_retry())
         .build()
         .unwrap();
@@ -132,12 +124,7 @@ async fn no_retry_policy_fails_after_one_attempt() {
 #[tokio::test]
 async fn wrong_database_fails_at_once_without_retries() {
     let pg = cluster().await;
-    let pool = pg
-        .pool_builder(ROLE)
-        .password(INITIAL_PASSWORD)
-        .dbname("no_such_database")
-        .build()
-        .unwrap();
+    let pool = app_pool(&pg).dbname("no_such_database").build().unwrap();
     let err = pool.get().await.unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
     assert!(!err.is_transient());

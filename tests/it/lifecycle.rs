@@ -6,15 +6,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Barrier, Mutex};
 
-use crate::support::{INITIAL_PASSWORD, ROLE, backend_pid, cluster};
+use crate::support::{ROLE, app_pool, backend_pid, cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_replaced_after_their_jittered_lifetime_without_failed_checkouts() {
     let pg = cluster().await;
     let lifetime = Duration::from_secs(2);
-    let pool = pg
-        .pool_builder(ROLE)
-        .password(INITIAL_PASSWORD)
+    let pool = app_pool(&pg)
         .max_size(8)
         .max_lifetime(lifetime)
         .lifetime_jitter(0.05)
@@ -111,12 +109,7 @@ async fn connections_are_replaced_after_their_jittered_lifetime_without_failed_c
 #[tokio::test]
 async fn connections_killed_while_idle_are_replaced_at_the_next_checkout() {
     let pg = cluster().await;
-    let pool = pg
-        .pool_builder(ROLE)
-        .password(INITIAL_PASSWORD)
-        .max_size(4)
-        .build()
-        .unwrap();
+    let pool = app_pool(&pg).max_size(4).build().unwrap();
     let conns = checkout_many(&pool, 4).await;
     let mut before = Vec::new();
     for conn in &conns {
@@ -140,9 +133,7 @@ async fn connections_killed_while_idle_are_replaced_at_the_next_checkout() {
 #[tokio::test]
 async fn validation_catches_a_dead_connection_that_has_not_noticed_yet() {
     let pg = cluster().await;
-    let pool = pg
-        .pool_builder(ROLE)
-        .password(INITIAL_PASSWORD)
+    let pool = app_pool(&pg)
         .validate_after_idle(Duration::ZERO)
         .build()
         .unwrap();
@@ -175,9 +166,7 @@ async fn validation_catches_a_dead_connection_that_has_not_noticed_yet() {
 #[tokio::test]
 async fn idle_connections_are_closed_by_the_housekeeper_after_the_idle_timeout() {
     let pg = cluster().await;
-    let pool = pg
-        .pool_builder(ROLE)
-        .password(INITIAL_PASSWORD)
+    let pool = app_pool(&pg)
         .idle_timeout(Duration::from_millis(600))
         .build()
         .unwrap();
@@ -213,11 +202,7 @@ async fn idle_connections_are_closed_by_the_housekeeper_after_the_idle_timeout()
 #[tokio::test]
 async fn dropping_the_pool_ends_its_background_task() {
     let pg = cluster().await;
-    let pool = pg
-        .pool_builder(ROLE)
-        .password(INITIAL_PASSWORD)
-        .build()
-        .unwrap();
+    let pool = app_pool(&pg).build().unwrap();
     let _ = pool.get().await.unwrap();
     let tasks_with_pool = tokio::runtime::Handle::current()
         .metrics()
@@ -244,11 +229,7 @@ async fn dropping_the_pool_ends_its_background_task() {
 #[tokio::test]
 async fn closed_pool_refuses_checkouts() {
     let pg = cluster().await;
-    let pool = pg
-        .pool_builder(ROLE)
-        .password(INITIAL_PASSWORD)
-        .build()
-        .unwrap();
+    let pool = app_pool(&pg).build().unwrap();
     let _ = pool.get().await.unwrap();
     pool.close();
     assert!(pool.is_closed());

@@ -4,7 +4,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use lakebase_pool::testing::LocalPostgres;
-use lakebase_pool::{Connection, Secret};
+use lakebase_pool::{Connection, PoolBuilder, Secret};
 use tracing::subscriber::DefaultGuard;
 
 pub const ROLE: &str = "app";
@@ -17,6 +17,11 @@ pub async fn cluster() -> LocalPostgres {
         .await
         .expect("create the app role");
     pg
+}
+
+/// A pool builder for the `app` role with its initial (fixed) password.
+pub fn app_pool(pg: &LocalPostgres) -> PoolBuilder {
+    pg.pool_builder(ROLE).password(INITIAL_PASSWORD)
 }
 
 /// The server process id behind a connection: which physical connection this is.

@@ -1,0 +1,76 @@
+//! An exponential schedule shared by connect retries and token-mint back-off.
+
+use std::time::Duration;
+
+use crate::Error;
+
+/// `initial`, doubling at each step, capped at `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Backoff {
+    pub(crate) initial: Duration,
+    pub(crate) max: Duration,
+}
+
+impl Backoff {
+    /// Checks the pair; `setting` names the builder method in the error.
+    pub(crate) fn validate(&self, setting: &'static str) -> Result<(), Error> {
+        if self.initial.is_zero() || self.max < self.initial {
+            return Err(Error::invalid(
+                setting,
+                format!(
+                    "initial ({:?}) must be greater than zero and not above max ({:?})",
+                    self.initial, self.max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The delay for step `step` (1 for the first): `initial * 2^(step - 1)`, at most `max`.
+    /// Saturating, so no step number overflows.
+    pub(crate) fn step(&self, step: u32) -> Duration {
+        let doublings = step.saturating_sub(1).min(31);
+        self.initial.saturating_mul(1u32 << doublings).min(self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_double_up_to_the_cap_and_never_overflow() {
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        let steps: Vec<u128> = (1..=6).map(|n| backoff.step(n).as_millis()).collect();
+        assert_eq!(steps, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(backoff.step(0), Duration::from_millis(100));
+        assert_eq!(backoff.step(u32::MAX), Duration::from_secs(1));
+        let huge = Backoff {
+            initial: Duration::MAX,
+            max: Duration::MAX,
+        };
+        assert_eq!(huge.step(40), Duration::MAX);
+    }
+
+    #[test]
+    fn validate_names_the_setting() {
+        let inverted = Backoff {
+            initial: Duration::from_secs(2),
+            max: Duration::from_secs(1),
+        };
+        let err = inverted.validate("backoff").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid pool setting `backoff`: initial (2s)"),
+            "{err}"
+        );
+        let zero = Backoff {
+            initial: Duration::ZERO,
+            max: Duration::from_secs(1),
+        };
+        assert!(zero.validate("failure_backoff").is_err());
+    }
+}
