@@ -6,31 +6,55 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::ClientWrapper;
+use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tokio_postgres::NoTls;
 use tracing::Instrument;
 
 use crate::credentials::{Credential, TokenCache};
+use crate::databricks::Workspace;
+use crate::endpoint::EndpointName;
 use crate::error::{BoxError, Error};
 use crate::pool::Counters;
+use crate::pool::{check_target, describe_target};
 use crate::retry::{ErrorClass, RetryPolicy, classify};
 
 /// Opens connections with the token the cache holds at that moment, retrying transient
 /// failures within the policy's deadline.
 pub(crate) struct Connector {
-    /// Everything but the password, which is set per attempt.
-    pg_config: tokio_postgres::Config,
-    /// `user@host:port/dbname`, for errors and tracing.
-    target: String,
+    /// Everything but the password (set per attempt) and what discovery fills in.
+    base: tokio_postgres::Config,
+    /// Host and user to look up in the workspace before the first connect.
+    discovery: Option<Discovery>,
+    /// The complete configuration, once discovery (if any) has run.
+    prepared: OnceCell<Prepared>,
+    /// What errors call the target before it is prepared.
+    placeholder: String,
     tokens: TokenCache,
     retry: RetryPolicy,
     counters: Arc<Counters>,
 }
 
+/// What to find out about a Lakebase endpoint before connecting to it.
+pub(crate) struct Discovery {
+    pub(crate) workspace: Workspace,
+    pub(crate) endpoint: EndpointName,
+    /// Look the host up with get-endpoint.
+    pub(crate) host: bool,
+    /// Resolve the user: the service principal's client id, else the workspace user name.
+    pub(crate) user: bool,
+}
+
+struct Prepared {
+    pg_config: tokio_postgres::Config,
+    /// `user@host:port/dbname`, for errors and tracing.
+    target: String,
+}
+
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
-            .field("target", &self.target)
+            .field("target", &self.target())
             .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
@@ -82,23 +106,32 @@ fn error_chain(error: &(dyn StdError + 'static)) -> String {
 
 impl Connector {
     pub(crate) fn new(
-        pg_config: tokio_postgres::Config,
-        target: String,
+        base: tokio_postgres::Config,
+        discovery: Option<Discovery>,
         tokens: TokenCache,
         retry: RetryPolicy,
         counters: Arc<Counters>,
     ) -> Self {
+        let placeholder = match &discovery {
+            Some(discovery) => format!("Lakebase endpoint {}", discovery.endpoint),
+            None => describe_target(&base),
+        };
         Connector {
-            pg_config,
-            target,
+            base,
+            discovery,
+            prepared: OnceCell::new(),
+            placeholder,
             tokens,
             retry,
             counters,
         }
     }
 
+    /// `user@host:port/dbname`, or the endpoint name before discovery has run.
     pub(crate) fn target(&self) -> &str {
-        &self.target
+        self.prepared
+            .get()
+            .map_or(&self.placeholder, |prepared| &prepared.target)
     }
 
     pub(crate) fn tokens(&self) -> &TokenCache {
@@ -107,11 +140,46 @@ impl Connector {
 
     /// Opens one connection, or explains why it could not.
     pub(crate) async fn connect(&self) -> Result<ClientWrapper, Error> {
-        let span = tracing::info_span!("lakebase.connect", target = %self.target);
-        self.connect_with_retries().instrument(span).await
+        // Discovery runs once; if it fails, the next checkout tries again.
+        let prepared = self.prepared.get_or_try_init(|| self.prepare()).await?;
+        let span = tracing::info_span!("lakebase.connect", target = %prepared.target);
+        self.connect_with_retries(prepared).instrument(span).await
     }
 
-    async fn connect_with_retries(&self) -> Result<ClientWrapper, Error> {
+    /// Completes the configuration: host and user from the workspace when asked to.
+    async fn prepare(&self) -> Result<Prepared, Error> {
+        let mut pg_config = self.base.clone();
+        if let Some(discovery) = &self.discovery {
+            if discovery.host {
+                let endpoint = discovery
+                    .workspace
+                    .get_endpoint(&discovery.endpoint)
+                    .await?;
+                let host = endpoint.host.ok_or_else(|| Error::WorkspaceConfig {
+                    problem: format!(
+                        "endpoint {} reports no host yet (state {:?}); set the host explicitly \
+                         or retry once the endpoint is ready",
+                        discovery.endpoint, endpoint.state
+                    ),
+                })?;
+                tracing::debug!(endpoint = %discovery.endpoint, %host, "discovered the endpoint's host");
+                let _ = pg_config.host(&host);
+            }
+            if discovery.user {
+                let user = match discovery.workspace.client_id() {
+                    Some(client_id) => client_id.to_owned(),
+                    None => discovery.workspace.current_user().await?.user_name,
+                };
+                tracing::debug!(%user, "resolved the Postgres user from the workspace identity");
+                let _ = pg_config.user(&user);
+            }
+        }
+        check_target(&pg_config)?;
+        let target = describe_target(&pg_config);
+        Ok(Prepared { pg_config, target })
+    }
+
+    async fn connect_with_retries(&self, prepared: &Prepared) -> Result<ClientWrapper, Error> {
         let started = Instant::now();
         let deadline = started + self.retry.total_deadline();
         let mut credential = self.tokens.token().await?;
@@ -126,7 +194,10 @@ impl Connector {
             } else {
                 self.retry.attempt_timeout().min(left)
             };
-            let error = match self.attempt(&credential, timeout).await {
+            let error = match self
+                .attempt(&prepared.pg_config, &credential, timeout)
+                .await
+            {
                 Ok(client) => {
                     self.counters.connection_opened();
                     tracing::debug!(
@@ -145,7 +216,7 @@ impl Connector {
                     if refreshed_after_rejection {
                         tracing::warn!(error = %error_chain(&source), "login rejected with a fresh token");
                         return Err(Error::AuthRejected {
-                            target: self.target.clone(),
+                            target: prepared.target.clone(),
                             source,
                         });
                     }
@@ -161,7 +232,7 @@ impl Connector {
                 (ErrorClass::Fatal, AttemptError::Postgres(source)) => {
                     tracing::warn!(cause = %error_chain(&source), "connect failed with a non-retryable error");
                     return Err(Error::Connect {
-                        target: self.target.clone(),
+                        target: prepared.target.clone(),
                         source,
                     });
                 }
@@ -175,7 +246,7 @@ impl Connector {
                             "giving up: the retry deadline has passed"
                         );
                         return Err(Error::ConnectRetriesExhausted {
-                            target: self.target.clone(),
+                            target: prepared.target.clone(),
                             attempts,
                             elapsed: started.elapsed(),
                             source: error.into_boxed(),
@@ -201,10 +272,11 @@ impl Connector {
     /// `connect_timeout` covers the TCP connect only).
     async fn attempt(
         &self,
+        pg_config: &tokio_postgres::Config,
         credential: &Credential,
         timeout: Duration,
     ) -> Result<ClientWrapper, AttemptError> {
-        let mut config = self.pg_config.clone();
+        let mut config = pg_config.clone();
         let _ = config.password(credential.secret().expose());
         let (client, connection) = match tokio::time::timeout(timeout, config.connect(NoTls)).await
         {

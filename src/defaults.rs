@@ -17,6 +17,7 @@
 //! | wait timeout | 30 s | `get()` never waits forever for a free connection |
 //! | connect attempt timeout | 10 s | covers TCP, TLS and login together (tokio-postgres's own timeout covers only TCP) |
 //! | cold-start backoff | 100 ms doubling to 4 s, full jitter; rate-limit errors 2-4 s | a waking compute usually answers within a second; full jitter spreads a crowd of reconnects |
+//! | database (Lakebase) | `databricks_postgres` | the database every new Lakebase project has |
 //! | cold-start deadline | 30 s | the Lakebase proxy's own wake-up budget is about 13 s; twice that and more is an outage |
 
 use std::time::Duration;
@@ -35,6 +36,9 @@ pub(crate) const MAX_SIZE: usize = 16;
 pub(crate) const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on the validation round trip of an idle connection at checkout.
 pub(crate) const VALIDATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The database a new Lakebase project starts with.
+pub(crate) const LAKEBASE_DATABASE: &str = "databricks_postgres";
 
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_millis(100);

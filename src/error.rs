@@ -46,8 +46,10 @@ pub enum Error {
     /// No database token that is still valid could be obtained: the credential provider failed
     /// (its error is the [`source`](std::error::Error::source)) and no cached token is left that
     /// has not expired.
-    #[error("no valid database token is available ({})", retry_hint(*.retry_in))]
+    #[error("no valid {kind} is available ({})", retry_hint(*.retry_in))]
     Credentials {
+        /// What kind of token: `"database token"` or `"workspace token"`.
+        kind: &'static str,
         /// How long until the pool asks the provider again, when it is backing off.
         retry_in: Option<Duration>,
         /// The provider's error.
@@ -129,6 +131,107 @@ pub enum Error {
     /// The pool has been closed with [`Pool::close`](crate::Pool::close).
     #[error("the pool is closed")]
     PoolClosed,
+
+    /// A Lakebase endpoint name does not have the form
+    /// `projects/<project>/branches/<branch>/endpoints/<endpoint>`.
+    #[error("invalid Lakebase endpoint name `{input}`: {problem}")]
+    InvalidEndpointName {
+        /// The text that was given (shortened to 200 characters).
+        input: String,
+        /// Which part is wrong.
+        problem: String,
+    },
+
+    /// An environment variable is missing or malformed.
+    #[error("environment variable {var} {problem}")]
+    InvalidEnv {
+        /// The variable's name.
+        var: &'static str,
+        /// What is wrong and what it should look like.
+        problem: String,
+    },
+
+    /// The Databricks workspace settings are incomplete or contradict each other (no host,
+    /// two auth methods at once, a profile that does not exist, an unreadable config file).
+    #[error("invalid Databricks workspace configuration: {problem}")]
+    WorkspaceConfig {
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+
+    /// Getting a workspace token failed (OAuth token endpoint, Databricks CLI, or a custom
+    /// token source).
+    #[error("could not authenticate to the Databricks workspace with {method}: {problem}")]
+    WorkspaceAuth {
+        /// The auth method: `"OAuth M2M"`, `"Databricks CLI"`, ...
+        method: &'static str,
+        /// What failed, without any secret.
+        problem: String,
+    },
+
+    /// The workspace answered an API call with an error status.
+    #[error("{method} {path} failed with HTTP {status}{}: {message}", code_suffix(error_code.as_deref()))]
+    WorkspaceApi {
+        /// HTTP method.
+        method: &'static str,
+        /// Request path, e.g. `/api/2.0/postgres/credentials`.
+        path: String,
+        /// HTTP status code.
+        status: u16,
+        /// The API's `error_code` (e.g. `PERMISSION_DENIED`), when the body had one.
+        error_code: Option<String>,
+        /// The API's message, or a description of a body that was not an API error.
+        message: String,
+    },
+
+    /// A workspace API call failed without an API answer: unreachable, timed out, or an
+    /// answer that could not be used.
+    #[error("{method} {path} failed: {problem}")]
+    WorkspaceRequest {
+        /// HTTP method.
+        method: &'static str,
+        /// Request path.
+        path: String,
+        /// What went wrong.
+        problem: RequestProblem,
+        /// The transport error, when there was one.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+/// How a workspace request failed without an API error answer; see
+/// [`Error::WorkspaceRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestProblem {
+    /// The workspace could not be reached (DNS, connection refused or reset, TLS).
+    Unreachable,
+    /// No answer within the request timeout.
+    TimedOut(Duration),
+    /// The answer was larger than the size cap.
+    BodyTooLarge(usize),
+    /// The answer was not the JSON the API documents.
+    InvalidResponse(String),
+}
+
+impl std::fmt::Display for RequestProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestProblem::Unreachable => f.write_str(
+                "the workspace could not be reached (check DATABRICKS_HOST and the network)",
+            ),
+            RequestProblem::TimedOut(after) => write!(f, "no answer within {after:.1?}"),
+            RequestProblem::BodyTooLarge(limit) => {
+                write!(f, "the answer is larger than the {limit}-byte limit")
+            }
+            RequestProblem::InvalidResponse(problem) => write!(f, "unexpected answer: {problem}"),
+        }
+    }
+}
+
+fn code_suffix(code: Option<&str>) -> String {
+    code.map(|c| format!(" {c}")).unwrap_or_default()
 }
 
 fn retry_hint(retry_in: Option<Duration>) -> String {
@@ -151,22 +254,34 @@ impl Error {
     /// assert!(!err.is_transient());
     /// ```
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Error::ConnectRetriesExhausted { .. }
-                | Error::PoolTimeout { .. }
-                | Error::ConnectTimeout { .. }
-                | Error::Credentials { .. }
-        )
+            | Error::PoolTimeout { .. }
+            | Error::ConnectTimeout { .. }
+            | Error::Credentials { .. } => true,
+            Error::WorkspaceApi { status, .. } => *status == 429 || *status >= 500,
+            Error::WorkspaceRequest { problem, .. } => {
+                matches!(
+                    problem,
+                    RequestProblem::Unreachable | RequestProblem::TimedOut(_)
+                )
+            }
+            _ => false,
+        }
     }
 
-    /// Whether the server refused the login itself (as opposed to a failure to get a token).
+    /// Whether a login or a workspace call was refused for its credentials: the server rejected
+    /// a fresh token, workspace authentication failed, or the API answered 401 or 403.
     ///
     /// ```
     /// assert!(!lakebase_pool::Error::PoolClosed.is_auth());
     /// ```
     pub fn is_auth(&self) -> bool {
-        matches!(self, Error::AuthRejected { .. })
+        match self {
+            Error::AuthRejected { .. } | Error::WorkspaceAuth { .. } => true,
+            Error::WorkspaceApi { status, .. } => *status == 401 || *status == 403,
+            _ => false,
+        }
     }
 
     /// Whether the error is a timeout: waiting for a free connection, or opening one.
@@ -179,7 +294,12 @@ impl Error {
     pub fn is_timeout(&self) -> bool {
         matches!(
             self,
-            Error::PoolTimeout { .. } | Error::ConnectTimeout { .. }
+            Error::PoolTimeout { .. }
+                | Error::ConnectTimeout { .. }
+                | Error::WorkspaceRequest {
+                    problem: RequestProblem::TimedOut(_),
+                    ..
+                }
         )
     }
 
@@ -205,6 +325,7 @@ mod tests {
     fn credentials_display_names_the_retry_and_keeps_the_cause_in_source() {
         let cause: SharedError = Arc::new(std::io::Error::other("workspace unreachable"));
         let err = Error::Credentials {
+            kind: "database token",
             retry_in: Some(Duration::from_secs(2)),
             source: cause,
         };

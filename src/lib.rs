@@ -60,9 +60,12 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;
+mod config;
 mod connect;
 pub mod credentials;
+pub mod databricks;
 pub mod defaults;
+mod endpoint;
 mod error;
 mod pool;
 pub mod retry;
@@ -70,12 +73,15 @@ mod secret;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+mod tls;
 
 pub use deadpool_postgres;
 pub use tokio_postgres;
 
+pub use crate::config::Environment;
 pub use crate::credentials::{CachePolicy, TokenCache, TokenStats};
-pub use crate::error::{BoxError, Error, SharedError};
+pub use crate::endpoint::EndpointName;
+pub use crate::error::{BoxError, Error, RequestProblem, SharedError};
 pub use crate::pool::{Connection, Pool, PoolBuilder, Stats};
 pub use crate::retry::RetryPolicy;
 pub use crate::secret::Secret;

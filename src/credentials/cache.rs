@@ -221,6 +221,8 @@ pub struct TokenCache {
 }
 
 struct Inner {
+    /// What the tokens are, for error messages.
+    kind: &'static str,
     provider: Box<dyn CredentialProvider>,
     policy: CachePolicy,
     clock: Clock,
@@ -308,20 +310,27 @@ impl TokenCache {
     /// # let _ = cache;
     /// ```
     pub fn new(provider: impl CredentialProvider, policy: CachePolicy) -> Self {
-        Self::with_clock(Box::new(provider), policy, Clock::System)
+        Self::with_clock(Box::new(provider), policy, Clock::System, "database token")
     }
 
-    pub(crate) fn from_boxed(provider: Box<dyn CredentialProvider>, policy: CachePolicy) -> Self {
-        Self::with_clock(provider, policy, Clock::System)
+    /// A cache whose errors call its tokens `kind` (e.g. "workspace token").
+    pub(crate) fn labelled(
+        provider: Box<dyn CredentialProvider>,
+        policy: CachePolicy,
+        kind: &'static str,
+    ) -> Self {
+        Self::with_clock(provider, policy, Clock::System, kind)
     }
 
     fn with_clock(
         provider: Box<dyn CredentialProvider>,
         policy: CachePolicy,
         clock: Clock,
+        kind: &'static str,
     ) -> Self {
         TokenCache {
             inner: Arc::new(Inner {
+                kind,
                 provider,
                 policy,
                 clock,
@@ -527,6 +536,7 @@ impl TokenCache {
                 Ok(Arc::clone(current))
             }
             _ => Err(Error::Credentials {
+                kind: self.inner.kind,
                 retry_in,
                 source: Arc::clone(error),
             }),
@@ -660,7 +670,7 @@ mod tests {
             step: Arc::clone(&step),
         };
         Harness {
-            cache: TokenCache::with_clock(Box::new(provider), policy, clock),
+            cache: TokenCache::with_clock(Box::new(provider), policy, clock, "database token"),
             calls,
             step,
         }

@@ -12,10 +12,11 @@ use tokio_postgres::config::Host;
 use super::lifecycle::{Lifecycle, Manager, spawn_housekeeper};
 use super::stats::Counters;
 use super::{Pool, PoolInner};
-use crate::connect::Connector;
+use crate::connect::{Connector, Discovery};
 use crate::credentials::{CachePolicy, CredentialProvider, StaticPassword, TokenCache};
+use crate::databricks::{LakebaseCredentials, Workspace};
 use crate::defaults;
-use crate::{Error, RetryPolicy, Secret};
+use crate::{EndpointName, Error, RetryPolicy, Secret};
 
 /// Configures and builds a [`Pool`]. Start with [`Pool::builder`].
 ///
@@ -46,6 +47,9 @@ use crate::{Error, RetryPolicy, Secret};
 pub struct PoolBuilder {
     pg_config: tokio_postgres::Config,
     provider: Option<Box<dyn CredentialProvider>>,
+    /// The endpoint, or the error from parsing it (returned by `build`).
+    endpoint: Option<Result<EndpointName, Error>>,
+    workspace: Option<Workspace>,
     cache_policy: CachePolicy,
     retry: RetryPolicy,
     max_size: usize,
@@ -58,6 +62,8 @@ impl Default for PoolBuilder {
         PoolBuilder {
             pg_config: tokio_postgres::Config::new(),
             provider: None,
+            endpoint: None,
+            workspace: None,
             cache_policy: CachePolicy::default(),
             retry: RetryPolicy::default(),
             max_size: defaults::MAX_SIZE,
@@ -78,6 +84,8 @@ impl fmt::Debug for PoolBuilder {
         f.debug_struct("PoolBuilder")
             .field("pg_config", &self.pg_config)
             .field("has_credentials", &self.provider.is_some())
+            .field("endpoint", &self.endpoint)
+            .field("workspace", &self.workspace)
             .field("cache_policy", &self.cache_policy)
             .field("retry", &self.retry)
             .field("max_size", &self.max_size)
@@ -103,7 +111,7 @@ impl PoolBuilder {
     }
 
     /// Server host name, IP address, or Unix socket directory (a path starting with `/`).
-    /// Required.
+    /// Required, unless discovered from a [`lakebase_endpoint`](Self::lakebase_endpoint).
     ///
     /// ```
     /// let builder = lakebase_pool::Pool::builder().host("127.0.0.1");
@@ -127,7 +135,8 @@ impl PoolBuilder {
         self
     }
 
-    /// The Postgres role to log in as. Required.
+    /// The Postgres role to log in as. Required, unless resolved for a
+    /// [`lakebase_endpoint`](Self::lakebase_endpoint).
     ///
     /// ```
     /// let builder = lakebase_pool::Pool::builder().user("app");
@@ -140,7 +149,8 @@ impl PoolBuilder {
 
     /// The database to connect to.
     ///
-    /// Default: the user name (as libpq does).
+    /// Default: `databricks_postgres` with a [`lakebase_endpoint`](Self::lakebase_endpoint),
+    /// else the user name (as libpq does).
     ///
     /// ```
     /// let builder = lakebase_pool::Pool::builder().dbname("databricks_postgres");
@@ -189,6 +199,43 @@ impl PoolBuilder {
     /// ```
     pub fn credentials(mut self, provider: impl CredentialProvider) -> Self {
         self.provider = Some(Box::new(provider));
+        self
+    }
+
+    /// Connect to a Lakebase endpoint, `projects/<project>/branches/<branch>/endpoints/<id>`.
+    ///
+    /// Unless set explicitly: tokens are minted for this endpoint through the
+    /// [`workspace`](Self::workspace) (default: [`Workspace::from_env`]); the host is looked up
+    /// with get-endpoint; the user is the service principal's client id with OAuth M2M, else
+    /// the workspace user name; the database is `databricks_postgres`. Lookups happen at the
+    /// first connect. A malformed name makes [`build`](Self::build) fail with
+    /// [`Error::InvalidEndpointName`].
+    ///
+    /// ```no_run
+    /// let builder = lakebase_pool::Pool::builder()
+    ///     .lakebase_endpoint("projects/shop/branches/production/endpoints/ep-primary");
+    /// # let _ = builder;
+    /// ```
+    pub fn lakebase_endpoint(mut self, endpoint: impl AsRef<str>) -> Self {
+        self.endpoint = Some(EndpointName::parse(endpoint.as_ref()));
+        self
+    }
+
+    /// The workspace that mints tokens and describes the endpoint, with
+    /// [`lakebase_endpoint`](Self::lakebase_endpoint).
+    ///
+    /// Default: [`Workspace::from_env`] (read at `build`).
+    ///
+    /// ```no_run
+    /// use lakebase_pool::databricks::Workspace;
+    /// let builder = lakebase_pool::Pool::builder()
+    ///     .workspace(Workspace::builder().host("my-workspace.cloud.databricks.com").build()?)
+    ///     .lakebase_endpoint("projects/shop/branches/production/endpoints/ep-primary");
+    /// # let _ = builder;
+    /// # Ok::<(), lakebase_pool::Error>(())
+    /// ```
+    pub fn workspace(mut self, workspace: Workspace) -> Self {
+        self.workspace = Some(workspace);
         self
     }
 
@@ -323,10 +370,35 @@ impl PoolBuilder {
     ///
     /// [`Error::InvalidConfig`] naming the setting at fault.
     pub fn build(self) -> Result<Pool, Error> {
-        let provider = self.provider.ok_or_else(|| {
+        let mut pg_config = self.pg_config;
+        let mut provider = self.provider;
+        let discovery = match self.endpoint.transpose()? {
+            None => None,
+            Some(endpoint) => {
+                let workspace = match self.workspace {
+                    Some(workspace) => workspace,
+                    None => Workspace::from_env()?,
+                };
+                if provider.is_none() {
+                    let minted = LakebaseCredentials::new(workspace.clone(), endpoint.clone());
+                    provider = Some(Box::new(minted));
+                }
+                if pg_config.get_dbname().is_none() {
+                    let _ = pg_config.dbname(defaults::LAKEBASE_DATABASE);
+                }
+                Some(Discovery {
+                    host: pg_config.get_hosts().is_empty(),
+                    user: pg_config.get_user().is_none(),
+                    workspace,
+                    endpoint,
+                })
+            }
+        };
+        let provider = provider.ok_or_else(|| {
             Error::invalid(
                 "credentials",
-                "no password source; call `.password(..)` or `.credentials(..)`",
+                "no password source; call `.password(..)`, `.credentials(..)` or \
+                 `.lakebase_endpoint(..)`",
             )
         })?;
         self.cache_policy.validate()?;
@@ -335,8 +407,12 @@ impl PoolBuilder {
         if self.max_size == 0 {
             return Err(Error::invalid("max_size", "must be at least 1"));
         }
-        let mut pg_config = self.pg_config;
-        check_connection_settings(&pg_config)?;
+        check_no_password(&pg_config)?;
+        match &discovery {
+            // What discovery fills in is checked when it has run.
+            Some(_) => check_plaintext(&pg_config)?,
+            None => check_target(&pg_config)?,
+        }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::invalid(
                 "build",
@@ -345,12 +421,11 @@ impl PoolBuilder {
         }
         let _ = pg_config.connect_timeout(self.retry.attempt_timeout());
 
-        let target = describe_target(&pg_config);
         let counters = Arc::new(Counters::default());
-        let tokens = TokenCache::from_boxed(provider, self.cache_policy.clone());
+        let tokens = TokenCache::labelled(provider, self.cache_policy.clone(), "database token");
         let connector = Connector::new(
             pg_config,
-            target,
+            discovery,
             tokens,
             self.retry.clone(),
             Arc::clone(&counters),
@@ -407,7 +482,7 @@ fn validate_lifecycle(lifecycle: &Lifecycle) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_connection_settings(config: &tokio_postgres::Config) -> Result<(), Error> {
+fn check_no_password(config: &tokio_postgres::Config) -> Result<(), Error> {
     if config.get_password().is_some() {
         return Err(Error::invalid(
             "pg_config",
@@ -415,14 +490,26 @@ fn check_connection_settings(config: &tokio_postgres::Config) -> Result<(), Erro
              every connect, so pass it with `.password(..)` or `.credentials(..)` instead",
         ));
     }
+    Ok(())
+}
+
+/// Checks that a configuration names a server and a user, and may be used in plain text.
+pub(crate) fn check_target(config: &tokio_postgres::Config) -> Result<(), Error> {
     if config.get_hosts().is_empty() {
-        return Err(Error::invalid("host", "no host set; call `.host(..)`"));
+        return Err(Error::invalid(
+            "host",
+            "no host set; call `.host(..)` (or `.lakebase_endpoint(..)` to discover it)",
+        ));
     }
     if config.get_user().is_none() {
         return Err(Error::invalid("user", "no user set; call `.user(..)`"));
     }
-    // Connections are plaintext in this version. A database token is a bearer secret, so it
-    // may only travel over loopback or a Unix socket, never across a network.
+    check_plaintext(config)
+}
+
+/// Connections are plaintext in this version. A database token is a bearer secret, so it may
+/// only travel over loopback or a Unix socket, never across a network.
+fn check_plaintext(config: &tokio_postgres::Config) -> Result<(), Error> {
     for host in config.get_hosts() {
         if let Host::Tcp(name) = host
             && !is_loopback_name(name)
@@ -458,7 +545,7 @@ fn is_loopback_name(host: &str) -> bool {
 }
 
 /// `user@host:port/dbname`, as used in errors and tracing.
-fn describe_target(config: &tokio_postgres::Config) -> String {
+pub(crate) fn describe_target(config: &tokio_postgres::Config) -> String {
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(name)) => name.clone(),
         #[cfg(unix)]

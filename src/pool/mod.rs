@@ -13,6 +13,7 @@ use deadpool::managed::{self, PoolError, TimeoutType};
 use deadpool_postgres::ClientWrapper;
 
 pub use self::builder::PoolBuilder;
+pub(crate) use self::builder::{check_target, describe_target};
 use self::lifecycle::Manager;
 pub(crate) use self::stats::Counters;
 pub use self::stats::Stats;

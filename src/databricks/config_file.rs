@@ -1,0 +1,162 @@
+//! `~/.databrickscfg`: profiles, chosen as the SDKs choose them.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ini::Ini;
+
+use crate::Error;
+
+/// The settings of one profile of the config file.
+#[derive(Debug, Default)]
+pub(crate) struct Profile {
+    pub(crate) name: String,
+    values: HashMap<String, String>,
+}
+
+impl Profile {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.values
+            .get(key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// Loads the profile to use from `path`.
+///
+/// `requested` (from an explicit setting or `DATABRICKS_CONFIG_PROFILE`) must exist. Without
+/// it, `[__settings__] default_profile` is used when set, else `[DEFAULT]` when present, else
+/// none. A missing file is no error unless a profile was requested.
+pub(crate) fn load(path: &Path, requested: Option<&str>) -> Result<Option<Profile>, Error> {
+    let shown = path.display();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return match requested {
+                Some(name) => Err(Error::WorkspaceConfig {
+                    problem: format!(
+                        "profile `{name}` was requested, but the config file {shown} does not exist"
+                    ),
+                }),
+                None => Ok(None),
+            };
+        }
+        Err(e) => {
+            return Err(Error::WorkspaceConfig {
+                problem: format!("could not read the config file {shown}: {e}"),
+            });
+        }
+    };
+    let ini = Ini::load_from_str(&text).map_err(|e| Error::WorkspaceConfig {
+        problem: format!(
+            "the config file {shown} is not valid INI (line {}, column {}: {})",
+            e.line, e.col, e.msg
+        ),
+    })?;
+    let default_profile = ini
+        .section(Some("__settings__"))
+        .and_then(|s| s.get("default_profile"))
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    let (name, must_exist) = match (requested, default_profile) {
+        (Some(name), _) => (name, true),
+        (None, Some(name)) => (name, true),
+        (None, None) => ("DEFAULT", false),
+    };
+    match ini.section(Some(name)) {
+        Some(section) => Ok(Some(Profile {
+            name: name.to_owned(),
+            values: section
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+                .collect(),
+        })),
+        None if must_exist => {
+            let mut known: Vec<&str> = ini
+                .sections()
+                .flatten()
+                .filter(|s| *s != "__settings__")
+                .collect();
+            known.sort_unstable();
+            Err(Error::WorkspaceConfig {
+                problem: format!(
+                    "profile `{name}` is not in the config file {shown} (it has: {})",
+                    if known.is_empty() {
+                        String::from("no profiles")
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            })
+        }
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        file
+    }
+
+    const CONFIG: &str = "[DEFAULT]\nhost = https://default.example.com\ntoken = dapi-default\n\n\
+                          [staging]\nhost = https://staging.example.com\nclient_id = sp\nclient_secret = s\n";
+
+    #[test]
+    fn default_section_is_used_without_a_request() {
+        let cfg = file(CONFIG);
+        let profile = load(cfg.path(), None).unwrap().unwrap();
+        assert_eq!(profile.name, "DEFAULT");
+        assert_eq!(profile.get("host"), Some("https://default.example.com"));
+    }
+
+    #[test]
+    fn requested_and_default_profile_settings_are_honoured() {
+        let cfg = file(CONFIG);
+        assert_eq!(
+            load(cfg.path(), Some("staging"))
+                .unwrap()
+                .unwrap()
+                .get("client_id"),
+            Some("sp")
+        );
+        let with_default = file(&format!(
+            "[__settings__]\ndefault_profile = staging\n{CONFIG}"
+        ));
+        assert_eq!(
+            load(with_default.path(), None).unwrap().unwrap().name,
+            "staging"
+        );
+    }
+
+    #[test]
+    fn unknown_profiles_missing_files_and_bad_ini_are_explained() {
+        let cfg = file(CONFIG);
+        let err = load(cfg.path(), Some("prod")).unwrap_err().to_string();
+        assert!(
+            err.contains("profile `prod` is not in the config file")
+                && err.contains("DEFAULT, staging"),
+            "{err}"
+        );
+        let missing = Path::new("/nonexistent/databrickscfg");
+        assert!(load(missing, None).unwrap().is_none());
+        assert!(
+            load(missing, Some("x"))
+                .unwrap_err()
+                .to_string()
+                .contains("does not exist")
+        );
+        let bad = file("[unterminated\nhost = x\n");
+        assert!(
+            load(bad.path(), None)
+                .unwrap_err()
+                .to_string()
+                .contains("not valid INI")
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! The workspace host: normalised as the SDKs do, and checked before any token is sent.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use reqwest::Url;
+
+use crate::Error;
+
+/// A normalised workspace URL: `https://` added when no scheme is given, trailing `/` and
+/// `:443` dropped. Plain `http://` is accepted only for loopback hosts (local test servers),
+/// because a workspace token must not cross a network unencrypted.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct WorkspaceHost {
+    url: Url,
+}
+
+impl WorkspaceHost {
+    pub(crate) fn parse(host: &str) -> Result<Self, Error> {
+        let invalid = |problem: String| Error::WorkspaceConfig {
+            problem: format!("host `{}` {problem}", host.trim()),
+        };
+        let given = host.trim();
+        let has_scheme = given.contains("://");
+        let trimmed = given.trim_end_matches('/');
+        if trimmed.is_empty() {
+            return Err(Error::WorkspaceConfig {
+                problem: String::from(
+                    "the host is empty (set DATABRICKS_HOST to the workspace URL)",
+                ),
+            });
+        }
+        let with_scheme = if has_scheme {
+            given.to_owned()
+        } else {
+            format!("https://{trimmed}")
+        };
+        let mut url =
+            Url::parse(&with_scheme).map_err(|e| invalid(format!("is not a valid URL ({e})")))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(invalid(String::from("must use https://")));
+        }
+        let Some(name) = url.host_str().map(str::to_owned) else {
+            return Err(invalid(String::from("has no host name")));
+        };
+        if url.scheme() == "http" && !is_loopback(&name) {
+            return Err(invalid(String::from(
+                "uses plain http://, which is allowed only for loopback hosts (a workspace \
+                 token must not cross the network unencrypted); use https://",
+            )));
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(invalid(String::from(
+                "has a path or query; give only the workspace URL, e.g. \
+                 https://my-workspace.cloud.databricks.com",
+            )));
+        }
+        if url.scheme() == "https" && url.port() == Some(443) {
+            let _ = url.set_port(None);
+        }
+        Ok(WorkspaceHost { url })
+    }
+
+    /// The URL of an API path (which starts with `/`).
+    pub(crate) fn join(&self, path: &str) -> Url {
+        let mut url = self.url.clone();
+        url.set_path(path);
+        url
+    }
+
+    pub(crate) fn url(&self) -> &Url {
+        &self.url
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+impl fmt::Display for WorkspaceHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.url.as_str().trim_end_matches('/'))
+    }
+}
+
+impl fmt::Debug for WorkspaceHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WorkspaceHost({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn normal(host: &str) -> String {
+        WorkspaceHost::parse(host).unwrap().to_string()
+    }
+
+    #[test]
+    fn hosts_are_normalised_like_the_sdks_do() {
+        assert_eq!(
+            normal("adb-1.2.azuredatabricks.net"),
+            "https://adb-1.2.azuredatabricks.net"
+        );
+        assert_eq!(
+            normal("https://x.cloud.databricks.com/"),
+            "https://x.cloud.databricks.com"
+        );
+        assert_eq!(
+            normal("https://x.cloud.databricks.com:443"),
+            "https://x.cloud.databricks.com"
+        );
+        assert_eq!(
+            normal(" x.cloud.databricks.com:8443 "),
+            "https://x.cloud.databricks.com:8443"
+        );
+        assert_eq!(normal("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
+        assert_eq!(normal("http://localhost:8080/"), "http://localhost:8080");
+        let host = WorkspaceHost::parse("x.cloud.databricks.com").unwrap();
+        assert_eq!(
+            host.join("/api/2.0/postgres/credentials").as_str(),
+            "https://x.cloud.databricks.com/api/2.0/postgres/credentials"
+        );
+    }
+
+    #[test]
+    fn plain_http_is_refused_unless_loopback() {
+        let err = WorkspaceHost::parse("http://x.cloud.databricks.com").unwrap_err();
+        assert!(
+            err.to_string().contains("allowed only for loopback hosts"),
+            "{err}"
+        );
+        assert!(WorkspaceHost::parse("http://10.1.2.3").is_err());
+        assert!(WorkspaceHost::parse("http://[::1]:9000").is_ok());
+    }
+
+    #[test]
+    fn garbage_hosts_are_config_errors() {
+        for bad in [
+            "",
+            "   ",
+            "ftp://x.com",
+            "https://",
+            "https://x.com/path",
+            "https://x.com/?o=1",
+            "ht tp://x",
+        ] {
+            let err = WorkspaceHost::parse(bad).unwrap_err();
+            assert!(
+                matches!(err, Error::WorkspaceConfig { .. }),
+                "{bad}: {err:?}"
+            );
+        }
+    }
+}

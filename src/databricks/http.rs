@@ -1,0 +1,536 @@
+//! HTTP to the workspace: timeouts, retries, size caps, and error bodies of every shape.
+//!
+//! # Defaults
+//!
+//! | setting | default | why |
+//! |---|---|---|
+//! | request timeout | 30 s | covers sending, waiting and reading the whole answer |
+//! | connect timeout | 10 s | |
+//! | retry budget | 60 s | no call, retries included, runs longer (the SDKs allow 300 s; a pool checkout should not wait that long) |
+//! | answer size cap | 1 MiB | the API's answers are a few KiB; a larger one is not what we asked for |
+//!
+//! Retried: connection errors, timeouts, and HTTP 429 and 503 (waiting `Retry-After` seconds,
+//! or the body's `RetryInfo`, or 1 s, plus up to 250 ms of jitter). Never retried: other 4xx
+//! (a bad request or missing permission does not fix itself) and 504 (the request may have
+//! been carried out). Redirects are not followed, so a bearer token cannot be carried to
+//! another host. Tokens travel in headers and secrets in bodies, never in URLs, so an error
+//! that names a URL is safe to print.
+
+use std::time::Duration;
+
+use reqwest::Url;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::error::RequestProblem;
+use crate::{Error, Secret, tls};
+
+/// Timeouts and limits of workspace calls; see the [module docs](self).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HttpPolicy {
+    pub(crate) request_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) retry_budget: Duration,
+    pub(crate) max_body: usize,
+}
+
+impl Default for HttpPolicy {
+    fn default() -> Self {
+        HttpPolicy {
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            retry_budget: Duration::from_secs(60),
+            max_body: 1024 * 1024,
+        }
+    }
+}
+
+/// How a request proves who it is.
+pub(crate) enum Auth<'a> {
+    None,
+    Bearer(&'a Secret),
+    Basic { user: &'a str, password: &'a Secret },
+}
+
+/// A request body.
+pub(crate) enum Body {
+    Empty,
+    Json(serde_json::Value),
+    Form(Vec<(&'static str, String)>),
+}
+
+/// One API call, as data, so that it can be sent again on retry.
+pub(crate) struct Call<'a> {
+    pub(crate) method: &'static str,
+    pub(crate) url: Url,
+    pub(crate) auth: Auth<'a>,
+    pub(crate) body: Body,
+    pub(crate) workspace_id: Option<&'a str>,
+}
+
+impl<'a> Call<'a> {
+    pub(crate) fn get(url: Url, auth: Auth<'a>) -> Self {
+        Call {
+            method: "GET",
+            url,
+            auth,
+            body: Body::Empty,
+            workspace_id: None,
+        }
+    }
+
+    pub(crate) fn post(url: Url, auth: Auth<'a>, body: Body) -> Self {
+        Call {
+            method: "POST",
+            url,
+            auth,
+            body,
+            workspace_id: None,
+        }
+    }
+
+    fn path(&self) -> String {
+        self.url.path().to_owned()
+    }
+
+    fn request_error(&self, problem: RequestProblem, source: Option<reqwest::Error>) -> Error {
+        Error::WorkspaceRequest {
+            method: self.method,
+            path: self.path(),
+            problem,
+            source: source.map(|e| Box::new(e.without_url()) as crate::BoxError),
+        }
+    }
+}
+
+/// A complete answer: status and (capped) body.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
+    retry_after: Option<Duration>,
+}
+
+/// What one attempt produced.
+enum Attempt {
+    Answer(Answer),
+    Failed(Error),
+}
+
+/// The workspace's HTTP client. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct HttpClient {
+    client: reqwest::Client,
+    policy: HttpPolicy,
+}
+
+impl HttpClient {
+    pub(crate) fn new(policy: HttpPolicy) -> Result<Self, Error> {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls::client_config()?)
+            .connect_timeout(policy.connect_timeout)
+            .timeout(policy.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("lakebase-pool/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::WorkspaceConfig {
+                problem: format!("could not set up the HTTP client: {e}"),
+            })?;
+        Ok(HttpClient { client, policy })
+    }
+
+    /// Sends `call`, retrying transient failures within the budget, and returns the final
+    /// answer whatever its status.
+    pub(crate) async fn send(&self, call: &Call<'_>) -> Result<Answer, Error> {
+        let deadline = Instant::now() + self.policy.retry_budget;
+        let backoff = Backoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(8),
+        };
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let (outcome, wait) = match self.attempt(call).await {
+                Attempt::Answer(answer) if matches!(answer.status, 429 | 503) => {
+                    let server_wait = answer
+                        .retry_after
+                        .or_else(|| parse_error_body(&answer.body).retry_delay)
+                        .unwrap_or(Duration::from_secs(1));
+                    let jitter = Duration::from_millis(fastrand::u64(0..=250));
+                    (Ok(answer), server_wait.saturating_add(jitter))
+                }
+                Attempt::Answer(answer) => return Ok(answer),
+                Attempt::Failed(error) if error.is_transient() => {
+                    let step = backoff.step(attempt);
+                    (Err(error), step.mul_f64(0.5 + fastrand::f64() / 2.0))
+                }
+                Attempt::Failed(error) => return Err(error),
+            };
+            if Instant::now() + wait > deadline {
+                tracing::warn!(
+                    method = call.method,
+                    path = %call.url.path(),
+                    attempts = attempt,
+                    "workspace call still failing when its retry budget ran out"
+                );
+                return outcome;
+            }
+            tracing::info!(
+                method = call.method,
+                path = %call.url.path(),
+                attempt,
+                status = outcome.as_ref().ok().map(|a| a.status),
+                error = outcome.as_ref().err().map(ToString::to_string),
+                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                "workspace call failed with a transient error; retrying"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Sends `call` and decodes a successful JSON answer; an error status becomes
+    /// [`Error::WorkspaceApi`].
+    pub(crate) async fn json<T: DeserializeOwned>(&self, call: &Call<'_>) -> Result<T, Error> {
+        let answer = self.send(call).await?;
+        if !(200..300).contains(&answer.status) {
+            return Err(api_error(call.method, call.path(), &answer));
+        }
+        decode(&answer.body).map_err(|problem| call.request_error(problem, None))
+    }
+
+    async fn attempt(&self, call: &Call<'_>) -> Attempt {
+        let timeout = self.policy.request_timeout;
+        match tokio::time::timeout(timeout, self.exchange(call)).await {
+            Err(_) => Attempt::Failed(call.request_error(RequestProblem::TimedOut(timeout), None)),
+            Ok(Err(error)) => Attempt::Failed(error),
+            Ok(Ok(answer)) => Attempt::Answer(answer),
+        }
+    }
+
+    async fn exchange(&self, call: &Call<'_>) -> Result<Answer, Error> {
+        let method = if call.method == "POST" {
+            reqwest::Method::POST
+        } else {
+            reqwest::Method::GET
+        };
+        let mut request = self.client.request(method, call.url.clone());
+        request = match &call.auth {
+            Auth::None => request,
+            Auth::Bearer(token) => request.bearer_auth(token.expose()),
+            Auth::Basic { user, password } => request.basic_auth(user, Some(password.expose())),
+        };
+        if let Some(id) = call.workspace_id {
+            request = request.header("X-Databricks-Workspace-Id", id);
+        }
+        request = match &call.body {
+            Body::Empty => request,
+            Body::Json(value) => request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(value.to_string()),
+            Body::Form(fields) => request
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(form_encode(fields)),
+        };
+        let transport = |e: reqwest::Error| {
+            let problem = if e.is_timeout() {
+                RequestProblem::TimedOut(self.policy.request_timeout)
+            } else {
+                RequestProblem::Unreachable
+            };
+            call.request_error(problem, Some(e))
+        };
+        let mut response = request.send().await.map_err(transport)?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let limit = self.policy.max_body;
+        let too_large = || call.request_error(RequestProblem::BodyTooLarge(limit), None);
+        if response
+            .content_length()
+            .is_some_and(|len| len > limit as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Answer {
+            status,
+            body,
+            retry_after,
+        })
+    }
+}
+
+/// `application/x-www-form-urlencoded`, as the OAuth token endpoint expects.
+fn form_encode(fields: &[(&'static str, String)]) -> String {
+    let encode = |text: &str| {
+        let mut out = String::new();
+        for byte in text.bytes() {
+            match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                    out.push(char::from(byte));
+                }
+                b' ' => out.push('+'),
+                _ => out.push_str(&format!("%{byte:02X}")),
+            }
+        }
+        out
+    };
+    fields
+        .iter()
+        .map(|(key, value)| format!("{}={}", encode(key), encode(value)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Decodes a JSON answer without echoing any of its values (they may be secrets).
+pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestProblem> {
+    serde_json::from_slice(body).map_err(|e| {
+        let detail = if looks_like_html(body) {
+            String::from("an HTML page instead of JSON (is the host the workspace URL?)")
+        } else if body.iter().all(u8::is_ascii_whitespace) {
+            String::from("an empty body instead of JSON")
+        } else if e.is_data() && e.to_string().starts_with("missing field") {
+            let text = e.to_string();
+            text.split(" at line").next().unwrap_or(&text).to_owned()
+        } else if e.is_data() {
+            format!(
+                "a field has the wrong type (line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        } else {
+            format!("malformed JSON (line {}, column {})", e.line(), e.column())
+        };
+        RequestProblem::InvalidResponse(detail)
+    })
+}
+
+/// The fields of an error answer, whatever shape the body had.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ErrorBody {
+    pub(crate) error_code: Option<String>,
+    pub(crate) message: String,
+    pub(crate) retry_delay: Option<Duration>,
+}
+
+/// Reads an error body: the API's `{error_code, message, details}`, OAuth's
+/// `{error, error_description}`, `{errorCode, errorSummary}`, legacy `{error}`, plain text,
+/// HTML or nothing. Never fails; messages are cut to 300 characters.
+pub(crate) fn parse_error_body(body: &[u8]) -> ErrorBody {
+    let text = String::from_utf8_lossy(body);
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return ErrorBody {
+            message: String::from("(empty body)"),
+            ..ErrorBody::default()
+        };
+    }
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(trimmed) {
+        let field = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| map.get(*n).and_then(|v| v.as_str()).map(str::to_owned))
+        };
+        let error_code = field(&["error_code", "errorCode"])
+            .or_else(|| field(&["error"]).filter(|_| map.contains_key("error_description")));
+        let message = field(&["message", "error_description", "errorSummary", "error"])
+            .unwrap_or_else(|| String::from("(no message in the error body)"));
+        let retry_delay = map
+            .get("details")
+            .and_then(|d| d.as_array())
+            .into_iter()
+            .flatten()
+            .filter(|d| {
+                d.get("@type")
+                    .and_then(|t| t.as_str())
+                    .is_some_and(|t| t.ends_with("RetryInfo"))
+            })
+            .find_map(|d| {
+                d.get("retry_delay")
+                    .and_then(|v| v.as_str())
+                    .and_then(parse_proto_duration)
+            });
+        return ErrorBody {
+            error_code,
+            message: shorten(&message),
+            retry_delay,
+        };
+    }
+    let message = if looks_like_html(body) {
+        String::from("an HTML page instead of an API error (is the host the workspace URL?)")
+    } else {
+        shorten(trimmed)
+    };
+    ErrorBody {
+        message,
+        ..ErrorBody::default()
+    }
+}
+
+pub(crate) fn api_error(method: &'static str, path: String, answer: &Answer) -> Error {
+    let body = parse_error_body(&answer.body);
+    Error::WorkspaceApi {
+        method,
+        path,
+        status: answer.status,
+        error_code: body.error_code,
+        message: body.message,
+    }
+}
+
+fn looks_like_html(body: &[u8]) -> bool {
+    let start = String::from_utf8_lossy(&body[..body.len().min(512)]).to_ascii_lowercase();
+    let start = start.trim_start();
+    start.starts_with("<!doctype html") || start.starts_with("<html") || start.contains("<body")
+}
+
+fn shorten(text: &str) -> String {
+    let single_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if single_line.chars().count() > 300 {
+        let cut: String = single_line.chars().take(300).collect();
+        format!("{cut}...")
+    } else {
+        single_line
+    }
+}
+
+/// A protobuf JSON duration: `"2s"`, `"1.5s"`.
+pub(crate) fn parse_proto_duration(text: &str) -> Option<Duration> {
+    let seconds: f64 = text.trim().strip_suffix('s')?.parse().ok()?;
+    if seconds.is_finite() && seconds >= 0.0 {
+        Duration::try_from_secs_f64(seconds).ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_error_bodies_give_code_message_and_retry_delay() {
+        let body = br#"{"error_code":"RESOURCE_EXHAUSTED","message":"slow down",
+            "details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"x"},
+                       {"@type":"type.googleapis.com/google.rpc.RetryInfo","retry_delay":"2.5s"}]}"#;
+        assert_eq!(
+            parse_error_body(body),
+            ErrorBody {
+                error_code: Some("RESOURCE_EXHAUSTED".into()),
+                message: "slow down".into(),
+                retry_delay: Some(Duration::from_millis(2500)),
+            }
+        );
+    }
+
+    #[test]
+    fn oauth_and_legacy_shapes_are_understood() {
+        let oauth = parse_error_body(
+            br#"{"error":"invalid_client","error_description":"Client authentication failed"}"#,
+        );
+        assert_eq!(oauth.error_code.as_deref(), Some("invalid_client"));
+        assert_eq!(oauth.message, "Client authentication failed");
+        let okta = parse_error_body(
+            br#"{"errorCode":"E0000011","errorSummary":"Invalid token provided"}"#,
+        );
+        assert_eq!(okta.error_code.as_deref(), Some("E0000011"));
+        assert_eq!(okta.message, "Invalid token provided");
+        let legacy = parse_error_body(br#"{"error":"Bad Target: /api/2.0/x"}"#);
+        assert_eq!(legacy.error_code, None);
+        assert_eq!(legacy.message, "Bad Target: /api/2.0/x");
+    }
+
+    #[test]
+    fn text_html_empty_and_garbage_bodies_never_panic() {
+        assert_eq!(parse_error_body(b"").message, "(empty body)");
+        assert_eq!(
+            parse_error_body(b"upstream connect error\n\n").message,
+            "upstream connect error"
+        );
+        assert!(
+            parse_error_body(b"<!DOCTYPE html><html><body>Oops</body></html>")
+                .message
+                .contains("HTML page")
+        );
+        assert_eq!(
+            parse_error_body(b"{\"message\": 12}").message,
+            "(no message in the error body)"
+        );
+        assert_eq!(parse_error_body(b"[1,2]").message, "[1,2]");
+        let _ = parse_error_body(&[0xff, 0xfe, 0x00, 0x80]);
+        assert!(parse_error_body("x".repeat(5000).as_bytes()).message.len() <= 303);
+    }
+
+    #[test]
+    fn decode_errors_never_echo_values() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Token {
+            #[allow(dead_code)]
+            token: String,
+        }
+        let wrong_type = decode::<Token>(br#"{"token": ["secret-value"]}"#).unwrap_err();
+        assert!(
+            !wrong_type.to_string().contains("secret-value"),
+            "{wrong_type}"
+        );
+        assert_eq!(
+            decode::<Token>(br#"{"tokn": "secret-value"}"#)
+                .unwrap_err()
+                .to_string(),
+            "unexpected answer: missing field `token`"
+        );
+        assert!(
+            decode::<Token>(b"<html></html>")
+                .unwrap_err()
+                .to_string()
+                .contains("HTML page")
+        );
+        assert!(
+            decode::<Token>(b"")
+                .unwrap_err()
+                .to_string()
+                .contains("empty body")
+        );
+        assert!(
+            decode::<Token>(b"{\"token\": \"abc")
+                .unwrap_err()
+                .to_string()
+                .contains("malformed JSON")
+        );
+    }
+
+    #[test]
+    fn proto_durations_parse() {
+        assert_eq!(parse_proto_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_proto_duration("0.25s"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_proto_duration("-1s"), None);
+        assert_eq!(parse_proto_duration("2"), None);
+        assert_eq!(parse_proto_duration("NaNs"), None);
+    }
+
+    #[test]
+    fn forms_are_url_encoded() {
+        let body = form_encode(&[
+            ("grant_type", "client_credentials".into()),
+            ("scope", "all apis&x".into()),
+        ]);
+        assert_eq!(body, "grant_type=client_credentials&scope=all+apis%26x");
+    }
+}

@@ -1,0 +1,38 @@
+//! The Databricks workspace: authentication and the Lakebase API.
+//!
+//! A [`Workspace`] authenticates the way the official SDKs do (personal access token, OAuth
+//! machine-to-machine with token-endpoint discovery, `~/.databrickscfg` profiles, the
+//! Databricks CLI, or a token source of your own) and offers the Lakebase calls: mint a
+//! database credential, look up and list endpoints, and who the caller is.
+//! [`LakebaseCredentials`] turns it into a [`CredentialProvider`](crate::credentials::CredentialProvider)
+//! for the pool.
+//!
+//! ```no_run
+//! use lakebase_pool::Pool;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Workspace from DATABRICKS_* (or ~/.databrickscfg); host and user discovered.
+//! let pool = Pool::builder()
+//!     .lakebase_endpoint("projects/shop/branches/production/endpoints/ep-primary")
+//!     .build()?;
+//! let conn = pool.get().await?;
+//! # let _ = conn;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! HTTP details (timeouts, retries, size caps) are documented on [`WorkspaceBuilder`].
+
+mod api;
+mod auth;
+mod config_file;
+mod host;
+pub(crate) mod http;
+mod provider;
+pub(crate) mod time;
+mod workspace;
+
+pub use self::api::{CredentialRequest, CurrentUser, DatabaseCredential, Endpoint, EndpointState};
+pub use self::provider::LakebaseCredentials;
+pub use self::workspace::{AuthMethod, Workspace, WorkspaceBuilder};

@@ -1,0 +1,661 @@
+//! `Workspace`: an authenticated client of one Databricks workspace.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::auth::{CustomSource, DatabricksCli, OAuthM2M, find_on_path};
+use super::config_file::{self, Profile};
+use super::host::WorkspaceHost;
+use super::http::{Auth, Body, Call, HttpClient, HttpPolicy};
+use crate::credentials::{CachePolicy, CredentialProvider, StaticPassword, TokenCache};
+use crate::{Environment, Error, Secret};
+
+/// How a [`Workspace`] authenticates, as chosen by [`WorkspaceBuilder::build`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthMethod {
+    /// A personal access token (`DATABRICKS_TOKEN`).
+    Pat,
+    /// OAuth client credentials of a service principal (`DATABRICKS_CLIENT_ID` and
+    /// `DATABRICKS_CLIENT_SECRET`), as Databricks Apps use.
+    OAuthM2M,
+    /// The Databricks CLI's login (`databricks auth token`).
+    DatabricksCli,
+    /// A token source given with [`WorkspaceBuilder::token_source`].
+    Custom,
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthMethod::Pat => "pat",
+            AuthMethod::OAuthM2M => "oauth-m2m",
+            AuthMethod::DatabricksCli => "databricks-cli",
+            AuthMethod::Custom => "custom",
+        })
+    }
+}
+
+/// An authenticated client of one Databricks workspace: the Lakebase API calls live on it
+/// (see [`generate_database_credential`](Self::generate_database_credential) and the others).
+///
+/// Workspace tokens are cached and refreshed ahead of expiry like the official SDKs do
+/// (treated as expired 40 s early, refreshed in the background once less than 20 minutes
+/// are left). Cloning is cheap and shares the client and its token cache.
+///
+/// ```no_run
+/// use lakebase_pool::databricks::Workspace;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lakebase_pool::Error> {
+/// // DATABRICKS_HOST plus DATABRICKS_TOKEN, or DATABRICKS_CLIENT_ID/SECRET, or a
+/// // ~/.databrickscfg profile, or a `databricks auth login`.
+/// let workspace = Workspace::from_env()?;
+/// println!("{}", workspace.current_user().await?.user_name);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Workspace {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    host: WorkspaceHost,
+    http: HttpClient,
+    tokens: TokenCache,
+    method: AuthMethod,
+    client_id: Option<String>,
+    workspace_id: Option<String>,
+}
+
+impl fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workspace")
+            .field("host", &self.inner.host)
+            .field("auth", &self.inner.method)
+            .field("workspace_id", &self.inner.workspace_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Workspace {
+    /// Starts configuring a workspace client.
+    ///
+    /// ```
+    /// let builder = lakebase_pool::databricks::Workspace::builder();
+    /// # let _ = builder;
+    /// ```
+    pub fn builder() -> WorkspaceBuilder {
+        WorkspaceBuilder::default()
+    }
+
+    /// A client configured from the process environment and `~/.databrickscfg`; the same as
+    /// `Workspace::builder().build()`.
+    ///
+    /// # Errors
+    ///
+    /// See [`WorkspaceBuilder::build`].
+    pub fn from_env() -> Result<Self, Error> {
+        Workspace::builder().build()
+    }
+
+    /// The workspace URL.
+    ///
+    /// ```no_run
+    /// # let workspace = lakebase_pool::databricks::Workspace::from_env().unwrap();
+    /// println!("{}", workspace.host());
+    /// ```
+    pub fn host(&self) -> String {
+        self.inner.host.to_string()
+    }
+
+    /// How this client authenticates.
+    ///
+    /// ```no_run
+    /// # let workspace = lakebase_pool::databricks::Workspace::from_env().unwrap();
+    /// println!("authenticating with {}", workspace.auth_method());
+    /// ```
+    pub fn auth_method(&self) -> AuthMethod {
+        self.inner.method
+    }
+
+    /// The service principal's client id, with OAuth M2M: the Postgres user name of the
+    /// principal (and of every Databricks App).
+    pub(crate) fn client_id(&self) -> Option<&str> {
+        self.inner.client_id.as_deref()
+    }
+
+    /// An authenticated API call returning JSON. A 401 with a token source that can mint a
+    /// new token (OAuth, CLI, custom) replaces the token once and tries again.
+    pub(crate) async fn call<T: DeserializeOwned>(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, Error> {
+        let url = self.inner.host.join(path);
+        let mut token = self.inner.tokens.token().await?;
+        let mut retried = false;
+        loop {
+            let auth = Auth::Bearer(token.secret());
+            let mut call = match &body {
+                Some(json) => Call::post(url.clone(), auth, Body::Json(json.clone())),
+                None => Call::get(url.clone(), auth),
+            };
+            call.method = method;
+            call.workspace_id = self.inner.workspace_id.as_deref();
+            match self.inner.http.json(&call).await {
+                Err(Error::WorkspaceApi { status: 401, .. })
+                    if !retried && self.inner.method != AuthMethod::Pat =>
+                {
+                    retried = true;
+                    token = self.inner.tokens.force_refresh(&token).await?;
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+/// Configures a [`Workspace`].
+///
+/// Each setting is taken from, in order: the builder, the environment
+/// (`DATABRICKS_HOST`, `DATABRICKS_TOKEN`, `DATABRICKS_CLIENT_ID`,
+/// `DATABRICKS_CLIENT_SECRET`, `DATABRICKS_AUTH_TYPE`, `DATABRICKS_WORKSPACE_ID`), then the
+/// config-file profile (`DATABRICKS_CONFIG_FILE`, default `~/.databrickscfg`; profile
+/// `DATABRICKS_CONFIG_PROFILE`, else `[__settings__] default_profile`, else `[DEFAULT]`). A
+/// value set earlier is never overwritten.
+///
+/// The auth method is `auth_type` when set (`pat`, `oauth-m2m`, `databricks-cli`); otherwise a
+/// token means a PAT, a client id means OAuth M2M (both at once is an error), and with
+/// neither the Databricks CLI is used when it is on `PATH`.
+///
+/// ```no_run
+/// use lakebase_pool::databricks::Workspace;
+///
+/// let workspace = Workspace::builder()
+///     .host("my-workspace.cloud.databricks.com")
+///     .client_credentials("service-principal-id", "secret")
+///     .build()?;
+/// # Ok::<(), lakebase_pool::Error>(())
+/// ```
+#[must_use = "a builder does nothing until `.build()` is called"]
+#[derive(Default)]
+pub struct WorkspaceBuilder {
+    host: Option<String>,
+    token: Option<Secret>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+    profile: Option<String>,
+    config_file: Option<PathBuf>,
+    auth_type: Option<String>,
+    workspace_id: Option<String>,
+    token_source: Option<CustomSource>,
+    http: HttpPolicy,
+}
+
+impl fmt::Debug for WorkspaceBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkspaceBuilder")
+            .field("host", &self.host)
+            .field("token", &self.token)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("profile", &self.profile)
+            .field("config_file", &self.config_file)
+            .field("auth_type", &self.auth_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkspaceBuilder {
+    /// The workspace URL. `https://` is added when no scheme is given; plain `http://` is
+    /// accepted only for loopback hosts.
+    ///
+    /// Default: `DATABRICKS_HOST`, else the profile's `host`.
+    ///
+    /// ```
+    /// let b = lakebase_pool::databricks::Workspace::builder().host("my-workspace.cloud.databricks.com");
+    /// # let _ = b;
+    /// ```
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// Authenticate with a personal access token.
+    ///
+    /// Default: `DATABRICKS_TOKEN`, else the profile's `token`.
+    ///
+    /// ```
+    /// let b = lakebase_pool::databricks::Workspace::builder().token("dapi-example");
+    /// # let _ = b;
+    /// ```
+    pub fn token(mut self, token: impl Into<Secret>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Authenticate as a service principal with OAuth client credentials.
+    ///
+    /// Default: `DATABRICKS_CLIENT_ID` and `DATABRICKS_CLIENT_SECRET`, else the profile's
+    /// `client_id` and `client_secret`.
+    ///
+    /// ```
+    /// let b = lakebase_pool::databricks::Workspace::builder().client_credentials("id", "secret");
+    /// # let _ = b;
+    /// ```
+    pub fn client_credentials(
+        mut self,
+        client_id: impl Into<String>,
+        client_secret: impl Into<Secret>,
+    ) -> Self {
+        self.client_id = Some(client_id.into());
+        self.client_secret = Some(client_secret.into());
+        self
+    }
+
+    /// The config-file profile to read.
+    ///
+    /// Default: `DATABRICKS_CONFIG_PROFILE`, else `[__settings__] default_profile`, else
+    /// `[DEFAULT]`.
+    ///
+    /// ```
+    /// let b = lakebase_pool::databricks::Workspace::builder().profile("staging");
+    /// # let _ = b;
+    /// ```
+    pub fn profile(mut self, profile: impl Into<String>) -> Self {
+        self.profile = Some(profile.into());
+        self
+    }
+
+    /// The config file to read profiles from.
+    ///
+    /// Default: `DATABRICKS_CONFIG_FILE`, else `~/.databrickscfg`.
+    ///
+    /// ```
+    /// let b = lakebase_pool::databricks::Workspace::builder().config_file("/etc/app/databrickscfg");
+    /// # let _ = b;
+    /// ```
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_file = Some(path.into());
+        self
+    }
+
+    /// Chooses the auth method when several are configured: `pat`, `oauth-m2m` or
+    /// `databricks-cli`.
+    ///
+    /// Default: `DATABRICKS_AUTH_TYPE`, else the profile's `auth_type`, else chosen from what
+    /// is configured.
+    ///
+    /// ```
+    /// let b = lakebase_pool::databricks::Workspace::builder().auth_type("oauth-m2m");
+    /// # let _ = b;
+    /// ```
+    pub fn auth_type(mut self, auth_type: impl Into<String>) -> Self {
+        self.auth_type = Some(auth_type.into());
+        self
+    }
+
+    /// The workspace id, sent as `X-Databricks-Workspace-Id`.
+    ///
+    /// Default: `DATABRICKS_WORKSPACE_ID`, else the profile's `workspace_id`, else not sent.
+    ///
+    /// ```
+    /// let b = lakebase_pool::databricks::Workspace::builder().workspace_id("1234567890");
+    /// # let _ = b;
+    /// ```
+    pub fn workspace_id(mut self, id: impl Into<String>) -> Self {
+        self.workspace_id = Some(id.into());
+        self
+    }
+
+    /// Authenticate with tokens from your own source (a provider returning workspace tokens);
+    /// takes precedence over every other method.
+    ///
+    /// ```
+    /// use lakebase_pool::credentials::{from_fn, Credential};
+    /// let b = lakebase_pool::databricks::Workspace::builder()
+    ///     .token_source(from_fn(|| async { Ok::<_, std::io::Error>(Credential::new("token")) }));
+    /// # let _ = b;
+    /// ```
+    pub fn token_source(mut self, source: impl CredentialProvider) -> Self {
+        self.token_source = Some(Arc::new(source));
+        self
+    }
+
+    /// Bound on one HTTP request to the workspace, answer included.
+    ///
+    /// Default: 30 seconds.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let b = lakebase_pool::databricks::Workspace::builder().request_timeout(Duration::from_secs(10));
+    /// # let _ = b;
+    /// ```
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.http.request_timeout = timeout;
+        self
+    }
+
+    /// How long one API call may keep retrying transient failures (429, 503, connection
+    /// errors, timeouts).
+    ///
+    /// Default: 60 seconds.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let b = lakebase_pool::databricks::Workspace::builder().retry_budget(Duration::from_secs(20));
+    /// # let _ = b;
+    /// ```
+    pub fn retry_budget(mut self, budget: Duration) -> Self {
+        self.http.retry_budget = budget;
+        self
+    }
+
+    /// Builds the client from the builder, the process environment and the config file.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WorkspaceConfig`] when no host is set, two auth methods are configured at
+    /// once, a requested profile does not exist, or no credentials are found.
+    pub fn build(self) -> Result<Workspace, Error> {
+        self.build_in(&Environment::from_process())
+    }
+
+    /// Like [`build`](Self::build), reading `env` instead of the process environment.
+    ///
+    /// # Errors
+    ///
+    /// As for [`build`](Self::build).
+    ///
+    /// ```
+    /// use lakebase_pool::Environment;
+    /// use lakebase_pool::databricks::{AuthMethod, Workspace};
+    ///
+    /// let env = Environment::from_vars([
+    ///     ("DATABRICKS_HOST", "my-workspace.cloud.databricks.com"),
+    ///     ("DATABRICKS_TOKEN", "dapi-example"),
+    /// ]);
+    /// let workspace = Workspace::builder().build_in(&env)?;
+    /// assert_eq!(workspace.auth_method(), AuthMethod::Pat);
+    /// # Ok::<(), lakebase_pool::Error>(())
+    /// ```
+    pub fn build_in(self, env: &Environment) -> Result<Workspace, Error> {
+        if self.http.request_timeout.is_zero() {
+            return Err(Error::invalid(
+                "request_timeout",
+                "must be greater than zero",
+            ));
+        }
+        let requested_profile = self
+            .profile
+            .clone()
+            .or_else(|| env.get("DATABRICKS_CONFIG_PROFILE").map(str::to_owned));
+        let config_path = self
+            .config_file
+            .clone()
+            .or_else(|| env.get("DATABRICKS_CONFIG_FILE").map(PathBuf::from))
+            .or_else(|| {
+                env.get("HOME")
+                    .map(|home| PathBuf::from(home).join(".databrickscfg"))
+            });
+        let profile = match &config_path {
+            Some(path) => config_file::load(path, requested_profile.as_deref())?,
+            None if requested_profile.is_some() => {
+                return Err(Error::WorkspaceConfig {
+                    problem: String::from(
+                        "a profile was requested but no config file is known (set \
+                         DATABRICKS_CONFIG_FILE or HOME)",
+                    ),
+                });
+            }
+            None => None,
+        }
+        .unwrap_or_default();
+        let settings = Settings {
+            env,
+            profile: &profile,
+        };
+
+        let host = settings
+            .pick(self.host, "DATABRICKS_HOST", "host")
+            .ok_or_else(|| Error::WorkspaceConfig {
+                problem: String::from(
+                    "no workspace host (set DATABRICKS_HOST, or `host` in a ~/.databrickscfg profile)",
+                ),
+            })?;
+        let host = WorkspaceHost::parse(&host)?;
+        let token = self.token.or_else(|| {
+            settings
+                .pick(None, "DATABRICKS_TOKEN", "token")
+                .map(Secret::new)
+        });
+        let client_id = settings.pick(self.client_id, "DATABRICKS_CLIENT_ID", "client_id");
+        let client_secret = self.client_secret.or_else(|| {
+            settings
+                .pick(None, "DATABRICKS_CLIENT_SECRET", "client_secret")
+                .map(Secret::new)
+        });
+        let auth_type = settings.pick(self.auth_type, "DATABRICKS_AUTH_TYPE", "auth_type");
+        let workspace_id =
+            settings.pick(self.workspace_id, "DATABRICKS_WORKSPACE_ID", "workspace_id");
+        let http = HttpClient::new(self.http)?;
+
+        let conflict = || Error::WorkspaceConfig {
+            problem: String::from(
+                "two auth methods are configured at once: a token (pat) and a client id \
+                 (oauth-m2m); remove one, or choose with DATABRICKS_AUTH_TYPE",
+            ),
+        };
+        let method = match (&self.token_source, auth_type.as_deref()) {
+            (Some(_), _) => AuthMethod::Custom,
+            (None, Some("pat")) => AuthMethod::Pat,
+            (None, Some("oauth-m2m")) => AuthMethod::OAuthM2M,
+            (None, Some("databricks-cli")) => AuthMethod::DatabricksCli,
+            (None, Some(other)) => {
+                return Err(Error::WorkspaceConfig {
+                    problem: format!(
+                        "auth_type `{other}` is not supported (use pat, oauth-m2m or databricks-cli)"
+                    ),
+                });
+            }
+            (None, None) => match (&token, &client_id) {
+                (Some(_), Some(_)) => return Err(conflict()),
+                (Some(_), None) => AuthMethod::Pat,
+                (None, Some(_)) => AuthMethod::OAuthM2M,
+                (None, None) => AuthMethod::DatabricksCli,
+            },
+        };
+        let source: Box<dyn CredentialProvider> = match method {
+            AuthMethod::Custom => Box::new(SharedSource(
+                self.token_source.clone().ok_or_else(conflict)?,
+            )),
+            AuthMethod::Pat => Box::new(StaticPassword::new(token.ok_or_else(|| {
+                Error::WorkspaceConfig {
+                    problem: String::from(
+                        "auth_type is pat but no token is set (set DATABRICKS_TOKEN)",
+                    ),
+                }
+            })?)),
+            AuthMethod::OAuthM2M => {
+                let (Some(id), Some(secret)) = (client_id.clone(), client_secret) else {
+                    return Err(Error::WorkspaceConfig {
+                        problem: String::from(
+                            "OAuth M2M needs both DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET",
+                        ),
+                    });
+                };
+                Box::new(OAuthM2M::new(http.clone(), host.clone(), id, secret))
+            }
+            AuthMethod::DatabricksCli => {
+                let program = find_on_path("databricks", env.get("PATH")).ok_or_else(|| {
+                    Error::WorkspaceConfig {
+                        problem: String::from(
+                            "no workspace credentials found (set DATABRICKS_TOKEN, or \
+                         DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET, or install the \
+                         Databricks CLI and run `databricks auth login`)",
+                        ),
+                    }
+                })?;
+                let cli_profile = requested_profile.filter(|_| !profile.name.is_empty());
+                Box::new(DatabricksCli::new(program, &host, cli_profile))
+            }
+        };
+        let tokens = TokenCache::labelled(source, workspace_token_policy(), "workspace token");
+        Ok(Workspace {
+            inner: Arc::new(Inner {
+                host,
+                http,
+                tokens,
+                method,
+                client_id: client_id.filter(|_| method == AuthMethod::OAuthM2M),
+                workspace_id,
+            }),
+        })
+    }
+}
+
+/// The official SDKs treat a workspace token as expired 40 s early and refresh it once less
+/// than min(TTL/2, 20 min) is left; for the usual one-hour tokens that is 20 minutes.
+fn workspace_token_policy() -> CachePolicy {
+    CachePolicy::default()
+        .min_remaining(Duration::from_secs(40))
+        .refresh_ahead(Duration::from_secs(20 * 60))
+}
+
+/// Looks settings up in precedence order: explicit, environment, profile.
+struct Settings<'a> {
+    env: &'a Environment,
+    profile: &'a Profile,
+}
+
+impl Settings<'_> {
+    fn pick(&self, explicit: Option<String>, var: &str, key: &str) -> Option<String> {
+        explicit
+            .filter(|v| !v.trim().is_empty())
+            .or_else(|| self.env.get(var).map(str::to_owned))
+            .or_else(|| self.profile.get(key).map(str::to_owned))
+    }
+}
+
+/// Lets a caller's shared token source sit behind the cache.
+struct SharedSource(CustomSource);
+
+impl CredentialProvider for SharedSource {
+    fn credential(
+        &self,
+    ) -> crate::credentials::BoxFuture<'_, Result<crate::credentials::Credential, crate::BoxError>>
+    {
+        self.0.credential()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(vars: &[(&str, &str)]) -> Result<Workspace, Error> {
+        Workspace::builder().build_in(&Environment::from_vars(vars.iter().copied()))
+    }
+
+    #[test]
+    fn token_means_pat_and_client_id_means_oauth() {
+        let pat = build(&[
+            ("DATABRICKS_HOST", "w.example.com"),
+            ("DATABRICKS_TOKEN", "t"),
+        ])
+        .unwrap();
+        assert_eq!(pat.auth_method(), AuthMethod::Pat);
+        assert_eq!(pat.host(), "https://w.example.com");
+        let m2m = build(&[
+            ("DATABRICKS_HOST", "w.example.com"),
+            ("DATABRICKS_CLIENT_ID", "sp-id"),
+            ("DATABRICKS_CLIENT_SECRET", "s"),
+        ])
+        .unwrap();
+        assert_eq!(m2m.auth_method(), AuthMethod::OAuthM2M);
+        assert_eq!(m2m.client_id(), Some("sp-id"));
+    }
+
+    #[test]
+    fn two_methods_at_once_is_an_error_unless_auth_type_chooses() {
+        let both = [
+            ("DATABRICKS_HOST", "w.example.com"),
+            ("DATABRICKS_TOKEN", "t"),
+            ("DATABRICKS_CLIENT_ID", "id"),
+            ("DATABRICKS_CLIENT_SECRET", "s"),
+        ];
+        let err = build(&both).unwrap_err().to_string();
+        assert!(
+            err.contains("two auth methods are configured at once"),
+            "{err}"
+        );
+        let mut chosen = both.to_vec();
+        chosen.push(("DATABRICKS_AUTH_TYPE", "oauth-m2m"));
+        assert_eq!(build(&chosen).unwrap().auth_method(), AuthMethod::OAuthM2M);
+    }
+
+    #[test]
+    fn explicit_settings_beat_the_environment() {
+        let env = Environment::from_vars([
+            ("DATABRICKS_HOST", "env.example.com"),
+            ("DATABRICKS_TOKEN", "t"),
+        ]);
+        let workspace = Workspace::builder()
+            .host("explicit.example.com")
+            .build_in(&env)
+            .unwrap();
+        assert_eq!(workspace.host(), "https://explicit.example.com");
+    }
+
+    #[test]
+    fn missing_pieces_are_named() {
+        let no_host = build(&[("DATABRICKS_TOKEN", "t")]).unwrap_err().to_string();
+        assert!(no_host.contains("no workspace host"), "{no_host}");
+        let no_secret = build(&[
+            ("DATABRICKS_HOST", "w.example.com"),
+            ("DATABRICKS_CLIENT_ID", "id"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            no_secret.contains("DATABRICKS_CLIENT_SECRET"),
+            "{no_secret}"
+        );
+        let nothing = build(&[
+            ("DATABRICKS_HOST", "w.example.com"),
+            ("PATH", "/nonexistent"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            nothing.contains("no workspace credentials found"),
+            "{nothing}"
+        );
+        let odd = build(&[
+            ("DATABRICKS_HOST", "w.example.com"),
+            ("DATABRICKS_AUTH_TYPE", "magic"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(odd.contains("auth_type `magic` is not supported"), "{odd}");
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let builder = Workspace::builder()
+            .token("dapi-secret-1")
+            .client_credentials("id", "secret-2");
+        let shown = format!("{builder:?}");
+        assert!(
+            !shown.contains("dapi-secret-1") && !shown.contains("secret-2"),
+            "{shown}"
+        );
+    }
+}
