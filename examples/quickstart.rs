@@ -1,25 +1,31 @@
-//! The main demo: a pool whose password rotates, a query, and a connection being recycled.
+//! The main demo: a pool whose password is a minted token, a query, and a recycled connection.
 //!
 //! ```text
 //! cargo run --example quickstart
 //! ```
 //!
-//! With no configuration it starts a throwaway local PostgreSQL whose role password is
-//! replaced by every token the pool mints, so the server itself checks each token. With
-//! `PGHOST` set (for example to the `postgres` service of docker-compose.yml) it connects there
-//! instead, using `PGPORT`, `PGUSER`, `PGPASSWORD` and `PGDATABASE`.
+//! With `LAKEBASE_ENDPOINT` (or `PGHOST`) set, it reads its configuration from the environment,
+//! exactly as [`Pool::from_env`](lakebase_pool::Pool::from_env) does; see the README for the
+//! variables. Otherwise it starts a throwaway local PostgreSQL and a mock Databricks workspace
+//! and gives the same code the environment a Databricks App would have: the token is minted over
+//! HTTP, the endpoint's host and the user name are discovered, and every minted token becomes
+//! the role's real password, so Postgres itself checks it.
 //!
 //! Log lines go to stderr; `RUST_LOG` overrides the default `info,lakebase_pool=debug`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lakebase_pool::testing::LocalPostgres;
-use lakebase_pool::{Pool, Secret};
+use lakebase_pool::testing::{LocalPostgres, MockWorkspace};
+use lakebase_pool::{Environment, PoolBuilder, Secret};
 use tracing_subscriber::EnvFilter;
 
 /// Short enough to watch a connection being replaced; the default is 45 minutes.
 const DEMO_LIFETIME: Duration = Duration::from_secs(2);
+
+const LOCAL_ENDPOINT: &str = "projects/quickstart/branches/production/endpoints/ep-primary";
+const LOCAL_USER: &str = "quickstart@example.com";
+const LOCAL_PAT: &str = "dapi-quickstart-local";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -41,19 +47,30 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    // Keeps the throwaway server alive until the end of `run`.
-    let (pool, _local) = match std::env::var("PGHOST") {
-        Ok(host) => (external_pool(&host)?, None),
-        Err(_) => {
-            let (pool, local) = local_pool().await?;
-            (pool, Some(local))
-        }
+    let process = Environment::from_process();
+    let configured = process.get("LAKEBASE_ENDPOINT").is_some() || process.get("PGHOST").is_some();
+    // Keeps the local servers alive until the end of `run`.
+    let (env, _local) = if configured {
+        println!("using the configuration in the environment");
+        (process, None)
+    } else {
+        let (env, local) = local_environment().await?;
+        (env, Some(local))
     };
 
+    let pool = PoolBuilder::from_environment(&env)?
+        .max_lifetime(DEMO_LIFETIME)
+        .build()?;
+
     let conn = pool.get().await?;
-    let version: String = conn.query_one("SELECT version()", &[]).await?.get(0);
-    println!("connected: {version}");
-    let first_pid: i32 = conn.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+    let row = conn
+        .query_one(
+            "SELECT version(), current_user::text, pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    let (version, user, first_pid): (String, String, i32) = (row.get(0), row.get(1), row.get(2));
+    println!("connected as {user}: {version}");
     drop(conn);
 
     println!("waiting {DEMO_LIFETIME:?} for the connection to reach its (demo) max lifetime...");
@@ -70,47 +87,35 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         "stats: {} token(s) minted, {} connection(s) opened, {} retired by lifetime",
         stats.tokens.minted, stats.connections_opened, stats.retired_lifetime
     );
-    // Close the pool before the throwaway server stops.
+    // Close the pool before the local servers stop.
     drop(conn);
     drop(pool);
     Ok(())
 }
 
-/// A throwaway local server whose `app` role password is rotated by every token the pool mints.
-async fn local_pool() -> Result<(Pool, LocalPostgres), Box<dyn std::error::Error>> {
-    println!("no PGHOST set: starting a throwaway local PostgreSQL");
-    let local = LocalPostgres::start()?;
-    local
-        .create_role("app", &Secret::new("replaced-by-the-first-token"))
+/// A throwaway Postgres and mock workspace, and the environment a Databricks App would see.
+async fn local_environment()
+-> Result<(Environment, (LocalPostgres, MockWorkspace)), Box<dyn std::error::Error>> {
+    println!(
+        "no LAKEBASE_ENDPOINT or PGHOST set: starting a local PostgreSQL and a mock workspace"
+    );
+    let pg = LocalPostgres::start()?;
+    pg.create_role(LOCAL_USER, &Secret::new("replaced-by-the-first-token"))
         .await?;
-    let tokens = local.rotating_password("app", Duration::from_secs(3600));
-    let pool = local
-        .pool_builder("app")
-        .credentials(tokens)
-        .max_lifetime(DEMO_LIFETIME)
-        .build()?;
-    Ok((pool, local))
-}
-
-/// A pool for the server the `PG*` variables describe (e.g. docker-compose's `postgres`).
-fn external_pool(host: &str) -> Result<Pool, Box<dyn std::error::Error>> {
-    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
-    let port = var("PGPORT", "5432")
-        .parse::<u16>()
-        .map_err(|e| format!("PGPORT must be a port number: {e}"))?;
-    let user = var("PGUSER", "postgres");
-    let password = std::env::var("PGPASSWORD")
-        .map_err(|_| "PGHOST is set but PGPASSWORD is not; set it to the server's password")?;
-    println!("connecting to {user}@{host}:{port} as PG* variables say");
-    let pool = Pool::builder()
-        .host(host)
-        .port(port)
-        .user(&user)
-        .dbname(var("PGDATABASE", &user))
-        .password(password)
-        .max_lifetime(DEMO_LIFETIME)
-        .build()?;
-    Ok(pool)
+    pg.create_database("databricks_postgres", LOCAL_USER)
+        .await?;
+    let workspace = MockWorkspace::start()?;
+    workspace.add_pat(LOCAL_PAT, LOCAL_USER);
+    workspace.add_endpoint(LOCAL_ENDPOINT, pg.host());
+    workspace.apply_tokens_to(&pg, LOCAL_USER);
+    let env = Environment::from_vars([
+        ("DATABRICKS_HOST", workspace.url()),
+        ("DATABRICKS_TOKEN", LOCAL_PAT.to_owned()),
+        ("LAKEBASE_ENDPOINT", LOCAL_ENDPOINT.to_owned()),
+        // Lakebase listens on 5432; the local server has a port of its own.
+        ("PGPORT", pg.port().to_string()),
+    ]);
+    Ok((env, (pg, workspace)))
 }
 
 fn chain(error: &dyn std::error::Error) -> String {

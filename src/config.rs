@@ -79,3 +79,106 @@ impl fmt::Debug for Environment {
             .finish()
     }
 }
+
+/// Reads pool settings from `env`; see [`PoolBuilder::from_environment`](crate::PoolBuilder::from_environment).
+pub(crate) fn pool_builder_from(env: &Environment) -> Result<crate::PoolBuilder, crate::Error> {
+    use crate::Error;
+    use crate::databricks::Workspace;
+
+    let invalid = |var: &'static str, problem: String| Error::InvalidEnv { var, problem };
+    let mut builder = crate::Pool::builder();
+    if let Some(host) = env.get("PGHOST") {
+        builder = builder.host(host);
+    }
+    if let Some(port) = env.get("PGPORT") {
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                invalid(
+                    "PGPORT",
+                    format!("must be a port number (1-65535), not `{port}`"),
+                )
+            })?;
+        builder = builder.port(port);
+    }
+    if let Some(user) = env.get("PGUSER") {
+        builder = builder.user(user);
+    }
+    if let Some(dbname) = env.get("PGDATABASE") {
+        builder = builder.dbname(dbname);
+    }
+    if let Some(name) = env
+        .get("PGAPPNAME")
+        .or_else(|| env.get("DATABRICKS_APP_NAME"))
+    {
+        builder = builder.application_name(name);
+    }
+    if let Some(seconds) = env.get("PGCONNECT_TIMEOUT") {
+        let seconds = seconds
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| {
+                invalid(
+                    "PGCONNECT_TIMEOUT",
+                    format!("must be a whole number of seconds above 0, not `{seconds}`"),
+                )
+            })?;
+        builder = builder.retry(
+            crate::RetryPolicy::default().connect_timeout(std::time::Duration::from_secs(seconds)),
+        );
+    }
+    match env.get("PGSSLMODE") {
+        None | Some("disable" | "allow" | "prefer") => {}
+        Some(mode @ ("require" | "verify-ca" | "verify-full")) => {
+            return Err(invalid(
+                "PGSSLMODE",
+                format!(
+                    "is `{mode}`, which requires TLS, and this version connects without TLS; \
+                     use a loopback host with PGSSLMODE=disable"
+                ),
+            ));
+        }
+        Some(other) => {
+            return Err(invalid(
+                "PGSSLMODE",
+                format!(
+                    "must be one of disable, allow, prefer, require, verify-ca, verify-full, not `{other}`"
+                ),
+            ));
+        }
+    }
+    match (env.get("LAKEBASE_ENDPOINT"), env.get("PGPASSWORD")) {
+        (Some(endpoint), _) => {
+            let endpoint = crate::EndpointName::parse(endpoint).map_err(|e| match e {
+                Error::InvalidEndpointName { problem, .. } => invalid(
+                    "LAKEBASE_ENDPOINT",
+                    format!("is not a Lakebase endpoint name: {problem}"),
+                ),
+                other => other,
+            })?;
+            let workspace = Workspace::builder().build_in(env)?;
+            Ok(builder
+                .workspace(workspace)
+                .lakebase_endpoint(endpoint.to_string()))
+        }
+        (None, Some(password)) => {
+            if env.get("PGHOST").is_none() {
+                return Err(invalid(
+                    "PGHOST",
+                    String::from("is not set (the server to connect to)"),
+                ));
+            }
+            Ok(builder.password(password))
+        }
+        (None, None) => Err(invalid(
+            "LAKEBASE_ENDPOINT",
+            String::from(
+                "is not set (set it to projects/<project>/branches/<branch>/endpoints/<endpoint>, \
+                 or set PGPASSWORD to use a fixed password)",
+            ),
+        )),
+    }
+}

@@ -561,7 +561,15 @@ impl TokenCache {
                         .unwrap_or_default()
                         .as_secs()
                 });
-                tracing::info!(parent: &span, expires_in_s = expires_in, "minted a database token");
+                match expires_in {
+                    Some(expires_in_s) => {
+                        tracing::info!(parent: &span, kind = self.inner.kind, expires_in_s, "minted a token");
+                    }
+                    // A fixed password: nothing was really minted.
+                    None => {
+                        tracing::debug!(parent: &span, kind = self.inner.kind, "read a fixed credential")
+                    }
+                }
             }
             Err(_) => {
                 self.inner.mint_failures.fetch_add(1, Ordering::Relaxed);

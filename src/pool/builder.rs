@@ -16,7 +16,7 @@ use crate::connect::{Connector, Discovery};
 use crate::credentials::{CachePolicy, CredentialProvider, StaticPassword, TokenCache};
 use crate::databricks::{LakebaseCredentials, Workspace};
 use crate::defaults;
-use crate::{EndpointName, Error, RetryPolicy, Secret};
+use crate::{EndpointName, Environment, Error, RetryPolicy, Secret};
 
 /// Configures and builds a [`Pool`]. Start with [`Pool::builder`].
 ///
@@ -96,6 +96,46 @@ impl fmt::Debug for PoolBuilder {
 }
 
 impl PoolBuilder {
+    /// Settings from the process environment; see [`from_environment`](Self::from_environment).
+    ///
+    /// # Errors
+    ///
+    /// As for [`from_environment`](Self::from_environment).
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_environment(&Environment::from_process())
+    }
+
+    /// Settings from environment variables, as Databricks Apps and twelve-factor deployments
+    /// provide them; further builder calls can adjust them.
+    ///
+    /// | variable | meaning |
+    /// |---|---|
+    /// | `LAKEBASE_ENDPOINT` | the endpoint to connect to, `projects/../branches/../endpoints/..`; tokens are minted through the workspace (`DATABRICKS_*` variables, see [`WorkspaceBuilder`](crate::databricks::WorkspaceBuilder)) |
+    /// | `PGPASSWORD` | without `LAKEBASE_ENDPOINT`: a fixed password |
+    /// | `PGHOST` | server host (discovered from the endpoint when unset) |
+    /// | `PGPORT` | server port, default 5432 |
+    /// | `PGUSER` | role (with an endpoint, resolved from the workspace identity when unset) |
+    /// | `PGDATABASE` | database, default `databricks_postgres` with an endpoint |
+    /// | `PGAPPNAME`, else `DATABRICKS_APP_NAME` | `application_name` |
+    /// | `PGCONNECT_TIMEOUT` | seconds per connection attempt |
+    /// | `PGSSLMODE` | `disable`, `allow` or `prefer` (this version has no TLS, so modes that require it are refused) |
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidEnv`] naming the variable that is missing or malformed and what it
+    /// should look like; [`Error::WorkspaceConfig`] for workspace settings.
+    ///
+    /// ```
+    /// use lakebase_pool::{Environment, Error, PoolBuilder};
+    ///
+    /// let env = Environment::from_vars([("PGHOST", "127.0.0.1"), ("PGPORT", "five")]);
+    /// let err = PoolBuilder::from_environment(&env).unwrap_err();
+    /// assert!(matches!(err, Error::InvalidEnv { var: "PGPORT", .. }));
+    /// ```
+    pub fn from_environment(env: &Environment) -> Result<Self, Error> {
+        crate::config::pool_builder_from(env)
+    }
+
     /// Starts from an existing tokio-postgres configuration (host, port, user, database,
     /// options, ...), replacing what was set so far. It must not contain a password; use
     /// [`password`](Self::password) or [`credentials`](Self::credentials).

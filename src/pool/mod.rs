@@ -75,6 +75,26 @@ impl Pool {
         PoolBuilder::default()
     }
 
+    /// A pool configured from the process environment, as Databricks Apps provide it; see
+    /// [`PoolBuilder::from_environment`] for the variables.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidEnv`] naming a missing or malformed variable, or any error of
+    /// [`PoolBuilder::build`].
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::from_env()?;
+    /// # let _ = pool;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_env() -> Result<Self, Error> {
+        PoolBuilder::from_env()?.build()
+    }
+
     /// Checks out a connection: an idle one that passes the lifecycle checks, or a new one.
     ///
     /// The connection returns to the pool when the [`Connection`] is dropped.

@@ -1,5 +1,6 @@
-//! Test support (feature `testing`): a throwaway local PostgreSQL and a provider that rotates
-//! a role's real password, for this crate's tests and for its users' tests and demos.
+//! Test support (feature `testing`): a throwaway local PostgreSQL, a provider that rotates a
+//! role's real password, and a mock Databricks workspace, for this crate's tests and for its
+//! users' tests and demos.
 //!
 //! Nothing here needs Docker or set-up by hand: [`LocalPostgres::start`] creates a cluster in a
 //! temporary directory, on a free loopback port, and removes it when dropped.
@@ -24,6 +25,8 @@
 
 mod postgres;
 mod rotating;
+mod workspace;
 
 pub use self::postgres::{HarnessError, LocalPostgres, StopMode};
 pub use self::rotating::RotatingPassword;
+pub use self::workspace::{Fault, MintedToken, MockDiscovery, MockWorkspace};

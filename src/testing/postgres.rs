@@ -277,6 +277,24 @@ impl LocalPostgres {
         Ok(())
     }
 
+    /// Creates a database owned by `owner` (e.g. `databricks_postgres`, the database a new
+    /// Lakebase project has).
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Sql`], e.g. when it exists.
+    pub async fn create_database(&self, name: &str, owner: &str) -> Result<(), HarnessError> {
+        let admin = self.admin().await?;
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {} OWNER {}",
+                quote_ident(name),
+                quote_ident(owner)
+            ))
+            .await?;
+        Ok(())
+    }
+
     /// Sets `role`'s password, optionally valid only until `valid_until`. Calls are
     /// serialised, so concurrent rotations do not collide.
     ///

@@ -3,7 +3,9 @@
 
 mod auth;
 mod cold_start;
+mod lakebase;
 mod lifecycle;
 mod rotation;
 mod secrets;
 mod support;
+mod workspace;

@@ -66,7 +66,8 @@ async fn tokens_never_appear_in_debug_display_errors_or_trace_logs() {
     ]);
     let everything = shown.join("\n");
     assert!(
-        logs.text().contains("minted a database token"),
+        logs.text()
+            .contains("minted a token kind=\"database token\""),
         "logs were captured"
     );
     for secret in secrets
@@ -78,6 +79,78 @@ async fn tokens_never_appear_in_debug_display_errors_or_trace_logs() {
         assert!(
             !everything.contains(secret),
             "a secret leaked into:\n{everything}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn workspace_secrets_never_appear_in_debug_errors_or_trace_logs() {
+    use lakebase_pool::databricks::{CredentialRequest, LakebaseCredentials, Workspace};
+    use lakebase_pool::testing::{Fault, MockWorkspace};
+    use lakebase_pool::{EndpointName, Environment};
+
+    let (logs, _guard) = LogCapture::install();
+    let mock = MockWorkspace::start().unwrap();
+    let endpoint: EndpointName = "projects/p/branches/b/endpoints/ep".parse().unwrap();
+    mock.add_endpoint(&endpoint.to_string(), "127.0.0.1");
+    mock.add_service_principal("sp-id", "sp-client-secret-value");
+    mock.add_pat("dapi-pat-secret-value", "someone@example.com");
+
+    let m2m_builder = Workspace::builder()
+        .host(mock.url())
+        .client_credentials("sp-id", "sp-client-secret-value");
+    let mut shown = vec![format!("{m2m_builder:?}")];
+    let m2m = m2m_builder.build_in(&Environment::default()).unwrap();
+    let credential = m2m
+        .generate_database_credential(&endpoint, &CredentialRequest::default())
+        .await
+        .unwrap();
+    let pat = Workspace::builder()
+        .host(mock.url())
+        .token("dapi-pat-secret-value")
+        .build_in(&Environment::default())
+        .unwrap();
+    let provider = LakebaseCredentials::new(pat.clone(), endpoint.clone());
+    // Failures: a refused secret, a refused PAT call, and a rate-limit retry in the logs.
+    let wrong = Workspace::builder()
+        .host(mock.url())
+        .client_credentials("sp-id", "sp-client-secret-value-but-wrong")
+        .build_in(&Environment::default())
+        .unwrap();
+    let refused = wrong.current_user().await.unwrap_err();
+    mock.inject(Fault::rate_limited(0).on("/api/2.0/postgres/credentials"));
+    mock.inject(
+        Fault::status(403, r#"{"error_code":"PERMISSION_DENIED","message":"no"}"#)
+            .on("/api/2.0/preview"),
+    );
+    let forbidden = pat.current_user().await.unwrap_err();
+    let second = pat
+        .generate_database_credential(&endpoint, &CredentialRequest::default())
+        .await
+        .unwrap();
+
+    shown.extend([
+        format!("{m2m:?} {pat:?} {wrong:?} {provider:?}"),
+        format!("{credential:?} {second:?}"),
+        format!("{refused} {refused:?} {forbidden} {forbidden:?}"),
+        format!("{:?}", mock.minted()),
+        format!(
+            "{:?}",
+            Environment::from_vars([("DATABRICKS_TOKEN", "dapi-pat-secret-value")])
+        ),
+        logs.text(),
+    ]);
+    let everything = shown.join("\n");
+    assert!(logs.text().contains("retrying"), "the retry was logged");
+    for secret in [
+        "sp-client-secret-value",
+        "dapi-pat-secret-value",
+        credential.token().expose(),
+        second.token().expose(),
+    ] {
+        assert!(
+            !everything.contains(secret),
+            "`{secret}` leaked into:\n{everything}"
         );
     }
 }

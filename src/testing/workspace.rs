@@ -1,0 +1,778 @@
+//! `MockWorkspace`: a Databricks workspace on loopback, speaking the real wire contract.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+use super::LocalPostgres;
+use super::rotating::random_token;
+use crate::Secret;
+use crate::databricks::time::format_rfc3339;
+
+/// How the mock answers token-endpoint discovery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MockDiscovery {
+    /// Newer SDKs: `/.well-known/databricks-config` names an OIDC endpoint (`/oidc2`) whose
+    /// metadata names the token endpoint `/oidc2/v1/token`.
+    DatabricksConfig,
+    /// Older SDKs: only `/oidc/.well-known/oauth-authorization-server` answers.
+    OidcOnly,
+    /// No discovery document answers; clients must fall back to `/oidc/v1/token`.
+    None,
+}
+
+/// A canned misbehaviour for the next matching requests; see [`MockWorkspace::inject`].
+///
+/// ```
+/// use lakebase_pool::testing::Fault;
+///
+/// let fault = Fault::rate_limited(1).times(2).on("/api/2.0/postgres/credentials");
+/// # let _ = fault;
+/// ```
+#[derive(Clone, Debug)]
+pub struct Fault {
+    kind: FaultKind,
+    times: usize,
+    path: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+enum FaultKind {
+    Status {
+        status: u16,
+        body: String,
+        retry_after: Option<u64>,
+    },
+    MalformedJson,
+    Hang,
+}
+
+impl Fault {
+    /// Answer with `status` and `body` (any text: JSON, HTML, nothing).
+    pub fn status(status: u16, body: impl Into<String>) -> Self {
+        Fault {
+            kind: FaultKind::Status {
+                status,
+                body: body.into(),
+                retry_after: None,
+            },
+            times: 1,
+            path: None,
+        }
+    }
+
+    /// Answer 429 with `Retry-After: seconds` and an API error body.
+    pub fn rate_limited(seconds: u64) -> Self {
+        Fault {
+            kind: FaultKind::Status {
+                status: 429,
+                body:
+                    json!({"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "Too many requests"})
+                        .to_string(),
+                retry_after: Some(seconds),
+            },
+            times: 1,
+            path: None,
+        }
+    }
+
+    /// Answer 200 with a truncated JSON document.
+    pub fn malformed_json() -> Self {
+        Fault {
+            kind: FaultKind::MalformedJson,
+            times: 1,
+            path: None,
+        }
+    }
+
+    /// Never answer (the connection stays open until the mock stops).
+    pub fn hang() -> Self {
+        Fault {
+            kind: FaultKind::Hang,
+            times: 1,
+            path: None,
+        }
+    }
+
+    /// Apply to the next `n` matching requests (default 1).
+    #[must_use]
+    pub fn times(mut self, n: usize) -> Self {
+        self.times = n;
+        self
+    }
+
+    /// Apply only to requests whose path starts with `prefix` (default: any request).
+    #[must_use]
+    pub fn on(mut self, prefix: impl Into<String>) -> Self {
+        self.path = Some(prefix.into());
+        self
+    }
+}
+
+/// A token the mock minted, as the Lakebase token service would have recorded it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct MintedToken {
+    /// The token.
+    pub token: Secret,
+    /// The endpoint it is valid for.
+    pub endpoint: String,
+    /// The identity it was minted for (a user name or a client id).
+    pub identity: String,
+    /// When it expires.
+    pub expire_time: SystemTime,
+}
+
+#[derive(Clone, Debug)]
+struct MockEndpoint {
+    host: String,
+    state: String,
+    disabled: bool,
+}
+
+struct State {
+    base_url: String,
+    pats: HashMap<String, String>,
+    clients: HashMap<String, String>,
+    access_tokens: HashMap<String, (String, SystemTime)>,
+    endpoints: BTreeMap<String, MockEndpoint>,
+    minted: Vec<MintedToken>,
+    token_lifetime: Duration,
+    fractional: bool,
+    discovery: MockDiscovery,
+    faults: Vec<Fault>,
+    latency: Duration,
+    requests: Vec<(String, String)>,
+    apply_to: Option<(LocalPostgres, String)>,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A Databricks workspace on a loopback port, for tests and demos: OAuth discovery and token
+/// endpoint (checking Basic auth), and the Lakebase credential, endpoint, list and
+/// current-user calls with the real JSON shapes, checking bearer tokens and request bodies as
+/// the service does.
+///
+/// It runs on its own thread and runtime, so it keeps answering while the test's runtime
+/// is blocked, and it stops when dropped. Minted tokens can be made the real password of a
+/// [`LocalPostgres`] role ([`apply_tokens_to`](Self::apply_tokens_to)), so Postgres itself
+/// checks them. Faults ([`inject`](Self::inject)) and latency can be injected, and requests
+/// are counted ([`count`](Self::count)).
+///
+/// ```no_run
+/// use lakebase_pool::testing::MockWorkspace;
+///
+/// let mock = MockWorkspace::start().unwrap();
+/// mock.add_pat("dapi-test", "someone@example.com");
+/// mock.add_endpoint("projects/p/branches/b/endpoints/ep-test", "127.0.0.1");
+/// println!("DATABRICKS_HOST={}", mock.url());
+/// ```
+pub struct MockWorkspace {
+    state: Shared,
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for MockWorkspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockWorkspace")
+            .field("url", &self.url())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MockWorkspace {
+    /// Starts a mock on a free loopback port.
+    ///
+    /// # Errors
+    ///
+    /// When no loopback port can be bound or the thread cannot start.
+    pub fn start() -> std::io::Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Starts a mock listening on `addr` (for the command-line mock, which may serve other
+    /// containers; tests should use [`start`](Self::start)).
+    ///
+    /// # Errors
+    ///
+    /// When `addr` cannot be bound or the thread cannot start.
+    pub fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let host = if addr.ip().is_unspecified() {
+            String::from("127.0.0.1")
+        } else {
+            addr.ip().to_string()
+        };
+        let state: Shared = Arc::new(Mutex::new(State {
+            base_url: format!("http://{host}:{}", addr.port()),
+            pats: HashMap::new(),
+            clients: HashMap::new(),
+            access_tokens: HashMap::new(),
+            endpoints: BTreeMap::new(),
+            minted: Vec::new(),
+            token_lifetime: Duration::from_secs(3600),
+            fractional: false,
+            discovery: MockDiscovery::DatabricksConfig,
+            faults: Vec::new(),
+            latency: Duration::ZERO,
+            requests: Vec::new(),
+            apply_to: None,
+        }));
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let served = Arc::clone(&state);
+        let thread = std::thread::Builder::new()
+            .name(String::from("mock-workspace"))
+            .spawn(move || runtime.block_on(serve(listener, served, stop)))?;
+        Ok(MockWorkspace {
+            state,
+            addr,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:41234`: the `DATABRICKS_HOST` of clients.
+    pub fn url(&self) -> String {
+        lock(&self.state).base_url.clone()
+    }
+
+    /// The address the mock listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Accepts `token` as a personal access token of `user_name`.
+    pub fn add_pat(&self, token: &str, user_name: &str) {
+        let _ = lock(&self.state)
+            .pats
+            .insert(token.to_owned(), user_name.to_owned());
+    }
+
+    /// Accepts OAuth client credentials of a service principal; its identity is the client id.
+    pub fn add_service_principal(&self, client_id: &str, client_secret: &str) {
+        let _ = lock(&self.state)
+            .clients
+            .insert(client_id.to_owned(), client_secret.to_owned());
+    }
+
+    /// Adds an active endpoint (`projects/../branches/../endpoints/..`) served at `host`.
+    pub fn add_endpoint(&self, name: &str, host: &str) {
+        let endpoint = MockEndpoint {
+            host: host.to_owned(),
+            state: String::from("ACTIVE"),
+            disabled: false,
+        };
+        let _ = lock(&self.state)
+            .endpoints
+            .insert(name.to_owned(), endpoint);
+    }
+
+    /// Sets an endpoint's reported state (`ACTIVE`, `IDLE`, `INIT`, `DEGRADED`).
+    pub fn set_endpoint_state(&self, name: &str, state: &str) {
+        if let Some(endpoint) = lock(&self.state).endpoints.get_mut(name) {
+            endpoint.state = state.to_owned();
+        }
+    }
+
+    /// Lifetime of minted database tokens when the request gives no `ttl` (default 1 hour).
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        lock(&self.state).token_lifetime = lifetime;
+    }
+
+    /// Whether `expire_time` carries fractional seconds (default: no).
+    pub fn set_fractional_expire_time(&self, fractional: bool) {
+        lock(&self.state).fractional = fractional;
+    }
+
+    /// How token-endpoint discovery answers (default: [`MockDiscovery::DatabricksConfig`]).
+    pub fn set_discovery(&self, discovery: MockDiscovery) {
+        lock(&self.state).discovery = discovery;
+    }
+
+    /// Makes every minted token the password of `role` on `pg` (valid until its expiry), so
+    /// the server checks the tokens. Only the newest token then logs in.
+    pub fn apply_tokens_to(&self, pg: &LocalPostgres, role: &str) {
+        lock(&self.state).apply_to = Some((pg.clone(), role.to_owned()));
+    }
+
+    /// Delays every answer by `latency`.
+    pub fn set_latency(&self, latency: Duration) {
+        lock(&self.state).latency = latency;
+    }
+
+    /// Queues a fault for the next matching requests.
+    pub fn inject(&self, fault: Fault) {
+        lock(&self.state).faults.push(fault);
+    }
+
+    /// How many requests with this method had a path starting with `path_prefix`.
+    pub fn count(&self, method: &str, path_prefix: &str) -> usize {
+        lock(&self.state)
+            .requests
+            .iter()
+            .filter(|(m, p)| m == method && p.starts_with(path_prefix))
+            .count()
+    }
+
+    /// Every database token minted so far.
+    pub fn minted(&self) -> Vec<MintedToken> {
+        lock(&self.state).minted.clone()
+    }
+}
+
+impl Drop for MockWorkspace {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    state: Shared,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = Arc::clone(&state);
+                drop(tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(handle(&state, request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }));
+            }
+        }
+    }
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn answer(status: u16, body: impl Into<Bytes>) -> Answer {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let _ = response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn api_error(status: u16, code: &str, message: &str) -> Answer {
+    answer(
+        status,
+        json!({"error_code": code, "message": message}).to_string(),
+    )
+}
+
+fn ok(value: Value) -> Answer {
+    answer(200, value.to_string())
+}
+
+async fn handle(state: &Shared, request: Request<Incoming>) -> Answer {
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    let headers = request.headers().clone();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+
+    let (fault, latency) = {
+        let mut state = lock(state);
+        state.requests.push((method.clone(), path.clone()));
+        let index = state.faults.iter().position(|f| {
+            f.times > 0 && f.path.as_ref().is_none_or(|p| path.starts_with(p.as_str()))
+        });
+        let fault = index.map(|i| {
+            state.faults[i].times -= 1;
+            state.faults[i].kind.clone()
+        });
+        state.faults.retain(|f| f.times > 0);
+        (fault, state.latency)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match fault {
+        Some(FaultKind::Hang) => std::future::pending().await,
+        Some(FaultKind::MalformedJson) => return answer(200, "{\"token\": \"abc"),
+        Some(FaultKind::Status {
+            status,
+            body,
+            retry_after,
+        }) => {
+            let mut response = answer(status, body);
+            if let Some(seconds) = retry_after {
+                let _ = response
+                    .headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, seconds.into());
+            }
+            return response;
+        }
+        None => {}
+    }
+
+    let bearer = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/.well-known/databricks-config") => discovery_config(state),
+        ("GET", "/oidc/.well-known/oauth-authorization-server") => {
+            oidc_metadata(state, "/oidc", MockDiscovery::OidcOnly)
+        }
+        ("GET", "/oidc2/.well-known/oauth-authorization-server") => {
+            oidc_metadata(state, "/oidc2", MockDiscovery::DatabricksConfig)
+        }
+        ("POST", "/oidc/v1/token" | "/oidc2/v1/token") => oauth_token(state, &headers, &body),
+        _ => {
+            let identity = bearer
+                .as_deref()
+                .and_then(|token| identity_of(state, token));
+            let Some(identity) = identity else {
+                return api_error(401, "UNAUTHENTICATED", "Invalid access token.");
+            };
+            match (method.as_str(), path.as_str()) {
+                ("POST", "/api/2.0/postgres/credentials") => mint(state, &identity, &body).await,
+                ("GET", "/api/2.0/preview/scim/v2/Me") => {
+                    ok(json!({"userName": identity, "id": "1234"}))
+                }
+                ("GET", p)
+                    if p.starts_with("/api/2.0/postgres/projects/")
+                        && p.ends_with("/endpoints") =>
+                {
+                    list_endpoints(
+                        state,
+                        p.trim_start_matches("/api/2.0/postgres/")
+                            .trim_end_matches("/endpoints"),
+                        &query,
+                    )
+                }
+                ("GET", p) if p.starts_with("/api/2.0/postgres/projects/") => {
+                    get_endpoint(state, p.trim_start_matches("/api/2.0/postgres/"))
+                }
+                _ => api_error(
+                    404,
+                    "ENDPOINT_NOT_FOUND",
+                    &format!("No API found for '{method} {path}'"),
+                ),
+            }
+        }
+    }
+}
+
+fn identity_of(state: &Shared, token: &str) -> Option<String> {
+    let state = lock(state);
+    if let Some(user) = state.pats.get(token) {
+        return Some(user.clone());
+    }
+    state
+        .access_tokens
+        .get(token)
+        .filter(|(_, expiry)| *expiry > SystemTime::now())
+        .map(|(identity, _)| identity.clone())
+}
+
+fn discovery_config(state: &Shared) -> Answer {
+    let state = lock(state);
+    if state.discovery != MockDiscovery::DatabricksConfig {
+        return api_error(
+            404,
+            "ENDPOINT_NOT_FOUND",
+            "No API found for '/.well-known/databricks-config'",
+        );
+    }
+    ok(json!({"oidc_endpoint": format!("{}/oidc2", state.base_url), "workspace_id": "1234567890"}))
+}
+
+fn oidc_metadata(state: &Shared, prefix: &str, serves_in: MockDiscovery) -> Answer {
+    let state = lock(state);
+    if state.discovery != serves_in {
+        return answer(404, "");
+    }
+    let base = format!("{}{prefix}", state.base_url);
+    ok(json!({
+        "issuer": base,
+        "authorization_endpoint": format!("{base}/v1/authorize"),
+        "token_endpoint": format!("{base}/v1/token"),
+    }))
+}
+
+fn oauth_token(state: &Shared, headers: &hyper::HeaderMap, body: &[u8]) -> Answer {
+    let oauth_error = |status: u16, error: &str, description: &str| {
+        answer(
+            status,
+            json!({"error": error, "error_description": description}).to_string(),
+        )
+    };
+    let basic = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(base64_decode)
+        .and_then(|raw| String::from_utf8(raw).ok());
+    let Some((client_id, secret)) = basic.as_deref().and_then(|b| b.split_once(':')) else {
+        return oauth_error(401, "invalid_client", "Client authentication failed");
+    };
+    let form = parse_form(body);
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return oauth_error(
+            400,
+            "unsupported_grant_type",
+            "grant_type must be client_credentials",
+        );
+    }
+    if form.get("scope").map(String::as_str) != Some("all-apis") {
+        return oauth_error(400, "invalid_scope", "scope must be all-apis");
+    }
+    let mut state = lock(state);
+    if state.clients.get(client_id).map(String::as_str) != Some(secret) {
+        return oauth_error(401, "invalid_client", "Client authentication failed");
+    }
+    let token = random_token().expose().to_owned();
+    let lifetime = 3600;
+    let expiry = SystemTime::now() + Duration::from_secs(lifetime);
+    let _ = state
+        .access_tokens
+        .insert(token.clone(), (client_id.to_owned(), expiry));
+    ok(
+        json!({"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": "all-apis"}),
+    )
+}
+
+async fn mint(state: &Shared, identity: &str, body: &[u8]) -> Answer {
+    let request: Value = match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Value::Object(map),
+        _ => {
+            return api_error(
+                400,
+                "MALFORMED_REQUEST",
+                "Request body must be a JSON object",
+            );
+        }
+    };
+    let Some(endpoint) = request
+        .get("endpoint")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        return api_error(
+            400,
+            "INVALID_PARAMETER_VALUE",
+            "Field 'endpoint' is required",
+        );
+    };
+    let (lifetime, fractional, apply_to) = {
+        let state = lock(state);
+        match state.endpoints.get(&endpoint) {
+            None => {
+                return api_error(
+                    404,
+                    "NOT_FOUND",
+                    &format!("Endpoint '{endpoint}' does not exist."),
+                );
+            }
+            Some(e) if e.disabled => {
+                return api_error(400, "INVALID_STATE", "Endpoint is disabled");
+            }
+            Some(_) => {}
+        }
+        (
+            state.token_lifetime,
+            state.fractional,
+            state.apply_to.clone(),
+        )
+    };
+    let lifetime = match request.get("ttl") {
+        None => lifetime,
+        Some(ttl) => match ttl
+            .as_str()
+            .and_then(crate::databricks::http::parse_proto_duration)
+        {
+            Some(ttl) if (300..=3600).contains(&ttl.as_secs()) => ttl,
+            _ => {
+                return api_error(
+                    400,
+                    "INVALID_PARAMETER_VALUE",
+                    "ttl must be between 300s and 3600s",
+                );
+            }
+        },
+    };
+    let token = random_token();
+    let expire_time = SystemTime::now() + lifetime;
+    if let Some((pg, role)) = apply_to
+        && let Err(error) = pg.set_password(&role, &token, Some(expire_time)).await
+    {
+        return api_error(
+            500,
+            "INTERNAL_ERROR",
+            &format!("could not apply the token: {error}"),
+        );
+    }
+    lock(state).minted.push(MintedToken {
+        token: token.clone(),
+        endpoint,
+        identity: identity.to_owned(),
+        expire_time,
+    });
+    ok(json!({"token": token.expose(), "expire_time": format_rfc3339(expire_time, fractional)}))
+}
+
+fn endpoint_json(name: &str, endpoint: &MockEndpoint) -> Value {
+    let (parent, id) = name.rsplit_once("/endpoints/").unwrap_or((name, name));
+    json!({
+        "name": name,
+        "parent": parent,
+        "endpoint_id": id,
+        "uid": format!("uid-{id}"),
+        "create_time": "2026-01-01T00:00:00Z",
+        "update_time": "2026-01-01T00:00:00Z",
+        "spec": {"endpoint_type": "ENDPOINT_TYPE_READ_WRITE"},
+        "status": {
+            "hosts": {"host": endpoint.host},
+            "current_state": endpoint.state,
+            "endpoint_type": "ENDPOINT_TYPE_READ_WRITE",
+            "disabled": endpoint.disabled,
+        },
+    })
+}
+
+fn get_endpoint(state: &Shared, name: &str) -> Answer {
+    match lock(state).endpoints.get(name) {
+        Some(endpoint) => ok(endpoint_json(name, endpoint)),
+        None => api_error(
+            404,
+            "NOT_FOUND",
+            &format!("Endpoint '{name}' does not exist."),
+        ),
+    }
+}
+
+/// Lists a branch's endpoints two per page, so that clients must follow `next_page_token`.
+fn list_endpoints(state: &Shared, branch: &str, query: &str) -> Answer {
+    const PAGE: usize = 2;
+    let form = parse_form(query.as_bytes());
+    let start: usize = form
+        .get("page_token")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let state = lock(state);
+    let prefix = format!("{branch}/endpoints/");
+    let all: Vec<Value> = state
+        .endpoints
+        .iter()
+        .filter(|(name, _)| name.starts_with(&prefix))
+        .map(|(name, endpoint)| endpoint_json(name, endpoint))
+        .collect();
+    let page: Vec<Value> = all.iter().skip(start).take(PAGE).cloned().collect();
+    let mut body = json!({"endpoints": page});
+    if start + PAGE < all.len() {
+        body["next_page_token"] = json!((start + PAGE).to_string());
+    }
+    ok(body)
+}
+
+fn parse_form(body: &[u8]) -> HashMap<String, String> {
+    let decode = |text: &str| {
+        let bytes = text.replace('+', " ").into_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+                (b'%', Some(byte)) => {
+                    out.push(byte);
+                    i += 3;
+                }
+                (byte, _) => {
+                    out.push(byte);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits: u32 = 0;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for byte in text.trim_end_matches('=').bytes() {
+        let value = ALPHABET.iter().position(|&c| c == byte)? as u32;
+        bits = (bits << 6) | value;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_and_forms_decode() {
+        assert_eq!(
+            base64_decode("aWQ6c2VjcmV0").as_deref(),
+            Some(&b"id:secret"[..])
+        );
+        assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
+        assert_eq!(base64_decode("not base64!"), None);
+        let form = parse_form(b"grant_type=client_credentials&scope=all-apis&x=a+b%26c");
+        assert_eq!(form["scope"], "all-apis");
+        assert_eq!(form["x"], "a b&c");
+    }
+}
