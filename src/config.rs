@@ -130,25 +130,40 @@ pub(crate) fn pool_builder_from(env: &Environment) -> Result<crate::PoolBuilder,
             crate::RetryPolicy::default().connect_timeout(std::time::Duration::from_secs(seconds)),
         );
     }
-    match env.get("PGSSLMODE") {
-        None | Some("disable" | "allow" | "prefer") => {}
-        Some(mode @ ("require" | "verify-ca" | "verify-full")) => {
-            return Err(invalid(
+    if let Some(mode) = env.get("PGSSLMODE") {
+        let mode = mode.parse::<crate::SslMode>().map_err(|_| {
+            invalid(
                 "PGSSLMODE",
-                format!(
-                    "is `{mode}`, which requires TLS, and this version connects without TLS; \
-                     use a loopback host with PGSSLMODE=disable"
+                format!("must be one of disable, allow, prefer, require, verify-ca, verify-full, not `{mode}`"),
+            )
+        })?;
+        builder = builder.ssl_mode(mode);
+    }
+    if let Some(address) = env.get("PGHOSTADDR") {
+        let address = address.parse::<std::net::IpAddr>().map_err(|_| {
+            invalid(
+                "PGHOSTADDR",
+                format!("must be an IP address such as 10.0.0.5, not `{address}`"),
+            )
+        })?;
+        if env.get("PGHOST").is_none() && env.get("LAKEBASE_ENDPOINT").is_none() {
+            return Err(invalid(
+                "PGHOST",
+                String::from(
+                    "is not set; with PGHOSTADDR it names the server for TLS (SNI and the certificate)",
                 ),
             ));
         }
-        Some(other) => {
+        builder = builder.hostaddr(address);
+    }
+    if let Some(path) = env.get("PGSSLROOTCERT") {
+        if !std::path::Path::new(path).is_file() {
             return Err(invalid(
-                "PGSSLMODE",
-                format!(
-                    "must be one of disable, allow, prefer, require, verify-ca, verify-full, not `{other}`"
-                ),
+                "PGSSLROOTCERT",
+                format!("names `{path}`, which is not a readable file"),
             ));
         }
+        builder = builder.root_certificates_file(path);
     }
     match (env.get("LAKEBASE_ENDPOINT"), env.get("PGPASSWORD")) {
         (Some(endpoint), _) => {

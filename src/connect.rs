@@ -2,13 +2,15 @@
 
 use std::error::Error as StdError;
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::ClientWrapper;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
-use tokio_postgres::NoTls;
+use tokio_postgres::config::Host;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::Instrument;
 
 use crate::credentials::{Credential, TokenCache};
@@ -16,8 +18,9 @@ use crate::databricks::Workspace;
 use crate::endpoint::EndpointName;
 use crate::error::{BoxError, Error};
 use crate::pool::Counters;
-use crate::pool::{check_target, describe_target};
+use crate::resolve::{Resolve, ResolveError};
 use crate::retry::{ErrorClass, RetryPolicy, classify};
+use crate::target::{TlsSettings, describe_target, settle};
 
 /// Opens connections with the token the cache holds at that moment, retrying transient
 /// failures within the policy's deadline.
@@ -30,6 +33,8 @@ pub(crate) struct Connector {
     prepared: OnceCell<Prepared>,
     /// What errors call the target before it is prepared.
     placeholder: String,
+    tls: TlsSettings,
+    resolver: Option<Arc<dyn Resolve>>,
     tokens: TokenCache,
     retry: RetryPolicy,
     counters: Arc<Counters>,
@@ -47,6 +52,7 @@ pub(crate) struct Discovery {
 
 struct Prepared {
     pg_config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     /// `user@host:port/dbname`, for errors and tracing.
     target: String,
 }
@@ -68,13 +74,14 @@ struct AttemptTimedOut(Duration);
 enum AttemptError {
     Postgres(tokio_postgres::Error),
     TimedOut(AttemptTimedOut),
+    Resolve(ResolveError),
 }
 
 impl AttemptError {
     fn class(&self) -> ErrorClass {
         match self {
             AttemptError::Postgres(e) => classify(e),
-            AttemptError::TimedOut(_) => ErrorClass::Transient,
+            AttemptError::TimedOut(_) | AttemptError::Resolve(_) => ErrorClass::Transient,
         }
     }
 
@@ -82,6 +89,7 @@ impl AttemptError {
         match self {
             AttemptError::Postgres(e) => Box::new(e),
             AttemptError::TimedOut(e) => Box::new(e),
+            AttemptError::Resolve(e) => Box::new(e),
         }
     }
 
@@ -89,6 +97,7 @@ impl AttemptError {
         match self {
             AttemptError::Postgres(e) => error_chain(e),
             AttemptError::TimedOut(e) => error_chain(e),
+            AttemptError::Resolve(e) => error_chain(e),
         }
     }
 }
@@ -108,6 +117,8 @@ impl Connector {
     pub(crate) fn new(
         base: tokio_postgres::Config,
         discovery: Option<Discovery>,
+        tls: TlsSettings,
+        resolver: Option<Arc<dyn Resolve>>,
         tokens: TokenCache,
         retry: RetryPolicy,
         counters: Arc<Counters>,
@@ -121,6 +132,8 @@ impl Connector {
             discovery,
             prepared: OnceCell::new(),
             placeholder,
+            tls,
+            resolver,
             tokens,
             retry,
             counters,
@@ -174,9 +187,14 @@ impl Connector {
                 let _ = pg_config.user(&user);
             }
         }
-        check_target(&pg_config)?;
+        let (mode, tls) = settle(&mut pg_config, &self.tls)?;
         let target = describe_target(&pg_config);
-        Ok(Prepared { pg_config, target })
+        tracing::debug!(%target, sslmode = %mode, "connection target settled");
+        Ok(Prepared {
+            pg_config,
+            tls,
+            target,
+        })
     }
 
     async fn connect_with_retries(&self, prepared: &Prepared) -> Result<ClientWrapper, Error> {
@@ -194,10 +212,7 @@ impl Connector {
             } else {
                 self.retry.attempt_timeout().min(left)
             };
-            let error = match self
-                .attempt(&prepared.pg_config, &credential, timeout)
-                .await
-            {
+            let error = match self.attempt(prepared, &credential, timeout).await {
                 Ok(client) => {
                     self.counters.connection_opened();
                     tracing::debug!(
@@ -268,21 +283,73 @@ impl Connector {
         }
     }
 
-    /// One connection attempt: TCP, TLS and login under one timeout (tokio-postgres's own
-    /// `connect_timeout` covers the TCP connect only).
+    /// One connection attempt: resolution, TCP, TLS and login under one timeout
+    /// (tokio-postgres's own `connect_timeout` covers the TCP connect only).
     async fn attempt(
         &self,
-        pg_config: &tokio_postgres::Config,
+        prepared: &Prepared,
         credential: &Credential,
         timeout: Duration,
     ) -> Result<ClientWrapper, AttemptError> {
-        let mut config = pg_config.clone();
+        let mut config = prepared.pg_config.clone();
         let _ = config.password(credential.secret().expose());
-        let (client, connection) = match tokio::time::timeout(timeout, config.connect(NoTls)).await
-        {
-            Err(_) => return Err(AttemptError::TimedOut(AttemptTimedOut(timeout))),
-            Ok(result) => result.map_err(AttemptError::Postgres)?,
+        match tokio::time::timeout(timeout, self.connect_any(config, &prepared.tls)).await {
+            Err(_) => Err(AttemptError::TimedOut(AttemptTimedOut(timeout))),
+            Ok(result) => result,
+        }
+    }
+
+    /// With a resolver, tries each address of the host in turn (keeping the host name for
+    /// TLS); otherwise lets tokio-postgres resolve.
+    async fn connect_any(
+        &self,
+        config: tokio_postgres::Config,
+        tls: &MakeRustlsConnect,
+    ) -> Result<ClientWrapper, AttemptError> {
+        let (Some(resolver), [Host::Tcp(name)], []) =
+            (&self.resolver, config.get_hosts(), config.get_hostaddrs())
+        else {
+            return self.connect_one(&config, tls).await;
         };
+        if name.parse::<IpAddr>().is_ok() {
+            return self.connect_one(&config, tls).await;
+        }
+        let name = name.clone();
+        let addresses = resolver
+            .resolve(&name)
+            .await
+            .map_err(AttemptError::Resolve)?;
+        let mut last = AttemptError::Resolve(ResolveError::not_found(&name));
+        for address in addresses {
+            let mut config = config.clone();
+            let _ = config.hostaddr(address);
+            match self.connect_one(&config, tls).await {
+                Ok(client) => return Ok(client),
+                // The next address may answer; errors that are not about reachability end it.
+                Err(error)
+                    if matches!(
+                        error.class(),
+                        ErrorClass::Transient | ErrorClass::RateLimited
+                    ) =>
+                {
+                    tracing::debug!(%address, cause = %error.describe(), "address failed; trying the next");
+                    last = error;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last)
+    }
+
+    async fn connect_one(
+        &self,
+        config: &tokio_postgres::Config,
+        tls: &MakeRustlsConnect,
+    ) -> Result<ClientWrapper, AttemptError> {
+        let (client, connection) = config
+            .connect(tls.clone())
+            .await
+            .map_err(AttemptError::Postgres)?;
         let task = tokio::spawn(
             async move {
                 if let Err(error) = connection.await {

@@ -39,6 +39,8 @@
 //! * [`credentials`]: the [`CredentialProvider`](credentials::CredentialProvider) trait and the
 //!   [`TokenCache`] that decides when to mint.
 //! * [`retry`]: which connection errors are retried, and the backoff schedule.
+//! * [`tls`]: what each `sslmode` means here; [`resolve`]: choosing the TCP address yourself.
+//! * [`databricks`]: the workspace client and the Lakebase credential provider.
 //! * [`defaults`]: every default value with the reason for it.
 //! * `testing` (feature `testing`): a throwaway local PostgreSQL for tests and demos.
 //!
@@ -46,13 +48,16 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `testing` | no | `testing::LocalPostgres` and a password-rotating provider, for tests and demos |
+//! | `hickory` | yes | [`resolve::HickoryResolver`](crate::resolve) |
+//! | `native-roots` | no | trust the operating system's certificate store too |
+//! | `testing` | no | `testing::LocalPostgres`, `MockWorkspace`, `TestCa`, the `lakebase-mock-workspace` program |
 //!
 //! # Security
 //!
 //! Tokens and passwords are held as [`Secret`], which never prints its text. No error, `Debug`
-//! output or tracing field contains one. This version connects without TLS and therefore
-//! refuses any host that is not loopback or a Unix socket.
+//! output or tracing field contains one. Every connection but one to a loopback host uses TLS
+//! with the certificate chain and host name verified, whatever `sslmode` says short of
+//! `verify-ca`; see [`tls`] for each mode and why `require` is stricter than in libpq.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, rustdoc::broken_intra_doc_links)]
@@ -68,12 +73,14 @@ pub mod defaults;
 mod endpoint;
 mod error;
 mod pool;
+pub mod resolve;
 pub mod retry;
 mod secret;
+mod target;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
-mod tls;
+pub mod tls;
 
 pub use deadpool_postgres;
 pub use tokio_postgres;
@@ -82,9 +89,10 @@ pub use crate::config::Environment;
 pub use crate::credentials::{CachePolicy, TokenCache, TokenStats};
 pub use crate::endpoint::EndpointName;
 pub use crate::error::{BoxError, Error, RequestProblem, SharedError};
-pub use crate::pool::{Connection, Pool, PoolBuilder, Stats};
+pub use crate::pool::{Connection, Dangerous, Pool, PoolBuilder, Stats};
 pub use crate::retry::RetryPolicy;
 pub use crate::secret::Secret;
+pub use crate::tls::SslMode;
 
 /// The README's examples, compiled as doctests so that they stay true.
 #[cfg(doctest)]

@@ -1,28 +1,358 @@
-//! rustls client configuration: one explicit crypto provider (ring) and the webpki roots.
+//! TLS: rustls with one explicit crypto provider (ring), and what each `sslmode` means here.
 //!
 //! Every config is built with `builder_with_provider`, never with the process-wide default
 //! provider, so the crate works whatever other crates in the binary compile into rustls.
+//!
+//! # sslmode
+//!
+//! A database token is a bearer secret, so it is only ever sent over a channel whose server
+//! was verified:
+//!
+//! | mode | here | libpq |
+//! |---|---|---|
+//! | `disable` | plain TCP; **only to loopback hosts** (or with [`Dangerous::allow_plaintext`](crate::Dangerous::allow_plaintext)) | plain TCP |
+//! | `allow`, `prefer`, `require` | TLS, chain and host name verified; never falls back to plain TCP | `require` encrypts without verifying anything |
+//! | `verify-ca` | TLS, chain verified, host name not checked | the same |
+//! | `verify-full` | TLS, chain and host name verified | the same |
+//!
+//! `require` is stricter than libpq's because Databricks Apps set `PGSSLMODE=require`, Lakebase
+//! serves publicly trusted certificates, and an unverified TLS channel would hand the token to
+//! anyone able to intercept the connection. Without an explicit mode, loopback hosts use
+//! `disable` and every other host `verify-full`.
+//!
+//! Trusted roots: the webpki (Mozilla) roots, plus the operating system's store with the
+//! `native-roots` feature, plus any extra CA certificates configured
+//! ([`PoolBuilder::root_certificates_pem`](crate::PoolBuilder::root_certificates_pem), `PGSSLROOTCERT`).
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
-use rustls::ClientConfig;
-use rustls::crypto::CryptoProvider;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::Error;
+
+/// How a connection is secured; libpq's `sslmode`, with stricter meanings (see the
+/// [module docs](self)).
+///
+/// ```
+/// use lakebase_pool::SslMode;
+///
+/// let mode: SslMode = "require".parse()?;
+/// assert_eq!(mode, SslMode::Require);
+/// assert!(mode.verifies_host_name());
+/// # Ok::<(), lakebase_pool::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SslMode {
+    /// Plain TCP, allowed only to loopback hosts unless explicitly opted out.
+    Disable,
+    /// libpq `allow`/`prefer`: here TLS with full verification (no plain-text fallback).
+    Prefer,
+    /// TLS with chain and host-name verification (stricter than libpq).
+    Require,
+    /// TLS with chain verification; the host name is not checked.
+    VerifyCa,
+    /// TLS with chain and host-name verification.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// Whether the certificate must name the host.
+    ///
+    /// ```
+    /// assert!(!lakebase_pool::SslMode::VerifyCa.verifies_host_name());
+    /// ```
+    pub fn verifies_host_name(self) -> bool {
+        matches!(
+            self,
+            SslMode::Prefer | SslMode::Require | SslMode::VerifyFull
+        )
+    }
+
+    /// Whether the connection uses TLS.
+    ///
+    /// ```
+    /// assert!(!lakebase_pool::SslMode::Disable.uses_tls());
+    /// ```
+    pub fn uses_tls(self) -> bool {
+        self != SslMode::Disable
+    }
+}
+
+impl FromStr for SslMode {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        match text.trim() {
+            "disable" => Ok(SslMode::Disable),
+            "allow" | "prefer" => Ok(SslMode::Prefer),
+            "require" => Ok(SslMode::Require),
+            "verify-ca" => Ok(SslMode::VerifyCa),
+            "verify-full" => Ok(SslMode::VerifyFull),
+            other => Err(Error::invalid(
+                "ssl_mode",
+                format!(
+                    "`{other}` is not an sslmode (use disable, allow, prefer, require, verify-ca \
+                     or verify-full)"
+                ),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        })
+    }
+}
+
+/// Which server certificates a client accepts.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Trust {
+    /// CA certificates trusted in addition to the built-in roots.
+    pub(crate) extra_roots: Vec<CertificateDer<'static>>,
+    /// Accept any certificate (the dangerous opt-out for local self-signed servers).
+    pub(crate) accept_invalid_certificates: bool,
+}
 
 /// The crate's one crypto provider.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A client config that verifies the chain against the webpki roots and the host name.
-pub(crate) fn client_config() -> Result<ClientConfig, Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let config = ClientConfig::builder_with_provider(provider())
+/// A client config for `trust`, checking the host name only when `verify_name`.
+pub(crate) fn client_config(trust: &Trust, verify_name: bool) -> Result<ClientConfig, Error> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::invalid("tls", format!("the crypto provider is unusable: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+        .map_err(|e| Error::invalid("tls", format!("the crypto provider is unusable: {e}")))?;
+    if trust.accept_invalid_certificates {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+            .with_no_client_auth());
+    }
+    let roots = Arc::new(root_store(&trust.extra_roots)?);
+    if verify_name {
+        return Ok(builder.with_root_certificates(roots).with_no_client_auth());
+    }
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider)
+        .build()
+        .map_err(|e| Error::invalid("tls", format!("cannot verify certificates: {e}")))?;
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
+        .with_no_client_auth())
+}
+
+fn root_store(extra: &[CertificateDer<'static>]) -> Result<RootCertStore, Error> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    #[cfg(feature = "native-roots")]
+    {
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(native.certs);
+        tracing::debug!(added, "trusting the operating system's certificate store");
+    }
+    for certificate in extra {
+        roots.add(certificate.clone()).map_err(|e| {
+            Error::invalid(
+                "root_certificates",
+                format!("a CA certificate is not usable: {e}"),
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Parses every certificate of a PEM document; `origin` names it in errors.
+pub(crate) fn parse_pem_certificates(
+    pem: &[u8],
+    origin: &str,
+) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certificates = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Error::invalid(
+                "root_certificates",
+                format!("{origin} is not valid PEM: {e}"),
+            )
+        })?;
+    if certificates.is_empty() {
+        return Err(Error::invalid(
+            "root_certificates",
+            format!("{origin} contains no `BEGIN CERTIFICATE` block"),
+        ));
+    }
+    Ok(certificates)
+}
+
+/// Reads CA certificates from a PEM file (`PGSSLROOTCERT`).
+pub(crate) fn read_pem_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let pem = std::fs::read(path).map_err(|e| {
+        Error::invalid(
+            "root_certificates",
+            format!("could not read {}: {e}", path.display()),
+        )
+    })?;
+    parse_pem_certificates(&pem, &path.display().to_string())
+}
+
+/// `verify-ca`: the chain must lead to a trusted root; the name on it is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// Accepts any certificate. Only behind the `dangerous()` opt-out; the handshake signatures
+/// are still checked, so the peer must hold the key of the certificate it shows.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmodes_parse_with_libpq_names() {
+        assert_eq!("disable".parse::<SslMode>().unwrap(), SslMode::Disable);
+        assert_eq!("allow".parse::<SslMode>().unwrap(), SslMode::Prefer);
+        assert_eq!("verify-ca".parse::<SslMode>().unwrap(), SslMode::VerifyCa);
+        let err = "sometimes".parse::<SslMode>().unwrap_err();
+        assert!(
+            err.to_string().contains("`sometimes` is not an sslmode"),
+            "{err}"
+        );
+        assert!(SslMode::Require.verifies_host_name() && SslMode::Prefer.uses_tls());
+    }
+
+    #[test]
+    fn pem_without_certificates_is_refused_with_its_origin() {
+        let err = parse_pem_certificates(b"hello", "ca.pem").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("ca.pem contains no `BEGIN CERTIFICATE` block"),
+            "{err}"
+        );
+        let err = read_pem_file(std::path::Path::new("/nonexistent/ca.pem")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("could not read /nonexistent/ca.pem"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn configs_build_for_every_trust_setting() {
+        for accept in [false, true] {
+            for verify_name in [false, true] {
+                let trust = Trust {
+                    extra_roots: Vec::new(),
+                    accept_invalid_certificates: accept,
+                };
+                assert!(client_config(&trust, verify_name).is_ok());
+            }
+        }
+    }
 }

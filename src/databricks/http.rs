@@ -126,9 +126,11 @@ pub(crate) struct HttpClient {
 }
 
 impl HttpClient {
-    pub(crate) fn new(policy: HttpPolicy) -> Result<Self, Error> {
+    /// A client trusting the webpki roots plus `trust`'s extra CA certificates, with the
+    /// crate's crypto provider; host names are always verified.
+    pub(crate) fn new(policy: HttpPolicy, trust: &tls::Trust) -> Result<Self, Error> {
         let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls::client_config()?)
+            .use_preconfigured_tls(tls::client_config(trust, true)?)
             .connect_timeout(policy.connect_timeout)
             .timeout(policy.request_timeout)
             .redirect(reqwest::redirect::Policy::none())

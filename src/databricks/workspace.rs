@@ -12,6 +12,7 @@ use super::config_file::{self, Profile};
 use super::host::WorkspaceHost;
 use super::http::{Auth, Body, Call, HttpClient, HttpPolicy};
 use crate::credentials::{CachePolicy, CredentialProvider, StaticPassword, TokenCache};
+use crate::tls::{Trust, parse_pem_certificates};
 use crate::{Environment, Error, Secret};
 
 /// How a [`Workspace`] authenticates, as chosen by [`WorkspaceBuilder::build`].
@@ -197,6 +198,7 @@ pub struct WorkspaceBuilder {
     workspace_id: Option<String>,
     token_source: Option<CustomSource>,
     http: HttpPolicy,
+    root_pems: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for WorkspaceBuilder {
@@ -329,6 +331,21 @@ impl WorkspaceBuilder {
         self
     }
 
+    /// Trust the CA certificates in this PEM document for the workspace's HTTPS, in addition to
+    /// the webpki roots (for a TLS-inspecting proxy, say). Checked at build.
+    ///
+    /// Default: none.
+    ///
+    /// ```
+    /// let pem = b"-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n".to_vec();
+    /// let b = lakebase_pool::databricks::Workspace::builder().root_certificates_pem(pem);
+    /// # let _ = b;
+    /// ```
+    pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_pems.push(pem.into());
+        self
+    }
+
     /// Bound on one HTTP request to the workspace, answer included.
     ///
     /// Default: 30 seconds.
@@ -445,7 +462,14 @@ impl WorkspaceBuilder {
         let auth_type = settings.pick(self.auth_type, "DATABRICKS_AUTH_TYPE", "auth_type");
         let workspace_id =
             settings.pick(self.workspace_id, "DATABRICKS_WORKSPACE_ID", "workspace_id");
-        let http = HttpClient::new(self.http)?;
+        let mut trust = Trust::default();
+        for pem in &self.root_pems {
+            trust.extra_roots.extend(parse_pem_certificates(
+                pem,
+                "the PEM given to root_certificates_pem",
+            )?);
+        }
+        let http = HttpClient::new(self.http, &trust)?;
 
         let conflict = || Error::WorkspaceConfig {
             problem: String::from(

@@ -2,12 +2,12 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::Runtime;
 use deadpool::managed;
-use tokio_postgres::config::Host;
 
 use super::lifecycle::{Lifecycle, Manager, spawn_housekeeper};
 use super::stats::Counters;
@@ -16,6 +16,9 @@ use crate::connect::{Connector, Discovery};
 use crate::credentials::{CachePolicy, CredentialProvider, StaticPassword, TokenCache};
 use crate::databricks::{LakebaseCredentials, Workspace};
 use crate::defaults;
+use crate::resolve::{Resolve, ResolverName};
+use crate::target::{TlsSettings, settle};
+use crate::tls::{self, SslMode};
 use crate::{EndpointName, Environment, Error, RetryPolicy, Secret};
 
 /// Configures and builds a [`Pool`]. Start with [`Pool::builder`].
@@ -50,6 +53,10 @@ pub struct PoolBuilder {
     /// The endpoint, or the error from parsing it (returned by `build`).
     endpoint: Option<Result<EndpointName, Error>>,
     workspace: Option<Workspace>,
+    tls: TlsSettings,
+    /// Extra CA certificates, read at `build` so that a bad file is a `build` error.
+    roots: Vec<RootSource>,
+    resolver: Option<Arc<dyn Resolve>>,
     cache_policy: CachePolicy,
     retry: RetryPolicy,
     max_size: usize,
@@ -64,6 +71,9 @@ impl Default for PoolBuilder {
             provider: None,
             endpoint: None,
             workspace: None,
+            tls: TlsSettings::default(),
+            roots: Vec::new(),
+            resolver: None,
             cache_policy: CachePolicy::default(),
             retry: RetryPolicy::default(),
             max_size: defaults::MAX_SIZE,
@@ -86,6 +96,9 @@ impl fmt::Debug for PoolBuilder {
             .field("has_credentials", &self.provider.is_some())
             .field("endpoint", &self.endpoint)
             .field("workspace", &self.workspace)
+            .field("tls", &self.tls)
+            .field("roots", &self.roots)
+            .field("resolver", &self.resolver.as_ref().map(|_| ResolverName))
             .field("cache_policy", &self.cache_policy)
             .field("retry", &self.retry)
             .field("max_size", &self.max_size)
@@ -118,7 +131,9 @@ impl PoolBuilder {
     /// | `PGDATABASE` | database, default `databricks_postgres` with an endpoint |
     /// | `PGAPPNAME`, else `DATABRICKS_APP_NAME` | `application_name` |
     /// | `PGCONNECT_TIMEOUT` | seconds per connection attempt |
-    /// | `PGSSLMODE` | `disable`, `allow` or `prefer` (this version has no TLS, so modes that require it are refused) |
+    /// | `PGSSLMODE` | see [`SslMode`]; every mode but `disable` verifies the certificate |
+    /// | `PGHOSTADDR` | TCP address for the host; the host name is still used for TLS |
+    /// | `PGSSLROOTCERT` | a PEM file of extra CA certificates to trust |
     ///
     /// # Errors
     ///
@@ -277,6 +292,95 @@ impl PoolBuilder {
     pub fn workspace(mut self, workspace: Workspace) -> Self {
         self.workspace = Some(workspace);
         self
+    }
+
+    /// How the connection is secured; see [`SslMode`] and the `tls` rules in the crate docs.
+    ///
+    /// Default: `disable` for loopback hosts and Unix sockets, `verify-full` for any other
+    /// host. `disable` to a non-loopback host is refused unless
+    /// [`dangerous().allow_plaintext()`](Dangerous::allow_plaintext).
+    ///
+    /// ```
+    /// let builder = lakebase_pool::Pool::builder().ssl_mode(lakebase_pool::SslMode::VerifyFull);
+    /// # let _ = builder;
+    /// ```
+    pub fn ssl_mode(mut self, mode: SslMode) -> Self {
+        self.tls.mode = Some(mode);
+        self
+    }
+
+    /// Trust the CA certificates in this PEM document, in addition to the webpki roots (for a
+    /// private CA). Checked at [`build`](Self::build).
+    ///
+    /// Default: none.
+    ///
+    /// ```
+    /// let pem = b"-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n".to_vec();
+    /// let builder = lakebase_pool::Pool::builder().root_certificates_pem(pem);
+    /// # let _ = builder;
+    /// ```
+    pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.roots.push(RootSource::Pem(pem.into()));
+        self
+    }
+
+    /// Trust the CA certificates in this PEM file (libpq's `sslrootcert`, `PGSSLROOTCERT`), in
+    /// addition to the webpki roots. Read at [`build`](Self::build).
+    ///
+    /// Default: none.
+    ///
+    /// ```
+    /// let builder = lakebase_pool::Pool::builder().root_certificates_file("/etc/ssl/private-ca.pem");
+    /// # let _ = builder;
+    /// ```
+    pub fn root_certificates_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.roots.push(RootSource::File(path.into()));
+        self
+    }
+
+    /// Connect TCP to this address, while the [`host`](Self::host) name is still used for TLS
+    /// (SNI and the certificate check); libpq's `hostaddr`, `PGHOSTADDR`.
+    ///
+    /// Default: the host name is resolved.
+    ///
+    /// ```
+    /// use std::net::Ipv4Addr;
+    /// let builder = lakebase_pool::Pool::builder()
+    ///     .host("ep-example.database.example.com")
+    ///     .hostaddr(Ipv4Addr::new(10, 1, 2, 3).into());
+    /// # let _ = builder;
+    /// ```
+    pub fn hostaddr(mut self, address: IpAddr) -> Self {
+        let _ = self.pg_config.hostaddr(address);
+        self
+    }
+
+    /// Resolve the host with this resolver at every connection attempt, connecting TCP to each
+    /// address in turn while keeping the host name for TLS; see [`crate::resolve`].
+    ///
+    /// Default: none (tokio-postgres resolves through the system).
+    ///
+    /// ```
+    /// use std::net::Ipv4Addr;
+    /// use lakebase_pool::resolve::StaticResolver;
+    /// let builder = lakebase_pool::Pool::builder()
+    ///     .resolver(StaticResolver::new().with("ep-test.db.lakebase.test", Ipv4Addr::LOCALHOST));
+    /// # let _ = builder;
+    /// ```
+    pub fn resolver(mut self, resolver: impl Resolve) -> Self {
+        self.resolver = Some(Arc::new(resolver));
+        self
+    }
+
+    /// Settings that weaken the protection of the token; each one logs a warning when the
+    /// pool is built.
+    ///
+    /// ```
+    /// let builder = lakebase_pool::Pool::builder().dangerous().accept_invalid_certificates();
+    /// # let _ = builder;
+    /// ```
+    pub fn dangerous(self) -> Dangerous {
+        Dangerous(self)
     }
 
     /// When tokens are reused and refreshed.
@@ -448,10 +552,21 @@ impl PoolBuilder {
             return Err(Error::invalid("max_size", "must be at least 1"));
         }
         check_no_password(&pg_config)?;
-        match &discovery {
-            // What discovery fills in is checked when it has run.
-            Some(_) => check_plaintext(&pg_config)?,
-            None => check_target(&pg_config)?,
+        let mut tls = self.tls;
+        for source in &self.roots {
+            tls.trust.extra_roots.extend(source.certificates()?);
+        }
+        if discovery.is_none() {
+            // The target is complete: report problems now rather than at the first checkout.
+            let _ = settle(&mut pg_config.clone(), &tls)?;
+        }
+        if tls.trust.accept_invalid_certificates {
+            tracing::warn!(
+                "DANGEROUS: TLS certificates are not verified; anyone on the path can read the tokens"
+            );
+        }
+        if tls.allow_plaintext {
+            tracing::warn!("DANGEROUS: plain-text connections to non-loopback hosts are allowed");
         }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::invalid(
@@ -466,6 +581,8 @@ impl PoolBuilder {
         let connector = Connector::new(
             pg_config,
             discovery,
+            tls,
+            self.resolver,
             tokens,
             self.retry.clone(),
             Arc::clone(&counters),
@@ -500,6 +617,56 @@ impl PoolBuilder {
     }
 }
 
+/// Settings that weaken the protection of the token, from [`PoolBuilder::dangerous`]. Each
+/// returns the builder; each logs a warning when the pool is built.
+#[must_use = "call one of the methods to get the builder back"]
+#[derive(Debug)]
+pub struct Dangerous(PoolBuilder);
+
+impl Dangerous {
+    /// Accept any server certificate: for a local server with a self-signed certificate only.
+    /// Anyone who can intercept the connection can then read the token.
+    ///
+    /// ```
+    /// let builder = lakebase_pool::Pool::builder().dangerous().accept_invalid_certificates();
+    /// # let _ = builder;
+    /// ```
+    pub fn accept_invalid_certificates(mut self) -> PoolBuilder {
+        self.0.tls.trust.accept_invalid_certificates = true;
+        self.0
+    }
+
+    /// Allow `sslmode=disable` to hosts that are not loopback, sending the token in plain
+    /// text: only on a network you fully trust.
+    ///
+    /// ```
+    /// let builder = lakebase_pool::Pool::builder().dangerous().allow_plaintext();
+    /// # let _ = builder;
+    /// ```
+    pub fn allow_plaintext(mut self) -> PoolBuilder {
+        self.0.tls.allow_plaintext = true;
+        self.0
+    }
+}
+
+/// Where extra CA certificates come from.
+#[derive(Debug)]
+enum RootSource {
+    Pem(Vec<u8>),
+    File(PathBuf),
+}
+
+impl RootSource {
+    fn certificates(&self) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, Error> {
+        match self {
+            RootSource::Pem(pem) => {
+                tls::parse_pem_certificates(pem, "the PEM given to root_certificates_pem")
+            }
+            RootSource::File(path) => tls::read_pem_file(path),
+        }
+    }
+}
+
 fn validate_lifecycle(lifecycle: &Lifecycle) -> Result<(), Error> {
     if lifecycle.max_lifetime.is_zero() {
         return Err(Error::invalid(
@@ -531,71 +698,6 @@ fn check_no_password(config: &tokio_postgres::Config) -> Result<(), Error> {
         ));
     }
     Ok(())
-}
-
-/// Checks that a configuration names a server and a user, and may be used in plain text.
-pub(crate) fn check_target(config: &tokio_postgres::Config) -> Result<(), Error> {
-    if config.get_hosts().is_empty() {
-        return Err(Error::invalid(
-            "host",
-            "no host set; call `.host(..)` (or `.lakebase_endpoint(..)` to discover it)",
-        ));
-    }
-    if config.get_user().is_none() {
-        return Err(Error::invalid("user", "no user set; call `.user(..)`"));
-    }
-    check_plaintext(config)
-}
-
-/// Connections are plaintext in this version. A database token is a bearer secret, so it may
-/// only travel over loopback or a Unix socket, never across a network.
-fn check_plaintext(config: &tokio_postgres::Config) -> Result<(), Error> {
-    for host in config.get_hosts() {
-        if let Host::Tcp(name) = host
-            && !is_loopback_name(name)
-        {
-            return Err(Error::invalid(
-                "host",
-                format!(
-                    "`{name}` is not a loopback address; connections are not encrypted, so \
-                     the pool only connects to loopback hosts or Unix sockets (a token must \
-                     never cross the network in plain text)"
-                ),
-            ));
-        }
-    }
-    if let Some(addr) = config.get_hostaddrs().iter().find(|a| !a.is_loopback()) {
-        return Err(Error::invalid(
-            "hostaddr",
-            format!("`{addr}` is not a loopback address (connections are not encrypted)"),
-        ));
-    }
-    Ok(())
-}
-
-fn is_loopback_name(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => {
-            let host = host.trim_end_matches('.').to_ascii_lowercase();
-            host == "localhost" || host.ends_with(".localhost")
-        }
-    }
-}
-
-/// `user@host:port/dbname`, as used in errors and tracing.
-pub(crate) fn describe_target(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(name)) => name.clone(),
-        #[cfg(unix)]
-        Some(Host::Unix(path)) => path.display().to_string(),
-        None => String::from("?"),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("?");
-    let dbname = config.get_dbname().unwrap_or(user);
-    format!("{user}@{host}:{port}/{dbname}")
 }
 
 #[cfg(test)]
@@ -658,8 +760,9 @@ mod tests {
 
     #[tokio::test]
     async fn plaintext_to_a_non_loopback_host_is_refused() {
-        assert_eq!(setting_of(base().host("db.example.com").build()), "host");
-        assert_eq!(setting_of(base().host("10.0.0.5").build()), "host");
+        let plain = |host: &str| base().host(host).ssl_mode(SslMode::Disable).build();
+        assert_eq!(setting_of(plain("db.example.com")), "ssl_mode");
+        assert_eq!(setting_of(plain("10.0.0.5")), "ssl_mode");
         for host in [
             "localhost",
             "127.0.0.1",
@@ -674,11 +777,5 @@ mod tests {
     #[test]
     fn build_outside_a_runtime_is_an_error_not_a_panic() {
         assert_eq!(setting_of(base().build()), "build");
-    }
-
-    #[test]
-    fn target_names_user_host_port_and_database() {
-        let config: tokio_postgres::Config = "host=127.0.0.1 port=5433 user=app".parse().unwrap();
-        assert_eq!(describe_target(&config), "app@127.0.0.1:5433/app");
     }
 }

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{self, PoolError, TimeoutType};
 use deadpool_postgres::ClientWrapper;
 
-pub use self::builder::PoolBuilder;
-pub(crate) use self::builder::{check_target, describe_target};
+pub use self::builder::{Dangerous, PoolBuilder};
 use self::lifecycle::Manager;
 pub(crate) use self::stats::Counters;
 pub use self::stats::Stats;

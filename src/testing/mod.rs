@@ -25,8 +25,10 @@
 
 mod postgres;
 mod rotating;
+mod tls;
 mod workspace;
 
 pub use self::postgres::{HarnessError, LocalPostgres, StopMode};
 pub use self::rotating::RotatingPassword;
+pub use self::tls::{IssuedCertificate, TestCa};
 pub use self::workspace::{Fault, MintedToken, MockDiscovery, MockWorkspace};

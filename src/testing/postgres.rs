@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::NoTls;
 
-use super::RotatingPassword;
+use super::{IssuedCertificate, RotatingPassword};
 use crate::{PoolBuilder, Secret};
 
 /// How long a starting server may take before the harness gives up.
@@ -75,6 +75,10 @@ pub enum HarnessError {
     /// An administrative SQL statement failed.
     #[error("administrative SQL on the local server failed")]
     Sql(#[from] tokio_postgres::Error),
+
+    /// A test certificate could not be generated.
+    #[error("could not generate a test certificate: {0}")]
+    Certificate(String),
 }
 
 fn io_error(action: &'static str) -> impl FnOnce(io::Error) -> HarnessError {
@@ -128,6 +132,8 @@ struct Inner {
     /// `(uid, gid)` to run server processes as when this process is root.
     run_as: Option<(u32, u32)>,
     server: Mutex<Option<Child>>,
+    /// Whether the server was started with TLS on.
+    tls: bool,
     /// `ALTER ROLE` on one role from two sessions at once can fail with "tuple concurrently
     /// updated"; role changes go through this lock.
     role_changes: tokio::sync::Mutex<()>,
@@ -149,6 +155,28 @@ impl LocalPostgres {
     ///
     /// [`HarnessError`] saying what is missing or what failed.
     pub fn start() -> Result<Self, HarnessError> {
+        Self::start_inner(None)
+    }
+
+    /// Like [`start`](Self::start), with TLS on (`ssl=on`) serving `certificate`. Plain TCP is
+    /// still accepted too, so tests can show that clients never fall back to it.
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start).
+    ///
+    /// ```no_run
+    /// use lakebase_pool::testing::{LocalPostgres, TestCa};
+    /// let ca = TestCa::new("Test CA")?;
+    /// let pg = LocalPostgres::start_with_tls(&ca.issue(&["db.test"])?)?;
+    /// # let _ = pg;
+    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// ```
+    pub fn start_with_tls(certificate: &IssuedCertificate) -> Result<Self, HarnessError> {
+        Self::start_inner(Some(certificate))
+    }
+
+    fn start_inner(certificate: Option<&IssuedCertificate>) -> Result<Self, HarnessError> {
         let bin_dir = find_bin_dir()?;
         let run_as = unprivileged_user()?;
         let root = tempfile::Builder::new()
@@ -166,9 +194,13 @@ impl LocalPostgres {
             port: 0,
             run_as,
             server: Mutex::new(None),
+            tls: false,
             role_changes: tokio::sync::Mutex::new(()),
         };
         pg.initdb()?;
+        if let Some(certificate) = certificate {
+            pg.install_certificate(certificate)?;
+        }
         // A port found free can be taken by someone else before the server binds it.
         let mut last_error = None;
         for _ in 0..3 {
@@ -392,6 +424,28 @@ impl Inner {
         command
     }
 
+    /// Writes the server certificate and key into the data directory and turns TLS on.
+    fn install_certificate(&mut self, certificate: &IssuedCertificate) -> Result<(), HarnessError> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data_dir();
+        for (name, text) in [
+            ("server.crt", certificate.cert_pem()),
+            ("server.key", certificate.key_pem()),
+        ] {
+            let path = data.join(name);
+            fs::write(&path, text).map_err(io_error("write the server certificate"))?;
+            // Postgres refuses a key readable by others.
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .map_err(io_error("protect the server key"))?;
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(io_error("hand the server key to the postgres user"))?;
+            }
+        }
+        self.tls = true;
+        Ok(())
+    }
+
     fn initdb(&self) -> Result<(), HarnessError> {
         let mut command = self.command("initdb");
         let _ = command
@@ -422,6 +476,7 @@ impl Inner {
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+            .args(["-c", if self.tls { "ssl=on" } else { "ssl=off" }])
             .stdout(log)
             .stderr(stderr);
         let child = command.spawn().map_err(io_error("start postgres"))?;

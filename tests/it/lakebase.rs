@@ -156,7 +156,7 @@ async fn from_env_with_an_apps_like_environment_connects() {
     // Apps hosts are real https hosts. Give the scheme here, as a local setup would.
     let mut vars = apps_env(&mock, &pg);
     vars[0].1 = mock.url();
-    let pool = PoolBuilder::from_environment(&Environment::from_vars(vars))
+    let pool = PoolBuilder::from_environment(&Environment::from_vars(vars.clone()))
         .unwrap()
         .build()
         .unwrap();
@@ -176,6 +176,17 @@ async fn from_env_with_an_apps_like_environment_connects() {
         0,
         "PGHOST given: no lookup"
     );
+    // Apps set PGSSLMODE=require: accepted, and it means verified TLS, which this plain local
+    // server cannot offer, so the login is refused rather than sent in plain text.
+    vars.retain(|(k, _)| k != "PGSSLMODE");
+    vars.push((String::from("PGSSLMODE"), String::from("require")));
+    let strict = PoolBuilder::from_environment(&Environment::from_vars(vars))
+        .unwrap()
+        .retry(lakebase_pool::RetryPolicy::no_retry())
+        .build()
+        .unwrap();
+    let err = strict.get().await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
 }
 
 #[tokio::test]
@@ -215,8 +226,8 @@ async fn from_env_names_each_missing_or_malformed_variable() {
         "PGSSLMODE"
     );
     assert_eq!(
-        var_of(&error_with(&[("PGSSLMODE", Some("verify-full"))])),
-        "PGSSLMODE"
+        var_of(&error_with(&[("PGHOSTADDR", Some("10.0.0.300"))])),
+        "PGHOSTADDR"
     );
     assert_eq!(
         var_of(&error_with(&[("PGCONNECT_TIMEOUT", Some("-3"))])),

@@ -8,4 +8,5 @@ mod lifecycle;
 mod rotation;
 mod secrets;
 mod support;
+mod tls;
 mod workspace;

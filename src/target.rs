@@ -1,0 +1,195 @@
+//! What a connection goes to: a complete target, its effective sslmode, the plain-text rule,
+//! and the `user@host:port/dbname` that errors and traces name it by.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use tokio_postgres::config::Host;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::Error;
+use crate::tls::{self, SslMode, Trust};
+
+/// The TLS settings of a pool.
+#[derive(Clone, Default)]
+pub(crate) struct TlsSettings {
+    /// The requested mode; `None` means `disable` for loopback and `verify-full` otherwise.
+    pub(crate) mode: Option<SslMode>,
+    pub(crate) trust: Trust,
+    /// The dangerous opt-out allowing plain text to non-loopback hosts.
+    pub(crate) allow_plaintext: bool,
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("mode", &self.mode)
+            .field("extra_roots", &self.trust.extra_roots.len())
+            .field(
+                "accept_invalid_certificates",
+                &self.trust.accept_invalid_certificates,
+            )
+            .field("allow_plaintext", &self.allow_plaintext)
+            .finish()
+    }
+}
+
+/// Checks that `config` names a server and a user, decides its sslmode, refuses plain text
+/// to anything but loopback, and returns the TLS connector to use. Sets tokio-postgres's own
+/// mode to `Require` whenever TLS is used, so that it never falls back to plain text.
+pub(crate) fn settle(
+    config: &mut tokio_postgres::Config,
+    tls: &TlsSettings,
+) -> Result<(SslMode, MakeRustlsConnect), Error> {
+    if config.get_hosts().is_empty() {
+        return Err(Error::invalid(
+            "host",
+            "no host set; call `.host(..)` (or `.lakebase_endpoint(..)` to discover it)",
+        ));
+    }
+    if config.get_user().is_none() {
+        return Err(Error::invalid("user", "no user set; call `.user(..)`"));
+    }
+    let non_loopback_host = config.get_hosts().iter().find_map(|host| match host {
+        Host::Tcp(name) if !is_loopback_name(name) => Some(name.clone()),
+        _ => None,
+    });
+    let non_loopback_addr = config
+        .get_hostaddrs()
+        .iter()
+        .find(|a| !a.is_loopback())
+        .copied();
+    let loopback = non_loopback_host.is_none() && non_loopback_addr.is_none();
+    let mode = tls.mode.unwrap_or(if loopback {
+        SslMode::Disable
+    } else {
+        SslMode::VerifyFull
+    });
+    if mode == SslMode::Disable && !tls.allow_plaintext {
+        if let Some(name) = non_loopback_host {
+            return Err(Error::invalid(
+                "ssl_mode",
+                format!(
+                    "sslmode disable sends the token in plain text, which is allowed only to \
+                     loopback hosts, and `{name}` is not one (use TLS, or \
+                     `.dangerous().allow_plaintext()` on a network you trust)"
+                ),
+            ));
+        }
+        if let Some(addr) = non_loopback_addr {
+            return Err(Error::invalid(
+                "ssl_mode",
+                format!("sslmode disable to `{addr}`, which is not a loopback address (use TLS)"),
+            ));
+        }
+    }
+    let _ = config.ssl_mode(if mode.uses_tls() {
+        tokio_postgres::config::SslMode::Require
+    } else {
+        tokio_postgres::config::SslMode::Disable
+    });
+    let client = tls::client_config(&tls.trust, mode.verifies_host_name())?;
+    Ok((mode, MakeRustlsConnect::new(client)))
+}
+
+pub(crate) fn is_loopback_name(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let host = host.trim_end_matches('.').to_ascii_lowercase();
+            host == "localhost" || host.ends_with(".localhost")
+        }
+    }
+}
+
+/// `user@host:port/dbname`, as used in errors and tracing.
+pub(crate) fn describe_target(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(name)) => name.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => String::from("?"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("?");
+    let dbname = config.get_dbname().unwrap_or(user);
+    format!("{user}@{host}:{port}/{dbname}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> tokio_postgres::Config {
+        text.parse().unwrap()
+    }
+
+    fn mode_for(text: &str, mode: Option<SslMode>) -> Result<SslMode, Error> {
+        let settings = TlsSettings {
+            mode,
+            ..TlsSettings::default()
+        };
+        settle(&mut config(text), &settings).map(|(mode, _)| mode)
+    }
+
+    #[test]
+    fn loopback_defaults_to_plain_text_and_anything_else_to_verify_full() {
+        assert_eq!(
+            mode_for("host=127.0.0.1 user=a", None).unwrap(),
+            SslMode::Disable
+        );
+        assert_eq!(
+            mode_for("host=/var/run/postgresql user=a", None).unwrap(),
+            SslMode::Disable
+        );
+        assert_eq!(
+            mode_for("host=db.example.com user=a", None).unwrap(),
+            SslMode::VerifyFull
+        );
+        assert_eq!(
+            mode_for("host=localhost hostaddr=10.0.0.1 user=a", None).unwrap(),
+            SslMode::VerifyFull
+        );
+    }
+
+    #[test]
+    fn plain_text_to_a_remote_host_is_refused_before_connecting() {
+        let err = mode_for("host=db.example.com user=a", Some(SslMode::Disable)).unwrap_err();
+        assert!(
+            err.to_string().contains("`db.example.com` is not one"),
+            "{err}"
+        );
+        let err = mode_for(
+            "host=localhost hostaddr=10.0.0.1 user=a",
+            Some(SslMode::Disable),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`10.0.0.1`"), "{err}");
+        let settings = TlsSettings {
+            mode: Some(SslMode::Disable),
+            allow_plaintext: true,
+            ..TlsSettings::default()
+        };
+        assert!(settle(&mut config("host=db.example.com user=a"), &settings).is_ok());
+    }
+
+    #[test]
+    fn tls_modes_never_let_tokio_postgres_fall_back() {
+        let mut cfg = config("host=db.example.com user=a sslmode=prefer");
+        let settings = TlsSettings {
+            mode: Some(SslMode::Prefer),
+            ..TlsSettings::default()
+        };
+        let _ = settle(&mut cfg, &settings).unwrap();
+        assert_eq!(cfg.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+    }
+
+    #[test]
+    fn target_names_user_host_port_and_database() {
+        assert_eq!(
+            describe_target(&config("host=127.0.0.1 port=5433 user=app")),
+            "app@127.0.0.1:5433/app"
+        );
+    }
+}

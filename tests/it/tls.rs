@@ -1,0 +1,324 @@
+//! TLS that always verifies, and the resolver hook: TCP to an address, the name for TLS.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use lakebase_pool::resolve::{HickoryResolver, Resolve, StaticResolver};
+use lakebase_pool::testing::{IssuedCertificate, LocalPostgres, MockWorkspace, TestCa};
+use lakebase_pool::{Environment, Error, PoolBuilder, RetryPolicy, Secret, SslMode};
+
+use crate::support::{INITIAL_PASSWORD, ROLE};
+
+const HOST: &str = "ep-test.db.lakebase.test";
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+async fn tls_cluster(names: &[&str]) -> (TestCa, IssuedCertificate, LocalPostgres) {
+    let ca = TestCa::new("lakebase-pool test CA").unwrap();
+    let certificate = ca.issue(names).unwrap();
+    let pg = LocalPostgres::start_with_tls(&certificate).unwrap();
+    pg.create_role(ROLE, &Secret::new(INITIAL_PASSWORD))
+        .await
+        .unwrap();
+    (ca, certificate, pg)
+}
+
+/// A pool for `host`, which the static resolver maps to loopback.
+fn pool_for(pg: &LocalPostgres, host: &str) -> PoolBuilder {
+    PoolBuilder::default()
+        .host(host)
+        .port(pg.port())
+        .user(ROLE)
+        .dbname(ROLE)
+        .password(INITIAL_PASSWORD)
+        .resolver(StaticResolver::new().with(host, LOOPBACK))
+        .retry(RetryPolicy::no_retry())
+}
+
+/// The whole `source()` chain, where rustls's own explanation lives.
+fn chain(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(" / ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[tokio::test]
+async fn verified_tls_with_a_private_ca_and_a_resolved_address() {
+    let (ca, _, pg) = tls_cluster(&[HOST]).await;
+    let pool = pool_for(&pg, HOST)
+        .root_certificates_pem(ca.cert_pem())
+        .build()
+        .unwrap();
+    let conn = pool.get().await.unwrap();
+    let ssl: bool = conn
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the session is encrypted");
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_name_fails_and_names_the_mismatch() {
+    let (ca, _, pg) = tls_cluster(&[HOST]).await;
+    let other = "ep-other.db.lakebase.test";
+    let pool = pool_for(&pg, other)
+        .root_certificates_pem(ca.cert_pem())
+        .build()
+        .unwrap();
+    let err = pool.get().await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "not retried: {err:?}");
+    let text = chain(&err);
+    assert!(
+        text.contains("not valid for name") && text.contains(other),
+        "{text}"
+    );
+    assert_eq!(pool.stats().connections_opened, 0);
+
+    // verify-ca checks the chain only, so the same server is accepted.
+    let lenient = pool_for(&pg, other)
+        .root_certificates_pem(ca.cert_pem())
+        .ssl_mode(SslMode::VerifyCa)
+        .build()
+        .unwrap();
+    let _ = lenient.get().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_untrusted_ca_fails_and_nothing_falls_back_to_plain_text() {
+    let (_, _, pg) = tls_cluster(&[HOST]).await;
+    for mode in [
+        SslMode::Prefer,
+        SslMode::Require,
+        SslMode::VerifyCa,
+        SslMode::VerifyFull,
+    ] {
+        let pool = pool_for(&pg, HOST).ssl_mode(mode).build().unwrap();
+        let err = pool.get().await.unwrap_err();
+        let text = chain(&err);
+        assert!(
+            text.contains("UnknownIssuer") || text.contains("unknown issuer"),
+            "{mode}: {text}"
+        );
+    }
+    // A server without TLS is refused too, even for prefer: no plain-text fallback.
+    let plain = LocalPostgres::start().unwrap();
+    plain
+        .create_role(ROLE, &Secret::new(INITIAL_PASSWORD))
+        .await
+        .unwrap();
+    for mode in [SslMode::Prefer, SslMode::Require] {
+        let pool = pool_for(&plain, HOST).ssl_mode(mode).build().unwrap();
+        let err = pool.get().await.unwrap_err();
+        assert!(
+            chain(&err).contains("does not support TLS"),
+            "{mode}: {}",
+            chain(&err)
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_host_name_not_the_address_is_sent_as_sni() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A fake server: accepts Postgres's SSLRequest, then records the ClientHello's SNI.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let recorder = tokio::spawn(async move {
+        let mut names = Vec::new();
+        for _ in 0..2 {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 8];
+            stream.read_exact(&mut request).await.unwrap();
+            assert_eq!(request, [0, 0, 0, 8, 4, 210, 22, 47], "an SSLRequest");
+            stream.write_all(b"S").await.unwrap();
+            let acceptor =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+            let start = acceptor.await.unwrap();
+            names.push(start.client_hello().server_name().map(str::to_owned));
+        }
+        names
+    });
+    let build = |builder: PoolBuilder| {
+        builder
+            .port(port)
+            .user(ROLE)
+            .password(INITIAL_PASSWORD)
+            .retry(RetryPolicy::no_retry())
+            .build()
+            .unwrap()
+    };
+    // Through the resolver hook, and through a fixed hostaddr (PGHOSTADDR).
+    let resolved = build(
+        PoolBuilder::default()
+            .host(HOST)
+            .resolver(StaticResolver::new().with(HOST, LOOPBACK)),
+    );
+    assert!(resolved.get().await.is_err());
+    let fixed = build(
+        PoolBuilder::default()
+            .host("ep-fixed.db.lakebase.test")
+            .hostaddr(LOOPBACK),
+    );
+    assert!(fixed.get().await.is_err());
+    let names = recorder.await.unwrap();
+    assert_eq!(
+        names,
+        vec![
+            Some(HOST.to_owned()),
+            Some(String::from("ep-fixed.db.lakebase.test"))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn plain_text_to_a_non_loopback_host_is_refused_before_any_byte() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let plain = |host: &str| {
+        PoolBuilder::default()
+            .host(host)
+            .hostaddr(LOOPBACK)
+            .port(port)
+            .user(ROLE)
+            .password(INITIAL_PASSWORD)
+            .ssl_mode(SslMode::Disable)
+            .build()
+    };
+    match plain("db.example.test") {
+        Err(Error::InvalidConfig {
+            setting: "ssl_mode",
+            problem,
+        }) => {
+            assert!(
+                problem.contains("`db.example.test` is not one"),
+                "{problem}"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(listener.accept().is_err(), "nothing connected");
+    // Towards loopback, plain text works.
+    let pg = LocalPostgres::start().unwrap();
+    pg.create_role(ROLE, &Secret::new(INITIAL_PASSWORD))
+        .await
+        .unwrap();
+    let pool = pg
+        .pool_builder(ROLE)
+        .password(INITIAL_PASSWORD)
+        .ssl_mode(SslMode::Disable)
+        .build()
+        .unwrap();
+    let _ = pool.get().await.unwrap();
+}
+
+#[tokio::test]
+async fn hickory_resolves_the_hosts_file_and_fails_unknown_names_with_a_typed_retryable_error() {
+    let resolver = HickoryResolver::new();
+    let found = resolver.resolve("localhost").await.unwrap();
+    assert!(found.iter().any(IpAddr::is_loopback), "{found:?}");
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        resolver.resolve("no-such-host.invalid"),
+    )
+    .await
+    .expect("resolution is bounded")
+    .unwrap_err();
+    assert_eq!(err.host(), "no-such-host.invalid");
+
+    // In a pool the failure is retried as transient, then reported with its cause.
+    let pool = PoolBuilder::default()
+        .host("no-such-host.invalid")
+        .user(ROLE)
+        .password(INITIAL_PASSWORD)
+        .resolver(StaticResolver::new())
+        .retry(RetryPolicy::default().deadline(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let err = pool.get().await.unwrap_err();
+    assert!(
+        matches!(err, Error::ConnectRetriesExhausted { .. }),
+        "{err:?}"
+    );
+    assert!(
+        chain(&err).contains("could not resolve `no-such-host.invalid`"),
+        "{}",
+        chain(&err)
+    );
+    assert!(pool.stats().connect_retries_transient >= 1);
+}
+
+#[tokio::test]
+async fn from_env_reaches_a_tls_endpoint_whose_name_resolves_nowhere() {
+    // What the quickstart does with PGHOSTADDR, PGSSLMODE=verify-full and PGSSLROOTCERT.
+    let endpoint_host = "ep-primary.db.lakebase.test";
+    let (ca, _, pg) = tls_cluster(&[endpoint_host]).await;
+    pg.create_database("databricks_postgres", ROLE)
+        .await
+        .unwrap();
+    let mock = MockWorkspace::start().unwrap();
+    mock.add_pat("dapi-test", ROLE);
+    let endpoint = "projects/shop/branches/production/endpoints/ep-primary";
+    mock.add_endpoint(endpoint, endpoint_host);
+    mock.apply_tokens_to(&pg, ROLE);
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), ca.cert_pem()).unwrap();
+
+    let env = Environment::from_vars([
+        ("DATABRICKS_HOST", mock.url()),
+        ("DATABRICKS_TOKEN", String::from("dapi-test")),
+        ("LAKEBASE_ENDPOINT", String::from(endpoint)),
+        ("PGPORT", pg.port().to_string()),
+        ("PGHOSTADDR", String::from("127.0.0.1")),
+        ("PGSSLMODE", String::from("verify-full")),
+        ("PGSSLROOTCERT", ca_file.path().to_str().unwrap().to_owned()),
+    ]);
+    let pool = PoolBuilder::from_environment(&env)
+        .unwrap()
+        .build()
+        .unwrap();
+    let conn = pool.get().await.unwrap();
+    let row = conn
+        .query_one(
+            "SELECT ssl, current_user::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    assert_eq!(row.get::<_, String>(1), ROLE);
+    assert_eq!(mock.minted().len(), 1, "logged in with the minted token");
+
+    let bad = Environment::from_vars([
+        ("PGHOST", "x"),
+        ("PGPASSWORD", "p"),
+        ("PGHOSTADDR", "not-an-ip"),
+    ]);
+    assert!(matches!(
+        PoolBuilder::from_environment(&bad),
+        Err(Error::InvalidEnv {
+            var: "PGHOSTADDR",
+            ..
+        })
+    ));
+    let missing = Environment::from_vars([
+        ("PGHOST", "x"),
+        ("PGPASSWORD", "p"),
+        ("PGSSLROOTCERT", "/nonexistent/ca.pem"),
+    ]);
+    assert!(matches!(
+        PoolBuilder::from_environment(&missing),
+        Err(Error::InvalidEnv {
+            var: "PGSSLROOTCERT",
+            ..
+        })
+    ));
+}
