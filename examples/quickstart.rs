@@ -6,17 +6,20 @@
 //!
 //! With `LAKEBASE_ENDPOINT` (or `PGHOST`) set, it reads its configuration from the environment,
 //! exactly as [`Pool::from_env`](lakebase_pool::Pool::from_env) does; see the README for the
-//! variables. Otherwise it starts a throwaway local PostgreSQL and a mock Databricks workspace
-//! and gives the same code the environment a Databricks App would have: the token is minted over
-//! HTTP, the endpoint's host and the user name are discovered, and every minted token becomes
-//! the role's real password, so Postgres itself checks it.
+//! variables. Otherwise it starts a throwaway local PostgreSQL, a mock Databricks workspace and
+//! the Lakebase emulator in front of them, and gives the same code the environment a Databricks
+//! App would have: the token is minted over HTTP, the endpoint's host and the user name are
+//! discovered, the host name (which resolves nowhere) is mapped to the emulator by the resolver
+//! hook, TLS is verified against the emulator's CA with the host name as SNI, and the token is
+//! checked at login. It then suspends the compute, as scale-to-zero would, and shows the next
+//! checkout waking it through the retry path.
 //!
 //! Log lines go to stderr; `RUST_LOG` overrides the default `info,lakebase_pool=debug`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lakebase_pool::testing::{LocalPostgres, MockWorkspace};
+use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
 use lakebase_pool::{Environment, PoolBuilder, Secret};
 use tracing_subscriber::EnvFilter;
 
@@ -50,7 +53,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let process = Environment::from_process();
     let configured = process.get("LAKEBASE_ENDPOINT").is_some() || process.get("PGHOST").is_some();
     // Keeps the local servers alive until the end of `run`.
-    let (env, _local) = if configured {
+    let (env, local) = if configured {
         println!("using the configuration in the environment");
         (process, None)
     } else {
@@ -58,9 +61,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         (env, Some(local))
     };
 
-    let pool = PoolBuilder::from_environment(&env)?
-        .max_lifetime(DEMO_LIFETIME)
-        .build()?;
+    let mut builder = PoolBuilder::from_environment(&env)?.max_lifetime(DEMO_LIFETIME);
+    if let Some(local) = &local {
+        // The endpoint's host name resolves nowhere; the resolver hook maps it to the emulator
+        // while TLS still verifies the name (and sends it as SNI, which routes the connection).
+        builder = builder
+            .resolver(local.emulator.resolver())
+            .root_certificates_pem(local.emulator.ca_cert_pem());
+    }
+    let pool = builder.build()?;
 
     let conn = pool.get().await?;
     let row = conn
@@ -82,40 +91,74 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
          (a new login with the cached token)"
     );
 
+    drop(conn);
+
+    if let Some(local) = &local {
+        println!("suspending the compute, as scale-to-zero does after a few idle minutes...");
+        local.emulator.suspend(LOCAL_ENDPOINT);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        let conn = pool.get().await?;
+        let _ = conn.simple_query("SELECT 1").await?;
+        println!(
+            "cold start: the next checkout woke the compute in {:.0?} ({} retry(ies) on the way)",
+            started.elapsed(),
+            pool.stats().connect_retries_transient
+        );
+    }
+
     let stats = pool.stats();
     println!(
-        "stats: {} token(s) minted, {} connection(s) opened, {} retired by lifetime",
-        stats.tokens.minted, stats.connections_opened, stats.retired_lifetime
+        "stats: {} token(s) minted, {} connection(s) opened, {} retired by lifetime, {} broken",
+        stats.tokens.minted, stats.connections_opened, stats.retired_lifetime, stats.retired_broken
     );
     // Close the pool before the local servers stop.
-    drop(conn);
     drop(pool);
     Ok(())
 }
 
-/// A throwaway Postgres and mock workspace, and the environment a Databricks App would see.
-async fn local_environment()
--> Result<(Environment, (LocalPostgres, MockWorkspace)), Box<dyn std::error::Error>> {
+/// The local stand-ins for Lakebase; the emulator is listed first so that it stops first.
+struct Local {
+    emulator: LakebaseEmulator,
+    _workspace: MockWorkspace,
+    _pg: LocalPostgres,
+}
+
+/// A throwaway Postgres, mock workspace and emulator, and the environment an App would see.
+async fn local_environment() -> Result<(Environment, Local), Box<dyn std::error::Error>> {
     println!(
-        "no LAKEBASE_ENDPOINT or PGHOST set: starting a local PostgreSQL and a mock workspace"
+        "no LAKEBASE_ENDPOINT or PGHOST set: starting a local PostgreSQL, a mock workspace and the Lakebase emulator"
     );
     let pg = LocalPostgres::start()?;
-    pg.create_role(LOCAL_USER, &Secret::new("replaced-by-the-first-token"))
-        .await?;
+    pg.create_role(
+        LOCAL_USER,
+        &Secret::new("unused: the emulator checks tokens"),
+    )
+    .await?;
     pg.create_database("databricks_postgres", LOCAL_USER)
         .await?;
     let workspace = MockWorkspace::start()?;
     workspace.add_pat(LOCAL_PAT, LOCAL_USER);
-    workspace.add_endpoint(LOCAL_ENDPOINT, pg.host());
-    workspace.apply_tokens_to(&pg, LOCAL_USER);
+    let emulator = LakebaseEmulator::start(&pg, &workspace)?;
+    emulator.add_endpoint(LOCAL_ENDPOINT);
+    // Make waking visible: the first attempt is refused, as the proxy may do.
+    emulator.set_wake_delay(Duration::from_millis(500));
+    emulator.set_refusals_while_waking(1);
     let env = Environment::from_vars([
         ("DATABRICKS_HOST", workspace.url()),
         ("DATABRICKS_TOKEN", LOCAL_PAT.to_owned()),
         ("LAKEBASE_ENDPOINT", LOCAL_ENDPOINT.to_owned()),
-        // Lakebase listens on 5432; the local server has a port of its own.
-        ("PGPORT", pg.port().to_string()),
+        // Lakebase listens on 5432; the emulator has a port of its own.
+        ("PGPORT", emulator.port().to_string()),
     ]);
-    Ok((env, (pg, workspace)))
+    Ok((
+        env,
+        Local {
+            emulator,
+            _workspace: workspace,
+            _pg: pg,
+        },
+    ))
 }
 
 fn chain(error: &dyn std::error::Error) -> String {

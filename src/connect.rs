@@ -202,16 +202,20 @@ impl Connector {
         let deadline = started + self.retry.total_deadline();
         let mut credential = self.tokens.token().await?;
         let mut refreshed_after_rejection = false;
+        let mut just_refreshed = false;
         let mut attempts: u32 = 0;
         loop {
             attempts += 1;
-            // The first attempt always runs, even with a zero deadline (`RetryPolicy::no_retry`).
+            // The first attempt, and the one right after a forced token refresh, always get
+            // the full connect timeout, even with a zero deadline (`RetryPolicy::no_retry`):
+            // the deadline bounds retries after transient errors, not the login itself.
             let left = deadline.saturating_duration_since(Instant::now());
-            let timeout = if attempts == 1 {
+            let timeout = if attempts == 1 || just_refreshed {
                 self.retry.attempt_timeout()
             } else {
                 self.retry.attempt_timeout().min(left)
             };
+            just_refreshed = false;
             let error = match self.attempt(prepared, &credential, timeout).await {
                 Ok(client) => {
                     self.counters.connection_opened();
@@ -243,6 +247,7 @@ impl Connector {
                         "login rejected; minting a fresh token and retrying once"
                     );
                     credential = self.tokens.force_refresh(&credential).await?;
+                    just_refreshed = true;
                 }
                 (ErrorClass::Fatal, AttemptError::Postgres(source)) => {
                     tracing::warn!(cause = %error_chain(&source), "connect failed with a non-retryable error");

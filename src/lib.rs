@@ -50,7 +50,7 @@
 //! |---|---|---|
 //! | `hickory` | yes | [`resolve::HickoryResolver`](crate::resolve) |
 //! | `native-roots` | no | trust the operating system's certificate store too |
-//! | `testing` | no | `testing::LocalPostgres`, `MockWorkspace`, `TestCa`, the `lakebase-mock-workspace` program |
+//! | `testing` | no | `testing::LocalPostgres`, `MockWorkspace`, `TestCa`, `LakebaseEmulator`, the `lakebase-emulator` program |
 //!
 //! # Security
 //!

@@ -23,11 +23,13 @@
 //! # }
 //! ```
 
+mod emulator;
 mod postgres;
 mod rotating;
 mod tls;
 mod workspace;
 
+pub use self::emulator::{ComputeState, LakebaseEmulator};
 pub use self::postgres::{HarnessError, LocalPostgres, StopMode};
 pub use self::rotating::RotatingPassword;
 pub use self::tls::{IssuedCertificate, TestCa};

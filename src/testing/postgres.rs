@@ -240,6 +240,13 @@ impl LocalPostgres {
         self.inner.port
     }
 
+    /// The Unix socket of the server (trust authentication), as a path.
+    pub(crate) fn socket_path(&self) -> PathBuf {
+        self.inner
+            .socket_dir()
+            .join(format!(".s.PGSQL.{}", self.inner.port))
+    }
+
     /// A [`PoolBuilder`] with host, port, user `role` and database `role` set (the database
     /// [`create_role`](Self::create_role) creates); add credentials and build.
     ///

@@ -277,21 +277,24 @@ impl MockWorkspace {
 
     /// Adds an active endpoint (`projects/../branches/../endpoints/..`) served at `host`.
     pub fn add_endpoint(&self, name: &str, host: &str) {
-        let endpoint = MockEndpoint {
-            host: host.to_owned(),
-            state: String::from("ACTIVE"),
-            disabled: false,
-        };
-        let _ = lock(&self.state)
-            .endpoints
-            .insert(name.to_owned(), endpoint);
+        self.handle().add_endpoint(name, host);
     }
 
     /// Sets an endpoint's reported state (`ACTIVE`, `IDLE`, `INIT`, `DEGRADED`).
     pub fn set_endpoint_state(&self, name: &str, state: &str) {
+        self.handle().set_endpoint_state(name, state);
+    }
+
+    /// Marks an endpoint disabled (or enabled again): minting for it fails.
+    pub fn set_endpoint_disabled(&self, name: &str, disabled: bool) {
         if let Some(endpoint) = lock(&self.state).endpoints.get_mut(name) {
-            endpoint.state = state.to_owned();
+            endpoint.disabled = disabled;
         }
+    }
+
+    /// A handle on the mock's records, for the emulator (which checks tokens against them).
+    pub(crate) fn handle(&self) -> WorkspaceHandle {
+        WorkspaceHandle(Arc::clone(&self.state))
     }
 
     /// Lifetime of minted database tokens when the request gives no `ttl` (default 1 hour).
@@ -337,6 +340,39 @@ impl MockWorkspace {
     /// Every database token minted so far.
     pub fn minted(&self) -> Vec<MintedToken> {
         lock(&self.state).minted.clone()
+    }
+}
+
+/// Shared access to a mock's records, usable from another thread.
+#[derive(Clone)]
+pub(crate) struct WorkspaceHandle(Shared);
+
+impl WorkspaceHandle {
+    pub(crate) fn add_endpoint(&self, name: &str, host: &str) {
+        let endpoint = MockEndpoint {
+            host: host.to_owned(),
+            state: String::from("ACTIVE"),
+            disabled: false,
+        };
+        let _ = lock(&self.0).endpoints.insert(name.to_owned(), endpoint);
+    }
+
+    pub(crate) fn set_endpoint_state(&self, name: &str, state: &str) {
+        if let Some(endpoint) = lock(&self.0).endpoints.get_mut(name) {
+            endpoint.state = state.to_owned();
+        }
+    }
+
+    /// Whether `token` was minted for `endpoint` and `user` and has not expired: what Lakebase
+    /// checks at login.
+    pub(crate) fn accepts(&self, token: &str, endpoint: &str, user: &str) -> bool {
+        let now = SystemTime::now();
+        lock(&self.0).minted.iter().any(|minted| {
+            minted.token.expose() == token
+                && minted.endpoint == endpoint
+                && minted.identity == user
+                && minted.expire_time > now
+        })
     }
 }
 

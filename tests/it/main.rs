@@ -3,6 +3,7 @@
 
 mod auth;
 mod cold_start;
+mod emulator;
 mod lakebase;
 mod lifecycle;
 mod rotation;

@@ -1,0 +1,757 @@
+//! `LakebaseEmulator`: a token-checking, SNI-routing, scale-to-zero Postgres front on loopback.
+//!
+//! What a client of Lakebase sees, reproduced in front of a [`LocalPostgres`]:
+//!
+//! 1. TLS (only): the certificate names `*.<domain>`, signed by a CA generated at start
+//!    ([`LakebaseEmulator::ca_cert_pem`]). The endpoint id is the first label of the SNI, or
+//!    `options=endpoint=<id>`; both given and different is refused.
+//! 2. A cleartext password, checked against the tokens [`MockWorkspace`] minted: for this
+//!    endpoint, for this user, not expired. Otherwise `28P01`.
+//! 3. The compute: an `IDLE` endpoint wakes on connect, after a delay during which the
+//!    connection is held, or the first few attempts are refused with the proxy's wake-up texts.
+//!    Suspending sends every open session `57P01` and closes it.
+//! 4. Then the session is the upstream's, relayed byte for byte (the upstream is reached over
+//!    its Unix socket with trust authentication, as the same role and database).
+//!
+//! Errors use the proxy's texts (`XX000`): "endpoint cannot be found", "endpoint is disabled",
+//! "Endpoint ID is not specified...", "Couldn't connect to compute node", ...
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::watch;
+
+use super::workspace::WorkspaceHandle;
+use super::{HarnessError, LocalPostgres, MockWorkspace, TestCa};
+use crate::resolve::StaticResolver;
+
+const SSL_REQUEST: i32 = 80_877_103;
+const CANCEL_REQUEST: i32 = 80_877_102;
+const GSSENC_REQUEST: i32 = 80_877_104;
+const PROTOCOL_3: i32 = 196_608;
+/// How long a client may take to send its start-up message and password.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The proxy's texts while a compute wakes, used in turn for refused attempts.
+const WAKE_TEXTS: [&str; 3] = [
+    "Couldn't connect to compute node",
+    "endpoint is idle, retry request",
+    "timed out while waiting for endpoint to become active",
+];
+
+/// The state of an emulated compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ComputeState {
+    /// Running: connections go through.
+    Active,
+    /// Suspended (scaled to zero): the next connection wakes it.
+    Idle,
+    /// Waking up.
+    Waking,
+}
+
+struct Endpoint {
+    name: String,
+    state: ComputeState,
+    disabled: bool,
+    sessions: usize,
+    idle_since: Instant,
+    wake_until: Option<Instant>,
+    refusals_left: u32,
+    /// Bumped on suspend; sessions watch it and end.
+    generation: watch::Sender<u64>,
+}
+
+struct Settings {
+    wake_delay: Duration,
+    refuse_while_waking: u32,
+    suspend_after_idle: Option<Duration>,
+    /// Errors to answer the next connections with (for rate-limit texts and the like).
+    scripted_errors: Vec<(String, String)>,
+}
+
+struct Shared {
+    domain: String,
+    upstream: PathBuf,
+    workspace: WorkspaceHandle,
+    tls: tokio_rustls::TlsAcceptor,
+    endpoints: Mutex<HashMap<String, Endpoint>>,
+    settings: Mutex<Settings>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A local, token-checking, scale-to-zero stand-in for a Lakebase endpoint; see the
+/// [module docs](self).
+///
+/// ```no_run
+/// use lakebase_pool::Secret;
+/// use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pg = LocalPostgres::start()?;
+/// pg.create_role("someone@example.com", &Secret::new("unused")).await?;
+/// pg.create_database("databricks_postgres", "someone@example.com").await?;
+/// let workspace = MockWorkspace::start()?;
+/// workspace.add_pat("dapi-test", "someone@example.com");
+/// let lakebase = LakebaseEmulator::start(&pg, &workspace)?;
+/// lakebase.add_endpoint("projects/p/branches/b/endpoints/ep-test");
+/// // Clients: host ep-test.<domain>, port lakebase.port(), resolver lakebase.resolver(),
+/// // trusting lakebase.ca_cert_pem(); tokens from the workspace.
+/// # Ok(())
+/// # }
+/// ```
+pub struct LakebaseEmulator {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    ca_pem: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for LakebaseEmulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakebaseEmulator")
+            .field("addr", &self.addr)
+            .field("domain", &self.shared.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LakebaseEmulator {
+    /// Starts an emulator on a free loopback port in front of `upstream`, checking tokens
+    /// `workspace` minted. Endpoint hosts are `<endpoint-id>.lakebase.test`.
+    ///
+    /// # Errors
+    ///
+    /// When the certificate cannot be made or the port bound.
+    pub fn start(
+        upstream: &LocalPostgres,
+        workspace: &MockWorkspace,
+    ) -> Result<Self, HarnessError> {
+        Self::start_on(
+            upstream,
+            workspace,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            "lakebase.test",
+        )
+    }
+
+    /// Like [`start`](Self::start), listening on `addr` with endpoint hosts under `domain`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start).
+    pub fn start_on(
+        upstream: &LocalPostgres,
+        workspace: &MockWorkspace,
+        addr: SocketAddr,
+        domain: &str,
+    ) -> Result<Self, HarnessError> {
+        let io = |action: &'static str| move |source| HarnessError::Io { action, source };
+        let ca = TestCa::new("Lakebase emulator CA")?;
+        let issued = ca.issue(&[&format!("*.{domain}"), domain])?;
+        let certificate = CertificateDer::from_pem_slice(issued.cert_pem().as_bytes())
+            .map_err(|e| HarnessError::Certificate(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(issued.key_pem().as_bytes())
+            .map_err(|e| HarnessError::Certificate(e.to_string()))?;
+        let tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| HarnessError::Certificate(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(vec![certificate], key)
+            .map_err(|e| HarnessError::Certificate(e.to_string()))?;
+        let listener = std::net::TcpListener::bind(addr).map_err(io("bind the emulator's port"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io("bind the emulator's port"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io("bind the emulator's port"))?;
+        let shared = Arc::new(Shared {
+            domain: domain.to_owned(),
+            upstream: upstream.socket_path(),
+            workspace: workspace.handle(),
+            tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+            endpoints: Mutex::new(HashMap::new()),
+            settings: Mutex::new(Settings {
+                wake_delay: Duration::from_millis(300),
+                refuse_while_waking: 0,
+                suspend_after_idle: None,
+                scripted_errors: Vec::new(),
+            }),
+        });
+        let (shutdown, stop) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io("start the emulator's runtime"))?;
+        let served = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(String::from("lakebase-emulator"))
+            .spawn(move || runtime.block_on(serve(listener, served, stop)))
+            .map_err(io("start the emulator's thread"))?;
+        Ok(LakebaseEmulator {
+            shared,
+            addr,
+            ca_pem: ca.cert_pem().to_owned(),
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+
+    /// The port clients connect to.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The CA certificate clients must trust.
+    pub fn ca_cert_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The host name of an endpoint: `<endpoint-id>.<domain>`.
+    pub fn host_of(&self, endpoint: &str) -> String {
+        format!("{}.{}", endpoint_id(endpoint), self.shared.domain)
+    }
+
+    /// A resolver mapping every endpoint host added so far to the emulator's address.
+    pub fn resolver(&self) -> StaticResolver {
+        let ip: IpAddr = if self.addr.ip().is_unspecified() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            self.addr.ip()
+        };
+        lock(&self.shared.endpoints)
+            .keys()
+            .fold(StaticResolver::new(), |resolver, id| {
+                resolver.with(&format!("{id}.{}", self.shared.domain), ip)
+            })
+    }
+
+    /// Adds an active endpoint (`projects/../branches/../endpoints/<id>`), registering it with
+    /// the mock workspace too, with host `<id>.<domain>`.
+    pub fn add_endpoint(&self, name: &str) {
+        let id = endpoint_id(name).to_owned();
+        self.shared
+            .workspace
+            .add_endpoint(name, &self.host_of(name));
+        let endpoint = Endpoint {
+            name: name.to_owned(),
+            state: ComputeState::Active,
+            disabled: false,
+            sessions: 0,
+            idle_since: Instant::now(),
+            wake_until: None,
+            refusals_left: 0,
+            generation: watch::channel(0).0,
+        };
+        let _ = lock(&self.shared.endpoints).insert(id, endpoint);
+    }
+
+    /// Suspends an endpoint now: open sessions get `57P01` and are closed; the next connection
+    /// wakes it.
+    pub fn suspend(&self, endpoint: &str) {
+        self.shared.suspend(endpoint_id(endpoint));
+    }
+
+    /// Disables (or enables) an endpoint: connections are refused with "endpoint is disabled".
+    pub fn set_disabled(&self, endpoint: &str, disabled: bool) {
+        if let Some(e) = lock(&self.shared.endpoints).get_mut(endpoint_id(endpoint)) {
+            e.disabled = disabled;
+        }
+    }
+
+    /// The state of an endpoint's compute.
+    pub fn state(&self, endpoint: &str) -> Option<ComputeState> {
+        lock(&self.shared.endpoints)
+            .get(endpoint_id(endpoint))
+            .map(|e| e.state)
+    }
+
+    /// Open client sessions of an endpoint.
+    pub fn sessions(&self, endpoint: &str) -> usize {
+        lock(&self.shared.endpoints)
+            .get(endpoint_id(endpoint))
+            .map_or(0, |e| e.sessions)
+    }
+
+    /// How long waking a suspended compute takes (default 300 ms).
+    pub fn set_wake_delay(&self, delay: Duration) {
+        lock(&self.shared.settings).wake_delay = delay;
+    }
+
+    /// Refuse the first `attempts` connections of every wake-up with the proxy's wake-up texts
+    /// (`XX000`), instead of holding them (default 0: hold, as the proxy usually does).
+    pub fn set_refusals_while_waking(&self, attempts: u32) {
+        lock(&self.shared.settings).refuse_while_waking = attempts;
+    }
+
+    /// Suspend endpoints that had no session for `idle` (default: never on its own).
+    pub fn set_suspend_after_idle(&self, idle: Option<Duration>) {
+        lock(&self.shared.settings).suspend_after_idle = idle;
+    }
+
+    /// Answers the next connection with `XX000` and `message` (e.g. "Too many connections
+    /// attempts"), before any check.
+    pub fn refuse_next(&self, message: &str) {
+        lock(&self.shared.settings)
+            .scripted_errors
+            .push((String::from("XX000"), message.to_owned()));
+    }
+}
+
+impl Drop for LakebaseEmulator {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn endpoint_id(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+impl Shared {
+    fn suspend(&self, id: &str) {
+        let mut endpoints = lock(&self.endpoints);
+        let refusals = lock(&self.settings).refuse_while_waking;
+        if let Some(endpoint) = endpoints.get_mut(id) {
+            endpoint.state = ComputeState::Idle;
+            endpoint.wake_until = None;
+            endpoint.refusals_left = refusals;
+            endpoint.generation.send_modify(|g| *g += 1);
+            self.workspace.set_endpoint_state(&endpoint.name, "IDLE");
+            tracing::debug!(endpoint = id, "emulator: compute suspended");
+        }
+    }
+
+    /// Suspends endpoints idle past the configured time.
+    fn suspend_idle(&self) {
+        let Some(after) = lock(&self.settings).suspend_after_idle else {
+            return;
+        };
+        let due: Vec<String> = lock(&self.endpoints)
+            .iter()
+            .filter(|(_, e)| {
+                e.state == ComputeState::Active
+                    && e.sessions == 0
+                    && e.idle_since.elapsed() >= after
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.suspend(&id);
+        }
+    }
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticks.tick() => shared.suspend_idle(),
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let shared = Arc::clone(&shared);
+                drop(tokio::spawn(async move {
+                    if let Err(error) = serve_client(&shared, stream).await {
+                        tracing::debug!(%error, "emulator: client connection ended");
+                    }
+                }));
+            }
+        }
+    }
+}
+
+/// A Postgres `ErrorResponse` (severity FATAL).
+fn error_response(code: &str, message: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (field, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', code),
+        (b'M', message),
+    ] {
+        body.push(field);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut message = vec![b'E'];
+    message.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    message.extend_from_slice(&body);
+    message
+}
+
+/// Reads a start-up-phase packet (no type byte): `(code, body after the code)`.
+async fn read_startup<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(i32, Vec<u8>)> {
+    let length = stream.read_i32().await?;
+    if !(8..=10_000).contains(&length) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "bad start-up packet length",
+        ));
+    }
+    let code = stream.read_i32().await?;
+    let mut body = vec![0; length as usize - 8];
+    let _ = stream.read_exact(&mut body).await?;
+    Ok((code, body))
+}
+
+/// Reads one typed message: `(type, whole message including type and length)`.
+async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(u8, Vec<u8>)> {
+    let kind = stream.read_u8().await?;
+    let length = stream.read_i32().await?;
+    if !(4..=64 * 1024 * 1024).contains(&length) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "bad message length",
+        ));
+    }
+    let mut message = Vec::with_capacity(length as usize + 1);
+    message.push(kind);
+    message.extend_from_slice(&length.to_be_bytes());
+    message.resize(length as usize + 1, 0);
+    let _ = stream.read_exact(&mut message[5..]).await?;
+    Ok((kind, message))
+}
+
+/// `key\0value\0...\0` pairs of a start-up message. Only NUL-terminated strings count, so a
+/// truncated message yields the pairs that are complete; an empty key ends the list.
+fn parse_params(body: &[u8]) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    let mut rest = body;
+    while let Some(end) = rest.iter().position(|b| *b == 0) {
+        fields.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+        rest = &rest[end + 1..];
+    }
+    fields
+        .chunks_exact(2)
+        .take_while(|pair| !pair[0].is_empty())
+        .map(|pair| (pair[0].clone(), pair[1].clone()))
+        .collect()
+}
+
+/// The `endpoint=<id>` part of an `options` parameter, and the rest of it.
+fn split_endpoint_option(options: &str) -> (Option<String>, String) {
+    let mut endpoint = None;
+    let mut rest = Vec::new();
+    for part in options.split_whitespace() {
+        match part
+            .strip_prefix("endpoint=")
+            .or_else(|| part.strip_prefix("endpoint%3D"))
+        {
+            Some(id) => endpoint = Some(id.to_owned()),
+            None => rest.push(part),
+        }
+    }
+    (endpoint, rest.join(" "))
+}
+
+async fn refuse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    code: &str,
+    message: &str,
+) -> std::io::Result<()> {
+    stream.write_all(&error_response(code, message)).await?;
+    stream.flush().await
+}
+
+async fn serve_client(shared: &Arc<Shared>, mut tcp: TcpStream) -> std::io::Result<()> {
+    // Small protocol messages must not wait for delayed ACKs (Nagle): 40 ms per round trip.
+    tcp.set_nodelay(true)?;
+    let (code, body) = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_startup(&mut tcp)).await??;
+    let code = if code == GSSENC_REQUEST {
+        tcp.write_all(b"N").await?;
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, read_startup(&mut tcp))
+            .await??
+            .0
+    } else {
+        code
+    };
+    match code {
+        SSL_REQUEST => {}
+        CANCEL_REQUEST => {
+            // Pass the cancel key on to the upstream, which issued it.
+            let mut upstream = UnixStream::connect(&shared.upstream).await?;
+            upstream.write_all(&16i32.to_be_bytes()).await?;
+            upstream.write_all(&CANCEL_REQUEST.to_be_bytes()).await?;
+            return upstream.write_all(&body).await;
+        }
+        _ => {
+            return refuse(
+                &mut tcp,
+                "08P01",
+                "connection is insecure (try using `sslmode=require`)",
+            )
+            .await;
+        }
+    }
+    tcp.write_all(b"S").await?;
+    let mut client = shared.tls.accept(tcp).await?;
+    let sni = client.get_ref().1.server_name().map(str::to_owned);
+    let (code, body) = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_startup(&mut client)).await??;
+    if code != PROTOCOL_3 {
+        return refuse(&mut client, "08P01", "unsupported frontend protocol").await;
+    }
+    let mut params = parse_params(&body);
+
+    let scripted = {
+        let mut settings = lock(&shared.settings);
+        (!settings.scripted_errors.is_empty()).then(|| settings.scripted_errors.remove(0))
+    };
+    if let Some((code, message)) = scripted {
+        return refuse(&mut client, &code, &message).await;
+    }
+
+    // Which endpoint: the SNI's first label under our domain, or options=endpoint=<id>.
+    let from_sni = sni
+        .as_deref()
+        .and_then(|name| name.strip_suffix(&format!(".{}", shared.domain)))
+        .map(|label| label.split('.').next().unwrap_or(label).to_owned());
+    let options = params
+        .iter()
+        .find(|(k, _)| k == "options")
+        .map(|(_, v)| v.clone());
+    let (from_options, other_options) =
+        split_endpoint_option(options.as_deref().unwrap_or_default());
+    params.retain(|(k, _)| k != "options");
+    if !other_options.is_empty() {
+        params.push((String::from("options"), other_options));
+    }
+    let id = match (from_sni, from_options) {
+        (Some(a), Some(b)) if a != b => {
+            let message = format!("inconsistent endpoint id: `{a}` in SNI and `{b}` in options");
+            return refuse(&mut client, "XX000", &message).await;
+        }
+        (Some(id), _) | (None, Some(id)) => id,
+        (None, None) => {
+            let message = "Endpoint ID is not specified. Either please upgrade the postgres client \
+                           library (libpq) for SNI support or pass the endpoint ID (first part of \
+                           the domain name) as a parameter: '?options=endpoint%3D<endpoint-id>'.";
+            return refuse(&mut client, "XX000", message).await;
+        }
+    };
+    let found = lock(&shared.endpoints)
+        .get(&id)
+        .map(|endpoint| (endpoint.name.clone(), endpoint.disabled));
+    let Some((name, disabled)) = found else {
+        return refuse(&mut client, "XX000", "endpoint cannot be found").await;
+    };
+    if disabled {
+        return refuse(&mut client, "XX000", "endpoint is disabled").await;
+    }
+
+    // A cleartext password, checked against the minted tokens.
+    client.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await?;
+    client.flush().await?;
+    let (kind, message) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut client)).await??;
+    let user = params
+        .iter()
+        .find(|(k, _)| k == "user")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let password = if kind == b'p' {
+        String::from_utf8_lossy(message[5..].split(|b| *b == 0).next().unwrap_or_default())
+            .into_owned()
+    } else {
+        String::new()
+    };
+    if !shared.workspace.accepts(&password, &name, &user) {
+        let message = format!("password authentication failed for user \"{user}\"");
+        return refuse(&mut client, "28P01", &message).await;
+    }
+
+    // The compute must be running.
+    if let Err(text) = wake(shared, &id).await {
+        return refuse(&mut client, "XX000", text).await;
+    }
+    relay(shared, &id, client, &params).await
+}
+
+/// Waits for the compute to be active, waking it if needed; or the text to refuse with.
+async fn wake(shared: &Arc<Shared>, id: &str) -> Result<(), &'static str> {
+    let wait_until = {
+        let delay = lock(&shared.settings).wake_delay;
+        let mut endpoints = lock(&shared.endpoints);
+        let Some(endpoint) = endpoints.get_mut(id) else {
+            return Err("endpoint cannot be found");
+        };
+        if endpoint.state == ComputeState::Active {
+            return Ok(());
+        }
+        let until = *endpoint
+            .wake_until
+            .get_or_insert_with(|| Instant::now() + delay);
+        if endpoint.state == ComputeState::Idle {
+            endpoint.state = ComputeState::Waking;
+            shared.workspace.set_endpoint_state(&endpoint.name, "INIT");
+            tracing::debug!(endpoint = id, "emulator: waking the compute");
+        }
+        if endpoint.refusals_left > 0 {
+            endpoint.refusals_left -= 1;
+            return Err(WAKE_TEXTS[endpoint.refusals_left as usize % WAKE_TEXTS.len()]);
+        }
+        until
+    };
+    tokio::time::sleep_until(wait_until.into()).await;
+    let mut endpoints = lock(&shared.endpoints);
+    if let Some(endpoint) = endpoints.get_mut(id)
+        && endpoint.state == ComputeState::Waking
+    {
+        endpoint.state = ComputeState::Active;
+        endpoint.wake_until = None;
+        shared
+            .workspace
+            .set_endpoint_state(&endpoint.name, "ACTIVE");
+    }
+    Ok(())
+}
+
+/// Counts a session for its endpoint while it lives.
+struct SessionGuard<'a> {
+    shared: &'a Shared,
+    id: String,
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(endpoint) = lock(&self.shared.endpoints).get_mut(&self.id) {
+            endpoint.sessions = endpoint.sessions.saturating_sub(1);
+            endpoint.idle_since = Instant::now();
+        }
+    }
+}
+
+async fn relay(
+    shared: &Arc<Shared>,
+    id: &str,
+    mut client: tokio_rustls::server::TlsStream<TcpStream>,
+    params: &[(String, String)],
+) -> std::io::Result<()> {
+    let mut upstream = UnixStream::connect(&shared.upstream).await?;
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&PROTOCOL_3.to_be_bytes());
+    for (key, value) in params {
+        startup.extend_from_slice(key.as_bytes());
+        startup.push(0);
+        startup.extend_from_slice(value.as_bytes());
+        startup.push(0);
+    }
+    startup.push(0);
+    upstream
+        .write_all(&(startup.len() as i32 + 4).to_be_bytes())
+        .await?;
+    upstream.write_all(&startup).await?;
+    // The upstream trusts its socket: it answers AuthenticationOk, or an error to pass on.
+    let (kind, message) = read_message(&mut upstream).await?;
+    client.write_all(&message).await?;
+    if kind != b'R' {
+        return client.flush().await;
+    }
+
+    let mut suspended = {
+        let mut endpoints = lock(&shared.endpoints);
+        let Some(endpoint) = endpoints.get_mut(id) else {
+            return Ok(());
+        };
+        endpoint.sessions += 1;
+        endpoint.generation.subscribe()
+    };
+    let _session = SessionGuard {
+        shared,
+        id: id.to_owned(),
+    };
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (upstream_read, mut upstream_write) = upstream.into_split();
+    let mut upstream_read = tokio::io::BufReader::new(upstream_read);
+    let to_upstream = tokio::io::copy(&mut client_read, &mut upstream_write);
+    // Whole messages towards the client, so that a suspend notice never splits one.
+    let to_client = async {
+        loop {
+            tokio::select! {
+                message = read_message(&mut upstream_read) => {
+                    let (_, message) = message?;
+                    client_write.write_all(&message).await?;
+                    // Send once nothing more has already arrived: one TLS record for a whole
+                    // reply, and nothing held back while the upstream is quiet.
+                    if upstream_read.buffer().is_empty() {
+                        client_write.flush().await?;
+                    }
+                }
+                _ = suspended.changed() => {
+                    let notice = error_response("57P01", "terminating connection due to administrator command");
+                    client_write.write_all(&notice).await?;
+                    client_write.flush().await?;
+                    return Ok::<(), std::io::Error>(());
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = to_upstream => {}
+        _ = to_client => {}
+    }
+    let _ = client_write.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_params_and_endpoint_options_parse() {
+        let params = parse_params(b"user\0app\0database\0db\0options\0endpoint=ep-1 -c x=y\0\0");
+        assert_eq!(params.len(), 3);
+        assert_eq!(params[2].1, "endpoint=ep-1 -c x=y");
+        assert_eq!(
+            split_endpoint_option("endpoint=ep-1 -c x=y"),
+            (Some("ep-1".into()), "-c x=y".into())
+        );
+        assert_eq!(
+            split_endpoint_option("endpoint%3Dep-2"),
+            (Some("ep-2".into()), String::new())
+        );
+        assert_eq!(parse_params(b"user\0"), Vec::<(String, String)>::new());
+        assert_eq!(parse_params(b"user\0app"), Vec::<(String, String)>::new());
+        assert_eq!(parse_params(b""), Vec::<(String, String)>::new());
+        assert_eq!(
+            parse_params(b"\0user\0app\0"),
+            Vec::<(String, String)>::new()
+        );
+    }
+
+    #[test]
+    fn error_responses_are_well_formed() {
+        let message = error_response("28P01", "no");
+        assert_eq!(message[0], b'E');
+        let length = i32::from_be_bytes([message[1], message[2], message[3], message[4]]);
+        assert_eq!(length as usize, message.len() - 1);
+    }
+}

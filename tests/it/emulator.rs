@@ -1,0 +1,326 @@
+//! The pool against the Lakebase emulator: verified TLS with SNI routing, tokens checked per
+//! endpoint, user and expiry, scale-to-zero and the proxy's error texts.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use lakebase_pool::databricks::{CredentialRequest, Workspace};
+use lakebase_pool::resolve::StaticResolver;
+use lakebase_pool::testing::{ComputeState, LakebaseEmulator, LocalPostgres, MockWorkspace};
+use lakebase_pool::{EndpointName, Environment, Error, PoolBuilder, RetryPolicy, Secret};
+use tokio_postgres::error::SqlState;
+
+use crate::support::LogCapture;
+
+const ENDPOINT: &str = "projects/shop/branches/production/endpoints/ep-primary";
+const OTHER: &str = "projects/shop/branches/production/endpoints/ep-other";
+const USER: &str = "someone@example.com";
+const PAT: &str = "dapi-test";
+
+struct Lakebase {
+    // Field order is drop order: the emulator before its upstream.
+    emulator: LakebaseEmulator,
+    workspace: MockWorkspace,
+    _pg: LocalPostgres,
+}
+
+async fn lakebase() -> Lakebase {
+    let pg = LocalPostgres::start().unwrap();
+    pg.create_role(USER, &Secret::new("never-used"))
+        .await
+        .unwrap();
+    pg.create_database("databricks_postgres", USER)
+        .await
+        .unwrap();
+    let workspace = MockWorkspace::start().unwrap();
+    workspace.add_pat(PAT, USER);
+    let emulator = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    emulator.add_endpoint(ENDPOINT);
+    emulator.add_endpoint(OTHER);
+    Lakebase {
+        emulator,
+        workspace,
+        _pg: pg,
+    }
+}
+
+impl Lakebase {
+    fn workspace_client(&self) -> Workspace {
+        Workspace::builder()
+            .host(self.workspace.url())
+            .token(PAT)
+            .build_in(&Environment::default())
+            .unwrap()
+    }
+
+    /// The pool a user would build: endpoint, discovery, resolver hook, trusted CA.
+    fn pool(&self) -> PoolBuilder {
+        PoolBuilder::default()
+            .workspace(self.workspace_client())
+            .lakebase_endpoint(ENDPOINT)
+            .port(self.emulator.port())
+            .resolver(self.emulator.resolver())
+            .root_certificates_pem(self.emulator.ca_cert_pem())
+    }
+
+    /// A pool that logs in to `endpoint` with a fixed password.
+    fn pool_with_password(&self, endpoint: &str, password: &str) -> PoolBuilder {
+        PoolBuilder::default()
+            .host(self.emulator.host_of(endpoint))
+            .port(self.emulator.port())
+            .user(USER)
+            .dbname("databricks_postgres")
+            .password(password)
+            .resolver(
+                StaticResolver::new().with(&self.emulator.host_of(endpoint), Ipv4Addr::LOCALHOST),
+            )
+            .root_certificates_pem(self.emulator.ca_cert_pem())
+            .retry(RetryPolicy::no_retry())
+    }
+
+    async fn mint(&self, endpoint: &str) -> String {
+        let name: EndpointName = endpoint.parse().unwrap();
+        let credential = self
+            .workspace_client()
+            .generate_database_credential(&name, &CredentialRequest::default())
+            .await
+            .unwrap();
+        credential.token().expose().to_owned()
+    }
+}
+
+fn sqlstate(error: &Error) -> Option<SqlState> {
+    std::error::Error::source(error)
+        .and_then(|e| e.downcast_ref::<tokio_postgres::Error>())
+        .and_then(|e| e.code().cloned())
+}
+
+#[tokio::test]
+async fn full_path_with_discovery_verified_tls_and_sni_routing() {
+    let lakebase = lakebase().await;
+    let pool = lakebase.pool().build().unwrap();
+    let conn = pool.get().await.unwrap();
+    let user: String = conn
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(user, USER);
+    assert_eq!(lakebase.emulator.sessions(ENDPOINT), 1);
+    assert_eq!(
+        lakebase.emulator.sessions(OTHER),
+        0,
+        "routed by SNI to ep-primary"
+    );
+    assert_eq!(lakebase.workspace.minted().len(), 1);
+    assert_eq!(lakebase.workspace.minted()[0].endpoint, ENDPOINT);
+}
+
+#[tokio::test]
+async fn tokens_for_another_endpoint_or_expired_are_refused_but_open_sessions_go_on() {
+    let lakebase = lakebase().await;
+    let for_other = lakebase.mint(OTHER).await;
+    let pool = lakebase
+        .pool_with_password(ENDPOINT, &for_other)
+        .build()
+        .unwrap();
+    let err = pool.get().await.unwrap_err();
+    assert!(err.is_auth(), "{err:?}");
+    assert_eq!(sqlstate(&err), Some(SqlState::INVALID_PASSWORD));
+    // The same token does open its own endpoint.
+    let _ = lakebase
+        .pool_with_password(OTHER, &for_other)
+        .build()
+        .unwrap()
+        .get()
+        .await
+        .unwrap();
+
+    lakebase
+        .workspace
+        .set_token_lifetime(Duration::from_secs(2));
+    let short = lakebase.mint(ENDPOINT).await;
+    let pool = lakebase
+        .pool_with_password(ENDPOINT, &short)
+        .build()
+        .unwrap();
+    let before_expiry = pool.get().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let late = lakebase
+        .pool_with_password(ENDPOINT, &short)
+        .build()
+        .unwrap();
+    let err = late.get().await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some(SqlState::INVALID_PASSWORD), "{err:?}");
+    // Lakebase checks the token only at login: the session opened before goes on.
+    let _ = before_expiry.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn suspend_kills_busy_sessions_and_the_next_checkout_wakes_the_compute() {
+    let lakebase = lakebase().await;
+    let pool = lakebase.pool().build().unwrap();
+    let busy = pool.get().await.unwrap();
+    let idle = pool.get().await.unwrap();
+    drop(idle);
+    let running =
+        tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(5)").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    lakebase.emulator.suspend(ENDPOINT);
+    let err = running.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err:?}");
+    assert_eq!(lakebase.emulator.state(ENDPOINT), Some(ComputeState::Idle));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The idle connection died too; the pool discards it and opens one, waking the compute.
+    let conn = pool.get().await.unwrap();
+    let _ = conn.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(
+        lakebase.emulator.state(ENDPOINT),
+        Some(ComputeState::Active)
+    );
+    assert!(pool.stats().retired_broken >= 1, "{:?}", pool.stats());
+}
+
+#[tokio::test]
+async fn wake_up_refusals_are_retried_and_the_checkout_succeeds_after_them() {
+    let lakebase = lakebase().await;
+    let pool = lakebase.pool().build().unwrap();
+    drop(pool.get().await.unwrap());
+    let (logs, _guard) = LogCapture::install();
+    lakebase.emulator.set_refusals_while_waking(2);
+    lakebase.emulator.suspend(ENDPOINT);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let conn = pool.get().await.unwrap();
+    let _ = conn.simple_query("SELECT 1").await.unwrap();
+    let stats = pool.stats();
+    assert_eq!(stats.connect_retries_transient, 2, "{stats:?}");
+    let text = logs.text();
+    assert_eq!(
+        text.matches("connect failed with a transient error; retrying")
+            .count(),
+        2,
+        "{text}"
+    );
+    assert!(
+        text.contains("endpoint is idle, retry request")
+            || text.contains("Couldn't connect to compute node"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_texts_back_off_longer_and_succeed() {
+    let lakebase = lakebase().await;
+    let pool = lakebase.pool().build().unwrap();
+    lakebase
+        .emulator
+        .refuse_next("Too many connections attempts");
+    let started = std::time::Instant::now();
+    let _ = pool.get().await.unwrap();
+    assert_eq!(pool.stats().connect_retries_rate_limited, 1);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "rate limits wait 2-4 s"
+    );
+}
+
+#[tokio::test]
+async fn disabled_and_unknown_endpoints_fail_fast_with_the_servers_message() {
+    let lakebase = lakebase().await;
+    lakebase.emulator.set_disabled(ENDPOINT, true);
+    let pool = lakebase
+        .pool()
+        .retry(RetryPolicy::default())
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = pool.get().await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2), "no retries");
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    let cause = std::error::Error::source(&err)
+        .and_then(|e| e.downcast_ref::<tokio_postgres::Error>())
+        .and_then(|e| e.as_db_error())
+        .map(|e| e.message().to_owned());
+    assert_eq!(cause.as_deref(), Some("endpoint is disabled"));
+    assert_eq!(pool.stats().connect_retries_transient, 0);
+
+    let unknown = "projects/shop/branches/production/endpoints/ep-gone";
+    let token = lakebase.mint(ENDPOINT).await;
+    let pool = lakebase
+        .pool_with_password(unknown, &token)
+        .retry(RetryPolicy::default())
+        .build()
+        .unwrap();
+    let err = pool.get().await.unwrap_err();
+    let cause = std::error::Error::source(&err)
+        .and_then(|e| e.downcast_ref::<tokio_postgres::Error>())
+        .and_then(|e| e.as_db_error())
+        .map(|e| e.message().to_owned());
+    assert_eq!(cause.as_deref(), Some("endpoint cannot be found"));
+    assert_eq!(pool.stats().connect_attempts_failed, 1);
+}
+
+#[tokio::test]
+async fn the_emulator_program_prints_an_environment_that_works() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lakebase-emulator"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut exports = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if line.starts_with("# Press Ctrl-C") {
+                break;
+            }
+            if let Some((name, value)) =
+                line.strip_prefix("export ").and_then(|l| l.split_once('='))
+            {
+                exports.push((name.to_owned(), value.to_owned()));
+            }
+        }
+        exports
+    });
+    let exports = tokio::time::timeout(Duration::from_secs(60), lines)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        exports.iter().any(|(k, _)| k == "LAKEBASE_ENDPOINT"),
+        "{exports:?}"
+    );
+
+    let pool = PoolBuilder::from_environment(&Environment::from_vars(exports))
+        .unwrap()
+        .build()
+        .unwrap();
+    let connected: bool = pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT true", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(connected);
+    drop(pool);
+
+    // Ctrl-C stops it cleanly.
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(30), exited)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
