@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
 
+use super::server_thread::ServerThread;
 use super::workspace::WorkspaceHandle;
 use super::{HarnessError, LocalPostgres, MockWorkspace, TestCa};
 use crate::resolve::StaticResolver;
@@ -116,8 +117,7 @@ pub struct LakebaseEmulator {
     shared: Arc<Shared>,
     addr: SocketAddr,
     ca_pem: String,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: ServerThread,
 }
 
 impl std::fmt::Debug for LakebaseEmulator {
@@ -192,22 +192,16 @@ impl LakebaseEmulator {
                 scripted_errors: Vec::new(),
             }),
         });
-        let (shutdown, stop) = tokio::sync::oneshot::channel();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(io("start the emulator's runtime"))?;
         let served = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(String::from("lakebase-emulator"))
-            .spawn(move || runtime.block_on(serve(listener, served, stop)))
-            .map_err(io("start the emulator's thread"))?;
+        let server = ServerThread::spawn("lakebase-emulator", move |stop| {
+            serve(listener, served, stop)
+        })
+        .map_err(io("start the emulator's thread"))?;
         Ok(LakebaseEmulator {
             shared,
             addr,
             ca_pem: ca.cert_pem().to_owned(),
-            shutdown: Some(shutdown),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -309,17 +303,6 @@ impl LakebaseEmulator {
         lock(&self.shared.settings)
             .scripted_errors
             .push((String::from("XX000"), message.to_owned()));
-    }
-}
-
-impl Drop for LakebaseEmulator {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -26,6 +26,7 @@
 mod emulator;
 mod postgres;
 mod rotating;
+mod server_thread;
 mod tls;
 mod workspace;
 

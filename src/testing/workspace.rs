@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::LocalPostgres;
 use super::rotating::random_token;
+use super::server_thread::ServerThread;
 use crate::Secret;
 use crate::databricks::time::format_rfc3339;
 
@@ -183,8 +184,7 @@ fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
 pub struct MockWorkspace {
     state: Shared,
     addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: ServerThread,
 }
 
 impl std::fmt::Debug for MockWorkspace {
@@ -235,19 +235,13 @@ impl MockWorkspace {
             requests: Vec::new(),
             apply_to: None,
         }));
-        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let served = Arc::clone(&state);
-        let thread = std::thread::Builder::new()
-            .name(String::from("mock-workspace"))
-            .spawn(move || runtime.block_on(serve(listener, served, stop)))?;
+        let server =
+            ServerThread::spawn("mock-workspace", move |stop| serve(listener, served, stop))?;
         Ok(MockWorkspace {
             state,
             addr,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -373,17 +367,6 @@ impl WorkspaceHandle {
                 && minted.identity == user
                 && minted.expire_time > now
         })
-    }
-}
-
-impl Drop for MockWorkspace {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

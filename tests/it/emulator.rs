@@ -7,10 +7,10 @@ use std::time::Duration;
 use lakebase_pool::databricks::{CredentialRequest, Workspace};
 use lakebase_pool::resolve::StaticResolver;
 use lakebase_pool::testing::{ComputeState, LakebaseEmulator, LocalPostgres, MockWorkspace};
-use lakebase_pool::{EndpointName, Environment, Error, PoolBuilder, RetryPolicy, Secret};
+use lakebase_pool::{EndpointName, Environment, Error, PoolBuilder, RetryPolicy};
 use tokio_postgres::error::SqlState;
 
-use crate::support::LogCapture;
+use crate::support::{LogCapture, lakebase_cluster};
 
 const ENDPOINT: &str = "projects/shop/branches/production/endpoints/ep-primary";
 const OTHER: &str = "projects/shop/branches/production/endpoints/ep-other";
@@ -25,13 +25,7 @@ struct Lakebase {
 }
 
 async fn lakebase() -> Lakebase {
-    let pg = LocalPostgres::start().unwrap();
-    pg.create_role(USER, &Secret::new("never-used"))
-        .await
-        .unwrap();
-    pg.create_database("databricks_postgres", USER)
-        .await
-        .unwrap();
+    let pg = lakebase_cluster(USER).await;
     let workspace = MockWorkspace::start().unwrap();
     workspace.add_pat(PAT, USER);
     let emulator = LakebaseEmulator::start(&pg, &workspace).unwrap();

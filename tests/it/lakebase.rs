@@ -5,38 +5,37 @@ use std::time::Duration;
 
 use lakebase_pool::databricks::Workspace;
 use lakebase_pool::testing::{LocalPostgres, MockWorkspace};
-use lakebase_pool::{CachePolicy, Environment, Error, Pool, PoolBuilder, Secret};
+use lakebase_pool::{CachePolicy, Environment, Error, Pool, PoolBuilder};
 
-use crate::support::backend_pid;
+use crate::support::{backend_pid, lakebase_cluster};
 
 const ENDPOINT: &str = "projects/shop/branches/production/endpoints/ep-primary";
 
 /// A cluster whose role `role` (with database `databricks_postgres`) gets every token the mock
 /// mints as its password.
 async fn setup(role: &str) -> (LocalPostgres, MockWorkspace) {
-    let pg = LocalPostgres::start().unwrap();
-    pg.create_role(role, &Secret::new("replaced-by-the-first-token"))
-        .await
-        .unwrap();
-    pg.create_database("databricks_postgres", role)
-        .await
-        .unwrap();
+    let pg = lakebase_cluster(role).await;
     let mock = MockWorkspace::start().unwrap();
     mock.add_endpoint(ENDPOINT, "127.0.0.1");
     mock.apply_tokens_to(&pg, role);
     (pg, mock)
 }
 
+/// A workspace client authenticating with a PAT the mock accepts for `user`.
+fn workspace_with_pat(mock: &MockWorkspace, user: &str) -> Workspace {
+    mock.add_pat("dapi-test", user);
+    Workspace::builder()
+        .host(mock.url())
+        .token("dapi-test")
+        .build_in(&Environment::default())
+        .unwrap()
+}
+
 #[tokio::test]
 async fn lakebase_endpoint_discovers_host_and_user_mints_and_connects() {
     let user = "someone@example.com";
     let (pg, mock) = setup(user).await;
-    mock.add_pat("dapi-test", user);
-    let workspace = Workspace::builder()
-        .host(mock.url())
-        .token("dapi-test")
-        .build_in(&Environment::default())
-        .unwrap();
+    let workspace = workspace_with_pat(&mock, user);
     let pool = Pool::builder()
         .workspace(workspace)
         .lakebase_endpoint(ENDPOINT)
@@ -83,13 +82,8 @@ async fn lakebase_endpoint_discovers_host_and_user_mints_and_connects() {
 async fn short_lived_tokens_are_replaced_before_they_expire_and_never_served_expired() {
     let user = "someone@example.com";
     let (pg, mock) = setup(user).await;
-    mock.add_pat("dapi-test", user);
     mock.set_token_lifetime(Duration::from_secs(8));
-    let workspace = Workspace::builder()
-        .host(mock.url())
-        .token("dapi-test")
-        .build_in(&Environment::default())
-        .unwrap();
+    let workspace = workspace_with_pat(&mock, user);
     let pool = Pool::builder()
         .workspace(workspace)
         .lakebase_endpoint(ENDPOINT)

@@ -19,6 +19,19 @@ pub async fn cluster() -> LocalPostgres {
     pg
 }
 
+/// A fresh cluster laid out like a Lakebase project for `user`: a login role of that name
+/// owning the database `databricks_postgres` (its password is never used: tokens are).
+pub async fn lakebase_cluster(user: &str) -> LocalPostgres {
+    let pg = LocalPostgres::start().expect("start a local PostgreSQL");
+    pg.create_role(user, &Secret::new("replaced-by-tokens"))
+        .await
+        .expect("create the role");
+    pg.create_database("databricks_postgres", user)
+        .await
+        .expect("create databricks_postgres");
+    pg
+}
+
 /// A pool builder for the `app` role with its initial (fixed) password.
 pub fn app_pool(pg: &LocalPostgres) -> PoolBuilder {
     pg.pool_builder(ROLE).password(INITIAL_PASSWORD)
