@@ -60,6 +60,11 @@ pub struct ResolveError {
 
 impl ResolveError {
     /// The name has no addresses.
+    ///
+    /// ```
+    /// let err = lakebase_pool::resolve::ResolveError::not_found("db.internal");
+    /// assert_eq!(err.host(), "db.internal");
+    /// ```
     pub fn not_found(host: &str) -> Self {
         ResolveError {
             host: host.to_owned(),
@@ -69,6 +74,11 @@ impl ResolveError {
     }
 
     /// Resolution failed; `source` says why.
+    ///
+    /// ```
+    /// let err = lakebase_pool::resolve::ResolveError::failed("db.internal", "SERVFAIL");
+    /// assert!(std::error::Error::source(&err).is_some());
+    /// ```
     pub fn failed(host: &str, source: impl Into<BoxError>) -> Self {
         ResolveError {
             host: host.to_owned(),
@@ -78,6 +88,10 @@ impl ResolveError {
     }
 
     /// The host name that failed.
+    ///
+    /// ```
+    /// assert_eq!(lakebase_pool::resolve::ResolveError::not_found("x.test").host(), "x.test");
+    /// ```
     pub fn host(&self) -> &str {
         &self.host
     }
@@ -92,6 +106,11 @@ pub struct StaticResolver {
 
 impl StaticResolver {
     /// An empty map.
+    ///
+    /// ```
+    /// let resolver = lakebase_pool::resolve::StaticResolver::new();
+    /// # let _ = resolver;
+    /// ```
     pub fn new() -> Self {
         StaticResolver::default()
     }

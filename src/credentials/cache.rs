@@ -353,6 +353,14 @@ impl TokenCache {
     ///
     /// [`Error::Credentials`] when the provider failed (or is being backed off from) and no
     /// cached token is still valid.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: lakebase_pool::TokenCache) -> Result<(), lakebase_pool::Error> {
+    /// let credential = cache.token().await?;
+    /// println!("token expires at {:?}", credential.expiry());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn token(&self) -> Result<Arc<Credential>, Error> {
         if self.inner.policy.per_connect {
             return self.mint_or_fallback().await;
@@ -377,6 +385,16 @@ impl TokenCache {
     /// # Errors
     ///
     /// [`Error::Credentials`] when the provider fails (or is being backed off from).
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: lakebase_pool::TokenCache) -> Result<(), lakebase_pool::Error> {
+    /// let rejected = cache.token().await?;
+    /// // ... the server answered 28P01 to a login with `rejected` ...
+    /// let fresh = cache.force_refresh(&rejected).await?;
+    /// assert!(!std::sync::Arc::ptr_eq(&rejected, &fresh));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn force_refresh(
         &self,
         rejected: &Arc<Credential>,

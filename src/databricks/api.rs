@@ -97,11 +97,25 @@ pub struct DatabaseCredential {
 
 impl DatabaseCredential {
     /// The token: the Postgres password.
+    ///
+    /// ```no_run
+    /// # async fn demo(credential: lakebase_pool::databricks::DatabaseCredential) {
+    /// let password: &str = credential.token().expose();
+    /// # let _ = password;
+    /// # }
+    /// ```
     pub fn token(&self) -> &Secret {
         &self.token
     }
 
     /// When the token stops being accepted for new logins.
+    ///
+    /// ```no_run
+    /// # fn demo(credential: lakebase_pool::databricks::DatabaseCredential) {
+    /// let left = credential.expire_time().duration_since(std::time::SystemTime::now());
+    /// println!("valid for {left:?}");
+    /// # }
+    /// ```
     pub fn expire_time(&self) -> SystemTime {
         self.expire_time
     }

@@ -27,6 +27,13 @@ pub struct LakebaseCredentials {
 
 impl LakebaseCredentials {
     /// Tokens for `endpoint`, with the API's default lifetime and permissions.
+    ///
+    /// ```no_run
+    /// use lakebase_pool::databricks::{LakebaseCredentials, Workspace};
+    /// let provider = LakebaseCredentials::new(Workspace::from_env()?, "projects/p/branches/b/endpoints/e".parse()?);
+    /// # let _ = provider;
+    /// # Ok::<(), lakebase_pool::Error>(())
+    /// ```
     pub fn new(workspace: Workspace, endpoint: EndpointName) -> Self {
         LakebaseCredentials {
             workspace,

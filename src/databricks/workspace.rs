@@ -101,6 +101,12 @@ impl Workspace {
     /// # Errors
     ///
     /// See [`WorkspaceBuilder::build`].
+    ///
+    /// ```no_run
+    /// let workspace = lakebase_pool::databricks::Workspace::from_env()?;
+    /// println!("{} via {}", workspace.host(), workspace.auth_method());
+    /// # Ok::<(), lakebase_pool::Error>(())
+    /// ```
     pub fn from_env() -> Result<Self, Error> {
         Workspace::builder().build()
     }
@@ -381,6 +387,12 @@ impl WorkspaceBuilder {
     ///
     /// [`Error::WorkspaceConfig`] when no host is set, two auth methods are configured at
     /// once, a requested profile does not exist, or no credentials are found.
+    ///
+    /// ```no_run
+    /// let workspace = lakebase_pool::databricks::Workspace::builder().profile("staging").build()?;
+    /// # let _ = workspace;
+    /// # Ok::<(), lakebase_pool::Error>(())
+    /// ```
     pub fn build(self) -> Result<Workspace, Error> {
         self.build_in(&Environment::from_process())
     }

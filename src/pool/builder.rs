@@ -114,6 +114,15 @@ impl PoolBuilder {
     /// # Errors
     ///
     /// As for [`from_environment`](Self::from_environment).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::PoolBuilder::from_env()?.max_size(8).build()?;
+    /// # let _ = pool;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_env() -> Result<Self, Error> {
         Self::from_environment(&Environment::from_process())
     }
@@ -513,6 +522,15 @@ impl PoolBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] naming the setting at fault.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder().host("127.0.0.1").user("app").password("pw").build()?;
+    /// # let _ = pool;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn build(self) -> Result<Pool, Error> {
         let mut pg_config = self.pg_config;
         let mut provider = self.provider;

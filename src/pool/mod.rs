@@ -106,6 +106,14 @@ impl Pool {
     ///   deadline.
     /// * [`Error::AuthRejected`], [`Error::Connect`]: the server refused the connection.
     /// * [`Error::PoolClosed`]: [`close`](Self::close) was called.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let conn = pool.get().await?;
+    /// conn.execute("UPDATE jobs SET done = true WHERE id = $1", &[&42_i64]).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn get(&self) -> Result<Connection, Error> {
         self.inner
             .pool

@@ -136,6 +136,14 @@ impl LakebaseEmulator {
     /// # Errors
     ///
     /// When the certificate cannot be made or the port bound.
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// lakebase.add_endpoint("projects/p/branches/b/endpoints/ep-test");
+    /// ```
     pub fn start(
         upstream: &LocalPostgres,
         workspace: &MockWorkspace,
@@ -153,6 +161,15 @@ impl LakebaseEmulator {
     /// # Errors
     ///
     /// As for [`start`](Self::start).
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// let lakebase = LakebaseEmulator::start_on(&pg, &workspace, "127.0.0.1:6432".parse().unwrap(), "lakebase.test")?;
+    /// # let _ = lakebase;
+    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// ```
     pub fn start_on(
         upstream: &LocalPostgres,
         workspace: &MockWorkspace,
@@ -206,21 +223,56 @@ impl LakebaseEmulator {
     }
 
     /// The port clients connect to.
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// let builder = lakebase_pool::Pool::builder().port(lakebase.port());
+    /// # let _ = builder;
+    /// ```
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
 
     /// The CA certificate clients must trust.
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// let builder = lakebase_pool::Pool::builder().root_certificates_pem(lakebase.ca_cert_pem());
+    /// # let _ = builder;
+    /// ```
     pub fn ca_cert_pem(&self) -> &str {
         &self.ca_pem
     }
 
     /// The host name of an endpoint: `<endpoint-id>.<domain>`.
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// assert_eq!(lakebase.host_of("projects/p/branches/b/endpoints/ep-a"), "ep-a.lakebase.test");
+    /// ```
     pub fn host_of(&self, endpoint: &str) -> String {
         format!("{}.{}", endpoint_id(endpoint), self.shared.domain)
     }
 
     /// A resolver mapping every endpoint host added so far to the emulator's address.
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// let builder = lakebase_pool::Pool::builder().resolver(lakebase.resolver());
+    /// # let _ = builder;
+    /// ```
     pub fn resolver(&self) -> StaticResolver {
         let ip: IpAddr = if self.addr.ip().is_unspecified() {
             Ipv4Addr::LOCALHOST.into()
@@ -236,6 +288,14 @@ impl LakebaseEmulator {
 
     /// Adds an active endpoint (`projects/../branches/../endpoints/<id>`), registering it with
     /// the mock workspace too, with host `<id>.<domain>`.
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// lakebase.add_endpoint("projects/p/branches/b/endpoints/ep-test");
+    /// ```
     pub fn add_endpoint(&self, name: &str) {
         let id = endpoint_id(name).to_owned();
         self.shared
@@ -256,11 +316,27 @@ impl LakebaseEmulator {
 
     /// Suspends an endpoint now: open sessions get `57P01` and are closed; the next connection
     /// wakes it.
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// lakebase.suspend("projects/p/branches/b/endpoints/ep-test");
+    /// ```
     pub fn suspend(&self, endpoint: &str) {
         self.shared.suspend(endpoint_id(endpoint));
     }
 
     /// Disables (or enables) an endpoint: connections are refused with "endpoint is disabled".
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// lakebase.set_disabled("projects/p/branches/b/endpoints/ep-test", true);
+    /// ```
     pub fn set_disabled(&self, endpoint: &str, disabled: bool) {
         if let Some(e) = lock(&self.shared.endpoints).get_mut(endpoint_id(endpoint)) {
             e.disabled = disabled;
@@ -268,6 +344,14 @@ impl LakebaseEmulator {
     }
 
     /// The state of an endpoint's compute.
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// println!("{:?}", lakebase.state("projects/p/branches/b/endpoints/ep-test"));
+    /// ```
     pub fn state(&self, endpoint: &str) -> Option<ComputeState> {
         lock(&self.shared.endpoints)
             .get(endpoint_id(endpoint))
@@ -275,6 +359,14 @@ impl LakebaseEmulator {
     }
 
     /// Open client sessions of an endpoint.
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// assert_eq!(lakebase.sessions("projects/p/branches/b/endpoints/ep-test"), 0);
+    /// ```
     pub fn sessions(&self, endpoint: &str) -> usize {
         lock(&self.shared.endpoints)
             .get(endpoint_id(endpoint))
@@ -282,23 +374,55 @@ impl LakebaseEmulator {
     }
 
     /// How long waking a suspended compute takes (default 300 ms).
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// lakebase.set_wake_delay(std::time::Duration::from_secs(1));
+    /// ```
     pub fn set_wake_delay(&self, delay: Duration) {
         lock(&self.shared.settings).wake_delay = delay;
     }
 
     /// Refuse the first `attempts` connections of every wake-up with the proxy's wake-up texts
     /// (`XX000`), instead of holding them (default 0: hold, as the proxy usually does).
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// lakebase.set_refusals_while_waking(2);
+    /// ```
     pub fn set_refusals_while_waking(&self, attempts: u32) {
         lock(&self.shared.settings).refuse_while_waking = attempts;
     }
 
     /// Suspend endpoints that had no session for `idle` (default: never on its own).
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// lakebase.set_suspend_after_idle(Some(std::time::Duration::from_secs(5)));
+    /// ```
     pub fn set_suspend_after_idle(&self, idle: Option<Duration>) {
         lock(&self.shared.settings).suspend_after_idle = idle;
     }
 
     /// Answers the next connection with `XX000` and `message` (e.g. "Too many connections
     /// attempts"), before any check.
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// lakebase.refuse_next("Too many connections attempts");
+    /// ```
     pub fn refuse_next(&self, message: &str) {
         lock(&self.shared.settings)
             .scripted_errors

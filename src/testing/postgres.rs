@@ -154,6 +154,12 @@ impl LocalPostgres {
     /// # Errors
     ///
     /// [`HarnessError`] saying what is missing or what failed.
+    ///
+    /// ```no_run
+    /// let pg = lakebase_pool::testing::LocalPostgres::start()?;
+    /// println!("listening on port {}", pg.port());
+    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// ```
     pub fn start() -> Result<Self, HarnessError> {
         Self::start_inner(None)
     }
@@ -280,6 +286,16 @@ impl LocalPostgres {
     /// # Errors
     ///
     /// [`HarnessError::Sql`] when the server is down.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// let admin = pg.admin().await?;
+    /// admin.batch_execute("CREATE EXTENSION IF NOT EXISTS pgcrypto").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn admin(&self) -> Result<tokio_postgres::Client, HarnessError> {
         let mut config = tokio_postgres::Config::new();
         let _ = config
@@ -300,6 +316,15 @@ impl LocalPostgres {
     /// # Errors
     ///
     /// [`HarnessError::Sql`], e.g. when the role exists.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// pg.create_role("app", &lakebase_pool::Secret::new("pw")).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn create_role(&self, role: &str, password: &Secret) -> Result<(), HarnessError> {
         let admin = self.admin().await?;
         let ident = quote_ident(role);
@@ -322,6 +347,15 @@ impl LocalPostgres {
     /// # Errors
     ///
     /// [`HarnessError::Sql`], e.g. when it exists.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// pg.create_database("databricks_postgres", "app").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn create_database(&self, name: &str, owner: &str) -> Result<(), HarnessError> {
         let admin = self.admin().await?;
         admin
@@ -340,6 +374,15 @@ impl LocalPostgres {
     /// # Errors
     ///
     /// [`HarnessError::Sql`] when the server is down or the role does not exist.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// pg.set_password("app", &lakebase_pool::Secret::new("new-pw"), None).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn set_password(
         &self,
         role: &str,
@@ -378,6 +421,16 @@ impl LocalPostgres {
     /// # Errors
     ///
     /// [`HarnessError::Sql`] when the server is down.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// let killed = pg.terminate_sessions("app").await?;
+    /// println!("{killed} sessions terminated");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn terminate_sessions(&self, role: &str) -> Result<u64, HarnessError> {
         let admin = self.admin().await?;
         let row = admin
@@ -394,6 +447,13 @@ impl LocalPostgres {
     /// # Errors
     ///
     /// [`HarnessError::CommandFailed`] when `pg_ctl stop` fails.
+    ///
+    /// ```no_run
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// pg.stop(lakebase_pool::testing::StopMode::Fast)?;
+    /// pg.resume()?;
+    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// ```
     pub fn stop(&self, mode: StopMode) -> Result<(), HarnessError> {
         self.inner.stop(mode)
     }
@@ -403,6 +463,13 @@ impl LocalPostgres {
     /// # Errors
     ///
     /// [`HarnessError::NotReady`] when it does not come up.
+    ///
+    /// ```no_run
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// pg.stop(lakebase_pool::testing::StopMode::Immediate)?;
+    /// pg.resume()?;
+    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// ```
     pub fn resume(&self) -> Result<(), HarnessError> {
         self.inner.spawn_server()
     }

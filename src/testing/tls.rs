@@ -40,6 +40,12 @@ impl TestCa {
     /// # Errors
     ///
     /// [`HarnessError::Certificate`] if generation fails.
+    ///
+    /// ```
+    /// let ca = lakebase_pool::testing::TestCa::new("My test CA")?;
+    /// # let _ = ca;
+    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// ```
     pub fn new(name: &str) -> Result<Self, HarnessError> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -53,6 +59,13 @@ impl TestCa {
     }
 
     /// The CA certificate, to trust in clients.
+    ///
+    /// ```
+    /// let ca = lakebase_pool::testing::TestCa::new("My test CA")?;
+    /// let builder = lakebase_pool::Pool::builder().root_certificates_pem(ca.cert_pem());
+    /// # let _ = builder;
+    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// ```
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
@@ -62,6 +75,13 @@ impl TestCa {
     /// # Errors
     ///
     /// [`HarnessError::Certificate`] for an invalid name.
+    ///
+    /// ```
+    /// let ca = lakebase_pool::testing::TestCa::new("My test CA")?;
+    /// let server = ca.issue(&["db.test", "127.0.0.1"])?;
+    /// # let _ = server;
+    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// ```
     pub fn issue(&self, names: &[&str]) -> Result<IssuedCertificate, HarnessError> {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(names.clone()).map_err(failed)?;
@@ -80,11 +100,23 @@ impl TestCa {
 
 impl IssuedCertificate {
     /// The certificate.
+    ///
+    /// ```
+    /// let server = lakebase_pool::testing::TestCa::new("CA")?.issue(&["db.test"])?;
+    /// assert!(server.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// ```
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
 
     /// The private key.
+    ///
+    /// ```
+    /// let server = lakebase_pool::testing::TestCa::new("CA")?.issue(&["db.test"])?;
+    /// assert!(server.key_pem().contains("PRIVATE KEY"));
+    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// ```
     pub fn key_pem(&self) -> &str {
         &self.key_pem
     }

@@ -59,6 +59,11 @@ enum FaultKind {
 
 impl Fault {
     /// Answer with `status` and `body` (any text: JSON, HTML, nothing).
+    ///
+    /// ```
+    /// let fault = lakebase_pool::testing::Fault::status(503, "<html>maintenance</html>");
+    /// # let _ = fault;
+    /// ```
     pub fn status(status: u16, body: impl Into<String>) -> Self {
         Fault {
             kind: FaultKind::Status {
@@ -72,6 +77,11 @@ impl Fault {
     }
 
     /// Answer 429 with `Retry-After: seconds` and an API error body.
+    ///
+    /// ```
+    /// let fault = lakebase_pool::testing::Fault::rate_limited(2);
+    /// # let _ = fault;
+    /// ```
     pub fn rate_limited(seconds: u64) -> Self {
         Fault {
             kind: FaultKind::Status {
@@ -87,6 +97,11 @@ impl Fault {
     }
 
     /// Answer 200 with a truncated JSON document.
+    ///
+    /// ```
+    /// let fault = lakebase_pool::testing::Fault::malformed_json();
+    /// # let _ = fault;
+    /// ```
     pub fn malformed_json() -> Self {
         Fault {
             kind: FaultKind::MalformedJson,
@@ -96,6 +111,11 @@ impl Fault {
     }
 
     /// Never answer (the connection stays open until the mock stops).
+    ///
+    /// ```
+    /// let fault = lakebase_pool::testing::Fault::hang();
+    /// # let _ = fault;
+    /// ```
     pub fn hang() -> Self {
         Fault {
             kind: FaultKind::Hang,
@@ -105,6 +125,11 @@ impl Fault {
     }
 
     /// Apply to the next `n` matching requests (default 1).
+    ///
+    /// ```
+    /// let fault = lakebase_pool::testing::Fault::status(500, "").times(3);
+    /// # let _ = fault;
+    /// ```
     #[must_use]
     pub fn times(mut self, n: usize) -> Self {
         self.times = n;
@@ -112,6 +137,11 @@ impl Fault {
     }
 
     /// Apply only to requests whose path starts with `prefix` (default: any request).
+    ///
+    /// ```
+    /// let fault = lakebase_pool::testing::Fault::hang().on("/api/2.0/postgres/credentials");
+    /// # let _ = fault;
+    /// ```
     #[must_use]
     pub fn on(mut self, prefix: impl Into<String>) -> Self {
         self.path = Some(prefix.into());
@@ -201,6 +231,12 @@ impl MockWorkspace {
     /// # Errors
     ///
     /// When no loopback port can be bound or the thread cannot start.
+    ///
+    /// ```no_run
+    /// let mock = lakebase_pool::testing::MockWorkspace::start()?;
+    /// println!("DATABRICKS_HOST={}", mock.url());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn start() -> std::io::Result<Self> {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)))
     }
@@ -211,6 +247,12 @@ impl MockWorkspace {
     /// # Errors
     ///
     /// When `addr` cannot be bound or the thread cannot start.
+    ///
+    /// ```no_run
+    /// let mock = lakebase_pool::testing::MockWorkspace::start_on("127.0.0.1:8080".parse().unwrap())?;
+    /// # let _ = mock;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
@@ -246,16 +288,32 @@ impl MockWorkspace {
     }
 
     /// The base URL, e.g. `http://127.0.0.1:41234`: the `DATABRICKS_HOST` of clients.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// let builder = lakebase_pool::databricks::Workspace::builder().host(mock.url());
+    /// # let _ = builder;
+    /// ```
     pub fn url(&self) -> String {
         lock(&self.state).base_url.clone()
     }
 
     /// The address the mock listens on.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// assert!(mock.addr().ip().is_loopback());
+    /// ```
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Accepts `token` as a personal access token of `user_name`.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.add_pat("dapi-test", "someone@example.com");
+    /// ```
     pub fn add_pat(&self, token: &str, user_name: &str) {
         let _ = lock(&self.state)
             .pats
@@ -263,6 +321,11 @@ impl MockWorkspace {
     }
 
     /// Accepts OAuth client credentials of a service principal; its identity is the client id.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.add_service_principal("client-id", "client-secret");
+    /// ```
     pub fn add_service_principal(&self, client_id: &str, client_secret: &str) {
         let _ = lock(&self.state)
             .clients
@@ -270,16 +333,31 @@ impl MockWorkspace {
     }
 
     /// Adds an active endpoint (`projects/../branches/../endpoints/..`) served at `host`.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.add_endpoint("projects/p/branches/b/endpoints/ep-test", "127.0.0.1");
+    /// ```
     pub fn add_endpoint(&self, name: &str, host: &str) {
         self.handle().add_endpoint(name, host);
     }
 
     /// Sets an endpoint's reported state (`ACTIVE`, `IDLE`, `INIT`, `DEGRADED`).
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.set_endpoint_state("projects/p/branches/b/endpoints/ep-test", "IDLE");
+    /// ```
     pub fn set_endpoint_state(&self, name: &str, state: &str) {
         self.handle().set_endpoint_state(name, state);
     }
 
     /// Marks an endpoint disabled (or enabled again): minting for it fails.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.set_endpoint_disabled("projects/p/branches/b/endpoints/ep-test", true);
+    /// ```
     pub fn set_endpoint_disabled(&self, name: &str, disabled: bool) {
         if let Some(endpoint) = lock(&self.state).endpoints.get_mut(name) {
             endpoint.disabled = disabled;
@@ -292,37 +370,74 @@ impl MockWorkspace {
     }
 
     /// Lifetime of minted database tokens when the request gives no `ttl` (default 1 hour).
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.set_token_lifetime(std::time::Duration::from_secs(10));
+    /// ```
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         lock(&self.state).token_lifetime = lifetime;
     }
 
     /// Whether `expire_time` carries fractional seconds (default: no).
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.set_fractional_expire_time(true);
+    /// ```
     pub fn set_fractional_expire_time(&self, fractional: bool) {
         lock(&self.state).fractional = fractional;
     }
 
     /// How token-endpoint discovery answers (default: [`MockDiscovery::DatabricksConfig`]).
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.set_discovery(lakebase_pool::testing::MockDiscovery::OidcOnly);
+    /// ```
     pub fn set_discovery(&self, discovery: MockDiscovery) {
         lock(&self.state).discovery = discovery;
     }
 
     /// Makes every minted token the password of `role` on `pg` (valid until its expiry), so
     /// the server checks the tokens. Only the newest token then logs in.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// let pg = lakebase_pool::testing::LocalPostgres::start()?;
+    /// mock.apply_tokens_to(&pg, "someone@example.com");
+    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// ```
     pub fn apply_tokens_to(&self, pg: &LocalPostgres, role: &str) {
         lock(&self.state).apply_to = Some((pg.clone(), role.to_owned()));
     }
 
     /// Delays every answer by `latency`.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.set_latency(std::time::Duration::from_millis(50));
+    /// ```
     pub fn set_latency(&self, latency: Duration) {
         lock(&self.state).latency = latency;
     }
 
     /// Queues a fault for the next matching requests.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool::testing::Fault::rate_limited(1));
+    /// ```
     pub fn inject(&self, fault: Fault) {
         lock(&self.state).faults.push(fault);
     }
 
     /// How many requests with this method had a path starting with `path_prefix`.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// assert_eq!(mock.count("POST", "/api/2.0/postgres/credentials"), 0);
+    /// ```
     pub fn count(&self, method: &str, path_prefix: &str) -> usize {
         lock(&self.state)
             .requests
@@ -332,6 +447,13 @@ impl MockWorkspace {
     }
 
     /// Every database token minted so far.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// for token in mock.minted() {
+    ///     println!("{} for {}", token.identity, token.endpoint);
+    /// }
+    /// ```
     pub fn minted(&self) -> Vec<MintedToken> {
         lock(&self.state).minted.clone()
     }
