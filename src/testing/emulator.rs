@@ -92,8 +92,22 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A local, token-checking, scale-to-zero stand-in for a Lakebase endpoint; see the
-/// [module docs](self).
+/// A local, token-checking, scale-to-zero stand-in for a Lakebase endpoint, in front of a
+/// [`LocalPostgres`]:
+///
+/// 1. TLS only: the certificate names `*.<domain>`, signed by a CA generated at start
+///    ([`ca_cert_pem`](Self::ca_cert_pem)). The endpoint id is the first label of the SNI, or
+///    `options=endpoint=<id>`; both given and different is refused.
+/// 2. A cleartext password, checked against the tokens [`MockWorkspace`] minted: for this
+///    endpoint, for this user, not expired. Otherwise `28P01`.
+/// 3. The compute: an `IDLE` endpoint wakes on connect after a delay, holding the connection
+///    or refusing the first attempts with the proxy's wake-up texts. Suspending sends every
+///    open session `57P01` and closes it.
+/// 4. Then the session is the upstream's, relayed as is (over its Unix socket, as the same
+///    role and database).
+///
+/// Errors use the proxy's `XX000` texts: "endpoint cannot be found", "endpoint is disabled",
+/// "Endpoint ID is not specified...", "Couldn't connect to compute node", ...
 ///
 /// ```no_run
 /// use lakebase_pool::Secret;
