@@ -318,3 +318,90 @@ async fn the_emulator_program_prints_an_environment_that_works() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// A pool reaching the emulator by IP address (so without SNI), routed by `options` alone.
+fn by_address(lakebase: &Lakebase, options: Option<&str>, password: &str) -> PoolBuilder {
+    let mut config = tokio_postgres::Config::new();
+    let _ = config
+        .host("127.0.0.1")
+        .port(lakebase.emulator.port())
+        .user(USER)
+        .dbname("databricks_postgres");
+    if let Some(options) = options {
+        let _ = config.options(options);
+    }
+    // An IP address gets no SNI, and the certificate does not name it: accept it for this test.
+    PoolBuilder::default()
+        .pg_config(config)
+        .password(password)
+        .ssl_mode(lakebase_pool::SslMode::Require)
+        .retry(RetryPolicy::no_retry())
+        .dangerous()
+        .accept_invalid_certificates()
+}
+
+fn server_message(error: &Error) -> Option<String> {
+    std::error::Error::source(error)
+        .and_then(|e| e.downcast_ref::<tokio_postgres::Error>())
+        .and_then(|e| e.as_db_error())
+        .map(|e| e.message().to_owned())
+}
+
+#[tokio::test]
+async fn without_sni_the_endpoint_comes_from_options_and_must_be_given() {
+    let lakebase = lakebase().await;
+    let token = lakebase.mint(ENDPOINT).await;
+    let routed = by_address(&lakebase, Some("endpoint=ep-primary"), &token)
+        .build()
+        .unwrap();
+    let _ = routed.get().await.unwrap();
+    assert_eq!(lakebase.emulator.sessions(ENDPOINT), 1);
+
+    let missing = by_address(&lakebase, None, &token).build().unwrap();
+    let err = missing.get().await.unwrap_err();
+    assert!(
+        server_message(&err).is_some_and(|m| m.starts_with("Endpoint ID is not specified")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn sni_and_options_naming_different_endpoints_are_refused() {
+    let lakebase = lakebase().await;
+    let token = lakebase.mint(ENDPOINT).await;
+    let mut config = tokio_postgres::Config::new();
+    let _ = config
+        .host(lakebase.emulator.host_of(ENDPOINT))
+        .port(lakebase.emulator.port())
+        .user(USER)
+        .dbname("databricks_postgres")
+        .options("endpoint=ep-other");
+    let pool = PoolBuilder::default()
+        .pg_config(config)
+        .password(token)
+        .resolver(lakebase.emulator.resolver())
+        .root_certificates_pem(lakebase.emulator.ca_cert_pem())
+        .retry(RetryPolicy::no_retry())
+        .build()
+        .unwrap();
+    let err = pool.get().await.unwrap_err();
+    let message = server_message(&err).unwrap_or_default();
+    assert!(message.contains("inconsistent endpoint id"), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_workspace_reports_the_compute_state_through_suspend_and_wake() {
+    let lakebase = lakebase().await;
+    let workspace = lakebase.workspace_client();
+    let name: EndpointName = ENDPOINT.parse().unwrap();
+    let state = || async { workspace.get_endpoint(&name).await.unwrap().state };
+    use lakebase_pool::databricks::EndpointState;
+    assert_eq!(state().await, Some(EndpointState::Active));
+    lakebase.emulator.suspend(ENDPOINT);
+    assert_eq!(state().await, Some(EndpointState::Idle));
+    let pool = lakebase.pool().build().unwrap();
+    let _ = pool.get().await.unwrap();
+    assert_eq!(state().await, Some(EndpointState::Active));
+    let host = workspace.get_endpoint(&name).await.unwrap().host;
+    assert_eq!(host.as_deref(), Some("ep-primary.lakebase.test"));
+}

@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 
 use lakebase_pool::testing::LocalPostgres;
 use lakebase_pool::{Connection, PoolBuilder, Secret};
-use tracing::subscriber::DefaultGuard;
 
 pub const ROLE: &str = "app";
 pub const INITIAL_PASSWORD: &str = "initial-password";
@@ -45,16 +44,28 @@ pub async fn backend_pid(conn: &Connection) -> i32 {
         .get(0)
 }
 
-/// Everything logged (at TRACE and above) on this thread while the guard lives. Tests run on
-/// tokio's current-thread runtime, so spawned tasks log here too.
+/// Everything logged (at TRACE and above) on this thread while the capture is installed. Tests
+/// run on tokio's current-thread runtime, so spawned tasks log here too.
+///
+/// One global subscriber serves every test and writes to the buffer of the thread an event
+/// happens on. (Per-thread `set_default` subscribers race on tracing's global callsite-interest
+/// cache when tests run in parallel, and then miss events.)
 #[derive(Clone, Default)]
 pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
 
-struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<Arc<Mutex<Vec<u8>>>>> = const { std::cell::RefCell::new(None) };
+}
 
-impl io::Write for CaptureWriter {
+struct ThreadWriter;
+
+impl io::Write for ThreadWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURE.with(|capture| {
+            if let Some(buffer) = &*capture.borrow() {
+                buffer.lock().unwrap().extend_from_slice(buf);
+            }
+        });
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -62,17 +73,29 @@ impl io::Write for CaptureWriter {
     }
 }
 
+/// Ends the capture on this thread when dropped.
+pub struct CaptureGuard;
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURE.with(|capture| *capture.borrow_mut() = None);
+    }
+}
+
 impl LogCapture {
-    pub fn install() -> (LogCapture, DefaultGuard) {
+    pub fn install() -> (LogCapture, CaptureGuard) {
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .with_writer(|| ThreadWriter)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        });
         let capture = LogCapture::default();
-        let buffer = Arc::clone(&capture.0);
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || CaptureWriter(Arc::clone(&buffer)))
-            .finish();
-        let guard = tracing::subscriber::set_default(subscriber);
-        (capture, guard)
+        CAPTURE.with(|slot| *slot.borrow_mut() = Some(Arc::clone(&capture.0)));
+        (capture, CaptureGuard)
     }
 
     pub fn text(&self) -> String {

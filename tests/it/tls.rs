@@ -322,3 +322,30 @@ async fn from_env_reaches_a_tls_endpoint_whose_name_resolves_nowhere() {
         })
     ));
 }
+
+#[tokio::test]
+async fn the_dangerous_opt_out_accepts_an_untrusted_certificate_and_says_so() {
+    let (logs, _guard) = crate::support::LogCapture::install();
+    let (_, _, pg) = tls_cluster(&[HOST]).await;
+    let pool = pool_for(&pg, HOST)
+        .dangerous()
+        .accept_invalid_certificates()
+        .build()
+        .unwrap();
+    assert!(
+        logs.text()
+            .contains("DANGEROUS: TLS certificates are not verified"),
+        "{}",
+        logs.text()
+    );
+    let conn = pool.get().await.unwrap();
+    let ssl: bool = conn
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "still encrypted, only unverified");
+}
