@@ -619,7 +619,9 @@ impl PoolBuilder {
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(self.wait_timeout))
             .create_timeout(Some(create_bound))
-            .recycle_timeout(Some(defaults::VALIDATION_TIMEOUT.saturating_mul(2)))
+            // No recycle timeout: recycling bounds its one await (the validation round trip)
+            // itself, and a deadpool timeout would cost a timer on every checkout.
+            .recycle_timeout(None)
             .build()
             .map_err(|e| Error::invalid("build", e.to_string()))?;
         let housekeeper = spawn_housekeeper(pool.weak(), interval);

@@ -115,11 +115,29 @@ impl Pool {
     /// # }
     /// ```
     pub async fn get(&self) -> Result<Connection, Error> {
+        let started = Instant::now();
+        let result = self.checkout().await.map_err(|e| self.checkout_error(e));
         self.inner
-            .pool
-            .get()
-            .await
-            .map_err(|e| self.checkout_error(e))
+            .counters
+            .checkout(started.elapsed(), result.is_ok());
+        result
+    }
+
+    /// Takes a free connection without waiting when there is one (deadpool's non-blocking
+    /// path, which sets no timer), and only otherwise waits under the wait timeout. Waiting
+    /// callers are served in order either way: the semaphore hands released permits to them
+    /// before anyone else can take one.
+    async fn checkout(&self) -> Result<Connection, PoolError<Error>> {
+        let mut timeouts = self.inner.pool.timeouts();
+        let waiting = timeouts.wait;
+        timeouts.wait = Some(Duration::ZERO);
+        match self.inner.pool.timeout_get(&timeouts).await {
+            Err(PoolError::Timeout(TimeoutType::Wait)) if waiting != Some(Duration::ZERO) => {
+                timeouts.wait = waiting;
+                self.inner.pool.timeout_get(&timeouts).await
+            }
+            result => result,
+        }
     }
 
     /// A snapshot of the pool's state and counters.

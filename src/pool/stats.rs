@@ -1,6 +1,7 @@
 //! What the pool has done so far: counters and a snapshot type.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::credentials::TokenStats;
 use crate::retry::ErrorClass;
@@ -37,7 +38,24 @@ pub(crate) struct Counters {
     retired_lifetime: AtomicU64,
     retired_idle: AtomicU64,
     retired_broken: AtomicU64,
+    checkouts: AtomicU64,
+    checkout_failures: AtomicU64,
+    /// Checkout waits by bucket; the last counts waits above every bound.
+    checkout_wait: [AtomicU64; WAIT_BUCKETS.len() + 1],
 }
+
+/// Upper bounds of the checkout-wait histogram buckets.
+const WAIT_BUCKETS: [Duration; 9] = [
+    Duration::from_micros(100),
+    Duration::from_millis(1),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+];
 
 fn bump(counter: &AtomicU64) {
     let _ = counter.fetch_add(1, Ordering::Relaxed);
@@ -71,6 +89,20 @@ impl Counters {
         }
     }
 
+    /// Records one `get()`: how long it took and whether it succeeded.
+    pub(crate) fn checkout(&self, waited: Duration, ok: bool) {
+        bump(if ok {
+            &self.checkouts
+        } else {
+            &self.checkout_failures
+        });
+        let bucket = WAIT_BUCKETS
+            .iter()
+            .position(|bound| waited <= *bound)
+            .unwrap_or(WAIT_BUCKETS.len());
+        bump(&self.checkout_wait[bucket]);
+    }
+
     pub(crate) fn snapshot(&self, status: deadpool::Status, tokens: TokenStats) -> Stats {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Stats {
@@ -87,6 +119,14 @@ impl Counters {
             retired_lifetime: load(&self.retired_lifetime),
             retired_idle: load(&self.retired_idle),
             retired_broken: load(&self.retired_broken),
+            checkouts: load(&self.checkouts),
+            checkout_failures: load(&self.checkout_failures),
+            checkout_wait: WAIT_BUCKETS
+                .iter()
+                .map(|bound| Some(*bound))
+                .chain([None])
+                .zip(self.checkout_wait.iter().map(load))
+                .collect(),
         }
     }
 }
@@ -138,4 +178,84 @@ pub struct Stats {
     pub retired_idle: u64,
     /// Connections discarded because the server closed them or they failed validation.
     pub retired_broken: u64,
+    /// Successful [`Pool::get`](crate::Pool::get) calls.
+    pub checkouts: u64,
+    /// Failed [`Pool::get`](crate::Pool::get) calls.
+    pub checkout_failures: u64,
+    /// How long `get()` took, successful or not, as a histogram: `(upper bound, count)`
+    /// buckets from 100 µs to 5 s, the last (bound `None`) counting longer waits.
+    pub checkout_wait: Vec<(Option<Duration>, u64)>,
+}
+
+impl Stats {
+    /// An upper bound for the `quantile` (0.0 to 1.0) of checkout waits, read from the
+    /// histogram: the bound of the bucket it falls in. `None` when nothing was recorded or
+    /// it falls in the last, unbounded bucket.
+    ///
+    /// ```no_run
+    /// # fn demo(pool: lakebase_pool::Pool) {
+    /// if let Some(p99) = pool.stats().checkout_wait_quantile(0.99) {
+    ///     println!("99 % of checkouts took at most {p99:?}");
+    /// }
+    /// # }
+    /// ```
+    pub fn checkout_wait_quantile(&self, quantile: f64) -> Option<Duration> {
+        let total: u64 = self.checkout_wait.iter().map(|(_, count)| count).sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (quantile.clamp(0.0, 1.0) * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (bound, count) in &self.checkout_wait {
+            seen += count;
+            if seen >= rank {
+                return *bound;
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkout_waits_fall_in_buckets_and_quantiles_read_back() {
+        let counters = Counters::default();
+        for _ in 0..98 {
+            counters.checkout(Duration::from_micros(50), true);
+        }
+        counters.checkout(Duration::from_millis(30), true);
+        counters.checkout(Duration::from_secs(9), false);
+        let stats = counters.snapshot(
+            deadpool::Status {
+                max_size: 1,
+                size: 0,
+                available: 0,
+                waiting: 0,
+            },
+            TokenStats::default(),
+        );
+        assert_eq!((stats.checkouts, stats.checkout_failures), (99, 1));
+        assert_eq!(
+            stats.checkout_wait[0],
+            (Some(Duration::from_micros(100)), 98)
+        );
+        assert_eq!(stats.checkout_wait[4], (Some(Duration::from_millis(50)), 1));
+        assert_eq!(stats.checkout_wait.last(), Some(&(None, 1)));
+        assert_eq!(
+            stats.checkout_wait_quantile(0.5),
+            Some(Duration::from_micros(100))
+        );
+        assert_eq!(
+            stats.checkout_wait_quantile(0.99),
+            Some(Duration::from_millis(50))
+        );
+        assert_eq!(
+            stats.checkout_wait_quantile(1.0),
+            None,
+            "the slowest is past every bound"
+        );
+    }
 }

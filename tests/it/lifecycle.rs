@@ -246,3 +246,37 @@ async fn checkout_many(pool: &lakebase_pool::Pool, n: usize) -> Vec<lakebase_poo
     }
     conns
 }
+
+#[tokio::test]
+async fn checkouts_wait_for_a_free_connection_then_time_out_with_a_clear_error() {
+    let pg = cluster().await;
+    let pool = app_pool(&pg)
+        .max_size(1)
+        .wait_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let held = pool.get().await.unwrap();
+    let started = Instant::now();
+    let err = pool.get().await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(290) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    assert!(
+        matches!(err, lakebase_pool::Error::PoolTimeout { max_size: 1, .. }),
+        "{err:?}"
+    );
+    assert!(err.is_timeout() && err.is_transient());
+
+    // A connection returned while someone waits goes to the waiter.
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(held);
+    waiter.await.unwrap().unwrap();
+    let stats = pool.stats();
+    assert_eq!((stats.checkouts, stats.checkout_failures), (2, 1));
+}

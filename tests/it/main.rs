@@ -8,6 +8,7 @@ mod lakebase;
 mod lifecycle;
 mod rotation;
 mod secrets;
+mod stats;
 mod support;
 mod tls;
 mod workspace;

@@ -32,6 +32,32 @@ async fn tokens_never_appear_in_debug_display_errors_or_trace_logs() {
         third.secret().clone(),
     ];
 
+    // A retry and a give-up: the server goes away under a pool with a short deadline.
+    let short = pg
+        .pool_builder(ROLE)
+        .credentials(tokens.clone())
+        .retry(lakebase_pool::RetryPolicy::default().deadline(Duration::from_millis(500)))
+        .build()
+        .unwrap();
+    let held = short.get().await.unwrap();
+    let fourth = short.token_cache().token().await.unwrap();
+    pg.stop(lakebase_pool::testing::StopMode::Fast).unwrap();
+    let gave_up = short.get().await.unwrap_err();
+    assert!(
+        matches!(gave_up, Error::ConnectRetriesExhausted { .. }),
+        "{gave_up:?}"
+    );
+    assert!(logs.text().contains("retrying"), "the retry was logged");
+    pg.resume().unwrap();
+    drop(held);
+    let secrets = [
+        secrets[0].clone(),
+        secrets[1].clone(),
+        secrets[2].clone(),
+        fourth.secret().clone(),
+    ];
+    shown.push(format!("{gave_up} {gave_up:?} {short:?}"));
+
     // An auth failure and a provider failure produce errors; format them too.
     let bad = pg
         .pool_builder(ROLE)
