@@ -118,7 +118,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("export PGSSLMODE=verify-full");
     println!("export PGSSLROOTCERT={}", ca_path.display());
     println!("# Press Ctrl-C to stop.");
-    tokio::signal::ctrl_c().await?;
+    // Ctrl-C, or SIGTERM from `docker compose down` or a supervisor: either way, return so
+    // that the emulator, the workspace and the throwaway server are stopped and removed.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted?,
+        _ = terminate.recv() => {}
+    }
     drop(emulator);
     Ok(())
 }

@@ -290,7 +290,7 @@ async fn the_emulator_program_prints_an_environment_that_works() {
         "{exports:?}"
     );
 
-    let pool = PoolBuilder::from_environment(&Environment::from_vars(exports))
+    let pool = PoolBuilder::from_environment(&Environment::from_vars(exports.clone()))
         .unwrap()
         .build()
         .unwrap();
@@ -305,9 +305,9 @@ async fn the_emulator_program_prints_an_environment_that_works() {
     assert!(connected);
     drop(pool);
 
-    // Ctrl-C stops it cleanly.
+    // SIGTERM (what `docker compose down` sends) stops it cleanly, removing its server.
     let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -317,6 +317,15 @@ async fn the_emulator_program_prints_an_environment_that_works() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status:?}");
+    let port: u16 = exports
+        .iter()
+        .find(|(k, _)| k == "PGPORT")
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing listens any more"
+    );
 }
 
 /// A pool reaching the emulator by IP address (so without SNI), routed by `options` alone.
