@@ -630,8 +630,6 @@ impl PoolBuilder {
                 pool,
                 counters,
                 housekeeper,
-                wait_timeout: self.wait_timeout,
-                create_bound,
             }),
         })
     }

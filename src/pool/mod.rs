@@ -53,8 +53,6 @@ struct PoolInner {
     pool: managed::Pool<Manager, Connection>,
     counters: Arc<Counters>,
     housekeeper: tokio::task::AbortHandle,
-    wait_timeout: Duration,
-    create_bound: Duration,
 }
 
 impl Drop for PoolInner {
@@ -201,10 +199,10 @@ impl Pool {
             PoolError::Closed => Error::PoolClosed,
             PoolError::Timeout(TimeoutType::Create) => Error::ConnectTimeout {
                 target: self.target(),
-                after: self.inner.create_bound,
+                after: self.inner.pool.timeouts().create.unwrap_or_default(),
             },
             PoolError::Timeout(TimeoutType::Wait | TimeoutType::Recycle) => Error::PoolTimeout {
-                waited: self.inner.wait_timeout,
+                waited: self.inner.pool.timeouts().wait.unwrap_or_default(),
                 max_size: self.inner.pool.status().max_size,
             },
             // The pool is always built with a runtime and without hooks.
