@@ -130,45 +130,43 @@ where
     )
 }
 
-fn ours_query(
-    pool: Pool,
-) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Duration, String>> + Send>>
-+ Clone
-+ Send
-+ 'static {
+/// One benchmark operation, boxed so that both pools' closures have the same type.
+type Query = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Duration, String>> + Send>>;
+
+/// Times a checkout, then runs `SELECT 1` on the connection it returned.
+async fn checkout_then_query<C, E: std::fmt::Display>(
+    checkout: impl std::future::Future<Output = Result<C, E>>,
+    client: fn(&C) -> &tokio_postgres::Client,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let conn = checkout.await.map_err(|e| e.to_string())?;
+    let waited = started.elapsed();
+    let _ = client(&conn)
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(waited)
+}
+
+fn ours_client(conn: &lakebase_pool::Connection) -> &tokio_postgres::Client {
+    conn
+}
+
+fn plain_client(conn: &deadpool_postgres::Object) -> &tokio_postgres::Client {
+    conn
+}
+
+fn ours_query(pool: Pool) -> impl Fn() -> Query + Clone + Send + 'static {
     move || {
         let pool = pool.clone();
-        Box::pin(async move {
-            let started = Instant::now();
-            let conn = pool.get().await.map_err(|e| e.to_string())?;
-            let waited = started.elapsed();
-            let _ = conn
-                .simple_query("SELECT 1")
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(waited)
-        })
+        Box::pin(async move { checkout_then_query(pool.get(), ours_client).await })
     }
 }
 
-fn plain_query(
-    pool: Plain,
-) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Duration, String>> + Send>>
-+ Clone
-+ Send
-+ 'static {
+fn plain_query(pool: Plain) -> impl Fn() -> Query + Clone + Send + 'static {
     move || {
         let pool = pool.clone();
-        Box::pin(async move {
-            let started = Instant::now();
-            let conn = pool.get().await.map_err(|e| e.to_string())?;
-            let waited = started.elapsed();
-            let _ = conn
-                .simple_query("SELECT 1")
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(waited)
-        })
+        Box::pin(async move { checkout_then_query(pool.get(), plain_client).await })
     }
 }
 
