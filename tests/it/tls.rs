@@ -34,6 +34,17 @@ fn pool_for(pg: &LocalPostgres, host: &str) -> PoolBuilder {
         .retry(RetryPolicy::no_retry())
 }
 
+/// Whether the server sees this session as TLS.
+async fn session_is_encrypted(conn: &lakebase_pool::Connection) -> bool {
+    conn.query_one(
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// The whole `source()` chain, where rustls's own explanation lives.
 fn chain(error: &Error) -> String {
     let mut text = error.to_string();
@@ -54,15 +65,10 @@ async fn verified_tls_with_a_private_ca_and_a_resolved_address() {
         .build()
         .unwrap();
     let conn = pool.get().await.unwrap();
-    let ssl: bool = conn
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(ssl, "the session is encrypted");
+    assert!(
+        session_is_encrypted(&conn).await,
+        "the session is encrypted"
+    );
 }
 
 #[tokio::test]
@@ -339,13 +345,8 @@ async fn the_dangerous_opt_out_accepts_an_untrusted_certificate_and_says_so() {
         logs.text()
     );
     let conn = pool.get().await.unwrap();
-    let ssl: bool = conn
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(ssl, "still encrypted, only unverified");
+    assert!(
+        session_is_encrypted(&conn).await,
+        "still encrypted, only unverified"
+    );
 }
