@@ -476,6 +476,12 @@ impl LocalPostgres {
 }
 
 impl Inner {
+    /// The server child process, if running. No code panics while holding the lock, so a
+    /// poisoned lock is recovered rather than propagated.
+    fn server(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.server.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.root.path().join("data")
     }
@@ -554,7 +560,7 @@ impl Inner {
             .stdout(log)
             .stderr(stderr);
         let child = command.spawn().map_err(io_error("start postgres"))?;
-        *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(child);
+        *self.server() = Some(child);
         self.wait_until_ready(log_start)
     }
 
@@ -565,7 +571,7 @@ impl Inner {
                 return Ok(());
             }
             let exited = {
-                let mut server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut server = self.server();
                 match server.as_mut().map(Child::try_wait) {
                     Some(Ok(Some(_))) => {
                         *server = None;
@@ -598,24 +604,14 @@ impl Inner {
             .arg(self.data_dir())
             .args(["-m", mode, "-w", "-t", "30"]);
         let result = run(command);
-        if let Some(mut child) = self
-            .server
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+        if let Some(mut child) = self.server().take() {
             let _ = child.wait();
         }
         result
     }
 
     fn kill_server(&self) {
-        if let Some(mut child) = self
-            .server
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+        if let Some(mut child) = self.server().take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -624,11 +620,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let running = self
-            .server
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some();
+        let running = self.server().is_some();
         if running && self.stop(StopMode::Immediate).is_err() {
             self.kill_server();
         }
