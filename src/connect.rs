@@ -57,6 +57,18 @@ struct Prepared {
     target: String,
 }
 
+/// Settles a complete configuration: its sslmode, TLS connector and description.
+fn complete(mut pg_config: tokio_postgres::Config, tls: &TlsSettings) -> Result<Prepared, Error> {
+    let (mode, tls) = settle(&mut pg_config, tls)?;
+    let target = describe_target(&pg_config);
+    tracing::debug!(%target, sslmode = %mode, "connection target settled");
+    Ok(Prepared {
+        pg_config,
+        tls,
+        target,
+    })
+}
+
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
@@ -122,22 +134,28 @@ impl Connector {
         tokens: TokenCache,
         retry: RetryPolicy,
         counters: Arc<Counters>,
-    ) -> Self {
+    ) -> Result<Self, Error> {
         let placeholder = match &discovery {
             Some(discovery) => format!("Lakebase endpoint {}", discovery.endpoint),
             None => describe_target(&base),
         };
-        Connector {
+        // A complete target is settled now, so that its problems are `build` errors; one that
+        // needs discovery is settled at the first connect.
+        let prepared = match &discovery {
+            Some(_) => OnceCell::new(),
+            None => OnceCell::new_with(Some(complete(base.clone(), &tls)?)),
+        };
+        Ok(Connector {
             base,
             discovery,
-            prepared: OnceCell::new(),
+            prepared,
             placeholder,
             tls,
             resolver,
             tokens,
             retry,
             counters,
-        }
+        })
     }
 
     /// `user@host:port/dbname`, or the endpoint name before discovery has run.
@@ -159,7 +177,7 @@ impl Connector {
         self.connect_with_retries(prepared).instrument(span).await
     }
 
-    /// Completes the configuration: host and user from the workspace when asked to.
+    /// Completes the configuration with the host and user from the workspace.
     async fn prepare(&self) -> Result<Prepared, Error> {
         let mut pg_config = self.base.clone();
         if let Some(discovery) = &self.discovery {
@@ -187,14 +205,7 @@ impl Connector {
                 let _ = pg_config.user(&user);
             }
         }
-        let (mode, tls) = settle(&mut pg_config, &self.tls)?;
-        let target = describe_target(&pg_config);
-        tracing::debug!(%target, sslmode = %mode, "connection target settled");
-        Ok(Prepared {
-            pg_config,
-            tls,
-            target,
-        })
+        complete(pg_config, &self.tls)
     }
 
     async fn connect_with_retries(&self, prepared: &Prepared) -> Result<ClientWrapper, Error> {

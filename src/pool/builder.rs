@@ -17,7 +17,7 @@ use crate::credentials::{CachePolicy, CredentialProvider, StaticPassword, TokenC
 use crate::databricks::{LakebaseCredentials, Workspace};
 use crate::defaults;
 use crate::resolve::{Resolve, ResolverName};
-use crate::target::{TlsSettings, settle};
+use crate::target::TlsSettings;
 use crate::tls::{self, SslMode};
 use crate::{EndpointName, Environment, Error, RetryPolicy, Secret};
 
@@ -574,10 +574,6 @@ impl PoolBuilder {
         for source in &self.roots {
             tls.trust.extra_roots.extend(source.certificates()?);
         }
-        if discovery.is_none() {
-            // The target is complete: report problems now rather than at the first checkout.
-            let _ = settle(&mut pg_config.clone(), &tls)?;
-        }
         if tls.trust.accept_invalid_certificates {
             tracing::warn!(
                 "DANGEROUS: TLS certificates are not verified; anyone on the path can read the tokens"
@@ -604,7 +600,7 @@ impl PoolBuilder {
             tokens,
             self.retry.clone(),
             Arc::clone(&counters),
-        );
+        )?;
         let interval = self.lifecycle.housekeeping_interval();
         let manager = Manager::new(connector, self.lifecycle, Arc::clone(&counters));
         // Opening a connection is already bounded by the retry deadline and the token mint
