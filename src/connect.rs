@@ -6,10 +6,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::ClientWrapper;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
+use tokio_postgres::Socket;
 use tokio_postgres::config::Host;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::Instrument;
 
@@ -21,6 +22,17 @@ use crate::pool::Counters;
 use crate::resolve::{Resolve, ResolveError};
 use crate::retry::{ErrorClass, RetryPolicy, classify};
 use crate::target::{TlsSettings, describe_target, settle};
+
+/// The connection half of an opened session: the future that drives its socket.
+pub(crate) type Driver =
+    tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+
+/// A freshly opened session. Whoever opened it decides how to drive the connection: the
+/// pool spawns it and ignores server messages, a listener reads notifications from it.
+pub(crate) struct Opened {
+    pub(crate) client: tokio_postgres::Client,
+    pub(crate) driver: Driver,
+}
 
 /// Opens connections with the token the cache holds at that moment, retrying transient
 /// failures within the policy's deadline.
@@ -115,7 +127,7 @@ impl AttemptError {
 }
 
 /// `error: cause: cause ...`, for log lines (tokio-postgres's own `Display` is just "db error").
-fn error_chain(error: &(dyn StdError + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -165,12 +177,16 @@ impl Connector {
             .map_or(&self.placeholder, |prepared| &prepared.target)
     }
 
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
     pub(crate) fn tokens(&self) -> &TokenCache {
         &self.tokens
     }
 
     /// Opens one connection, or explains why it could not.
-    pub(crate) async fn connect(&self) -> Result<ClientWrapper, Error> {
+    pub(crate) async fn connect(&self) -> Result<Opened, Error> {
         // Discovery runs once; if it fails, the next checkout tries again.
         let prepared = self.prepared.get_or_try_init(|| self.prepare()).await?;
         let span = tracing::info_span!("lakebase.connect", target = %prepared.target);
@@ -208,7 +224,7 @@ impl Connector {
         complete(pg_config, &self.tls)
     }
 
-    async fn connect_with_retries(&self, prepared: &Prepared) -> Result<ClientWrapper, Error> {
+    async fn connect_with_retries(&self, prepared: &Prepared) -> Result<Opened, Error> {
         let started = Instant::now();
         let deadline = started + self.retry.total_deadline();
         let mut credential = self.tokens.token().await?;
@@ -306,7 +322,7 @@ impl Connector {
         prepared: &Prepared,
         credential: &Credential,
         timeout: Duration,
-    ) -> Result<ClientWrapper, AttemptError> {
+    ) -> Result<Opened, AttemptError> {
         let mut config = prepared.pg_config.clone();
         let _ = config.password(credential.secret().expose());
         match tokio::time::timeout(timeout, self.connect_any(config, &prepared.tls)).await {
@@ -321,7 +337,7 @@ impl Connector {
         &self,
         config: tokio_postgres::Config,
         tls: &MakeRustlsConnect,
-    ) -> Result<ClientWrapper, AttemptError> {
+    ) -> Result<Opened, AttemptError> {
         let (Some(resolver), [Host::Tcp(name)], []) =
             (&self.resolver, config.get_hosts(), config.get_hostaddrs())
         else {
@@ -361,23 +377,15 @@ impl Connector {
         &self,
         config: &tokio_postgres::Config,
         tls: &MakeRustlsConnect,
-    ) -> Result<ClientWrapper, AttemptError> {
-        let (client, connection) = config
+    ) -> Result<Opened, AttemptError> {
+        let (client, driver) = config
             .connect(tls.clone())
             .await
             .map_err(AttemptError::Postgres)?;
-        let task = tokio::spawn(
-            async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(error = %error_chain(&error), "connection ended with an error");
-                }
-            }
-            .in_current_span(),
-        );
-        Ok(ClientWrapper::new(client, task))
+        Ok(Opened { client, driver })
     }
 }
 
-fn millis(duration: Duration) -> u64 {
+pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

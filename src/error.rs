@@ -128,6 +128,34 @@ pub enum Error {
         after: Duration,
     },
 
+    /// A transaction run by [`Pool::retry_transaction`](crate::Pool::retry_transaction)
+    /// failed and was rolled back: with an error that retrying cannot fix, or with transient
+    /// errors until the retry deadline passed.
+    #[error(
+        "the transaction failed on attempt {attempts} and was rolled back (the cause says why; \
+         transient errors are retried until `RetryPolicy::deadline`)"
+    )]
+    Transaction {
+        /// How many times the transaction was run.
+        attempts: u32,
+        /// The error of the last attempt.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// The connection failed while `COMMIT` was in flight, so whether the transaction was
+    /// applied is unknown. [`Pool::retry_transaction`](crate::Pool::retry_transaction) never
+    /// retries this.
+    #[error(
+        "the connection failed during COMMIT, so the transaction may or may not have been \
+         applied (it was not retried; check its effect before running it again)"
+    )]
+    CommitOutcomeUnknown {
+        /// The connection error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
     /// The pool has been closed with [`Pool::close`](crate::Pool::close).
     #[error("the pool is closed")]
     PoolClosed,
@@ -247,7 +275,9 @@ fn retry_hint(retry_in: Option<Duration>) -> String {
 
 impl Error {
     /// Whether trying again later may succeed: connection retries ran out, the pool was
-    /// exhausted, or the credential provider failed (it may recover).
+    /// exhausted, the credential provider failed (it may recover), or a transaction kept
+    /// failing with transient errors. A [`CommitOutcomeUnknown`](Error::CommitOutcomeUnknown)
+    /// is not transient: repeating it blindly may apply it twice.
     ///
     /// ```
     /// let err = lakebase_pool::Error::PoolClosed;
@@ -259,6 +289,10 @@ impl Error {
             | Error::PoolTimeout { .. }
             | Error::ConnectTimeout { .. }
             | Error::Credentials { .. } => true,
+            Error::Transaction { source, .. } => matches!(
+                crate::retry::classify_in_transaction(source),
+                crate::retry::ErrorClass::Transient | crate::retry::ErrorClass::RateLimited
+            ),
             Error::WorkspaceApi { status, .. } => *status == 429 || *status >= 500,
             Error::WorkspaceRequest { problem, .. } => {
                 matches!(

@@ -89,7 +89,9 @@ pub use crate::config::Environment;
 pub use crate::credentials::{CachePolicy, TokenCache, TokenStats};
 pub use crate::endpoint::EndpointName;
 pub use crate::error::{BoxError, Error, RequestProblem, SharedError};
-pub use crate::pool::{Connection, Dangerous, Pool, PoolBuilder, Stats};
+pub use crate::pool::{
+    Connection, Dangerous, Pool, PoolBuilder, ShutdownReport, Stats, TransactionHandle,
+};
 pub use crate::retry::RetryPolicy;
 pub use crate::secret::Secret;
 pub use crate::tls::SslMode;

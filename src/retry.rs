@@ -96,6 +96,36 @@ pub fn classify(error: &tokio_postgres::Error) -> ErrorClass {
     }
 }
 
+/// Classifies an error from a statement inside a transaction, for
+/// [`Pool::retry_transaction`](crate::Pool::retry_transaction): the connection-level errors
+/// of [`classify`] (connection closed or reset, server shutting down or restarting, proxy
+/// wake-up texts) and the two errors Postgres asks clients to retry a transaction after,
+/// serialization failure (`40001`) and deadlock (`40P01`), are transient; everything else,
+/// authentication errors included, is fatal.
+///
+/// ```no_run
+/// use lakebase_pool::retry::{classify_in_transaction, ErrorClass};
+///
+/// # async fn demo(conn: &lakebase_pool::Connection) {
+/// if let Err(e) = conn.execute("UPDATE accounts SET balance = balance - 1", &[]).await {
+///     if classify_in_transaction(&e) == ErrorClass::Transient {
+///         println!("safe to run the transaction again");
+///     }
+/// }
+/// # }
+/// ```
+pub fn classify_in_transaction(error: &tokio_postgres::Error) -> ErrorClass {
+    if error.code().is_some_and(|code| {
+        *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
+    }) {
+        return ErrorClass::Transient;
+    }
+    match classify(error) {
+        ErrorClass::Auth => ErrorClass::Fatal,
+        class => class,
+    }
+}
+
 /// Classifies an error the server (or the Lakebase proxy in front of it) sent.
 pub(crate) fn classify_server_error(code: &SqlState, message: &str) -> ErrorClass {
     if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool::Runtime;
@@ -625,7 +625,7 @@ impl PoolBuilder {
             inner: Arc::new(PoolInner {
                 pool,
                 counters,
-                housekeeper,
+                housekeeper: Mutex::new(Some(housekeeper)),
             }),
         })
     }

@@ -1,7 +1,8 @@
 //! When a connection is retired: max lifetime with jitter, idle timeout, validation; and the
 //! deadpool manager and housekeeper that apply those rules.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
@@ -9,7 +10,7 @@ use deadpool_postgres::ClientWrapper;
 
 use super::stats::{Counters, RetireReason};
 use crate::Error;
-use crate::connect::Connector;
+use crate::connect::{Connector, Opened, error_chain};
 use crate::defaults;
 
 /// The rules that decide when a connection is closed.
@@ -36,7 +37,7 @@ impl Lifecycle {
 
     /// Why `client` must be closed now, if it must.
     fn retire_reason(&self, client: &PooledClient, now: Instant) -> Option<RetireReason> {
-        if client.client.is_closed() {
+        if client.client.is_closed() || client.in_transaction.load(Ordering::Relaxed) {
             Some(RetireReason::Broken)
         } else if client.retire_at.is_some_and(|at| now >= at) {
             Some(RetireReason::Lifetime)
@@ -64,6 +65,10 @@ pub(crate) struct PooledClient {
     /// When it was last returned to the pool (or created). deadpool's own metrics record the
     /// last checkout instead, which would count time in use as idle time.
     pub(crate) idle_since: Instant,
+    /// Set while [`Pool::retry_transaction`](crate::Pool::retry_transaction) has a
+    /// transaction open on it. Still set when it comes back (the caller's future was dropped
+    /// mid-transaction, or `ROLLBACK` failed), it is closed rather than reused.
+    pub(crate) in_transaction: AtomicBool,
 }
 
 /// The deadpool manager: opens connections through the [`Connector`] and applies the
@@ -73,6 +78,39 @@ pub(crate) struct Manager {
     connector: Connector,
     lifecycle: Lifecycle,
     counters: Arc<Counters>,
+    drivers: Drivers,
+}
+
+/// The tasks that drive the pool's connections, so that a shutdown can end the ones still
+/// checked out when its grace period is over. (Each task also ends with its connection.)
+#[derive(Debug, Default)]
+pub(crate) struct Drivers {
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drivers {
+    /// Spawns the task that drives `opened`'s connection and returns the pool's client for it.
+    fn spawn(&self, opened: Opened) -> ClientWrapper {
+        let Opened { client, driver } = opened;
+        let task = tokio::spawn(async move {
+            if let Err(error) = driver.await {
+                tracing::debug!(error = %error_chain(&error), "connection ended with an error");
+            }
+        });
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        // Forget finished tasks whenever the list has doubled, so it stays about pool-sized.
+        if tasks.len() == tasks.capacity() {
+            tasks.retain(|task| !task.is_finished());
+        }
+        tasks.push(task.abort_handle());
+        ClientWrapper::new(client, task)
+    }
+
+    /// Ends every connection task still running, closing its socket.
+    pub(crate) fn abort_all(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        tasks.iter().for_each(tokio::task::AbortHandle::abort);
+    }
 }
 
 impl Manager {
@@ -81,7 +119,12 @@ impl Manager {
             connector,
             lifecycle,
             counters,
+            drivers: Drivers::default(),
         }
+    }
+
+    pub(crate) fn drivers(&self) -> &Drivers {
+        &self.drivers
     }
 
     pub(crate) fn connector(&self) -> &Connector {
@@ -103,13 +146,14 @@ impl managed::Manager for Manager {
     type Error = Error;
 
     async fn create(&self) -> Result<PooledClient, Error> {
-        let client = self.connector.connect().await?;
+        let client = self.drivers.spawn(self.connector.connect().await?);
         let now = Instant::now();
         Ok(PooledClient {
             client,
             created: now,
             retire_at: self.lifecycle.retire_at(now),
             idle_since: now,
+            in_transaction: AtomicBool::new(false),
         })
     }
 
@@ -142,8 +186,8 @@ impl managed::Manager for Manager {
 pub(crate) fn spawn_housekeeper(
     pool: managed::WeakPool<Manager>,
     interval: Duration,
-) -> tokio::task::AbortHandle {
-    let task = tokio::spawn(async move {
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -154,8 +198,7 @@ pub(crate) fn spawn_housekeeper(
             }
             retire_idle(&pool);
         }
-    });
-    task.abort_handle()
+    })
 }
 
 /// Removes idle connections that must be retired now; never sends a query.

@@ -3,10 +3,12 @@
 mod builder;
 mod lifecycle;
 mod stats;
+mod transaction;
+pub use self::transaction::TransactionHandle;
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, PoolError, TimeoutType};
@@ -17,6 +19,7 @@ use self::lifecycle::Manager;
 pub(crate) use self::stats::Counters;
 pub use self::stats::Stats;
 use crate::Error;
+use crate::connect::millis;
 use crate::credentials::TokenCache;
 
 /// A pool of Postgres connections whose passwords come from a credential provider.
@@ -52,13 +55,41 @@ pub struct Pool {
 struct PoolInner {
     pool: managed::Pool<Manager, Connection>,
     counters: Arc<Counters>,
-    housekeeper: tokio::task::AbortHandle,
+    /// Taken (and awaited) by [`Pool::shutdown`].
+    housekeeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl PoolInner {
+    fn take_housekeeper(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let task = self
+            .housekeeper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = &task {
+            task.abort();
+        }
+        task
+    }
 }
 
 impl Drop for PoolInner {
     fn drop(&mut self) {
-        self.housekeeper.abort();
+        let _ = self.take_housekeeper();
     }
+}
+
+/// What [`Pool::shutdown`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Connections checked out when the shutdown began.
+    pub in_use: usize,
+    /// Of those, the ones still checked out when the grace period ended: their connections
+    /// were closed under them, so their next query fails with a closed-connection error.
+    pub forced: usize,
+    /// How long the shutdown waited for connections to be returned.
+    pub waited: Duration,
 }
 
 impl Pool {
@@ -175,7 +206,55 @@ impl Pool {
     /// ```
     pub fn close(&self) {
         self.inner.pool.close();
-        self.inner.housekeeper.abort();
+        let _ = self.inner.take_housekeeper();
+    }
+
+    /// Shuts the pool down gracefully: [`close`](Self::close)s it, waits up to `grace` for
+    /// the connections in use to be returned (each is closed as it comes back), then closes
+    /// the connections of any still in use, and waits for the pool's background task to end.
+    ///
+    /// Call it when the service stops, after the HTTP server has stopped taking requests, so
+    /// that the server sees clean disconnects. Clones of the pool share the shutdown. A
+    /// [`Listener`](crate::Listener) has its own connection and ends when it is dropped.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) {
+    /// let report = pool.shutdown(std::time::Duration::from_secs(10)).await;
+    /// if report.forced > 0 {
+    ///     eprintln!("{} connections were still in use after 10 s", report.forced);
+    /// }
+    /// # }
+    /// ```
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let started = Instant::now();
+        self.close();
+        // Closing resized the pool to zero, so idle connections are gone and `size` counts
+        // the ones in use; each is dropped, not kept, when it is returned.
+        let in_use = self.inner.pool.status().size;
+        let deadline = started + grace;
+        while self.inner.pool.status().size > 0 && Instant::now() < deadline {
+            tokio::time::sleep(SHUTDOWN_POLL.min(deadline - Instant::now())).await;
+        }
+        let waited = started.elapsed();
+        let forced = self.inner.pool.status().size;
+        self.inner.pool.manager().drivers().abort_all();
+        if forced > 0 {
+            tracing::warn!(
+                forced,
+                grace_ms = millis(grace),
+                "closed connections still in use at the end of the shutdown grace period"
+            );
+        }
+        if let Some(housekeeper) = self.inner.take_housekeeper() {
+            // It was aborted; this waits until it has actually stopped.
+            let _ = housekeeper.await;
+        }
+        tracing::info!(in_use, forced, waited_ms = millis(waited), "pool shut down");
+        ShutdownReport {
+            in_use,
+            forced,
+            waited,
+        }
     }
 
     /// Whether [`close`](Self::close) has been called.
@@ -222,6 +301,9 @@ impl fmt::Debug for Pool {
             .finish()
     }
 }
+
+/// How often [`Pool::shutdown`] looks whether every connection has been returned.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
 
 /// A connection checked out of a [`Pool`]; it goes back to the pool when dropped.
 ///

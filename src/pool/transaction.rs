@@ -1,0 +1,207 @@
+//! Running a unit of work in a transaction, again after transient failures.
+
+use std::fmt;
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use deadpool_postgres::ClientWrapper;
+use tokio::time::Instant;
+use tokio_postgres::error::Severity;
+
+use super::{Connection, Pool};
+use crate::Error;
+use crate::connect::{error_chain, millis};
+use crate::defaults;
+use crate::retry::{ErrorClass, classify_in_transaction};
+
+/// The connection a [`Pool::retry_transaction`] unit of work runs its statements on, inside
+/// an open transaction. It dereferences to deadpool-postgres's [`ClientWrapper`] (and so to
+/// [`tokio_postgres::Client`]): `query`, `execute`, `prepare_cached` and the rest work as
+/// usual.
+///
+/// Do not `COMMIT` or `ROLLBACK` through it, and do not keep it after the work is done:
+/// the pool commits when the work returns `Ok`, and rolls back when it returns `Err`.
+///
+/// ```no_run
+/// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
+/// let count: i64 = pool
+///     .retry_transaction(|tx| async move {
+///         let row = tx.query_one("SELECT count(*) FROM jobs", &[]).await?;
+///         Ok(row.get(0))
+///     })
+///     .await?;
+/// # let _ = count;
+/// # Ok(())
+/// # }
+/// ```
+pub struct TransactionHandle {
+    conn: Arc<Connection>,
+}
+
+impl Deref for TransactionHandle {
+    type Target = ClientWrapper;
+
+    fn deref(&self) -> &ClientWrapper {
+        &self.conn
+    }
+}
+
+impl fmt::Debug for TransactionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransactionHandle")
+            .field("conn", &self.conn)
+            .finish()
+    }
+}
+
+/// How one attempt ended, when it did not succeed.
+enum Failure {
+    /// Failed before `COMMIT` was sent, or `COMMIT` was answered with an error: the
+    /// transaction was not applied.
+    RolledBack(tokio_postgres::Error),
+    /// The connection failed with `COMMIT` in flight.
+    CommitUnknown(tokio_postgres::Error),
+}
+
+impl Pool {
+    /// Runs `work` in a transaction on a pooled connection and commits it; when the attempt
+    /// fails with a transient error before the commit could have happened, runs it again on
+    /// another connection, with backoff, until the retry deadline
+    /// ([`RetryPolicy::deadline`](crate::RetryPolicy::deadline), 30 s by default).
+    ///
+    /// This is the way to make a unit of work survive a compute suspend or a server restart
+    /// in the middle of it. Retried: the connection closed or reset, the server shutting down
+    /// or restarting (`57P01`, `57P02`, `57P03`, `08xxx`), the Lakebase proxy's wake-up
+    /// errors, serialization failures (`40001`) and deadlocks (`40P01`); see
+    /// [`classify_in_transaction`](crate::retry::classify_in_transaction). Everything else
+    /// ends at once with [`Error::Transaction`].
+    ///
+    /// **Never retried once a commit may have happened:** if the connection fails while
+    /// `COMMIT` is in flight, the outcome is unknown and the result is
+    /// [`Error::CommitOutcomeUnknown`]. A `COMMIT` the server answered with an error was not
+    /// applied, and is retried like any other statement when the error is transient.
+    ///
+    /// `work` may run several times, so it must not have effects outside the database that
+    /// cannot be repeated. Propagate database errors with `?`: an error that is swallowed
+    /// leaves the transaction aborted, and its `COMMIT` then silently rolls back. Errors of
+    /// your own can travel inside `Ok` (for example `Ok(Err(MyError))`), which commits.
+    ///
+    /// If the returned future is dropped midway (a cancelled request, a timeout), the
+    /// connection is closed instead of going back to the pool, which rolls the transaction
+    /// back on the server.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Transaction`] with the last attempt's error, [`Error::CommitOutcomeUnknown`],
+    /// or any error of [`get`](Self::get) (a checkout already retries cold starts itself).
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
+    /// let (from, to, amount) = (1_i64, 2_i64, 100_i64);
+    /// pool.retry_transaction(|tx| async move {
+    ///     tx.execute("UPDATE accounts SET balance = balance - $2 WHERE id = $1", &[&from, &amount])
+    ///         .await?;
+    ///     tx.execute("UPDATE accounts SET balance = balance + $2 WHERE id = $1", &[&to, &amount])
+    ///         .await?;
+    ///     Ok(())
+    /// })
+    /// .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    // `work` takes an owned handle, not a `&Transaction`: a closure over a borrowed
+    // transaction needs a higher-ranked bound, and rustc then cannot prove the caller's future
+    // `Send` (as Axum and `tokio::spawn` require) when the closure borrows anything.
+    pub async fn retry_transaction<T, F, Fut>(&self, mut work: F) -> Result<T, Error>
+    where
+        F: FnMut(TransactionHandle) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let policy = self.inner.pool.manager().connector().retry_policy();
+        let started = Instant::now();
+        let deadline = started + policy.total_deadline();
+        let mut attempts: u32 = 0;
+        loop {
+            attempts += 1;
+            let conn = Arc::new(self.get().await?);
+            let error = match attempt(&conn, &mut work).await {
+                Ok(value) => return Ok(value),
+                Err(Failure::CommitUnknown(source)) => {
+                    tracing::warn!(
+                        cause = %error_chain(&source),
+                        "connection failed during COMMIT; the outcome is unknown, not retrying"
+                    );
+                    return Err(Error::CommitOutcomeUnknown { source });
+                }
+                Err(Failure::RolledBack(error)) => error,
+            };
+            drop(conn);
+            let class = classify_in_transaction(&error);
+            let delay = policy.delay(attempts, class, fastrand::f64());
+            if class == ErrorClass::Fatal || Instant::now() + delay >= deadline {
+                return Err(Error::Transaction {
+                    attempts,
+                    source: error,
+                });
+            }
+            tracing::info!(
+                attempt = attempts,
+                delay_ms = millis(delay),
+                cause = %error_chain(&error),
+                "transaction failed with a transient error; running it again"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// One run of `work` between `BEGIN` and `COMMIT`.
+async fn attempt<T, F, Fut>(conn: &Arc<Connection>, work: &mut F) -> Result<T, Failure>
+where
+    F: FnMut(TransactionHandle) -> Fut,
+    Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    let open = &conn.object.in_transaction;
+    open.store(true, Ordering::Relaxed);
+    conn.batch_execute("BEGIN")
+        .await
+        .map_err(Failure::RolledBack)?;
+    let handle = TransactionHandle {
+        conn: Arc::clone(conn),
+    };
+    let value = match work(handle).await {
+        Ok(value) => value,
+        Err(error) => {
+            // If the rollback fails or hangs, the flag stays set and the connection is closed
+            // when it returns to the pool, which rolls back on the server just as well.
+            if let Ok(Ok(())) =
+                tokio::time::timeout(defaults::VALIDATION_TIMEOUT, conn.batch_execute("ROLLBACK"))
+                    .await
+            {
+                open.store(false, Ordering::Relaxed);
+            }
+            return Err(Failure::RolledBack(error));
+        }
+    };
+    match conn.batch_execute("COMMIT").await {
+        Ok(()) => {
+            open.store(false, Ordering::Relaxed);
+            Ok(value)
+        }
+        // The server answered COMMIT with an ERROR: it rolled back and the session goes on.
+        Err(error) if answered_with_error(&error) => {
+            open.store(false, Ordering::Relaxed);
+            Err(Failure::RolledBack(error))
+        }
+        // A FATAL (the session ended) or no answer at all: the outcome is unknown.
+        Err(error) => Err(Failure::CommitUnknown(error)),
+    }
+}
+
+fn answered_with_error(error: &tokio_postgres::Error) -> bool {
+    error
+        .as_db_error()
+        .is_some_and(|db| db.parsed_severity() == Some(Severity::Error))
+}

@@ -1,0 +1,223 @@
+//! `Pool::retry_transaction`: transient failures before the commit are retried, a commit
+//! whose outcome is unknown never is.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use lakebase_pool::Error;
+
+use crate::support::{app_pool, backend_pid, cluster};
+
+#[tokio::test]
+async fn a_transaction_killed_midway_runs_again_and_commits_once() {
+    let pg = cluster().await;
+    let pool = app_pool(&pg).build().unwrap();
+    let setup = pool.get().await.unwrap();
+    setup
+        .batch_execute("CREATE TABLE ledger (entry text NOT NULL)")
+        .await
+        .unwrap();
+    drop(setup);
+    let admin = pg.admin().await.unwrap();
+
+    let runs = AtomicU32::new(0);
+    let (runs_ref, admin) = (&runs, &admin);
+    let value = pool
+        .retry_transaction(|tx| async move {
+            let run = runs_ref.fetch_add(1, Ordering::Relaxed) + 1;
+            tx.execute("INSERT INTO ledger VALUES ('credit')", &[])
+                .await?;
+            if run == 1 {
+                // The server ends this session between two statements, as a suspend does.
+                let pid: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+                admin
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .unwrap();
+            }
+            tx.execute("INSERT INTO ledger VALUES ('debit')", &[])
+                .await?;
+            Ok(run * 10)
+        })
+        .await
+        .expect("the second run commits");
+
+    assert_eq!((runs.into_inner(), value), (2, 20));
+    let conn = pool.get().await.unwrap();
+    let rows: i64 = conn
+        .query_one("SELECT count(*) FROM ledger", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        rows, 2,
+        "the killed run left nothing behind, the retry committed once"
+    );
+}
+
+#[tokio::test]
+async fn a_non_retryable_error_fails_at_once_and_rolls_back() {
+    let pg = cluster().await;
+    let pool = app_pool(&pg).build().unwrap();
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+
+    let runs = AtomicU32::new(0);
+    let runs_ref = &runs;
+    let err = pool
+        .retry_transaction(|tx| async move {
+            runs_ref.fetch_add(1, Ordering::Relaxed);
+            tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+            tx.execute("INSERT INTO no_such_table VALUES (1)", &[])
+                .await?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+
+    assert_eq!(runs.into_inner(), 1);
+    assert!(
+        matches!(&err, Error::Transaction { attempts: 1, source } if source.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    let conn = pool.get().await.unwrap();
+    let rows: i64 = conn
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "the first insert was rolled back");
+}
+
+/// A deferred constraint that fails at COMMIT: the server answers COMMIT with an ERROR, so the
+/// transaction certainly did not apply; the error is not transient, so it is not retried.
+#[tokio::test]
+async fn a_commit_answered_with_an_error_is_reported_as_rolled_back() {
+    let pg = cluster().await;
+    let pool = app_pool(&pg).build().unwrap();
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE t (id int, CONSTRAINT one UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)",
+        )
+        .await
+        .unwrap();
+
+    let err = pool
+        .retry_transaction(|tx| async move {
+            tx.execute("INSERT INTO t VALUES (1), (1)", &[]).await?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(&err, Error::Transaction { attempts: 1, source } if source.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)),
+        "{err:?}"
+    );
+}
+
+/// The session dies while COMMIT is being processed (a deferred trigger terminates it): the
+/// client cannot know whether the commit happened, so it must not run the work again.
+#[tokio::test]
+async fn a_connection_lost_during_commit_is_never_retried() {
+    let pg = cluster().await;
+    let pool = app_pool(&pg).build().unwrap();
+    let admin = pg.admin().await.unwrap();
+    // Terminating a backend needs a privilege the app role lacks; the trigger function runs
+    // with its owner's (the superuser's) rights.
+    admin
+        .batch_execute(
+            "GRANT pg_signal_backend TO app;
+             GRANT ALL ON SCHEMA public TO app;",
+        )
+        .await
+        .unwrap();
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE t (id int);
+             CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5); RETURN NULL; END $$;
+             CREATE CONSTRAINT TRIGGER die_at_commit AFTER INSERT ON t
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION die();",
+        )
+        .await
+        .unwrap();
+
+    let runs = AtomicU32::new(0);
+    let runs_ref = &runs;
+    let err = pool
+        .retry_transaction(|tx| async move {
+            runs_ref.fetch_add(1, Ordering::Relaxed);
+            tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+
+    assert_eq!(runs.into_inner(), 1, "not run again");
+    assert!(matches!(err, Error::CommitOutcomeUnknown { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    assert!(err.to_string().contains("may or may not have been applied"));
+}
+
+#[tokio::test]
+async fn retry_transaction_futures_can_be_spawned() {
+    let pg = cluster().await;
+    let pool = app_pool(&pg).build().unwrap();
+    let label = String::from("spawned");
+    let task = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let label = &label;
+            pool.retry_transaction(|tx| async move {
+                let row = tx.query_one("SELECT $1::text", &[label]).await?;
+                Ok(row.get::<_, String>(0))
+            })
+            .await
+        }
+    });
+    assert_eq!(task.await.unwrap().unwrap(), "spawned");
+    let conn = pool.get().await.unwrap();
+    assert!(backend_pid(&conn).await > 0);
+}
+
+/// A caller that gives up midway (request cancelled, timeout) drops the future with the
+/// transaction open: the connection must not go back to the pool inside that transaction.
+#[tokio::test]
+async fn a_dropped_transaction_future_closes_its_connection() {
+    let pg = cluster().await;
+    let pool = app_pool(&pg).max_size(1).build().unwrap();
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("CREATE TABLE t (id int)").await.unwrap();
+    let first_pid = backend_pid(&conn).await;
+    drop(conn);
+
+    let cancelled = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        pool.retry_transaction(|tx| async move {
+            tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+            tx.execute("SELECT pg_sleep(10)", &[]).await?;
+            Ok(())
+        }),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the work was still running");
+
+    let conn = pool.get().await.unwrap();
+    assert_ne!(backend_pid(&conn).await, first_pid, "a new connection");
+    let rows: i64 = conn
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "the abandoned insert was rolled back");
+    assert_eq!(pool.stats().retired_broken, 1);
+}
