@@ -13,6 +13,7 @@
 //! | idle timeout | 10 min | idle connections close, so a scale-to-zero compute can suspend |
 //! | validation | a round trip only for connections idle >= 5 s | catches connections killed while idle without a query on every checkout |
 //! | keep-alive queries | never | a pool must not keep a compute awake and billed |
+//! | TCP keep-alive | probes after 30 s of silence, every 10 s, 3 unanswered end the connection | a server that vanished without closing (network partition, host loss) is noticed in about a minute, not the operating system's two hours; probes are not queries and keep nothing awake |
 //! | max size | 16 | |
 //! | wait timeout | 30 s | `get()` never waits forever for a free connection |
 //! | connect attempt timeout | 10 s | covers TCP, TLS and login together (tokio-postgres's own timeout covers only TCP) |
@@ -40,6 +41,10 @@ pub(crate) const VALIDATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The database a new Lakebase project starts with.
 pub(crate) const LAKEBASE_DATABASE: &str = "databricks_postgres";
+
+pub(crate) const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+pub(crate) const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const TCP_KEEPALIVE_RETRIES: u32 = 3;
 
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_millis(100);

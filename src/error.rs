@@ -156,6 +156,28 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// The connection of a [`Listener`](crate::Listener) was lost; reported in
+    /// [`ListenerEvent::Disconnected`](crate::ListenerEvent::Disconnected) while the listener
+    /// reconnects by itself.
+    #[error("the connection to {target} was lost (the listener reconnects by itself)")]
+    ConnectionLost {
+        /// `user@host:port/dbname` of the connection.
+        target: String,
+        /// The connection's error; `None` when the server closed it without one.
+        #[source]
+        source: Option<tokio_postgres::Error>,
+    },
+
+    /// `LISTEN` failed on a freshly opened [`Listener`](crate::Listener) connection.
+    #[error("LISTEN failed on {target} (the cause says why)")]
+    Listen {
+        /// `user@host:port/dbname` of the connection.
+        target: String,
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
     /// The pool has been closed with [`Pool::close`](crate::Pool::close).
     #[error("the pool is closed")]
     PoolClosed,
@@ -288,7 +310,8 @@ impl Error {
             Error::ConnectRetriesExhausted { .. }
             | Error::PoolTimeout { .. }
             | Error::ConnectTimeout { .. }
-            | Error::Credentials { .. } => true,
+            | Error::Credentials { .. }
+            | Error::ConnectionLost { .. } => true,
             Error::Transaction { source, .. } => matches!(
                 crate::retry::classify_in_transaction(source),
                 crate::retry::ErrorClass::Transient | crate::retry::ErrorClass::RateLimited

@@ -72,6 +72,7 @@ pub mod databricks;
 pub mod defaults;
 mod endpoint;
 mod error;
+mod listener;
 mod pool;
 pub mod resolve;
 pub mod retry;
@@ -89,6 +90,7 @@ pub use crate::config::Environment;
 pub use crate::credentials::{CachePolicy, TokenCache, TokenStats};
 pub use crate::endpoint::EndpointName;
 pub use crate::error::{BoxError, Error, RequestProblem, SharedError};
+pub use crate::listener::{Listener, ListenerEvent};
 pub use crate::pool::{
     Connection, Dangerous, Pool, PoolBuilder, ShutdownReport, Stats, TransactionHandle,
 };

@@ -588,7 +588,12 @@ impl PoolBuilder {
                 "must be called within a Tokio runtime (the pool runs a background task)",
             ));
         }
-        let _ = pg_config.connect_timeout(self.retry.attempt_timeout());
+        let _ = pg_config
+            .connect_timeout(self.retry.attempt_timeout())
+            .keepalives(true)
+            .keepalives_idle(defaults::TCP_KEEPALIVE_IDLE)
+            .keepalives_interval(defaults::TCP_KEEPALIVE_INTERVAL)
+            .keepalives_retries(defaults::TCP_KEEPALIVE_RETRIES);
 
         let counters = Arc::new(Counters::default());
         let tokens = TokenCache::labelled(provider, self.cache_policy.clone(), "database token");

@@ -19,7 +19,7 @@ use self::lifecycle::Manager;
 pub(crate) use self::stats::Counters;
 pub use self::stats::Stats;
 use crate::Error;
-use crate::connect::millis;
+use crate::connect::{Connector, millis};
 use crate::credentials::TokenCache;
 
 /// A pool of Postgres connections whose passwords come from a credential provider.
@@ -266,6 +266,10 @@ impl Pool {
     /// ```
     pub fn is_closed(&self) -> bool {
         self.inner.pool.is_closed()
+    }
+
+    pub(crate) fn connector(&self) -> &Connector {
+        self.inner.pool.manager().connector()
     }
 
     fn target(&self) -> String {

@@ -6,6 +6,7 @@ mod cold_start;
 mod emulator;
 mod lakebase;
 mod lifecycle;
+mod listener;
 mod rotation;
 mod secrets;
 mod shutdown;
