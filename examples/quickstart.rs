@@ -19,16 +19,12 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
-use lakebase_pool::{Environment, PoolBuilder, Secret};
+use lakebase_pool::testing::LocalLakebase;
+use lakebase_pool::{Environment, PoolBuilder};
 use tracing_subscriber::EnvFilter;
 
 /// Short enough to watch a connection being replaced; the default is 45 minutes.
 const DEMO_LIFETIME: Duration = Duration::from_secs(2);
-
-const LOCAL_ENDPOINT: &str = "projects/quickstart/branches/production/endpoints/ep-primary";
-const LOCAL_USER: &str = "quickstart@example.com";
-const LOCAL_PAT: &str = "dapi-quickstart-local";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -53,23 +49,29 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let process = Environment::from_process();
     let configured = process.get("LAKEBASE_ENDPOINT").is_some() || process.get("PGHOST").is_some();
     // Keeps the local servers alive until the end of `run`.
-    let (env, local) = if configured {
+    let local = if configured {
         println!("using the configuration in the environment");
-        (process, None)
+        None
     } else {
-        let (env, local) = local_environment().await?;
-        (env, Some(local))
+        println!(
+            "no LAKEBASE_ENDPOINT or PGHOST set: starting a local PostgreSQL, a mock workspace \
+             and the Lakebase emulator"
+        );
+        let local = LocalLakebase::start().await?;
+        // Make waking visible: the first attempt is refused, as the proxy may do.
+        local.emulator().set_wake_delay(Duration::from_millis(500));
+        local.emulator().set_refusals_while_waking(1);
+        Some(local)
     };
 
-    let mut builder = PoolBuilder::from_environment(&env)?.max_lifetime(DEMO_LIFETIME);
-    if let Some(local) = &local {
-        // The endpoint's host name resolves nowhere; the resolver hook maps it to the emulator
-        // while TLS still verifies the name (and sends it as SNI, which routes the connection).
-        builder = builder
-            .resolver(local.emulator.resolver())
-            .root_certificates_pem(local.emulator.ca_cert_pem());
-    }
-    let pool = builder.build()?;
+    // The local builder reads the same variables from the environment an App would have, and
+    // adds the resolver hook (the endpoint's host name resolves nowhere; the hook maps it to
+    // the emulator while TLS still verifies the name and sends it as SNI) and the emulator's CA.
+    let builder = match &local {
+        Some(local) => local.pool_builder()?,
+        None => PoolBuilder::from_environment(&process)?,
+    };
+    let pool = builder.max_lifetime(DEMO_LIFETIME).build()?;
 
     let conn = pool.get().await?;
     let row = conn
@@ -95,7 +97,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     if let Some(local) = &local {
         println!("suspending the compute, as scale-to-zero does after a few idle minutes...");
-        local.emulator.suspend(LOCAL_ENDPOINT);
+        local.suspend();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let started = std::time::Instant::now();
         let conn = pool.get().await?;
@@ -113,52 +115,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         stats.tokens.minted, stats.connections_opened, stats.retired_lifetime, stats.retired_broken
     );
     // Close the pool before the local servers stop.
-    drop(pool);
+    pool.shutdown(Duration::from_secs(5)).await;
     Ok(())
-}
-
-/// The local stand-ins for Lakebase; the emulator is listed first so that it stops first.
-struct Local {
-    emulator: LakebaseEmulator,
-    _workspace: MockWorkspace,
-    _pg: LocalPostgres,
-}
-
-/// A throwaway Postgres, mock workspace and emulator, and the environment an App would see.
-async fn local_environment() -> Result<(Environment, Local), Box<dyn std::error::Error>> {
-    println!(
-        "no LAKEBASE_ENDPOINT or PGHOST set: starting a local PostgreSQL, a mock workspace and the Lakebase emulator"
-    );
-    let pg = LocalPostgres::start()?;
-    pg.create_role(
-        LOCAL_USER,
-        &Secret::new("unused: the emulator checks tokens"),
-    )
-    .await?;
-    pg.create_database("databricks_postgres", LOCAL_USER)
-        .await?;
-    let workspace = MockWorkspace::start()?;
-    workspace.add_pat(LOCAL_PAT, LOCAL_USER);
-    let emulator = LakebaseEmulator::start(&pg, &workspace)?;
-    emulator.add_endpoint(LOCAL_ENDPOINT);
-    // Make waking visible: the first attempt is refused, as the proxy may do.
-    emulator.set_wake_delay(Duration::from_millis(500));
-    emulator.set_refusals_while_waking(1);
-    let env = Environment::from_vars([
-        ("DATABRICKS_HOST", workspace.url()),
-        ("DATABRICKS_TOKEN", LOCAL_PAT.to_owned()),
-        ("LAKEBASE_ENDPOINT", LOCAL_ENDPOINT.to_owned()),
-        // Lakebase listens on 5432; the emulator has a port of its own.
-        ("PGPORT", emulator.port().to_string()),
-    ]);
-    Ok((
-        env,
-        Local {
-            emulator,
-            _workspace: workspace,
-            _pg: pg,
-        },
-    ))
 }
 
 fn chain(error: &dyn std::error::Error) -> String {

@@ -24,6 +24,7 @@
 //! ```
 
 mod emulator;
+mod lakebase;
 mod postgres;
 mod rotating;
 mod server_thread;
@@ -31,6 +32,7 @@ mod tls;
 mod workspace;
 
 pub use self::emulator::{ComputeState, LakebaseEmulator};
+pub use self::lakebase::LocalLakebase;
 pub use self::postgres::{HarnessError, LocalPostgres, StopMode};
 pub use self::rotating::RotatingPassword;
 pub use self::tls::{IssuedCertificate, TestCa};

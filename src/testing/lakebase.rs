@@ -1,0 +1,180 @@
+//! A complete local Lakebase in one call: Postgres, mock workspace and emulator.
+
+use std::fmt;
+
+use super::{HarnessError, LakebaseEmulator, LocalPostgres, MockWorkspace};
+use crate::{Environment, Error, PoolBuilder, Secret};
+
+/// A throwaway PostgreSQL, a mock Databricks workspace and the Lakebase emulator, wired
+/// together like a Databricks App's environment: one endpoint, one user, one personal access
+/// token. Examples and tests get the whole path a real deployment takes (token minted over
+/// HTTP, host and user discovered, TLS verified with SNI routing, token checked at login,
+/// scale-to-zero) with one call.
+///
+/// Everything stops and is removed when it is dropped (the emulator first).
+///
+/// ```no_run
+/// use lakebase_pool::testing::LocalLakebase;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let lakebase = LocalLakebase::start().await?;
+/// let pool = lakebase.pool_builder()?.build()?;
+/// pool.get().await?.simple_query("SELECT 1").await?;
+///
+/// lakebase.suspend(); // as scale-to-zero would; the next checkout wakes the compute
+/// pool.get().await?.simple_query("SELECT 1").await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct LocalLakebase {
+    // Field order is drop order: the emulator before its upstream.
+    emulator: LakebaseEmulator,
+    workspace: MockWorkspace,
+    postgres: LocalPostgres,
+}
+
+impl LocalLakebase {
+    /// The endpoint the emulator serves.
+    pub const ENDPOINT: &'static str = "projects/local/branches/main/endpoints/ep-local";
+    /// The workspace user, and the Postgres role the tokens are for.
+    pub const USER: &'static str = "developer@example.com";
+    /// The personal access token the mock workspace accepts (a local, made-up value).
+    pub const PAT: &'static str = "dapi-local-development";
+
+    /// Starts the three servers and creates the user's role and the `databricks_postgres`
+    /// database it owns.
+    ///
+    /// # Errors
+    ///
+    /// When Postgres cannot start (binaries missing: the error says how to install them), a
+    /// port cannot be bound, or the role cannot be created.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// let lakebase = lakebase_pool::testing::LocalLakebase::start().await?;
+    /// # let _ = lakebase;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn start() -> Result<Self, HarnessError> {
+        let postgres = LocalPostgres::start()?;
+        // Never used for a login: the emulator checks tokens and logs in upstream itself.
+        postgres
+            .create_role(Self::USER, &Secret::new("unused-local-password"))
+            .await?;
+        postgres
+            .create_database(crate::defaults::LAKEBASE_DATABASE, Self::USER)
+            .await?;
+        let workspace = MockWorkspace::start().map_err(|source| HarnessError::Io {
+            action: "start the mock workspace",
+            source,
+        })?;
+        workspace.add_pat(Self::PAT, Self::USER);
+        let emulator = LakebaseEmulator::start(&postgres, &workspace)?;
+        emulator.add_endpoint(Self::ENDPOINT);
+        Ok(LocalLakebase {
+            emulator,
+            workspace,
+            postgres,
+        })
+    }
+
+    /// The environment a Databricks App would have: `DATABRICKS_HOST`, `DATABRICKS_TOKEN`,
+    /// `LAKEBASE_ENDPOINT`, and `PGPORT` (the emulator's port; Lakebase listens on 5432).
+    ///
+    /// ```no_run
+    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) {
+    /// let env = lakebase.environment();
+    /// assert!(env.get("DATABRICKS_HOST").is_some());
+    /// # }
+    /// ```
+    pub fn environment(&self) -> Environment {
+        Environment::from_vars([
+            ("DATABRICKS_HOST", self.workspace.url()),
+            ("DATABRICKS_TOKEN", Self::PAT.to_owned()),
+            ("LAKEBASE_ENDPOINT", Self::ENDPOINT.to_owned()),
+            ("PGPORT", self.emulator.port().to_string()),
+        ])
+    }
+
+    /// A pool builder configured from [`environment`](Self::environment), exactly as
+    /// [`PoolBuilder::from_environment`] reads a real one, plus the two things only a local
+    /// setup needs: the resolver hook that maps the endpoint's host name (which resolves
+    /// nowhere) to the emulator, and the emulator's CA as a trusted root.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`PoolBuilder::from_environment`]; none with this environment.
+    ///
+    /// ```no_run
+    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase.pool_builder()?.max_size(4).build()?;
+    /// # let _ = pool;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn pool_builder(&self) -> Result<PoolBuilder, Error> {
+        Ok(PoolBuilder::from_environment(&self.environment())?
+            .resolver(self.emulator.resolver())
+            .root_certificates_pem(self.emulator.ca_cert_pem()))
+    }
+
+    /// Suspends the endpoint's compute, as scale-to-zero does: open sessions end with
+    /// `57P01`, and the next connection wakes it.
+    ///
+    /// ```no_run
+    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) {
+    /// lakebase.suspend();
+    /// # }
+    /// ```
+    pub fn suspend(&self) {
+        self.emulator.suspend(Self::ENDPOINT);
+    }
+
+    /// The emulator, for faults: wake delays, refusals, disabling the endpoint.
+    ///
+    /// ```no_run
+    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) {
+    /// lakebase.emulator().set_wake_delay(std::time::Duration::from_millis(300));
+    /// # }
+    /// ```
+    pub fn emulator(&self) -> &LakebaseEmulator {
+        &self.emulator
+    }
+
+    /// The mock workspace, for faults and request counts.
+    ///
+    /// ```no_run
+    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) {
+    /// println!("workspace at {}", lakebase.workspace().url());
+    /// # }
+    /// ```
+    pub fn workspace(&self) -> &MockWorkspace {
+        &self.workspace
+    }
+
+    /// The PostgreSQL server behind the emulator: stop and resume it to simulate an outage.
+    ///
+    /// ```no_run
+    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// lakebase.postgres().stop(lakebase_pool::testing::StopMode::Fast)?;
+    /// lakebase.postgres().resume()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn postgres(&self) -> &LocalPostgres {
+        &self.postgres
+    }
+}
+
+impl fmt::Debug for LocalLakebase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalLakebase")
+            .field("endpoint", &Self::ENDPOINT)
+            .field("workspace", &self.workspace.url())
+            .field("emulator_port", &self.emulator.port())
+            .finish_non_exhaustive()
+    }
+}
