@@ -72,6 +72,8 @@ pub mod databricks;
 pub mod defaults;
 mod endpoint;
 mod error;
+#[cfg(any(feature = "axum", feature = "actix-web"))]
+pub mod integrations;
 mod listener;
 mod pool;
 pub mod resolve;

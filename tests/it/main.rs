@@ -14,4 +14,5 @@ mod stats;
 mod support;
 mod tls;
 mod transaction;
+mod web;
 mod workspace;

@@ -1,0 +1,74 @@
+//! Actix Web: `Connection` as an extractor, `HttpError` as a response error.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, ContentType};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
+
+use super::HttpError;
+use crate::{Connection, Error, Pool};
+
+/// Checks a connection out of the [`Pool`] registered as app data (`web::Data<Pool>`, or a
+/// plain `Pool`). The connection returns to the pool when the handler ends. A failed
+/// checkout fails the request with an [`HttpError`]: 503 with `Retry-After` when the pool is
+/// exhausted or the database is waking up past the deadline; 500 when no pool is registered.
+///
+/// ```no_run
+/// use actix_web::{App, web};
+/// use lakebase_pool::integrations::HttpError;
+/// use lakebase_pool::{Connection, Pool};
+///
+/// async fn now(conn: Connection) -> Result<String, HttpError> {
+///     let row = conn.query_one("SELECT now()::text", &[]).await?;
+///     Ok(row.get(0))
+/// }
+///
+/// # fn demo(pool: Pool) {
+/// let app = App::new()
+///     .app_data(web::Data::new(pool))
+///     .route("/now", web::get().to(now));
+/// # let _ = app;
+/// # }
+/// ```
+impl FromRequest for Connection {
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, HttpError>>>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let pool = req
+            .app_data::<web::Data<Pool>>()
+            .map(|data| Pool::clone(data))
+            .or_else(|| req.app_data::<Pool>().cloned());
+        Box::pin(async move {
+            let pool = pool.ok_or_else(|| {
+                Error::invalid(
+                    "app_data",
+                    "no lakebase_pool::Pool is registered; add it with \
+                     `App::app_data(web::Data::new(pool))`",
+                )
+            })?;
+            Ok(pool.get().await?)
+        })
+    }
+}
+
+/// The status, `Retry-After` for a 503, and the short reason as a plain-text body; the
+/// error chain is logged.
+impl ResponseError for HttpError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        self.log();
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header(ContentType::plaintext());
+        if let Some(seconds) = self.retry_after_secs() {
+            response.insert_header((header::RETRY_AFTER, seconds));
+        }
+        response.body(self.reason)
+    }
+}

@@ -1,0 +1,57 @@
+//! Axum: `Connection` as an extractor, `HttpError` as a response.
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::HttpError;
+use crate::{Connection, Pool};
+
+/// Checks a connection out of the [`Pool`] in the router's state (the state itself, or a
+/// field of it through [`FromRef`]). The connection returns to the pool when the handler
+/// ends. A failed checkout rejects the request with an [`HttpError`]: 503 with
+/// `Retry-After` when the pool is exhausted or the database is waking up past the deadline.
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use lakebase_pool::integrations::HttpError;
+/// use lakebase_pool::{Connection, Pool};
+///
+/// async fn now(conn: Connection) -> Result<String, HttpError> {
+///     let row = conn.query_one("SELECT now()::text", &[]).await?;
+///     Ok(row.get(0))
+/// }
+///
+/// # fn demo(pool: Pool) {
+/// let app: Router = Router::new().route("/now", get(now)).with_state(pool);
+/// # let _ = app;
+/// # }
+/// ```
+impl<S> FromRequestParts<S> for Connection
+where
+    Pool: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(_parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
+        Ok(Pool::from_ref(state).get().await?)
+    }
+}
+
+/// The status, `Retry-After` for a 503, and the short reason as a plain-text body; the
+/// error chain is logged.
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        self.log();
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, self.reason).into_response();
+        if let Some(seconds) = self.retry_after_secs() {
+            let _ = response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

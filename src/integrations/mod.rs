@@ -1,0 +1,218 @@
+//! Web framework integrations: a [`Connection`](crate::Connection) extractor for Axum
+//! (feature `axum`) and Actix Web (feature `actix-web`), and [`HttpError`], which turns the
+//! pool's errors into fitting HTTP responses.
+//!
+//! | error | status | `Retry-After` |
+//! |---|---|---|
+//! | every connection in use ([`Error::PoolTimeout`]) | 503 | 1 s |
+//! | pool shut down ([`Error::PoolClosed`]) | 503 | 1 s |
+//! | database unreachable or still waking up when the retry deadline passed ([`Error::ConnectRetriesExhausted`], [`Error::ConnectTimeout`]) | 503 | 5 s |
+//! | no valid token ([`Error::Credentials`]) | 503 | when the pool asks the provider again, at least 1 s |
+//! | a transaction that kept failing with transient errors, or a lost connection | 503 | 1 s |
+//! | any other error | 500 | |
+//!
+//! The body is a short fixed reason in plain text. It never carries the error itself: the
+//! error chain is logged (at `WARN`, target `lakebase_pool::integrations`) when the response
+//! is made. No error of this crate contains a token or a password.
+
+#[cfg(feature = "actix-web")]
+mod actix;
+#[cfg(feature = "axum")]
+mod axum;
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::Error;
+use crate::connect::error_chain;
+use crate::error::BoxError;
+use crate::retry::{ErrorClass, classify_in_transaction};
+
+/// A database error as an HTTP response: status 503 with `Retry-After` when trying again
+/// later may work, 500 otherwise; see the [module docs](self) for the table.
+///
+/// It is the rejection of the `Connection` extractors, and handlers can return it for their
+/// own errors: it converts from [`Error`] and from [`tokio_postgres::Error`], so `?` works on
+/// checkouts, queries and [`Pool::retry_transaction`](crate::Pool::retry_transaction).
+///
+/// ```
+/// use std::time::Duration;
+/// use lakebase_pool::Error;
+/// use lakebase_pool::integrations::HttpError;
+///
+/// let busy = HttpError::from(Error::PoolTimeout { waited: Duration::from_secs(30), max_size: 16 });
+/// assert_eq!(busy.status(), 503);
+/// assert_eq!(busy.retry_after(), Some(Duration::from_secs(1)));
+///
+/// let closing = HttpError::from(Error::PoolClosed);
+/// assert_eq!(closing.reason(), "the service is shutting down; retry shortly");
+/// ```
+pub struct HttpError {
+    status: u16,
+    retry_after: Option<Duration>,
+    reason: &'static str,
+    source: BoxError,
+}
+
+const UNAVAILABLE: &str = "the database is temporarily unavailable; retry shortly";
+const BUSY: &str = "the database is busy; retry shortly";
+const INTERNAL: &str = "internal database error";
+const SHORT_WAIT: Duration = Duration::from_secs(1);
+const OUTAGE_WAIT: Duration = Duration::from_secs(5);
+
+impl HttpError {
+    /// The HTTP status: 503 or 500.
+    ///
+    /// ```
+    /// # use lakebase_pool::integrations::HttpError;
+    /// assert_eq!(HttpError::from(lakebase_pool::Error::PoolClosed).status(), 503);
+    /// ```
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The `Retry-After` value (whole seconds) for a 503.
+    ///
+    /// ```
+    /// # use lakebase_pool::integrations::HttpError;
+    /// let err = HttpError::from(lakebase_pool::Error::PoolClosed);
+    /// assert_eq!(err.retry_after(), Some(std::time::Duration::from_secs(1)));
+    /// ```
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The response body: a short fixed phrase, never the error itself.
+    ///
+    /// ```
+    /// # use lakebase_pool::integrations::HttpError;
+    /// let err = HttpError::from(lakebase_pool::Error::PoolClosed);
+    /// assert!(!err.reason().is_empty());
+    /// ```
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+
+    fn unavailable(reason: &'static str, wait: Duration, source: BoxError) -> Self {
+        HttpError {
+            status: 503,
+            retry_after: Some(wait),
+            reason,
+            source,
+        }
+    }
+
+    fn internal(source: BoxError) -> Self {
+        HttpError {
+            status: 500,
+            retry_after: None,
+            reason: INTERNAL,
+            source,
+        }
+    }
+
+    /// Logs the full error chain; called when the response is made.
+    fn log(&self) {
+        tracing::warn!(
+            target: "lakebase_pool::integrations",
+            status = self.status,
+            cause = %error_chain(self.source.as_ref()),
+            "request failed with a database error"
+        );
+    }
+
+    /// The `Retry-After` header value in whole seconds.
+    fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after.map(|wait| wait.as_secs().max(1))
+    }
+}
+
+impl From<Error> for HttpError {
+    fn from(error: Error) -> Self {
+        let wait = match &error {
+            Error::PoolTimeout { .. } => Some((BUSY, SHORT_WAIT)),
+            Error::PoolClosed => Some(("the service is shutting down; retry shortly", SHORT_WAIT)),
+            Error::ConnectRetriesExhausted { .. } | Error::ConnectTimeout { .. } => {
+                Some((UNAVAILABLE, OUTAGE_WAIT))
+            }
+            Error::Credentials { retry_in, .. } => Some((
+                UNAVAILABLE,
+                retry_in.map_or(OUTAGE_WAIT, |wait| {
+                    Duration::from_secs(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+                        .max(SHORT_WAIT)
+                }),
+            )),
+            error if error.is_transient() => Some((UNAVAILABLE, SHORT_WAIT)),
+            _ => None,
+        };
+        match wait {
+            Some((reason, wait)) => HttpError::unavailable(reason, wait, Box::new(error)),
+            None => HttpError::internal(Box::new(error)),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for HttpError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        match classify_in_transaction(&error) {
+            ErrorClass::Transient | ErrorClass::RateLimited => {
+                HttpError::unavailable(UNAVAILABLE, SHORT_WAIT, Box::new(error))
+            }
+            _ => HttpError::internal(Box::new(error)),
+        }
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.reason)
+    }
+}
+
+impl fmt::Debug for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpError")
+            .field("status", &self.status)
+            .field("retry_after", &self.retry_after)
+            .field("reason", &self.reason)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl std::error::Error for HttpError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn credentials_wait_rounds_up_to_whole_seconds() {
+        let err = HttpError::from(Error::Credentials {
+            kind: "database token",
+            retry_in: Some(Duration::from_millis(2_300)),
+            source: Arc::new(std::io::Error::other("down")),
+        });
+        assert_eq!((err.status(), err.retry_after_secs()), (503, Some(3)));
+        let err = HttpError::from(Error::Credentials {
+            kind: "database token",
+            retry_in: Some(Duration::ZERO),
+            source: Arc::new(std::io::Error::other("down")),
+        });
+        assert_eq!(err.retry_after_secs(), Some(1));
+    }
+
+    #[test]
+    fn configuration_errors_are_internal_and_say_nothing_about_themselves() {
+        let err = HttpError::from(Error::invalid("max_size", "secret-looking detail"));
+        assert_eq!((err.status(), err.retry_after()), (500, None));
+        assert_eq!(err.to_string(), INTERNAL);
+        assert!(!err.reason().contains("detail"));
+    }
+}
