@@ -15,4 +15,5 @@ mod support;
 mod tls;
 mod transaction;
 mod web;
+mod worker;
 mod workspace;
