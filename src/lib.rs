@@ -35,14 +35,20 @@
 //!
 //! # Where things are
 //!
-//! * [`Pool`], [`PoolBuilder`], [`Connection`], [`Stats`]: the pool and its settings.
+//! * [`Pool`], [`PoolBuilder`], [`Connection`], [`Stats`]: the pool and its settings;
+//!   [`Pool::retry_transaction`] for units of work that survive a suspend or restart;
+//!   [`Pool::shutdown`] for a graceful stop.
+//! * [`Listener`]: `LISTEN`/`NOTIFY` on a dedicated connection that reconnects by itself.
+//! * `integrations` (features `axum`, `actix-web`): `Connection` as an extractor, and
+//!   `HttpError`, which makes errors into 503-with-`Retry-After` or 500 responses.
 //! * [`credentials`]: the [`CredentialProvider`](credentials::CredentialProvider) trait and the
 //!   [`TokenCache`] that decides when to mint.
 //! * [`retry`]: which connection errors are retried, and the backoff schedule.
 //! * [`tls`]: what each `sslmode` means here; [`resolve`]: choosing the TCP address yourself.
 //! * [`databricks`]: the workspace client and the Lakebase credential provider.
 //! * [`defaults`]: every default value with the reason for it.
-//! * `testing` (feature `testing`): a throwaway local PostgreSQL for tests and demos.
+//! * `testing` (feature `testing`): a throwaway local PostgreSQL, mock workspace and Lakebase
+//!   emulator for tests and demos (`LocalLakebase` starts all three).
 //!
 //! # Features
 //!
@@ -50,7 +56,9 @@
 //! |---|---|---|
 //! | `hickory` | yes | [`resolve::HickoryResolver`](crate::resolve) |
 //! | `native-roots` | no | trust the operating system's certificate store too |
-//! | `testing` | no | `testing::LocalPostgres`, `MockWorkspace`, `TestCa`, `LakebaseEmulator`, the `lakebase-emulator` program |
+//! | `axum` | no | `Connection` as an Axum extractor; `integrations::HttpError` as a response |
+//! | `actix-web` | no | `Connection` as an Actix Web extractor; `integrations::HttpError` as a response error |
+//! | `testing` | no | `testing::LocalPostgres`, `MockWorkspace`, `TestCa`, `LakebaseEmulator`, `LocalLakebase`, the `lakebase-emulator` program |
 //!
 //! # Security
 //!
