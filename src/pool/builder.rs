@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use deadpool::Runtime;
 use deadpool::managed;
+use tokio_postgres::config::Host;
 
 use super::lifecycle::{Lifecycle, Manager, spawn_housekeeper};
 use super::stats::Counters;
@@ -182,7 +183,7 @@ impl PoolBuilder {
     /// # let _ = builder;
     /// ```
     pub fn host(mut self, host: impl AsRef<str>) -> Self {
-        let _ = self.pg_config.host(host.as_ref());
+        self.pg_config = replace_target(&self.pg_config, Target::Host(host.as_ref()));
         self
     }
 
@@ -195,7 +196,7 @@ impl PoolBuilder {
     /// # let _ = builder;
     /// ```
     pub fn port(mut self, port: u16) -> Self {
-        let _ = self.pg_config.port(port);
+        self.pg_config = replace_target(&self.pg_config, Target::Port(port));
         self
     }
 
@@ -360,7 +361,7 @@ impl PoolBuilder {
     /// # let _ = builder;
     /// ```
     pub fn hostaddr(mut self, address: IpAddr) -> Self {
-        let _ = self.pg_config.hostaddr(address);
+        self.pg_config = replace_target(&self.pg_config, Target::Hostaddr(address));
         self
     }
 
@@ -719,8 +720,110 @@ fn check_no_password(config: &tokio_postgres::Config) -> Result<(), Error> {
     Ok(())
 }
 
+/// One of the values [`replace_target`] sets.
+enum Target<'a> {
+    Host(&'a str),
+    Hostaddr(IpAddr),
+    Port(u16),
+}
+
+/// `config` with one host, address or port set in place of any there was. tokio-postgres's own
+/// setters append (they build multi-host lists), so calling `port` twice would leave two ports
+/// for one host; the builder's setters mean "the" host, address and port, and keep the first
+/// of the others.
+fn replace_target(config: &tokio_postgres::Config, target: Target<'_>) -> tokio_postgres::Config {
+    let mut host = config.get_hosts().first().cloned();
+    let mut hostaddr = config.get_hostaddrs().first().copied();
+    let mut port = config.get_ports().first().copied();
+    match target {
+        Target::Host(name) => host = Some(Host::Tcp(name.to_owned())),
+        Target::Hostaddr(address) => hostaddr = Some(address),
+        Target::Port(number) => port = Some(number),
+    }
+    let mut copy = tokio_postgres::Config::new();
+    if let Some(user) = config.get_user() {
+        let _ = copy.user(user);
+    }
+    if let Some(password) = config.get_password() {
+        let _ = copy.password(password);
+    }
+    if let Some(dbname) = config.get_dbname() {
+        let _ = copy.dbname(dbname);
+    }
+    if let Some(options) = config.get_options() {
+        let _ = copy.options(options);
+    }
+    if let Some(name) = config.get_application_name() {
+        let _ = copy.application_name(name);
+    }
+    if let Some(timeout) = config.get_connect_timeout() {
+        let _ = copy.connect_timeout(*timeout);
+    }
+    if let Some(timeout) = config.get_tcp_user_timeout() {
+        let _ = copy.tcp_user_timeout(*timeout);
+    }
+    if let Some(interval) = config.get_keepalives_interval() {
+        let _ = copy.keepalives_interval(interval);
+    }
+    if let Some(retries) = config.get_keepalives_retries() {
+        let _ = copy.keepalives_retries(retries);
+    }
+    let _ = copy
+        .ssl_mode(config.get_ssl_mode())
+        .ssl_negotiation(config.get_ssl_negotiation())
+        .keepalives(config.get_keepalives())
+        .keepalives_idle(config.get_keepalives_idle())
+        .target_session_attrs(config.get_target_session_attrs())
+        .channel_binding(config.get_channel_binding())
+        .load_balance_hosts(config.get_load_balance_hosts());
+    match host {
+        Some(Host::Tcp(name)) => {
+            let _ = copy.host(name);
+        }
+        #[cfg(unix)]
+        Some(Host::Unix(path)) => {
+            let _ = copy.host_path(path);
+        }
+        None => {}
+    }
+    if let Some(address) = hostaddr {
+        let _ = copy.hostaddr(address);
+    }
+    if let Some(number) = port {
+        let _ = copy.port(number);
+    }
+    copy
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn host_port_and_hostaddr_replace_rather_than_append() {
+        let config: tokio_postgres::Config =
+            "host=a port=1 user=u dbname=d options=-cx=1 application_name=app connect_timeout=7"
+                .parse()
+                .unwrap();
+        let builder = PoolBuilder::default()
+            .pg_config(config)
+            .port(2)
+            .port(3)
+            .host("b")
+            .hostaddr("10.0.0.1".parse().unwrap())
+            .hostaddr("10.0.0.2".parse().unwrap());
+        let config = &builder.pg_config;
+        assert_eq!(config.get_hosts(), [Host::Tcp("b".into())]);
+        assert_eq!(config.get_ports(), [3]);
+        assert_eq!(
+            config.get_hostaddrs(),
+            ["10.0.0.2".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(config.get_user(), Some("u"));
+        assert_eq!(config.get_dbname(), Some("d"));
+        assert_eq!(config.get_options(), Some("-cx=1"));
+        assert_eq!(config.get_application_name(), Some("app"));
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(7)));
+    }
+
     use super::*;
 
     fn base() -> PoolBuilder {
