@@ -24,6 +24,7 @@
 //! ```
 
 mod emulator;
+mod fault_proxy;
 mod lakebase;
 mod postgres;
 mod rotating;
@@ -32,6 +33,7 @@ mod tls;
 mod workspace;
 
 pub use self::emulator::{ComputeState, LakebaseEmulator};
+pub use self::fault_proxy::{FaultProxy, NetworkFault};
 pub use self::lakebase::LocalLakebase;
 pub use self::postgres::{HarnessError, LocalPostgres, StopMode};
 pub use self::rotating::RotatingPassword;

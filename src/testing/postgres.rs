@@ -246,6 +246,16 @@ impl LocalPostgres {
         self.inner.port
     }
 
+    /// The server's TCP address: `127.0.0.1` and [`port`](Self::port).
+    ///
+    /// ```no_run
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// assert!(pg.addr().ip().is_loopback());
+    /// ```
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, self.inner.port))
+    }
+
     /// The Unix socket of the server (trust authentication), as a path.
     pub(crate) fn socket_path(&self) -> PathBuf {
         self.inner

@@ -7,6 +7,8 @@ mod emulator;
 mod lakebase;
 mod lifecycle;
 mod listener;
+mod network;
+mod restart;
 mod rotation;
 mod secrets;
 mod shutdown;
