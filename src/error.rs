@@ -259,6 +259,8 @@ pub enum RequestProblem {
     Unreachable,
     /// No answer within the request timeout.
     TimedOut(Duration),
+    /// The answer began but the connection dropped before its end.
+    CutOff,
     /// The answer was larger than the size cap.
     BodyTooLarge(usize),
     /// The answer was not the JSON the API documents.
@@ -272,6 +274,9 @@ impl std::fmt::Display for RequestProblem {
                 "the workspace could not be reached (check DATABRICKS_HOST and the network)",
             ),
             RequestProblem::TimedOut(after) => write!(f, "no answer within {after:.1?}"),
+            RequestProblem::CutOff => {
+                f.write_str("the answer was cut off: the connection dropped before its end")
+            }
             RequestProblem::BodyTooLarge(limit) => {
                 write!(f, "the answer is larger than the {limit}-byte limit")
             }
@@ -320,7 +325,9 @@ impl Error {
             Error::WorkspaceRequest { problem, .. } => {
                 matches!(
                     problem,
-                    RequestProblem::Unreachable | RequestProblem::TimedOut(_)
+                    RequestProblem::Unreachable
+                        | RequestProblem::TimedOut(_)
+                        | RequestProblem::CutOff
                 )
             }
             _ => false,

@@ -261,8 +261,16 @@ impl HttpClient {
         {
             return Err(too_large());
         }
+        // An answer that stops short is not an unreachable workspace; a timeout still is one.
+        let cut_off = |e: reqwest::Error| {
+            if e.is_timeout() {
+                transport(e)
+            } else {
+                call.request_error(RequestProblem::CutOff, Some(e))
+            }
+        };
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        while let Some(chunk) = response.chunk().await.map_err(cut_off)? {
             if body.len() + chunk.len() > limit {
                 return Err(too_large());
             }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -54,6 +55,7 @@ enum FaultKind {
         retry_after: Option<u64>,
     },
     MalformedJson,
+    Truncated,
     Hang,
 }
 
@@ -105,6 +107,21 @@ impl Fault {
     pub fn malformed_json() -> Self {
         Fault {
             kind: FaultKind::MalformedJson,
+            times: 1,
+            path: None,
+        }
+    }
+
+    /// Answer 200 announcing a longer body than it sends, then close the connection: an
+    /// answer cut off in transit.
+    ///
+    /// ```
+    /// let fault = lakebase_pool::testing::Fault::truncated();
+    /// # let _ = fault;
+    /// ```
+    pub fn truncated() -> Self {
+        Fault {
+            kind: FaultKind::Truncated,
             times: 1,
             path: None,
         }
@@ -432,6 +449,17 @@ impl MockWorkspace {
         lock(&self.state).faults.push(fault);
     }
 
+    /// Drops every queued fault: the workspace answers normally again.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool::testing::Fault::status(503, "down").times(1000));
+    /// mock.clear_faults();
+    /// ```
+    pub fn clear_faults(&self) {
+        lock(&self.state).faults.clear();
+    }
+
     /// How many requests with this method had a path starting with `path_prefix`.
     ///
     /// ```no_run
@@ -520,10 +548,11 @@ async fn serve(
     }
 }
 
-type Answer = Response<Full<Bytes>>;
+type Answer = Response<BoxBody<Bytes, std::io::Error>>;
 
 fn answer(status: u16, body: impl Into<Bytes>) -> Answer {
-    let mut response = Response::new(Full::new(body.into()));
+    let body = Full::new(body.into()).map_err(|never| match never {});
+    let mut response = Response::new(body.boxed());
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let _ = response.headers_mut().insert(
@@ -531,6 +560,36 @@ fn answer(status: u16, body: impl Into<Bytes>) -> Answer {
         hyper::header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// A body that sends the start of a JSON document, then fails, which makes the server drop
+/// the connection short of the announced length. It yields once in between, so that the
+/// status line, headers and first bytes are flushed before the connection drops.
+struct CutOff {
+    step: u8,
+}
+
+impl hyper::body::Body for CutOff {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        self.step += 1;
+        match self.step {
+            1 => {
+                let start = Bytes::from_static(b"{\"token\": \"abc");
+                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(start))))
+            }
+            2 => {
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+            _ => std::task::Poll::Ready(Some(Err(std::io::Error::other("cut off")))),
+        }
+    }
 }
 
 fn api_error(status: u16, code: &str, message: &str) -> Answer {
@@ -575,6 +634,14 @@ async fn handle(state: &Shared, request: Request<Incoming>) -> Answer {
     match fault {
         Some(FaultKind::Hang) => std::future::pending().await,
         Some(FaultKind::MalformedJson) => return answer(200, "{\"token\": \"abc"),
+        Some(FaultKind::Truncated) => {
+            let mut response = answer(200, "");
+            *response.body_mut() = CutOff { step: 0 }.boxed();
+            let _ = response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_LENGTH, 4096.into());
+            return response;
+        }
         Some(FaultKind::Status {
             status,
             body,

@@ -15,6 +15,7 @@ mod shutdown;
 mod stats;
 mod support;
 mod tls;
+mod token_faults;
 mod transaction;
 mod web;
 mod worker;
