@@ -197,3 +197,73 @@ pub(crate) fn pool_builder_from(env: &Environment) -> Result<crate::PoolBuilder,
         )),
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Variables the pool reads, given any value. (`PGSSLROOTCERT` names a file to read, so it
+    /// is given a path that does not exist.)
+    const VARS: [&str; 12] = [
+        "PGHOST",
+        "PGHOSTADDR",
+        "PGPORT",
+        "PGUSER",
+        "PGDATABASE",
+        "PGAPPNAME",
+        "PGSSLMODE",
+        "PGCONNECT_TIMEOUT",
+        "PGPASSWORD",
+        "LAKEBASE_ENDPOINT",
+        "DATABRICKS_HOST",
+        "DATABRICKS_TOKEN",
+    ];
+
+    proptest! {
+        /// Any combination of values builds a pool builder or fails with a typed error that
+        /// names a variable or setting; none panics.
+        #[test]
+        fn any_environment_is_read_or_refused_typed(
+            values in proptest::collection::vec(proptest::option::of(any::<String>()), VARS.len()),
+            root_cert in proptest::option::of("[a-z]{1,8}"),
+        ) {
+            let mut vars: Vec<(String, String)> = VARS
+                .iter()
+                .zip(values)
+                .filter_map(|(name, value)| value.map(|v| ((*name).to_owned(), v)))
+                .collect();
+            if let Some(name) = root_cert {
+                vars.push(("PGSSLROOTCERT".into(), format!("/nonexistent/lakebase-pool/{name}.pem")));
+            }
+            let env = Environment::from_vars(vars);
+            if let Err(error) = pool_builder_from(&env) {
+                prop_assert!(
+                    matches!(
+                        error,
+                        crate::Error::InvalidEnv { .. }
+                            | crate::Error::InvalidConfig { .. }
+                            | crate::Error::InvalidEndpointName { .. }
+                            | crate::Error::WorkspaceConfig { .. }
+                    ),
+                    "{error:?}"
+                );
+            }
+        }
+
+        /// Port-like values: accepted exactly when they are 1-65535.
+        #[test]
+        fn ports_are_accepted_exactly_when_valid(port in "[0-9+-]{0,7}") {
+            let env = Environment::from_vars([
+                ("PGHOST", "127.0.0.1"),
+                ("PGUSER", "app"),
+                ("PGPASSWORD", "local"),
+                ("PGPORT", port.as_str()),
+            ]);
+            // An empty variable counts as unset, as in libpq.
+            let valid = port.is_empty() || port.parse::<u16>().is_ok_and(|p| p != 0);
+            prop_assert_eq!(pool_builder_from(&env).is_ok(), valid, "{}", port);
+        }
+    }
+}

@@ -208,3 +208,37 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any text either parses into a name that prints back as the trimmed input, or fails
+        /// with `InvalidEndpointName` quoting at most 200 characters of it.
+        #[test]
+        fn any_text_parses_or_fails_typed(text in any::<String>()) {
+            match EndpointName::parse(&text) {
+                Ok(name) => prop_assert_eq!(name.to_string(), text.trim()),
+                Err(Error::InvalidEndpointName { input, problem }) => {
+                    prop_assert!(input.chars().count() <= 200);
+                    prop_assert!(!problem.is_empty());
+                }
+                Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+            }
+        }
+
+        /// Text shaped like a name, with ids from a wider alphabet, parses exactly when each id
+        /// follows the rules.
+        #[test]
+        fn ids_are_accepted_exactly_when_valid(
+            ids in proptest::array::uniform3("[a-zA-Z0-9_.-]{0,70}"),
+        ) {
+            let text = format!("projects/{}/branches/{}/endpoints/{}", ids[0], ids[1], ids[2]);
+            let valid = ids.iter().all(|id| check_id("x", id).is_ok());
+            prop_assert_eq!(EndpointName::parse(&text).is_ok(), valid, "{}", text);
+        }
+    }
+}

@@ -356,3 +356,29 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any bytes, PEM-looking or not, give certificates or a typed configuration error.
+        #[test]
+        fn any_pem_input_is_read_or_refused_typed(
+            head in proptest::collection::vec(any::<u8>(), 0..64),
+            body in "[A-Za-z0-9+/=\n]{0,200}",
+            tail in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut pem = head;
+            pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+            pem.extend_from_slice(body.as_bytes());
+            pem.extend_from_slice(b"\n-----END CERTIFICATE-----\n");
+            pem.extend_from_slice(&tail);
+            if let Err(error) = parse_pem_certificates(&pem, "test.pem") {
+                prop_assert!(matches!(error, Error::InvalidConfig { .. }), "{error:?}");
+            }
+        }
+    }
+}

@@ -48,7 +48,16 @@ pub(crate) fn load(path: &Path, requested: Option<&str>) -> Result<Option<Profil
             });
         }
     };
-    let ini = Ini::load_from_str(&text).map_err(|e| Error::WorkspaceConfig {
+    parse(&text, &shown.to_string(), requested)
+}
+
+/// The profile to use from the text of a config file; `shown` names the file in errors.
+pub(crate) fn parse(
+    text: &str,
+    shown: &str,
+    requested: Option<&str>,
+) -> Result<Option<Profile>, Error> {
+    let ini = Ini::load_from_str(text).map_err(|e| Error::WorkspaceConfig {
         problem: format!(
             "the config file {shown} is not valid INI (line {}, column {}: {})",
             e.line, e.col, e.msg
@@ -158,5 +167,36 @@ mod tests {
                 .to_string()
                 .contains("not valid INI")
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any text, and any requested profile, gives a profile, none, or a
+        /// `WorkspaceConfig` error; none panics.
+        #[test]
+        fn any_config_text_is_read_or_refused_typed(
+            text in any::<String>(),
+            requested in proptest::option::of("[A-Za-z_]{0,10}"),
+        ) {
+            if let Err(error) = parse(&text, "test.cfg", requested.as_deref()) {
+                prop_assert!(matches!(error, Error::WorkspaceConfig { .. }), "{error:?}");
+            }
+        }
+
+        /// INI-shaped text with odd sections, keys, quotes and escapes never panics.
+        #[test]
+        fn ini_shaped_text_is_read(
+            lines in proptest::collection::vec("(\\[[A-Za-z_ ]{0,8}\\]?|[a-z_]{0,8} ?= ?[ -~]{0,20}|[;#][ -~]{0,10}|\\\\|\"|)", 0..12),
+        ) {
+            let text = lines.join("\n");
+            let _ = parse(&text, "test.cfg", None);
+            let _ = parse(&text, "test.cfg", Some("DEFAULT"));
+        }
     }
 }

@@ -168,3 +168,33 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any text parses or fails with `WorkspaceConfig`; none panics.
+        #[test]
+        fn any_text_parses_or_fails_typed(text in any::<String>()) {
+            if let Err(error) = WorkspaceHost::parse(&text) {
+                prop_assert!(matches!(error, Error::WorkspaceConfig { .. }), "{error:?}");
+            }
+        }
+
+        /// A workspace token never goes over plain `http://` to a host that is not loopback.
+        #[test]
+        fn plain_http_is_refused_unless_loopback(host in "[a-z0-9.-]{1,30}", port in proptest::option::of(1_u16..)) {
+            let url = match port {
+                Some(port) => format!("http://{host}:{port}"),
+                None => format!("http://{host}"),
+            };
+            if let Ok(parsed) = WorkspaceHost::parse(&url) {
+                let name = parsed.url().host_str().unwrap_or_default().to_owned();
+                prop_assert!(is_loopback(&name), "{url} was accepted");
+            }
+        }
+    }
+}

@@ -544,3 +544,60 @@ mod tests {
         assert_eq!(body, "grant_type=client_credentials&scope=all+apis%26x");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Credential {
+        token: String,
+        expire_time: String,
+    }
+
+    proptest! {
+        /// Any bytes give an `ErrorBody` with a message; none panics.
+        #[test]
+        fn any_error_body_is_read(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let parsed = parse_error_body(&body);
+            prop_assert!(!parsed.message.is_empty() || body.iter().all(u8::is_ascii_whitespace));
+        }
+
+        /// JSON-like error bodies with odd types and nesting are read without panics.
+        #[test]
+        fn json_shaped_error_bodies_are_read(
+            code in prop_oneof![Just("\"X\"".to_owned()), Just("7".to_owned()), Just("null".to_owned()), "[\\[{]{0,3}"],
+            message in "[ -~]{0,40}",
+            delay in "[0-9a-z.\"-]{0,12}",
+        ) {
+            let body = format!(
+                r#"{{"error_code": {code}, "message": "{message}", "details": [{{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retry_delay": "{delay}"}}]}}"#
+            );
+            let _ = parse_error_body(body.as_bytes());
+        }
+
+        /// Durations in protobuf JSON form never panic, whatever the number.
+        #[test]
+        fn proto_durations_never_panic(text in "-?[0-9]{0,30}(\\.[0-9]{0,15})?s?") {
+            if let Some(duration) = parse_proto_duration(&text) {
+                prop_assert!(duration <= Duration::MAX);
+            }
+        }
+
+        /// A decode error describes the body's shape, never its values (they may be tokens).
+        #[test]
+        fn decode_errors_never_echo_values(
+            before in "[ -~]{0,20}",
+            after in "[ -~]{0,20}",
+            secret in "[a-zA-Z0-9]{24}",
+        ) {
+            let body = format!(r#"{before}{{"token": 5, "expire_time": "{secret}"{after}"#);
+            if let Err(problem) = decode::<Credential>(body.as_bytes()) {
+                prop_assert!(!problem.to_string().contains(&secret), "{problem}");
+            }
+        }
+    }
+}

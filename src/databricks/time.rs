@@ -214,3 +214,42 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any text parses or is refused with a message; none panics.
+        #[test]
+        fn any_text_parses_or_fails_with_a_reason(text in any::<String>()) {
+            if let Err(message) = parse_rfc3339(&text) {
+                prop_assert!(message.contains("is not an RFC 3339 timestamp"));
+            }
+        }
+
+        /// Timestamp-shaped text with any digits (month 99, hour 25, offsets, long fractions)
+        /// never panics, and every time it accepts formats back to the same instant (to the
+        /// microsecond).
+        #[test]
+        fn timestamp_shaped_text_never_panics(
+            text in "[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,12})?(Z|z|[+-][0-9]{2}:[0-9]{2})",
+        ) {
+            if let Ok(time) = parse_rfc3339(&text) {
+                // Formatting keeps microseconds; finer digits are dropped.
+                let again = parse_rfc3339(&format_rfc3339(time, true)).unwrap();
+                let lost = time.duration_since(again).unwrap();
+                prop_assert!(lost < Duration::from_micros(1), "{} lost {:?}", text, lost);
+            }
+        }
+
+        /// Formatting then parsing is the identity (to the microsecond written).
+        #[test]
+        fn format_then_parse_round_trips(seconds in 0_u64..253_402_300_799, micros in 0_u32..1_000_000) {
+            let time = UNIX_EPOCH + Duration::new(seconds, micros * 1000);
+            prop_assert_eq!(parse_rfc3339(&format_rfc3339(time, true)).unwrap(), time);
+        }
+    }
+}

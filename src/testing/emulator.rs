@@ -553,11 +553,17 @@ async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(
             "bad message length",
         ));
     }
-    let mut message = Vec::with_capacity(length as usize + 1);
-    message.push(kind);
+    let mut message = vec![kind];
     message.extend_from_slice(&length.to_be_bytes());
-    message.resize(length as usize + 1, 0);
-    let _ = stream.read_exact(&mut message[5..]).await?;
+    // Grows with the bytes that actually arrive, so a bogus length allocates nothing.
+    let body = length as usize - 4;
+    let read = (&mut *stream)
+        .take(body as u64)
+        .read_to_end(&mut message)
+        .await?;
+    if read < body {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     Ok((kind, message))
 }
 
@@ -874,5 +880,67 @@ mod tests {
         assert_eq!(message[0], b'E');
         let length = i32::from_be_bytes([message[1], message[2], message[3], message[4]]);
         assert_eq!(length as usize, message.len() - 1);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Runs `read` over `bytes` as the client's stream, on a throwaway runtime.
+    fn over<T>(bytes: &[u8], read: impl AsyncFnOnce(&mut &[u8]) -> T) -> T {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut stream = bytes;
+        runtime.block_on(read(&mut stream))
+    }
+
+    proptest! {
+        /// Start-up parameters: any bytes give complete pairs only, none panics.
+        #[test]
+        fn any_startup_body_gives_complete_pairs(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            for (key, _) in parse_params(&body) {
+                prop_assert!(!key.is_empty());
+            }
+        }
+
+        /// `options` values: the endpoint is found or not, the rest is kept; none panics.
+        #[test]
+        fn any_options_value_splits(options in any::<String>()) {
+            let (endpoint, rest) = split_endpoint_option(&options);
+            prop_assert!(rest.len() <= options.len());
+            if let Some(id) = endpoint {
+                prop_assert!(options.contains(&id));
+            }
+        }
+
+        /// A start-up packet from arbitrary bytes: read within its declared length, or refused
+        /// for a bad length or a short stream; it never allocates past the 10,000-byte cap.
+        #[test]
+        fn any_startup_packet_is_read_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok((_, body)) = over(&bytes, async |s| read_startup(s).await) {
+                prop_assert!(body.len() + 8 <= bytes.len());
+            }
+        }
+
+        /// A typed message from arbitrary bytes (lengths included): read whole or refused.
+        #[test]
+        fn any_typed_message_is_read_or_refused(
+            kind in any::<u8>(),
+            length in any::<i32>(),
+            rest in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut bytes = vec![kind];
+            bytes.extend_from_slice(&length.to_be_bytes());
+            bytes.extend_from_slice(&rest);
+            if let Ok((read_kind, message)) = over(&bytes, async |s| read_message(s).await) {
+                prop_assert_eq!(read_kind, kind);
+                prop_assert_eq!(message.len(), length as usize + 1);
+                prop_assert!(message.len() <= bytes.len());
+            }
+        }
     }
 }

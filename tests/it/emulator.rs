@@ -414,3 +414,51 @@ async fn the_workspace_reports_the_compute_state_through_suspend_and_wake() {
     let host = workspace.get_endpoint(&name).await.unwrap().host;
     assert_eq!(host.as_deref(), Some("ep-primary.lakebase.test"));
 }
+
+/// Garbage on the emulator's port (random bytes, bad lengths, a TLS request followed by
+/// noise): each connection is refused or closed promptly, and the emulator goes on serving.
+#[tokio::test]
+async fn garbage_on_the_wire_is_refused_and_the_emulator_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let lakebase = lakebase_pool::testing::LocalLakebase::start()
+        .await
+        .unwrap();
+    let port = lakebase.emulator().port();
+    let mut rng = fastrand::Rng::with_seed(0x1a4e_ba5e);
+    let ssl_request = [0, 0, 0, 8, 4, 210, 22, 47];
+    let mut inputs: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0, 0, 0, 3],
+        vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0],
+        vec![0, 0, 0, 8, 4, 210, 22, 46],
+        [&ssl_request[..], b"GET / HTTP/1.1\r\n\r\n"].concat(),
+        [&ssl_request[..], &[0x16, 3, 1, 0xff, 0xff][..]].concat(),
+    ];
+    for _ in 0..40 {
+        let len = rng.usize(1..600);
+        let mut bytes: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        if rng.bool() {
+            bytes.splice(0..0, ssl_request);
+        }
+        inputs.push(bytes);
+    }
+    for input in &inputs {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let _ = stream.write_all(input).await;
+        let _ = stream.shutdown().await;
+        let mut answer = Vec::new();
+        let ended =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        assert!(ended.is_ok(), "no end within 5 s for input {input:?}");
+    }
+    let pool = lakebase.pool_builder().unwrap().build().unwrap();
+    pool.get()
+        .await
+        .unwrap()
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+}
