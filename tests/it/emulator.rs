@@ -462,3 +462,52 @@ async fn garbage_on_the_wire_is_refused_and_the_emulator_keeps_serving() {
         .await
         .unwrap();
 }
+
+/// A token is bound to the identity it was minted for: presented with another user name (a
+/// role that exists upstream), it is refused like a wrong password.
+#[tokio::test]
+async fn a_token_is_refused_for_any_user_but_its_own() {
+    let lakebase = lakebase_pool::testing::LocalLakebase::start()
+        .await
+        .unwrap();
+    lakebase
+        .postgres()
+        .create_role("intruder", &lakebase_pool::Secret::new("unused"))
+        .await
+        .unwrap();
+    let workspace = Workspace::builder()
+        .host(lakebase.workspace().url())
+        .token(lakebase_pool::testing::LocalLakebase::PAT)
+        .build_in(&Environment::default())
+        .unwrap();
+    let endpoint: EndpointName = lakebase_pool::testing::LocalLakebase::ENDPOINT
+        .parse()
+        .unwrap();
+    let token = workspace
+        .generate_database_credential(&endpoint, &CredentialRequest::default())
+        .await
+        .unwrap();
+    let as_user = |user: &str| {
+        PoolBuilder::default()
+            .host(
+                lakebase
+                    .emulator()
+                    .host_of(lakebase_pool::testing::LocalLakebase::ENDPOINT),
+            )
+            .port(lakebase.emulator().port())
+            .user(user)
+            .dbname("databricks_postgres")
+            .password(token.token().expose())
+            .resolver(lakebase.emulator().resolver())
+            .root_certificates_pem(lakebase.emulator().ca_cert_pem())
+            .retry(RetryPolicy::no_retry())
+            .build()
+            .unwrap()
+    };
+    let err = as_user("intruder").get().await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some(SqlState::INVALID_PASSWORD), "{err:?}");
+    as_user(lakebase_pool::testing::LocalLakebase::USER)
+        .get()
+        .await
+        .expect("the token works for its own user");
+}

@@ -180,3 +180,61 @@ async fn workspace_secrets_never_appear_in_debug_errors_or_trace_logs() {
         );
     }
 }
+
+/// The types added for services and workers hold or pass errors and connections, never a
+/// token: listener events, transaction handles, HTTP errors, shutdown reports, the local
+/// Lakebase, and everything they log at TRACE.
+#[tokio::test]
+async fn listener_transaction_and_http_types_never_show_a_token() {
+    use lakebase_pool::integrations::HttpError;
+    use lakebase_pool::testing::{LocalLakebase, StopMode};
+
+    let (logs, _guard) = LogCapture::install();
+    let lakebase = LocalLakebase::start().await.unwrap();
+    let pool = lakebase
+        .pool_builder()
+        .unwrap()
+        .retry(lakebase_pool::RetryPolicy::default().deadline(std::time::Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let mut listener = pool.listener(["jobs"]).await.unwrap();
+    let handle = pool
+        .retry_transaction(|tx| async move { Ok(format!("{tx:?}")) })
+        .await
+        .unwrap();
+    let mut shown = vec![handle, format!("{listener:?}"), format!("{lakebase:?}")];
+
+    lakebase.suspend();
+    for _ in 0..2 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(15), listener.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        shown.push(format!("{event:?}"));
+        if let lakebase_pool::ListenerEvent::Disconnected(error) = &event {
+            shown.push(format!("{error} {:?}", std::error::Error::source(error)));
+        }
+    }
+
+    lakebase.postgres().stop(StopMode::Fast).unwrap();
+    let down = pool.get().await.unwrap_err();
+    let http = HttpError::from(down);
+    shown.push(format!("{http} {http:?}"));
+    let report = pool.shutdown(std::time::Duration::from_secs(1)).await;
+    shown.push(format!("{report:?} {pool:?}"));
+    shown.push(logs.text());
+
+    let everything = shown.join("\n");
+    let minted = lakebase.workspace().minted();
+    assert!(!minted.is_empty());
+    for token in &minted {
+        assert!(
+            !everything.contains(token.token.expose()),
+            "a token leaked into:\n{everything}"
+        );
+    }
+    assert!(
+        !everything.contains(LocalLakebase::PAT),
+        "the workspace token leaked into:\n{everything}"
+    );
+}
