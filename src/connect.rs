@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
 use tokio_postgres::Socket;
 use tokio_postgres::config::Host;
@@ -50,6 +50,9 @@ pub(crate) struct Connector {
     tokens: TokenCache,
     retry: RetryPolicy,
     counters: Arc<Counters>,
+    /// Notified whenever a connection opens: proof that the server is back, so attempts
+    /// waiting out a transient error's backoff go again at once.
+    opened: Notify,
 }
 
 /// What to find out about a Lakebase endpoint before connecting to it.
@@ -167,6 +170,7 @@ impl Connector {
             tokens,
             retry,
             counters,
+            opened: Notify::new(),
         })
     }
 
@@ -246,6 +250,7 @@ impl Connector {
             let error = match self.attempt(prepared, &credential, timeout).await {
                 Ok(client) => {
                     self.counters.connection_opened();
+                    self.opened.notify_waiters();
                     tracing::debug!(
                         attempts,
                         elapsed_ms = millis(started.elapsed()),
@@ -307,7 +312,16 @@ impl Connector {
                         cause = %error.describe(),
                         "connect failed with a transient error; retrying"
                     );
-                    tokio::time::sleep(delay).await;
+                    // A connection opening elsewhere in the pool means the server is back: no
+                    // reason to sit out the rest of a backoff that can reach seconds. (Not for
+                    // rate limits, which the server asked us to respect.)
+                    let server_back = self.opened.notified();
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = server_back, if class == ErrorClass::Transient => {
+                            tracing::debug!("another connection opened; retrying now");
+                        }
+                    }
                     // Retries can take a while; pick up a token refreshed meanwhile.
                     credential = self.tokens.token().await?;
                 }

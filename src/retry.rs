@@ -32,6 +32,10 @@
 //! | 6 | 0-3.2 s | 2-4 s |
 //! | 7 and later | 0-4 s | 2-4 s |
 //!
+//! A wait after a transient error ends early as soon as another connection of the same pool
+//! opens: the server is back, so every checkout that was waiting retries at once instead of
+//! sitting out a backoff that can reach 4 s.
+//!
 //! Each attempt (TCP, TLS and login together) is bounded by the 10 s connect timeout, and no
 //! attempt starts, nor wait begins, that would end after the 30 s deadline. The worst case
 //! for one checkout is therefore the deadline plus the token mint timeout.

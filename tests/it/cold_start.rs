@@ -137,3 +137,56 @@ async fn wrong_database_fails_at_once_without_retries() {
         Some(tokio_postgres::error::SqlState::INVALID_CATALOG_NAME)
     );
 }
+
+/// Checkouts waiting out a long backoff while the server is down go again as soon as one of
+/// them gets through, instead of each sleeping out its own random wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_connection_to_open_cuts_short_the_backoff_of_the_others() {
+    let pg = cluster().await;
+    let pool = app_pool(&pg)
+        .max_size(4)
+        .retry(
+            RetryPolicy::default()
+                // Every wait is random in 0-6 s: without the wake-up, four checkouts would
+                // finish seconds apart.
+                .backoff(Duration::from_secs(6), Duration::from_secs(6))
+                .deadline(Duration::from_secs(60)),
+        )
+        .build()
+        .unwrap();
+    pg.stop(StopMode::Fast).unwrap();
+    let checkouts: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let conn = pool.get().await.unwrap();
+                let done = std::time::Instant::now();
+                (conn, done)
+            })
+        })
+        .collect();
+    // Let every checkout fail once and start a long wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let restarter = pg.clone();
+    tokio::task::spawn_blocking(move || restarter.resume())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut finished = Vec::new();
+    for checkout in checkouts {
+        let (conn, done) = tokio::time::timeout(Duration::from_secs(20), checkout)
+            .await
+            .expect("every checkout ends")
+            .unwrap();
+        finished.push(done);
+        drop(conn);
+    }
+    let first = finished.iter().min().unwrap();
+    let last = finished.iter().max().unwrap();
+    assert!(
+        *last - *first < Duration::from_millis(1500),
+        "the others followed the first within {:?}",
+        *last - *first
+    );
+}
