@@ -14,6 +14,11 @@
 //! 4. cold start: time from suspending the emulated compute to the first successful query,
 //!    against the configured wake delay.
 //!
+//! With `POOL_BENCH_FIXED=ours|plain` (and optionally `POOL_BENCH_QUERIES`, default 2000, and
+//! `POOL_BENCH_WORKERS`, default 8) it instead runs exactly that many checkouts + `SELECT 1`
+//! from that many workers on one pool of 16 and exits,
+//! for counting instructions under `valgrind --tool=callgrind`; see BENCHMARKS.md.
+//!
 //! Compared configurations alternate in short slices (rotating which goes first), ratios are
 //! taken per round and the median reported, so machine noise hits both sides alike. Prints a
 //! table per scenario and one JSON line per scenario.
@@ -42,6 +47,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pg = LocalPostgres::start()?;
     pg.create_role(STATIC_ROLE, &Secret::new(STATIC_PASSWORD))
         .await?;
+    if let Ok(side) = std::env::var("POOL_BENCH_FIXED") {
+        return fixed_count(&pg, &side).await;
+    }
     throughput(&pg).await?;
     cold_fill(&pg).await?;
     rotation_under_load(&pg).await?;
@@ -168,6 +176,41 @@ fn plain_query(pool: Plain) -> impl Fn() -> Query + Clone + Send + 'static {
         let pool = pool.clone();
         Box::pin(async move { checkout_then_query(pool.get(), plain_client).await })
     }
+}
+
+/// Exactly `POOL_BENCH_QUERIES` checkouts + `SELECT 1`, split over 8 workers, on one pool.
+/// Run under callgrind twice with different counts: the difference divided by the difference
+/// in queries is the client's instructions per query, free of set-up costs and of noise.
+async fn fixed_count(pg: &LocalPostgres, side: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let number = |var: &str, default: u64| {
+        std::env::var(var)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(default)
+    };
+    let queries = number("POOL_BENCH_QUERIES", 2000);
+    let workers = number("POOL_BENCH_WORKERS", 8);
+    let query: Arc<dyn Fn() -> Query + Send + Sync> = match side {
+        "ours" => Arc::new(ours_query(ours(pg, 16)?)),
+        "plain" => Arc::new(plain_query(plain_pool(pg, 16)?)),
+        other => return Err(format!("POOL_BENCH_FIXED must be ours or plain, not {other}").into()),
+    };
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let query = Arc::clone(&query);
+            tokio::spawn(async move {
+                for _ in 0..queries / workers {
+                    query().await?;
+                }
+                Ok::<_, String>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    println!("{side}: {} queries", queries / workers * workers);
+    Ok(())
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
