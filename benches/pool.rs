@@ -57,7 +57,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn plain_pool(pg: &LocalPostgres, max_size: usize) -> Result<Plain, Box<dyn std::error::Error>> {
+fn plain_pool(
+    pg: &LocalPostgres,
+    max_size: usize,
+    wait_timeout: Option<Duration>,
+) -> Result<Plain, Box<dyn std::error::Error>> {
     let mut config = tokio_postgres::Config::new();
     let _ = config
         .host(pg.host())
@@ -68,6 +72,7 @@ fn plain_pool(pg: &LocalPostgres, max_size: usize) -> Result<Plain, Box<dyn std:
     let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
     Ok(deadpool_postgres::Pool::builder(manager)
         .max_size(max_size)
+        .wait_timeout(wait_timeout)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()?)
 }
@@ -190,11 +195,21 @@ async fn fixed_count(pg: &LocalPostgres, side: &str) -> Result<(), Box<dyn std::
     };
     let queries = number("POOL_BENCH_QUERIES", 2000);
     let workers = number("POOL_BENCH_WORKERS", 8);
-    let query: Arc<dyn Fn() -> Query + Send + Sync> = match side {
+    let query: Side = match side {
         "ours" => Arc::new(ours_query(ours(pg, 16)?)),
-        "plain" => Arc::new(plain_query(plain_pool(pg, 16)?)),
-        other => return Err(format!("POOL_BENCH_FIXED must be ours or plain, not {other}").into()),
+        "plain" => Arc::new(plain_query(plain_pool(pg, 16, None)?)),
+        "plain-wait" => Arc::new(plain_query(plain_pool(
+            pg,
+            16,
+            Some(Duration::from_secs(30)),
+        )?)),
+        other => {
+            return Err(
+                format!("POOL_BENCH_FIXED must be ours, plain or plain-wait, not {other}").into(),
+            );
+        }
     };
+    let (started, cpu_before) = (Instant::now(), machine_cpu_seconds());
     let tasks: Vec<_> = (0..workers)
         .map(|_| {
             let query = Arc::clone(&query);
@@ -209,8 +224,46 @@ async fn fixed_count(pg: &LocalPostgres, side: &str) -> Result<(), Box<dyn std::
     for task in tasks {
         task.await??;
     }
-    println!("{side}: {} queries", queries / workers * workers);
+    let done = (queries / workers * workers) as f64;
+    let (wall, cpu) = (started.elapsed(), machine_cpu_seconds() - cpu_before);
+    println!(
+        "{side}: {done} queries, {:.0} q/s, {:.1} µs of machine CPU per query (client, server and kernel)",
+        done / wall.as_secs_f64(),
+        cpu * 1e6 / done
+    );
     Ok(())
+}
+
+/// CPU time spent by the whole machine so far (all processes, user and kernel), from
+/// `/proc/stat`; 0 where that does not exist.
+fn machine_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    // user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait.
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let busy: f64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    busy / 100.0
+}
+
+/// One pool's benchmark operation, whichever pool it is.
+type Side = Arc<dyn Fn() -> Query + Send + Sync>;
+
+fn callable(side: &Side) -> impl Fn() -> Query + Clone + Send + 'static {
+    let side = Arc::clone(side);
+    move || side()
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -231,54 +284,49 @@ async fn throughput(pg: &LocalPostgres) -> Result<(), Box<dyn std::error::Error>
         "\n1. checkout + SELECT 1 throughput (pool size 16, {THROUGHPUT_ROUNDS} rounds of {THROUGHPUT_SLICE:?} slices)"
     );
     println!(
-        "{:>11} {:>14} {:>14} {:>8}",
-        "concurrency", "plain q/s", "ours q/s", "ratio"
+        "{:>11} {:>11} {:>13} {:>10} {:>12} {:>16}",
+        "concurrency", "plain q/s", "plain+wait q/s", "ours q/s", "ours/plain", "ours/plain+wait"
     );
     for concurrency in [1usize, 8, 32] {
-        let plain = plain_pool(pg, 16)?;
-        let pool = ours(pg, 16)?;
-        let _ = load(
-            concurrency,
-            Duration::from_millis(300),
-            plain_query(plain.clone()),
-        )
-        .await;
-        let _ = load(
-            concurrency,
-            Duration::from_millis(300),
-            ours_query(pool.clone()),
-        )
-        .await;
-        let (mut plain_rates, mut our_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 0..THROUGHPUT_ROUNDS {
-            let slice = THROUGHPUT_SLICE;
-            let (p, o) = if round % 2 == 0 {
-                let p = load(concurrency, slice, plain_query(plain.clone())).await.0;
-                (
-                    p,
-                    load(concurrency, slice, ours_query(pool.clone())).await.0,
-                )
-            } else {
-                let o = load(concurrency, slice, ours_query(pool.clone())).await.0;
-                (
-                    load(concurrency, slice, plain_query(plain.clone())).await.0,
-                    o,
-                )
-            };
-            plain_rates.push(p as f64);
-            our_rates.push(o as f64);
-            ratios.push(o as f64 / p as f64);
+        // Plain deadpool as configured by default (a checkout may wait forever), and with
+        // the same 30 s wait timeout as ours, which costs a timer for every checkout that
+        // has to wait.
+        let sides: [Side; 3] = [
+            Arc::new(plain_query(plain_pool(pg, 16, None)?)),
+            Arc::new(plain_query(plain_pool(
+                pg,
+                16,
+                Some(Duration::from_secs(30)),
+            )?)),
+            Arc::new(ours_query(ours(pg, 16)?)),
+        ];
+        for side in &sides {
+            let _ = load(concurrency, Duration::from_millis(300), callable(side)).await;
         }
-        let ratio = median(ratios);
+        let mut rates: [Vec<f64>; 3] = Default::default();
+        let (mut vs_plain, mut vs_wait) = (Vec::new(), Vec::new());
+        for round in 0..THROUGHPUT_ROUNDS {
+            // Rotate which side goes first, so that drift within a round hits each alike.
+            let mut done = [0_f64; 3];
+            for k in 0..3 {
+                let side = (round + k) % 3;
+                done[side] = load(concurrency, THROUGHPUT_SLICE, callable(&sides[side]))
+                    .await
+                    .0 as f64;
+            }
+            for (rate, count) in rates.iter_mut().zip(done) {
+                rate.push(count / THROUGHPUT_SLICE.as_secs_f64());
+            }
+            vs_plain.push(done[2] / done[0]);
+            vs_wait.push(done[2] / done[1]);
+        }
+        let [plain, wait, ours] = rates.map(median);
+        let (vs_plain, vs_wait) = (median(vs_plain), median(vs_wait));
         println!(
-            "{concurrency:>11} {:>14.0} {:>14.0} {ratio:>8.3}",
-            median(plain_rates.clone()),
-            median(our_rates.clone())
+            "{concurrency:>11} {plain:>11.0} {wait:>13.0} {ours:>10.0} {vs_plain:>12.3} {vs_wait:>16.3}"
         );
         println!(
-            "{{\"bench\":\"throughput\",\"concurrency\":{concurrency},\"plain_qps\":{:.0},\"ours_qps\":{:.0},\"ratio\":{ratio:.3}}}",
-            median(plain_rates),
-            median(our_rates)
+            "{{\"bench\":\"throughput\",\"concurrency\":{concurrency},\"plain_qps\":{plain:.0},\"plain_wait_qps\":{wait:.0},\"ours_qps\":{ours:.0},\"ratio\":{vs_plain:.3},\"ratio_vs_wait\":{vs_wait:.3}}}"
         );
     }
     Ok(())
@@ -339,7 +387,7 @@ async fn cold_fill(pg: &LocalPostgres) -> Result<(), Box<dyn std::error::Error>>
             )
             .await?;
         let mint_trip = started.elapsed();
-        let plain = plain_pool(pg, 32)?;
+        let plain = plain_pool(pg, 32, None)?;
         let plain_fill = fill(plain, |p: Plain| async move { p.get().await.is_ok() }).await;
         let minted_before = mock.minted().len();
         let pool = Pool::builder()

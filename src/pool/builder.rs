@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -632,6 +633,7 @@ impl PoolBuilder {
                 pool,
                 counters,
                 housekeeper: Mutex::new(Some(housekeeper)),
+                waiters: AtomicUsize::new(0),
             }),
         })
     }

@@ -8,6 +8,7 @@ pub use self::transaction::TransactionHandle;
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,24 @@ struct PoolInner {
     counters: Arc<Counters>,
     /// Taken (and awaited) by [`Pool::shutdown`].
     housekeeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Checkouts waiting for a free connection.
+    waiters: AtomicUsize,
+}
+
+/// Counts a waiting checkout for as long as it waits (also when its future is dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn start(waiters: &'a AtomicUsize) -> Self {
+        let _ = waiters.fetch_add(1, Ordering::Relaxed);
+        Waiting(waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl PoolInner {
@@ -155,18 +174,22 @@ impl Pool {
     /// Takes a free connection without waiting when there is one (deadpool's non-blocking
     /// path, which sets no timer), and only otherwise waits under the wait timeout. Waiting
     /// callers are served in order either way: the semaphore hands released permits to them
-    /// before anyone else can take one.
+    /// before anyone else can take one, which is also why the non-blocking attempt is skipped
+    /// while anyone waits (it would fail).
     async fn checkout(&self) -> Result<Connection, PoolError<Error>> {
         let mut timeouts = self.inner.pool.timeouts();
-        let waiting = timeouts.wait;
-        timeouts.wait = Some(Duration::ZERO);
-        match self.inner.pool.timeout_get(&timeouts).await {
-            Err(PoolError::Timeout(TimeoutType::Wait)) if waiting != Some(Duration::ZERO) => {
-                timeouts.wait = waiting;
-                self.inner.pool.timeout_get(&timeouts).await
+        let wait = timeouts.wait;
+        if self.inner.waiters.load(Ordering::Relaxed) == 0 {
+            timeouts.wait = Some(Duration::ZERO);
+            match self.inner.pool.timeout_get(&timeouts).await {
+                Err(PoolError::Timeout(TimeoutType::Wait)) if wait != Some(Duration::ZERO) => {
+                    timeouts.wait = wait;
+                }
+                result => return result,
             }
-            result => result,
         }
+        let _waiting = Waiting::start(&self.inner.waiters);
+        self.inner.pool.timeout_get(&timeouts).await
     }
 
     /// A snapshot of the pool's state and counters.
