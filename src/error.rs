@@ -178,7 +178,8 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
-    /// The pool has been closed with [`Pool::close`](crate::Pool::close).
+    /// The pool has been closed with [`Pool::close`](crate::Pool::close) or
+    /// [`Pool::shutdown`](crate::Pool::shutdown).
     #[error("the pool is closed")]
     PoolClosed,
 
