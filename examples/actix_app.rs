@@ -17,7 +17,7 @@ use std::time::Duration;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use lakebase_pool::integrations::HttpError;
 use lakebase_pool::testing::LocalLakebase;
-use lakebase_pool::{Connection, Environment, Pool, PoolBuilder};
+use lakebase_pool::{Connection, Environment, Pool};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 
@@ -97,7 +97,7 @@ async fn fetch(conn: Connection, id: web::Path<i64>) -> Result<HttpResponse, Htt
     })
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), lakebase_pool::BoxError> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -107,19 +107,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     actix_web::rt::System::new().block_on(serve())
 }
 
-async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+async fn serve() -> Result<(), lakebase_pool::BoxError> {
     let env = Environment::from_process();
-    let local = if env.get("LAKEBASE_ENDPOINT").is_some() || env.get("PGHOST").is_some() {
-        None
-    } else {
-        println!("no LAKEBASE_ENDPOINT or PGHOST set: using a local Postgres behind the emulator");
-        Some(LocalLakebase::start().await?)
-    };
-    let pool = match &local {
-        Some(local) => local.pool_builder()?,
-        None => PoolBuilder::from_environment(&env)?,
-    }
-    .build()?;
+    // The database the environment names, or a local Lakebase (kept alive by `_local`).
+    let (builder, _local) = LocalLakebase::unless_configured(&env).await?;
+    let pool = builder.build()?;
     migrate(&pool).await?;
 
     let port: u16 = env.get("PORT").unwrap_or("3000").parse()?;

@@ -20,7 +20,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use lakebase_pool::integrations::HttpError;
 use lakebase_pool::testing::LocalLakebase;
-use lakebase_pool::{Connection, Environment, Pool, PoolBuilder};
+use lakebase_pool::{Connection, Environment, Pool};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 
@@ -119,24 +119,16 @@ impl axum::response::IntoResponse for TodoError {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), lakebase_pool::BoxError> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let env = Environment::from_process();
-    let local = if env.get("LAKEBASE_ENDPOINT").is_some() || env.get("PGHOST").is_some() {
-        None
-    } else {
-        println!("no LAKEBASE_ENDPOINT or PGHOST set: using a local Postgres behind the emulator");
-        Some(LocalLakebase::start().await?)
-    };
-    let pool = match &local {
-        Some(local) => local.pool_builder()?,
-        None => PoolBuilder::from_environment(&env)?,
-    }
-    .build()?;
+    // The database the environment names, or a local Lakebase (kept alive by `_local`).
+    let (builder, _local) = LocalLakebase::unless_configured(&env).await?;
+    let pool = builder.build()?;
     migrate(&pool).await?;
 
     let port = env.get("PORT").unwrap_or("3000");

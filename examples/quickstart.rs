@@ -19,8 +19,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use lakebase_pool::Environment;
 use lakebase_pool::testing::LocalLakebase;
-use lakebase_pool::{Environment, PoolBuilder};
 use tracing_subscriber::EnvFilter;
 
 /// Short enough to watch a connection being replaced; the default is 45 minutes.
@@ -45,32 +45,25 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let process = Environment::from_process();
-    let configured = process.get("LAKEBASE_ENDPOINT").is_some() || process.get("PGHOST").is_some();
-    // Keeps the local servers alive until the end of `run`.
-    let local = if configured {
-        println!("using the configuration in the environment");
-        None
-    } else {
-        println!(
-            "no LAKEBASE_ENDPOINT or PGHOST set: starting a local PostgreSQL, a mock workspace \
-             and the Lakebase emulator"
-        );
-        let local = LocalLakebase::start().await?;
-        // Make waking visible: the first attempt is refused, as the proxy may do.
-        local.emulator().set_wake_delay(Duration::from_millis(500));
-        local.emulator().set_refusals_while_waking(1);
-        Some(local)
-    };
-
-    // The local builder reads the same variables from the environment an App would have, and
-    // adds the resolver hook (the endpoint's host name resolves nowhere; the hook maps it to
-    // the emulator while TLS still verifies the name and sends it as SNI) and the emulator's CA.
-    let builder = match &local {
-        Some(local) => local.pool_builder()?,
-        None => PoolBuilder::from_environment(&process)?,
-    };
+async fn run() -> Result<(), lakebase_pool::BoxError> {
+    // The endpoint the environment names, or a local PostgreSQL, mock workspace and Lakebase
+    // emulator (kept alive by `local` until the end of `run`). The local builder reads the same
+    // variables an App would have, plus the resolver hook (the endpoint's host name resolves
+    // nowhere; the hook maps it to the emulator while TLS still verifies the name and sends it
+    // as SNI) and the emulator's CA.
+    let (builder, local) = LocalLakebase::unless_configured(&Environment::from_process()).await?;
+    match &local {
+        None => println!("using the configuration in the environment"),
+        Some(local) => {
+            println!(
+                "no LAKEBASE_ENDPOINT or PGHOST set: started a local PostgreSQL, a mock workspace \
+                 and the Lakebase emulator"
+            );
+            // Make waking visible: the first attempt is refused, as the proxy may do.
+            local.emulator().set_wake_delay(Duration::from_millis(500));
+            local.emulator().set_refusals_while_waking(1);
+        }
+    }
     let pool = builder.max_lifetime(DEMO_LIFETIME).build()?;
 
     let conn = pool.get().await?;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lakebase_pool::testing::LocalLakebase;
-use lakebase_pool::{Environment, Error, ListenerEvent, Pool, PoolBuilder};
+use lakebase_pool::{Environment, Error, ListenerEvent, Pool};
 use tokio::sync::Notify;
 
 /// Creates the job and result tables if they are missing.
@@ -138,25 +138,16 @@ pub async fn run_worker(
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), lakebase_pool::BoxError> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let env = Environment::from_process();
-    let local = if env.get("LAKEBASE_ENDPOINT").is_some() || env.get("PGHOST").is_some() {
-        None
-    } else {
-        println!("no LAKEBASE_ENDPOINT or PGHOST set: using a local Postgres behind the emulator");
-        Some(LocalLakebase::start().await?)
-    };
-    let pool = match &local {
-        Some(local) => local.pool_builder()?,
-        None => PoolBuilder::from_environment(&env)?,
-    }
-    .max_size(8)
-    .build()?;
+    // The database the environment names, or a local Lakebase (kept alive by `local`).
+    let (builder, local) = LocalLakebase::unless_configured(&env).await?;
+    let pool = builder.max_size(8).build()?;
     migrate(&pool).await?;
 
     // Idle workers wake on `NOTIFY jobs`; the listener reconnects by itself.

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use super::{HarnessError, LakebaseEmulator, LocalPostgres, MockWorkspace};
-use crate::{Environment, Error, PoolBuilder, Secret};
+use crate::{BoxError, Environment, Error, PoolBuilder, Secret};
 
 /// A throwaway PostgreSQL, a mock Databricks workspace and the Lakebase emulator, wired
 /// together like a Databricks App's environment: one endpoint, one user, one personal access
@@ -79,6 +79,41 @@ impl LocalLakebase {
             workspace,
             postgres,
         })
+    }
+
+    /// For demos and examples: a pool builder for the database the environment names
+    /// (`LAKEBASE_ENDPOINT` or `PGHOST` set: read as [`PoolBuilder::from_environment`] does),
+    /// or else for a local Lakebase started here. The local one is returned too: keep it alive
+    /// for as long as the pool is used.
+    ///
+    /// # Errors
+    ///
+    /// A malformed environment, or a local Lakebase that cannot start.
+    ///
+    /// ```no_run
+    /// use lakebase_pool::Environment;
+    /// use lakebase_pool::testing::LocalLakebase;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let (builder, _local) = LocalLakebase::unless_configured(&Environment::from_process()).await?;
+    /// let pool = builder.build()?;
+    /// # let _ = pool;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn unless_configured(
+        env: &Environment,
+    ) -> Result<(PoolBuilder, Option<LocalLakebase>), BoxError> {
+        if env.get("LAKEBASE_ENDPOINT").is_some() || env.get("PGHOST").is_some() {
+            return Ok((PoolBuilder::from_environment(env)?, None));
+        }
+        tracing::info!(
+            "no LAKEBASE_ENDPOINT or PGHOST set: starting a local PostgreSQL, a mock workspace \
+             and the Lakebase emulator"
+        );
+        let local = LocalLakebase::start().await?;
+        Ok((local.pool_builder()?, Some(local)))
     }
 
     /// The environment a Databricks App would have: `DATABRICKS_HOST`, `DATABRICKS_TOKEN`,

@@ -5,18 +5,37 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use lakebase_pool::Error;
 
+use lakebase_pool::Pool;
+use lakebase_pool::testing::LocalPostgres;
+
 use crate::support::{app_pool, backend_pid, cluster};
+
+/// A cluster, and a pool of its app role with `schema` created.
+async fn pool_with(schema: &str) -> (LocalPostgres, Pool) {
+    let pg = cluster().await;
+    let pool = app_pool(&pg).build().unwrap();
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute(schema)
+        .await
+        .unwrap();
+    (pg, pool)
+}
+
+async fn rows(pool: &Pool, table: &str) -> i64 {
+    pool.get()
+        .await
+        .unwrap()
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
 
 #[tokio::test]
 async fn a_transaction_killed_midway_runs_again_and_commits_once() {
-    let pg = cluster().await;
-    let pool = app_pool(&pg).build().unwrap();
-    let setup = pool.get().await.unwrap();
-    setup
-        .batch_execute("CREATE TABLE ledger (entry text NOT NULL)")
-        .await
-        .unwrap();
-    drop(setup);
+    let (pg, pool) = pool_with("CREATE TABLE ledger (entry text NOT NULL)").await;
     let admin = pg.admin().await.unwrap();
 
     let runs = AtomicU32::new(0);
@@ -42,28 +61,16 @@ async fn a_transaction_killed_midway_runs_again_and_commits_once() {
         .expect("the second run commits");
 
     assert_eq!((runs.into_inner(), value), (2, 20));
-    let conn = pool.get().await.unwrap();
-    let rows: i64 = conn
-        .query_one("SELECT count(*) FROM ledger", &[])
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        rows, 2,
+        rows(&pool, "ledger").await,
+        2,
         "the killed run left nothing behind, the retry committed once"
     );
 }
 
 #[tokio::test]
 async fn a_non_retryable_error_fails_at_once_and_rolls_back() {
-    let pg = cluster().await;
-    let pool = app_pool(&pg).build().unwrap();
-    pool.get()
-        .await
-        .unwrap()
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let (_pg, pool) = pool_with("CREATE TABLE t (id int PRIMARY KEY)").await;
 
     let runs = AtomicU32::new(0);
     let runs_ref = &runs;
@@ -84,29 +91,21 @@ async fn a_non_retryable_error_fails_at_once_and_rolls_back() {
         "{err:?}"
     );
     assert!(!err.is_transient());
-    let conn = pool.get().await.unwrap();
-    let rows: i64 = conn
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(rows, 0, "the first insert was rolled back");
+    assert_eq!(
+        rows(&pool, "t").await,
+        0,
+        "the first insert was rolled back"
+    );
 }
 
 /// A deferred constraint that fails at COMMIT: the server answers COMMIT with an ERROR, so the
 /// transaction certainly did not apply; the error is not transient, so it is not retried.
 #[tokio::test]
 async fn a_commit_answered_with_an_error_is_reported_as_rolled_back() {
-    let pg = cluster().await;
-    let pool = app_pool(&pg).build().unwrap();
-    pool.get()
-        .await
-        .unwrap()
-        .batch_execute(
-            "CREATE TABLE t (id int, CONSTRAINT one UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)",
-        )
-        .await
-        .unwrap();
+    let (_pg, pool) = pool_with(
+        "CREATE TABLE t (id int, CONSTRAINT one UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)",
+    )
+    .await;
 
     let err = pool
         .retry_transaction(|tx| async move {
@@ -213,11 +212,11 @@ async fn a_dropped_transaction_future_closes_its_connection() {
 
     let conn = pool.get().await.unwrap();
     assert_ne!(backend_pid(&conn).await, first_pid, "a new connection");
-    let rows: i64 = conn
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(rows, 0, "the abandoned insert was rolled back");
+    drop(conn);
+    assert_eq!(
+        rows(&pool, "t").await,
+        0,
+        "the abandoned insert was rolled back"
+    );
     assert_eq!(pool.stats().retired_broken, 1);
 }
