@@ -58,7 +58,9 @@ pub enum ListenerEvent {
 ///
 /// Events are read with [`recv`](Self::recv), or through the [`Stream`](futures_core::Stream)
 /// implementation. When the consumer falls 1,024 events behind, the listener stops reading
-/// from the server until it catches up. Dropping the listener closes its connection.
+/// from the server until it catches up. Dropping the listener closes its connection. It holds
+/// a handle to its pool (for the settings and tokens), so the pool lives at least as long;
+/// [`Pool::shutdown`] does not end it.
 ///
 /// ```no_run
 /// use lakebase_pool::ListenerEvent;
