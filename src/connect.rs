@@ -290,8 +290,7 @@ impl Connector {
                 }
                 // Transient or rate limited (a timed-out attempt is always transient).
                 (_, error) => {
-                    let delay = self.retry.delay(attempts, class, fastrand::f64());
-                    if Instant::now() + delay >= deadline {
+                    let Some(delay) = self.retry.wait_before(attempts, class, deadline) else {
                         tracing::warn!(
                             attempts,
                             cause = %error.describe(),
@@ -303,7 +302,7 @@ impl Connector {
                             elapsed: started.elapsed(),
                             source: error.into_boxed(),
                         });
-                    }
+                    };
                     self.counters.retry(class);
                     tracing::info!(
                         attempt = attempts,

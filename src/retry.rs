@@ -312,6 +312,19 @@ impl RetryPolicy {
         Ok(())
     }
 
+    /// The wait before retry number `retry`, or `None` when it would end at or after
+    /// `deadline`: no wait starts that the deadline would cut short. Connects and
+    /// [`Pool::retry_transaction`](crate::Pool::retry_transaction) both give up by this rule.
+    pub(crate) fn wait_before(
+        &self,
+        retry: u32,
+        class: ErrorClass,
+        deadline: tokio::time::Instant,
+    ) -> Option<Duration> {
+        let delay = self.delay(retry, class, fastrand::f64());
+        (tokio::time::Instant::now() + delay < deadline).then_some(delay)
+    }
+
     /// The wait before retry number `retry` (1 for the first retry). `unit` is a random
     /// number in `[0, 1)`; taking it as an argument keeps this function deterministic.
     pub(crate) fn delay(&self, retry: u32, class: ErrorClass, unit: f64) -> Duration {

@@ -138,14 +138,16 @@ impl Pool {
                 Err(Failure::RolledBack(error)) => error,
             };
             drop(conn);
-            let class = classify_in_transaction(&error);
-            let delay = policy.delay(attempts, class, fastrand::f64());
-            if class == ErrorClass::Fatal || Instant::now() + delay >= deadline {
+            let wait = match classify_in_transaction(&error) {
+                ErrorClass::Fatal => None,
+                class => policy.wait_before(attempts, class, deadline),
+            };
+            let Some(delay) = wait else {
                 return Err(Error::Transaction {
                     attempts,
                     source: error,
                 });
-            }
+            };
             tracing::info!(
                 attempt = attempts,
                 delay_ms = millis(delay),
