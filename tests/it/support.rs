@@ -36,6 +36,18 @@ pub fn app_pool(pg: &LocalPostgres) -> PoolBuilder {
     pg.pool_builder(ROLE).password(INITIAL_PASSWORD)
 }
 
+/// An error and its causes, `: `-separated, for assertions on what a message names.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The server process id behind a connection: which physical connection this is.
 pub async fn backend_pid(conn: &Connection) -> i32 {
     conn.query_one("SELECT pg_backend_pid()", &[])

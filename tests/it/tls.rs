@@ -7,7 +7,7 @@ use lakebase_pool::resolve::{HickoryResolver, Resolve, StaticResolver};
 use lakebase_pool::testing::{IssuedCertificate, LocalPostgres, MockWorkspace, TestCa};
 use lakebase_pool::{Environment, Error, PoolBuilder, RetryPolicy, Secret, SslMode};
 
-use crate::support::{INITIAL_PASSWORD, ROLE};
+use crate::support::{INITIAL_PASSWORD, ROLE, chain};
 
 const HOST: &str = "ep-test.db.lakebase.test";
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -46,16 +46,6 @@ async fn session_is_encrypted(conn: &lakebase_pool::Connection) -> bool {
 }
 
 /// The whole `source()` chain, where rustls's own explanation lives.
-fn chain(error: &Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(" / ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
 
 #[tokio::test]
 async fn verified_tls_with_a_private_ca_and_a_resolved_address() {

@@ -15,13 +15,8 @@ mod actix_app;
 #[path = "../../examples/axum_app.rs"]
 mod axum_app;
 
-/// What the example services return for a todo.
-#[derive(Debug, serde::Deserialize, PartialEq, Eq)]
-struct Todo {
-    id: i64,
-    title: String,
-    done: bool,
-}
+/// What both example services return for a todo (the two define the same type).
+use axum_app::Todo;
 
 async fn local_lakebase_pool() -> (LocalLakebase, Pool) {
     let lakebase = LocalLakebase::start()
