@@ -9,6 +9,7 @@
 //! | token refresh ahead | in the background once < 15 min is left | callers never wait on a mint while a valid token exists |
 //! | token mint timeout | 30 s | every network call has a bound |
 //! | token failure back-off | 1 s doubling to 30 s | a failing workspace is not hammered; recovery is noticed within 30 s |
+//! | longest token lifetime believed | 24 h | an absurd `expire_time` or `expires_in` from a server is clamped, never overflows a clock |
 //! | max lifetime | 45 min, shortened per connection by a random 0-5 % | connections are replaced well before server-side limits, and connections opened together do not all reconnect together |
 //! | idle timeout | 10 min | idle connections close, so a scale-to-zero compute can suspend |
 //! | validation | a round trip only for connections idle >= 5 s | catches connections killed while idle without a query on every checkout |
@@ -27,6 +28,9 @@ use std::time::Duration;
 pub(crate) const TOKEN_MIN_REMAINING: Duration = Duration::from_secs(2 * 60);
 pub(crate) const TOKEN_REFRESH_AHEAD: Duration = Duration::from_secs(15 * 60);
 pub(crate) const TOKEN_MINT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a token is trusted for, whatever its server claims (Lakebase and workspace
+/// tokens live an hour).
+pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 pub(crate) const TOKEN_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 pub(crate) const TOKEN_MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(30);
 

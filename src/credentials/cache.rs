@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::{Credential, CredentialProvider};
@@ -191,11 +192,16 @@ pub struct TokenStats {
 /// * **Refresh ahead**: once less than [`refresh_ahead`](CachePolicy::refresh_ahead) is left,
 ///   one background task mints the next token.
 /// * **Single flight**: however many callers need a new token at once, the provider is called
-///   once; the others wait for that call and re-check the cache when it ends.
+///   once. The call runs on a task of its own, so it completes (within the
+///   [`mint_timeout`](CachePolicy::mint_timeout)) and fills the cache even when every caller
+///   that waited for it was cancelled; a provider that panics counts as a failed mint.
 /// * **Stale while valid**: when a mint fails, a cached token that has not expired is still
 ///   served; new attempts are spaced by [`failure_backoff`](CachePolicy::failure_backoff).
 /// * **Forced refresh**: [`force_refresh`](Self::force_refresh) replaces a token the server
 ///   rejected, once, however many connections report the same token.
+///
+/// * **Bounded lifetimes**: an expiry more than 24 hours ahead is taken as 24 hours ahead, so
+///   an absurd `expire_time` cannot keep a token in use for ever.
 ///
 /// Expiry is counted from the credential's own `expires_at`, on the system clock, so a machine
 /// that was asleep does not hand out a token that expired while it slept.
@@ -221,14 +227,12 @@ pub struct TokenCache {
 }
 
 struct Inner {
-    /// What the tokens are, for error messages.
+    /// What the tokens are, for error messages and logs.
     kind: &'static str,
     provider: Box<dyn CredentialProvider>,
     policy: CachePolicy,
     clock: Clock,
     state: Mutex<State>,
-    /// Held for the duration of one mint; this is what makes minting single-flight.
-    mint_lock: tokio::sync::Mutex<()>,
     minted: AtomicU64,
     mint_failures: AtomicU64,
     served_from_cache: AtomicU64,
@@ -238,7 +242,9 @@ struct Inner {
 #[derive(Default)]
 struct State {
     current: Option<Arc<Credential>>,
-    refreshing: bool,
+    /// The shared mint in flight, if any. It turns `true` once the mint has ended and its
+    /// outcome is recorded here; everyone who needs a new token meanwhile waits on it.
+    in_flight: Option<watch::Receiver<bool>>,
     consecutive_failures: u32,
     last_error: Option<SharedError>,
     /// No mint before this moment (set after a failure).
@@ -291,11 +297,66 @@ enum MintError {
         "the credential provider returned a token that expired {0:.1?} ago (check the system clock)"
     )]
     AlreadyExpired(Duration),
+    #[error(
+        "the credential provider returned a token that expires in {0:.1?}, too soon to log in \
+         with (check the system clock)"
+    )]
+    ExpiresTooSoon(Duration),
+    #[error(
+        "the token mint ended without a result (the credential provider panicked, or the \
+         runtime is shutting down)"
+    )]
+    Abandoned,
+    #[error("the new token expired before it could be used (check the system clock)")]
+    ExpiredBeforeUse,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // No code panics while holding this lock; recover the data rather than propagate a poison.
     state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a caller that needs a new token does next.
+enum Next {
+    /// Wait for the shared mint in flight.
+    Wait(watch::Receiver<bool>),
+    /// Nothing to wait for: the answer is known now (backing off after a failure).
+    Done(Result<Arc<Credential>, Error>),
+}
+
+/// One shared mint, run in a task of its own so that no caller's cancellation cancels it.
+/// Dropping it (at the end of the task, or when the provider panics and the task unwinds)
+/// records the outcome, clears the in-flight mark and wakes every waiter.
+struct Flight {
+    cache: TokenCache,
+    outcome: Option<Result<Credential, SharedError>>,
+    done: watch::Sender<bool>,
+}
+
+impl Flight {
+    async fn run(mut self) {
+        self.outcome = Some(self.cache.mint().await);
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        let outcome = self
+            .outcome
+            .take()
+            .unwrap_or_else(|| Err(Arc::new(MintError::Abandoned) as SharedError));
+        {
+            let mut state = lock(&self.cache.inner.state);
+            match outcome {
+                Ok(credential) => self.cache.record_success(&mut state, Arc::new(credential)),
+                Err(error) => {
+                    let _ = self.cache.record_failure(&mut state, error);
+                }
+            }
+            state.in_flight = None;
+        }
+        let _ = self.done.send(true);
+    }
 }
 
 impl TokenCache {
@@ -313,7 +374,7 @@ impl TokenCache {
         Self::with_clock(Box::new(provider), policy, Clock::System, "database token")
     }
 
-    /// A cache whose errors call its tokens `kind` (e.g. "workspace token").
+    /// A cache whose errors and logs call its tokens `kind` (e.g. "workspace token").
     pub(crate) fn labelled(
         provider: Box<dyn CredentialProvider>,
         policy: CachePolicy,
@@ -335,7 +396,6 @@ impl TokenCache {
                 policy,
                 clock,
                 state: Mutex::new(State::default()),
-                mint_lock: tokio::sync::Mutex::new(()),
                 minted: AtomicU64::new(0),
                 mint_failures: AtomicU64::new(0),
                 served_from_cache: AtomicU64::new(0),
@@ -347,7 +407,8 @@ impl TokenCache {
     /// A token to log in with now.
     ///
     /// Returns the cached token when it is fresh enough (starting a background refresh when it
-    /// is due), otherwise waits for the one mint in flight, starting it if needed.
+    /// is due), otherwise waits for the one mint in flight, starting it if needed. The mint
+    /// runs on its own task: cancelling this call does not cancel it.
     ///
     /// # Errors
     ///
@@ -363,17 +424,16 @@ impl TokenCache {
     /// ```
     pub async fn token(&self) -> Result<Arc<Credential>, Error> {
         if self.inner.policy.per_connect {
-            return self.mint_or_fallback().await;
+            return self.mint_alone().await;
         }
-        if let Some(credential) = self.fresh_from_cache(true) {
-            return Ok(credential);
-        }
-        let _minting = self.inner.mint_lock.lock().await;
-        // Another caller may have minted while this one waited for the lock.
-        if let Some(credential) = self.fresh_from_cache(false) {
-            return Ok(credential);
-        }
-        self.mint_or_fallback().await
+        let next = {
+            let mut state = lock(&self.inner.state);
+            if let Some(credential) = self.fresh_from_cache(&mut state) {
+                return Ok(credential);
+            }
+            self.join_or_start_mint(&mut state)
+        };
+        self.finish(next).await
     }
 
     /// Replaces `rejected`, a token the server refused at login, and returns its successor.
@@ -399,23 +459,28 @@ impl TokenCache {
         &self,
         rejected: &Arc<Credential>,
     ) -> Result<Arc<Credential>, Error> {
-        let _minting = if self.inner.policy.per_connect {
-            None
-        } else {
-            Some(self.inner.mint_lock.lock().await)
-        };
-        {
+        let next = {
             let mut state = lock(&self.inner.state);
-            if let Some(current) = &state.current {
-                if Arc::ptr_eq(current, rejected) {
+            match &state.current {
+                Some(current) if Arc::ptr_eq(current, rejected) => {
                     state.current = None;
-                } else if self.freshness(current) != Freshness::Expired {
+                    self.inner.forced_refreshes.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(current) if self.freshness(current) != Freshness::Expired => {
                     return Ok(Arc::clone(current));
                 }
+                _ => {}
             }
+            if self.inner.policy.per_connect {
+                None
+            } else {
+                Some(self.join_or_start_mint(&mut state))
+            }
+        };
+        match next {
+            Some(next) => self.finish(next).await,
+            None => self.mint_alone().await,
         }
-        self.inner.forced_refreshes.fetch_add(1, Ordering::Relaxed);
-        self.mint_or_fallback().await
     }
 
     /// A snapshot of the cache's counters.
@@ -463,82 +528,137 @@ impl TokenCache {
         }
     }
 
-    /// The cached token if it may be reused, starting the background refresh when it is due
-    /// and `may_start_refresh` allows (the caller holding the mint lock must not).
-    fn fresh_from_cache(&self, may_start_refresh: bool) -> Option<Arc<Credential>> {
-        let mut state = lock(&self.inner.state);
+    fn backing_off(&self, state: &State) -> bool {
+        state.retry_at.is_some_and(|at| self.inner.clock.now() < at)
+    }
+
+    /// The cached token if it may be reused, starting the background refresh when it is due.
+    fn fresh_from_cache(&self, state: &mut State) -> Option<Arc<Credential>> {
         let current = state.current.clone()?;
         let Freshness::Fresh { refresh_due } = self.freshness(&current) else {
             return None;
         };
-        let backing_off = state.retry_at.is_some_and(|at| self.inner.clock.now() < at);
-        if refresh_due && may_start_refresh && !state.refreshing && !backing_off {
-            state.refreshing = true;
-            let cache = self.clone();
-            drop(tokio::spawn(
-                async move { cache.refresh_in_background().await },
-            ));
+        if refresh_due && state.in_flight.is_none() && !self.backing_off(state) {
+            // Nobody waits for it: callers keep the cached token meanwhile.
+            drop(self.start_mint(state));
         }
         self.inner.served_from_cache.fetch_add(1, Ordering::Relaxed);
         Some(current)
     }
 
-    async fn refresh_in_background(self) {
-        {
-            let _minting = self.inner.mint_lock.lock().await;
-            let still_due = lock(&self.inner.state)
-                .current
-                .as_ref()
-                .is_none_or(|c| self.freshness(c) != Freshness::Fresh { refresh_due: false });
-            if still_due {
-                // Failures are recorded and logged by `mint_or_fallback`; callers keep the
-                // cached token until it is too old, then see the error themselves.
-                let _ = self.mint_or_fallback().await;
-            }
+    /// Joins the mint in flight, or starts one unless backing off after a failure.
+    fn join_or_start_mint(&self, state: &mut State) -> Next {
+        if let Some(in_flight) = &state.in_flight {
+            return Next::Wait(in_flight.clone());
         }
-        lock(&self.inner.state).refreshing = false;
+        if let Some(answer) = self.answer_while_backing_off(state) {
+            return Next::Done(answer);
+        }
+        Next::Wait(self.start_mint(state))
     }
 
-    /// Calls the provider unless backing off; on failure falls back to a still-valid token.
-    async fn mint_or_fallback(&self) -> Result<Arc<Credential>, Error> {
+    /// While backing off after a failure: the fallback answer, without calling the provider.
+    fn answer_while_backing_off(&self, state: &State) -> Option<Result<Arc<Credential>, Error>> {
         let now = self.inner.clock.now();
-        {
+        match (state.retry_at, &state.last_error) {
+            (Some(retry_at), Some(error)) if now < retry_at => {
+                Some(self.fallback(state, error, retry_at.duration_since(now).ok()))
+            }
+            _ => None,
+        }
+    }
+
+    fn start_mint(&self, state: &mut State) -> watch::Receiver<bool> {
+        let (done, receiver) = watch::channel(false);
+        state.in_flight = Some(receiver.clone());
+        let flight = Flight {
+            cache: self.clone(),
+            outcome: None,
+            done,
+        };
+        drop(tokio::spawn(flight.run()));
+        receiver
+    }
+
+    /// Waits (when there is anything to wait for) and answers from the recorded outcome.
+    async fn finish(&self, next: Next) -> Result<Arc<Credential>, Error> {
+        let mut in_flight = match next {
+            Next::Done(answer) => return answer,
+            Next::Wait(in_flight) => in_flight,
+        };
+        loop {
+            // An error means the flight is gone, which it only is once it has recorded.
+            let _ = in_flight.wait_for(|done| *done).await;
             let state = lock(&self.inner.state);
-            if let (Some(retry_at), Some(error)) = (state.retry_at, &state.last_error)
-                && now < retry_at
-            {
-                return self.fallback(&state, error, retry_at.duration_since(now).ok());
+            match (&state.current, &state.last_error, &state.in_flight) {
+                (Some(current), _, _) if self.freshness(current) != Freshness::Expired => {
+                    return Ok(Arc::clone(current));
+                }
+                // A forced refresh dropped the new token and started another mint meanwhile.
+                (_, _, Some(next)) => in_flight = next.clone(),
+                (_, Some(error), _) => {
+                    let retry_in = state
+                        .retry_at
+                        .and_then(|at| at.duration_since(self.inner.clock.now()).ok());
+                    return Err(self.credentials_error(error, retry_in));
+                }
+                _ => {
+                    let error: SharedError = Arc::new(MintError::ExpiredBeforeUse);
+                    return Err(self.credentials_error(&error, None));
+                }
             }
         }
-        match self.mint().await {
+    }
+
+    /// [`CachePolicy::per_connect`]: one provider call for this caller alone (still on its own
+    /// task, so that a panicking provider is a failed mint), unless backing off.
+    async fn mint_alone(&self) -> Result<Arc<Credential>, Error> {
+        if let Some(answer) = self.answer_while_backing_off(&lock(&self.inner.state)) {
+            return answer;
+        }
+        let cache = self.clone();
+        let outcome = tokio::spawn(async move { cache.mint().await })
+            .await
+            .unwrap_or_else(|_| Err(Arc::new(MintError::Abandoned) as SharedError));
+        let mut state = lock(&self.inner.state);
+        match outcome {
             Ok(credential) => {
                 let credential = Arc::new(credential);
-                let mut state = lock(&self.inner.state);
-                state.current = Some(Arc::clone(&credential));
-                state.consecutive_failures = 0;
-                state.last_error = None;
-                state.retry_at = None;
+                self.record_success(&mut state, Arc::clone(&credential));
                 Ok(credential)
             }
             Err(error) => {
-                let mut state = lock(&self.inner.state);
-                state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-                let backoff = self
-                    .inner
-                    .policy
-                    .failure_backoff
-                    .step(state.consecutive_failures);
-                state.retry_at = now.checked_add(backoff);
-                state.last_error = Some(Arc::clone(&error));
-                tracing::warn!(
-                    error = %error,
-                    consecutive_failures = state.consecutive_failures,
-                    retry_in_ms = backoff.as_millis() as u64,
-                    "database token mint failed"
-                );
-                self.fallback(&state, &error, Some(backoff))
+                let retry_in = self.record_failure(&mut state, Arc::clone(&error));
+                self.fallback(&state, &error, Some(retry_in))
             }
         }
+    }
+
+    fn record_success(&self, state: &mut State, credential: Arc<Credential>) {
+        state.current = Some(credential);
+        state.consecutive_failures = 0;
+        state.last_error = None;
+        state.retry_at = None;
+    }
+
+    /// Records a failed mint and returns how long to back off.
+    fn record_failure(&self, state: &mut State, error: SharedError) -> Duration {
+        state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+        let backoff = self
+            .inner
+            .policy
+            .failure_backoff
+            .step(state.consecutive_failures);
+        state.retry_at = self.inner.clock.now().checked_add(backoff);
+        tracing::warn!(
+            kind = self.inner.kind,
+            error = %error,
+            consecutive_failures = state.consecutive_failures,
+            retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+            "token mint failed"
+        );
+        state.last_error = Some(error);
+        backoff
     }
 
     /// The cached token if it is still good for a login, else the provider's error.
@@ -550,20 +670,27 @@ impl TokenCache {
     ) -> Result<Arc<Credential>, Error> {
         match &state.current {
             Some(current) if self.freshness(current) != Freshness::Expired => {
-                tracing::debug!("serving the cached database token while minting fails");
+                tracing::debug!(
+                    kind = self.inner.kind,
+                    "serving the cached token while minting fails"
+                );
                 Ok(Arc::clone(current))
             }
-            _ => Err(Error::Credentials {
-                kind: self.inner.kind,
-                retry_in,
-                source: Arc::clone(error),
-            }),
+            _ => Err(self.credentials_error(error, retry_in)),
+        }
+    }
+
+    fn credentials_error(&self, error: &SharedError, retry_in: Option<Duration>) -> Error {
+        Error::Credentials {
+            kind: self.inner.kind,
+            retry_in,
+            source: Arc::clone(error),
         }
     }
 
     /// One provider call under the mint timeout, with the result checked.
     async fn mint(&self) -> Result<Credential, SharedError> {
-        let span = tracing::info_span!("lakebase.token.mint");
+        let span = tracing::info_span!("lakebase.token.mint", kind = self.inner.kind);
         let timeout = self.inner.policy.mint_timeout;
         let call = tokio::time::timeout(timeout, self.inner.provider.credential());
         let result = match call.instrument(span.clone()).await {
@@ -600,20 +727,34 @@ impl TokenCache {
         if credential.secret().is_empty() {
             return Err(Arc::new(MintError::EmptySecret) as SharedError);
         }
-        if let Some(expires_at) = credential.expiry() {
-            let now = self.inner.clock.now();
-            if let Ok(ago) = now.duration_since(expires_at) {
-                return Err(Arc::new(MintError::AlreadyExpired(ago)) as SharedError);
-            }
-            let left = expires_at.duration_since(now).unwrap_or_default();
-            if left < self.inner.policy.min_remaining {
-                tracing::warn!(
-                    expires_in_s = left.as_secs(),
-                    min_remaining_s = self.inner.policy.min_remaining.as_secs(),
-                    "the credential provider returned a token that expires sooner than \
-                     min_remaining; every connection will mint a new one"
-                );
-            }
+        let Some(expires_at) = credential.expiry() else {
+            return Ok(credential);
+        };
+        let now = self.inner.clock.now();
+        if let Ok(ago) = now.duration_since(expires_at) {
+            return Err(Arc::new(MintError::AlreadyExpired(ago)) as SharedError);
+        }
+        let left = expires_at.duration_since(now).unwrap_or_default();
+        if left <= LOGIN_MARGIN {
+            return Err(Arc::new(MintError::ExpiresTooSoon(left)) as SharedError);
+        }
+        if left > defaults::MAX_TOKEN_LIFETIME {
+            tracing::warn!(
+                kind = self.inner.kind,
+                expires_in_s = left.as_secs(),
+                "the credential provider claims a lifetime of more than 24 hours; taking it \
+                 as 24 hours"
+            );
+            return Ok(credential.expires_at(now + defaults::MAX_TOKEN_LIFETIME));
+        }
+        if left < self.inner.policy.min_remaining {
+            tracing::warn!(
+                kind = self.inner.kind,
+                expires_in_s = left.as_secs(),
+                min_remaining_s = self.inner.policy.min_remaining.as_secs(),
+                "the credential provider returned a token that expires sooner than \
+                 min_remaining; every connection will mint a new one"
+            );
         }
         Ok(credential)
     }
@@ -647,6 +788,7 @@ mod tests {
         },
         Fail,
         Hang,
+        Panic,
     }
 
     /// A provider whose behaviour the test scripts; it counts calls and numbers its tokens.
@@ -669,6 +811,7 @@ mod tests {
                     }
                     Step::Fail => Err(BoxError::from("workspace says no")),
                     Step::Hang => std::future::pending().await,
+                    Step::Panic => panic!("the provider broke"),
                 }
             })
         }
@@ -903,6 +1046,114 @@ mod tests {
             let _ = h.cache.token().await.unwrap();
         }
         assert_eq!(h.calls(), 3);
+    }
+
+    /// A mint belongs to no caller: callers that give up before it ends (request timeouts)
+    /// do not cancel it, so the token still lands in the cache. Tied to the first caller, a
+    /// 1.5 s mint with callers giving up after 1 s never completed (20 calls, no token).
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_callers_do_not_cancel_the_shared_mint() {
+        let h = harness(
+            CachePolicy::default(),
+            Step::Ok {
+                delay: Duration::from_millis(1500),
+                ttl: HOUR,
+            },
+        );
+        let mut gave_up = 0;
+        for _ in 0..20 {
+            let cache = h.cache.clone();
+            let waited =
+                tokio::time::timeout(Duration::from_secs(1), async move { cache.token().await })
+                    .await;
+            gave_up += usize::from(waited.is_err());
+        }
+        assert!(
+            gave_up >= 1,
+            "the first caller gives up before the mint ends"
+        );
+        assert!(h.calls() <= 2, "{} provider calls", h.calls());
+        let started = tokio::time::Instant::now();
+        let token = h.cache.token().await.unwrap();
+        assert_eq!(started.elapsed(), Duration::ZERO, "served from the cache");
+        assert_eq!(token.secret().expose(), "token-1");
+        assert_eq!(h.cache.stats().minted, 1);
+    }
+
+    /// Concurrent callers that are all cancelled: one provider call, and the token cached.
+    #[tokio::test(start_paused = true)]
+    async fn a_mint_whose_every_waiter_was_cancelled_still_fills_the_cache() {
+        let h = harness(
+            CachePolicy::default(),
+            Step::Ok {
+                delay: Duration::from_millis(1500),
+                ttl: HOUR,
+            },
+        );
+        let callers: Vec<_> = (0..20)
+            .map(|_| {
+                let cache = h.cache.clone();
+                tokio::spawn(async move { cache.token().await })
+            })
+            .collect();
+        settle().await;
+        callers.iter().for_each(tokio::task::JoinHandle::abort);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        settle().await;
+        assert_eq!(h.calls(), 1);
+        assert_eq!(h.cache.stats().minted, 1);
+        assert_eq!(h.cache.token().await.unwrap().secret().expose(), "token-1");
+        assert_eq!(h.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_provider_is_a_failed_mint_and_the_cache_recovers() {
+        let policy =
+            CachePolicy::default().failure_backoff(Duration::from_secs(1), Duration::from_secs(1));
+        let h = harness(policy, Step::Panic);
+        let err = h.cache.token().await.unwrap_err();
+        assert!(matches!(err, Error::Credentials { .. }), "{err:?}");
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(cause.contains("panicked"), "{cause}");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        h.set(ok(HOUR));
+        assert_eq!(h.cache.token().await.unwrap().secret().expose(), "token-2");
+    }
+
+    /// A panic in the background refresh once left the cache marked as refreshing for ever,
+    /// so no refresh ever started again and callers failed once the token expired.
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_in_the_background_refresh_does_not_stop_later_refreshes() {
+        let policy =
+            CachePolicy::default().failure_backoff(Duration::from_secs(1), Duration::from_secs(1));
+        let h = harness(policy, ok(HOUR));
+        let first = h.cache.token().await.unwrap();
+        tokio::time::advance(50 * MIN).await;
+        h.set(Step::Panic);
+        assert!(Arc::ptr_eq(&h.cache.token().await.unwrap(), &first));
+        settle().await;
+        assert_eq!(h.calls(), 2, "the background refresh ran and panicked");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        h.set(ok(HOUR));
+        assert!(Arc::ptr_eq(&h.cache.token().await.unwrap(), &first));
+        settle().await;
+        assert_eq!(h.calls(), 3, "a new background refresh started");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+        assert_eq!(h.cache.token().await.unwrap().secret().expose(), "token-3");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absurd_lifetime_is_clamped_to_a_day() {
+        let h = harness(
+            CachePolicy::default(),
+            ok(Duration::from_secs(u64::MAX / 4)),
+        );
+        let token = h.cache.token().await.unwrap();
+        let left = h.cache.stats().expires_in.unwrap();
+        assert!(left <= defaults::MAX_TOKEN_LIFETIME, "{left:?}");
+        assert!(left > defaults::MAX_TOKEN_LIFETIME - MIN, "{left:?}");
+        assert!(token.expiry().is_some());
     }
 
     #[test]
