@@ -2,7 +2,24 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::Error;
+
+/// How far ahead a deadline of `Duration::MAX` ("no limit") lies: decades, like tokio's own
+/// far future, and never an overflow.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// The moment `after` from `from`. Durations come from users and servers, and
+/// `Instant + Duration` panics on overflow; an unreachable deadline means no limit.
+pub(crate) fn deadline_after(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after.min(FAR_FUTURE)).unwrap_or(from)
+}
+
+/// Whether a wait of `wait` starting now would end before `deadline`.
+pub(crate) fn ends_before(wait: Duration, deadline: Instant) -> bool {
+    wait < deadline.saturating_duration_since(Instant::now())
+}
 
 /// `initial`, doubling at each step, capped at `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +54,20 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deadlines_of_any_length_never_overflow() {
+        let now = Instant::now();
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
+        let far = deadline_after(now, Duration::MAX);
+        assert!(far >= now + Duration::from_secs(365 * 24 * 3600));
+        assert!(ends_before(Duration::from_secs(3600), far));
+        assert!(!ends_before(Duration::MAX, far));
+        assert!(!ends_before(Duration::ZERO, now));
+    }
 
     #[test]
     fn steps_double_up_to_the_cap_and_never_overflow() {

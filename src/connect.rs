@@ -14,6 +14,7 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::Instrument;
 
+use crate::backoff::deadline_after;
 use crate::credentials::{Credential, TokenCache};
 use crate::databricks::Workspace;
 use crate::endpoint::EndpointName;
@@ -230,7 +231,7 @@ impl Connector {
 
     async fn connect_with_retries(&self, prepared: &Prepared) -> Result<Opened, Error> {
         let started = Instant::now();
-        let deadline = started + self.retry.total_deadline();
+        let deadline = deadline_after(started, self.retry.total_deadline());
         let mut credential = self.tokens.token().await?;
         let mut refreshed_after_rejection = false;
         let mut just_refreshed = false;

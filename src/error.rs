@@ -266,6 +266,16 @@ pub enum RequestProblem {
     BodyTooLarge(usize),
     /// The answer was not the JSON the API documents.
     InvalidResponse(String),
+    /// The workspace answered 429 or 503 and asked to wait longer than what is left of the
+    /// retry budget, so the call gave up instead of waiting.
+    Throttled {
+        /// The HTTP status (429 or 503).
+        status: u16,
+        /// How long the workspace asked to wait (`Retry-After` or the body's `RetryInfo`).
+        retry_after: Duration,
+        /// What was left of the retry budget.
+        budget_left: Duration,
+    },
 }
 
 impl std::fmt::Display for RequestProblem {
@@ -282,6 +292,16 @@ impl std::fmt::Display for RequestProblem {
                 write!(f, "the answer is larger than the {limit}-byte limit")
             }
             RequestProblem::InvalidResponse(problem) => write!(f, "unexpected answer: {problem}"),
+            RequestProblem::Throttled {
+                status,
+                retry_after,
+                budget_left,
+            } => write!(
+                f,
+                "HTTP {status}: the workspace asks to wait {retry_after:.1?}, more than the \
+                 {budget_left:.1?} left of the retry budget (try again later, or raise \
+                 `WorkspaceBuilder::retry_budget`)"
+            ),
         }
     }
 }
@@ -329,6 +349,7 @@ impl Error {
                     RequestProblem::Unreachable
                         | RequestProblem::TimedOut(_)
                         | RequestProblem::CutOff
+                        | RequestProblem::Throttled { .. }
                 )
             }
             _ => false,

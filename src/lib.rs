@@ -80,6 +80,7 @@ pub mod databricks;
 pub mod defaults;
 mod endpoint;
 mod error;
+mod files;
 #[cfg(any(feature = "axum", feature = "actix-web"))]
 pub mod integrations;
 mod listener;

@@ -322,7 +322,7 @@ impl RetryPolicy {
         deadline: tokio::time::Instant,
     ) -> Option<Duration> {
         let delay = self.delay(retry, class, fastrand::f64());
-        (tokio::time::Instant::now() + delay < deadline).then_some(delay)
+        crate::backoff::ends_before(delay, deadline).then_some(delay)
     }
 
     /// The wait before retry number `retry` (1 for the first retry). `unit` is a random

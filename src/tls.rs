@@ -204,7 +204,7 @@ pub(crate) fn parse_pem_certificates(
 
 /// Reads CA certificates from a PEM file (`PGSSLROOTCERT`).
 pub(crate) fn read_pem_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let pem = std::fs::read(path).map_err(|e| {
+    let pem = crate::files::read_bounded(path, crate::files::MAX_CONFIG_FILE).map_err(|e| {
         Error::invalid(
             "root_certificates",
             format!("could not read {}: {e}", path.display()),

@@ -5,18 +5,20 @@
 //! database tokens.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use reqwest::Url;
 use serde::Deserialize;
+use tokio::io::AsyncReadExt;
 use tokio::sync::OnceCell;
 
 use super::host::WorkspaceHost;
 use super::http::{Auth, Body, Call, HttpClient, api_error, decode};
 use super::time::parse_rfc3339;
 use crate::credentials::{BoxFuture, Credential, CredentialProvider};
-use crate::{BoxError, Error, Secret};
+use crate::{BoxError, Error, Secret, defaults};
 
 /// OAuth client credentials (a service principal's id and secret), as Databricks Apps use.
 pub(crate) struct OAuthM2M {
@@ -61,6 +63,11 @@ impl OAuthM2M {
 
     /// Finds the token endpoint the way the SDKs do, newest style first, then falls back to
     /// the conventional path. Discovery failures are not errors: the fallback is tried.
+    ///
+    /// The token endpoint receives the client secret, so a discovered URL is used only when
+    /// it is as trustworthy as the workspace host: https (plain http only on loopback, for a
+    /// loopback workspace), and on the workspace's own origin or the origin the metadata
+    /// document itself came from over https.
     async fn discover(&self) -> Url {
         let get = |url: Url| async move {
             let answer = self.http.send(&Call::get(url, Auth::None)).await.ok()?;
@@ -71,9 +78,15 @@ impl OAuthM2M {
             && let Ok(config) = decode::<DatabricksConfig>(&body)
             && let Some(oidc) = config.oidc_endpoint
             && let Ok(oidc) = Url::parse(oidc.trim_end_matches('/'))
-            && let Some(endpoint) = self.token_endpoint_from(&oidc).await
         {
-            return endpoint;
+            if !self.host.permits(&oidc) {
+                tracing::warn!(
+                    scheme = oidc.scheme(),
+                    "ignoring a discovered oidc_endpoint that is not https"
+                );
+            } else if let Some(endpoint) = self.token_endpoint_from(&oidc).await {
+                return endpoint;
+            }
         }
         let oidc = self.host.join("/oidc");
         if let Some(endpoint) = self.token_endpoint_from(&oidc).await {
@@ -90,7 +103,7 @@ impl OAuthM2M {
         .ok()?;
         let answer = self
             .http
-            .send(&Call::get(metadata, Auth::None))
+            .send(&Call::get(metadata.clone(), Auth::None))
             .await
             .ok()?;
         if answer.status != 200 {
@@ -98,10 +111,19 @@ impl OAuthM2M {
         }
         let server: AuthorizationServer = decode(&answer.body).ok()?;
         let endpoint = Url::parse(&server.token_endpoint).ok()?;
-        // The endpoint receives the client secret: it must be as trustworthy as the host.
-        let safe =
-            endpoint.scheme() == "https" || endpoint.host_str() == self.host.url().host_str();
-        safe.then_some(endpoint)
+        let same_origin = |a: &Url, b: &Url| a.origin() == b.origin();
+        let trusted_origin = same_origin(&endpoint, self.host.url())
+            || (metadata.scheme() == "https" && same_origin(&endpoint, &metadata));
+        if self.host.permits(&endpoint) && trusted_origin {
+            Some(endpoint)
+        } else {
+            tracing::warn!(
+                scheme = endpoint.scheme(),
+                "ignoring a discovered token endpoint outside the workspace and the metadata's \
+                 https origin; it would receive the client secret"
+            );
+            None
+        }
     }
 
     async fn fetch(&self) -> Result<Credential, Error> {
@@ -141,7 +163,9 @@ impl OAuthM2M {
                 "the token endpoint returned an empty access token",
             )));
         }
-        let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600));
+        // Server-supplied: clamped before it meets the clock (the token cache clamps again).
+        let lifetime =
+            Duration::from_secs(token.expires_in.unwrap_or(3600)).min(defaults::MAX_TOKEN_LIFETIME);
         Ok(Credential::new(token.access_token).expires_at(SystemTime::now() + lifetime))
     }
 }
@@ -188,9 +212,11 @@ impl DatabricksCli {
             None => command.args(["--host", &self.host]),
         };
         let _ = command
-            .stdin(std::process::Stdio::null())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let output = tokio::time::timeout(self.timeout, command.output())
+        let output = tokio::time::timeout(self.timeout, run_bounded(command))
             .await
             .map_err(|_| {
                 failed(format!(
@@ -201,14 +227,10 @@ impl DatabricksCli {
             .map_err(|e| failed(format!("could not run {}: {e}", self.program.display())))?;
         if !output.status.success() {
             // stderr explains (e.g. "run databricks auth login"); stdout could hold a token.
-            let stderr: String = String::from_utf8_lossy(&output.stderr)
-                .chars()
-                .take(500)
-                .collect();
             return Err(failed(format!(
                 "`databricks auth token` failed ({}): {} (log in with `databricks auth login --host {}`)",
                 output.status,
-                stderr.trim(),
+                printable(&output.stderr, CLI_STDERR_SHOWN),
                 self.host
             )));
         }
@@ -235,6 +257,70 @@ impl CredentialProvider for DatabricksCli {
     }
 }
 
+/// The most the CLI may print on either stream: its token answer is about 2 KiB.
+const CLI_OUTPUT_CAP: usize = 64 * 1024;
+
+/// How many characters of the CLI's stderr an error quotes.
+const CLI_STDERR_SHOWN: usize = 300;
+
+/// Runs `command` to its end, reading at most [`CLI_OUTPUT_CAP`] bytes of each stream; a
+/// program that prints more is killed and reported, never buffered without end.
+async fn run_bounded(
+    mut command: tokio::process::Command,
+) -> std::io::Result<std::process::Output> {
+    let mut child = command.spawn()?;
+    let read = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| async move {
+        let mut bytes = Vec::new();
+        if let Some(stream) = stream {
+            let _ = stream
+                .take(CLI_OUTPUT_CAP as u64 + 1)
+                .read_to_end(&mut bytes)
+                .await?;
+        }
+        if bytes.len() > CLI_OUTPUT_CAP {
+            // An error ends the other read at once (it may never end while the program runs).
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("it printed more than {CLI_OUTPUT_CAP} bytes"),
+            ));
+        }
+        Ok(bytes)
+    };
+    let stdout = child.stdout.take().map(|s| Box::new(s) as Box<_>);
+    let stderr = child.stderr.take().map(|s| Box::new(s) as Box<_>);
+    let (stdout, stderr) = match tokio::try_join!(read(stdout), read(stderr)) {
+        Ok(streams) => streams,
+        Err(error) => {
+            let _ = child.start_kill();
+            return Err(error);
+        }
+    };
+    let status = child.wait().await?;
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Text a program printed, made safe to put in an error or a log line: control characters
+/// (newlines, escapes) become spaces, runs of white space one space, and it is cut to `max`
+/// characters.
+fn printable(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let cleaned: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let single = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
+    if single.chars().count() > max {
+        let cut: String = single.chars().take(max).collect();
+        format!("{cut}...")
+    } else {
+        single
+    }
+}
+
 /// Finds an executable named `name` in the directories of a `PATH` value.
 pub(crate) fn find_on_path(name: &str, path: Option<&str>) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
@@ -254,6 +340,33 @@ pub(crate) type CustomSource = Arc<dyn CredentialProvider>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printed_text_loses_control_characters_and_is_capped() {
+        let shown = printable(b"Error: not logged in\n\x1b[31mrun\r\n login\x07", 300);
+        assert_eq!(shown, "Error: not logged in [31mrun login");
+        assert!(!shown.chars().any(char::is_control));
+        let long = printable("x".repeat(5000).as_bytes(), 300);
+        assert_eq!(long.chars().count(), 303);
+    }
+
+    #[tokio::test]
+    async fn a_program_printing_without_end_is_killed_and_reported() {
+        let mut command = tokio::process::Command::new("sh");
+        let _ = command
+            .args(["-c", "cat /dev/zero; sleep 60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(20), run_bounded(command))
+            .await
+            .expect("bounded")
+            .unwrap_err();
+        assert!(err.to_string().contains("printed more than"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
 
     #[test]
     fn executables_are_found_on_the_given_path_only() {

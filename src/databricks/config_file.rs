@@ -30,7 +30,11 @@ impl Profile {
 /// none. A missing file is no error unless a profile was requested.
 pub(crate) fn load(path: &Path, requested: Option<&str>) -> Result<Option<Profile>, Error> {
     let shown = path.display();
-    let text = match std::fs::read_to_string(path) {
+    let read = crate::files::read_bounded(path, crate::files::MAX_CONFIG_FILE).and_then(|bytes| {
+        String::from_utf8(bytes)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8"))
+    });
+    let text = match read {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return match requested {

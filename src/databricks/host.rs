@@ -17,10 +17,10 @@ pub(crate) struct WorkspaceHost {
 
 impl WorkspaceHost {
     pub(crate) fn parse(host: &str) -> Result<Self, Error> {
-        let invalid = |problem: String| Error::WorkspaceConfig {
-            problem: format!("host `{}` {problem}", host.trim()),
-        };
         let given = host.trim();
+        let invalid = |problem: String| Error::WorkspaceConfig {
+            problem: format!("host `{}` {problem}", without_user_info(given)),
+        };
         let has_scheme = given.contains("://");
         let trimmed = given.trim_end_matches('/');
         if trimmed.is_empty() {
@@ -39,6 +39,13 @@ impl WorkspaceHost {
             Url::parse(&with_scheme).map_err(|e| invalid(format!("is not a valid URL ({e})")))?;
         if !matches!(url.scheme(), "https" | "http") {
             return Err(invalid(String::from("must use https://")));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(invalid(String::from(
+                "carries a user name or password; give only the workspace URL and set \
+                 credentials with DATABRICKS_TOKEN or DATABRICKS_CLIENT_ID and \
+                 DATABRICKS_CLIENT_SECRET",
+            )));
         }
         let Some(name) = url.host_str().map(str::to_owned) else {
             return Err(invalid(String::from("has no host name")));
@@ -76,6 +83,35 @@ impl WorkspaceHost {
     pub(crate) fn url(&self) -> &Url {
         &self.url
     }
+
+    /// Whether a URL learned from this workspace (OAuth discovery) may receive a secret by
+    /// its scheme: https always; plain http only on loopback, and only for a workspace that
+    /// is itself plain http on loopback (a local test server).
+    pub(crate) fn permits(&self, url: &Url) -> bool {
+        match url.scheme() {
+            "https" => true,
+            "http" => self.url.scheme() == "http" && url.host_str().is_some_and(is_loopback),
+            _ => false,
+        }
+    }
+}
+
+/// `given` with anything between `://` and an `@` replaced, for error messages: a URL with
+/// user info carries a secret, and the error must not repeat it.
+pub(crate) fn without_user_info(given: &str) -> String {
+    let (scheme, rest) = given.split_once("://").unwrap_or(("", given));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let prefix = if scheme.is_empty() {
+                String::new()
+            } else {
+                format!("{scheme}://")
+            };
+            format!("{prefix}***@{}", &rest[at + 1..])
+        }
+        None => given.to_owned(),
+    }
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -101,6 +137,36 @@ impl fmt::Debug for WorkspaceHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_with_user_info_are_refused_without_repeating_it() {
+        for host in [
+            "https://user:s3cret-pw@x.cloud.databricks.com",
+            "user:s3cret-pw@x.cloud.databricks.com",
+            "https://s3cret-pw@x.cloud.databricks.com/",
+            "http://user:s3cret-pw@127.0.0.1:8080",
+        ] {
+            let err = WorkspaceHost::parse(host).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("user name or password"), "{host}: {text}");
+            assert!(!text.contains("s3cret-pw"), "{host}: {text}");
+            assert!(!format!("{err:?}").contains("s3cret-pw"), "{host}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn discovered_urls_must_be_https_unless_both_are_loopback() {
+        let remote = WorkspaceHost::parse("https://x.cloud.databricks.com").unwrap();
+        let local = WorkspaceHost::parse("http://127.0.0.1:8080").unwrap();
+        let url = |text: &str| Url::parse(text).unwrap();
+        assert!(remote.permits(&url("https://login.example.com/oidc")));
+        assert!(!remote.permits(&url("http://x.cloud.databricks.com/oidc")));
+        assert!(!remote.permits(&url("http://127.0.0.1/oidc")));
+        assert!(!remote.permits(&url("ftp://x.cloud.databricks.com/oidc")));
+        assert!(local.permits(&url("http://127.0.0.1:9000/oidc")));
+        assert!(local.permits(&url("http://localhost:9000/oidc")));
+        assert!(!local.permits(&url("http://evil.example.com/oidc")));
+    }
 
     fn normal(host: &str) -> String {
         WorkspaceHost::parse(host).unwrap().to_string()

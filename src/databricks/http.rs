@@ -22,9 +22,9 @@ use reqwest::Url;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, deadline_after, ends_before};
 use crate::error::RequestProblem;
-use crate::{Error, Secret, tls};
+use crate::{Environment, Error, Secret, tls};
 
 /// Timeouts and limits of workspace calls; see the [module docs](self).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,12 +104,22 @@ impl<'a> Call<'a> {
     }
 }
 
-/// A complete answer: status and (capped) body.
-#[derive(Debug)]
+/// A complete answer: status and (capped) body. Its `Debug` shows the body's length only:
+/// bodies carry tokens.
 pub(crate) struct Answer {
     pub(crate) status: u16,
     pub(crate) body: Vec<u8>,
     retry_after: Option<Duration>,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("status", &self.status)
+            .field("body_len", &self.body.len())
+            .field("retry_after", &self.retry_after)
+            .finish()
+    }
 }
 
 /// What one attempt produced.
@@ -118,18 +128,91 @@ enum Attempt {
     Failed(Error),
 }
 
+/// The forward proxy for workspace calls, read from the crate's [`Environment`], never from
+/// the process environment behind its back.
+///
+/// Only https calls are proxied, through a CONNECT tunnel, so TLS runs end to end and the
+/// proxy sees no credential: `HTTPS_PROXY` (or `https_proxy`, else `ALL_PROXY`/`all_proxy`).
+/// `HTTP_PROXY` is ignored on purpose: a plain-http call (to a loopback test workspace) would
+/// hand its token to the proxy in clear. Loopback hosts and those matching `NO_PROXY` (or
+/// `no_proxy`) are never proxied.
+#[derive(Clone, Default)]
+pub(crate) struct ProxySettings {
+    https_proxy: Option<Url>,
+    no_proxy: String,
+}
+
+impl ProxySettings {
+    pub(crate) fn from_environment(env: &Environment) -> Result<Self, Error> {
+        let found = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+            .into_iter()
+            .find_map(|var| env.get(var).map(|value| (var, value)));
+        let https_proxy = match found {
+            None => None,
+            Some((var, value)) => {
+                // Not quoted back: a proxy URL may carry the proxy's password.
+                let invalid = |problem: &str| Error::InvalidEnv {
+                    var,
+                    problem: format!("{problem} (expected http://proxy.example.com:3128)"),
+                };
+                let with_scheme = if value.contains("://") {
+                    value.to_owned()
+                } else {
+                    format!("http://{value}")
+                };
+                let url = Url::parse(&with_scheme).map_err(|_| invalid("is not a URL"))?;
+                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                    return Err(invalid("must be an http:// or https:// proxy URL"));
+                }
+                Some(url)
+            }
+        };
+        let user_list = env
+            .get("NO_PROXY")
+            .or_else(|| env.get("no_proxy"))
+            .unwrap_or_default();
+        Ok(ProxySettings {
+            https_proxy,
+            no_proxy: format!("localhost,127.0.0.0/8,::1,{user_list}"),
+        })
+    }
+}
+
 /// The workspace's HTTP client. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct HttpClient {
     client: reqwest::Client,
     policy: HttpPolicy,
 }
 
+impl std::fmt::Debug for HttpClient {
+    /// The policy only: reqwest's own `Debug` would print the proxy URL, password included.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
 impl HttpClient {
     /// A client trusting the webpki roots plus `trust`'s extra CA certificates, with the
-    /// crate's crypto provider; host names are always verified.
-    pub(crate) fn new(policy: HttpPolicy, trust: &tls::Trust) -> Result<Self, Error> {
-        let client = reqwest::Client::builder()
+    /// crate's crypto provider; host names are always verified. It uses `proxy` and no
+    /// other: reqwest's reading of the process's proxy variables is switched off.
+    pub(crate) fn new(
+        policy: HttpPolicy,
+        trust: &tls::Trust,
+        proxy: &ProxySettings,
+    ) -> Result<Self, Error> {
+        let mut builder = reqwest::Client::builder().no_proxy();
+        if let Some(url) = &proxy.https_proxy {
+            let proxy = reqwest::Proxy::https(url.as_str())
+                .map_err(|_| Error::WorkspaceConfig {
+                    problem: String::from("the HTTPS_PROXY URL is not usable"),
+                })?
+                .no_proxy(reqwest::NoProxy::from_string(&proxy.no_proxy));
+            builder = builder.proxy(proxy);
+        }
+        let client = builder
             .use_preconfigured_tls(tls::client_config(trust, true)?)
             .connect_timeout(policy.connect_timeout)
             .timeout(policy.request_timeout)
@@ -145,7 +228,7 @@ impl HttpClient {
     /// Sends `call`, retrying transient failures within the budget, and returns the final
     /// answer whatever its status.
     pub(crate) async fn send(&self, call: &Call<'_>) -> Result<Answer, Error> {
-        let deadline = Instant::now() + self.policy.retry_budget;
+        let deadline = deadline_after(Instant::now(), self.policy.retry_budget);
         let backoff = Backoff {
             initial: Duration::from_millis(500),
             max: Duration::from_secs(8),
@@ -155,10 +238,21 @@ impl HttpClient {
             attempt += 1;
             let (outcome, wait) = match self.attempt(call).await {
                 Attempt::Answer(answer) if matches!(answer.status, 429 | 503) => {
+                    // Server-supplied, so any number: compared, never added to an instant.
                     let server_wait = answer
                         .retry_after
                         .or_else(|| parse_error_body(&answer.body).retry_delay)
                         .unwrap_or(Duration::from_secs(1));
+                    if !ends_before(server_wait, deadline) {
+                        return Err(call.request_error(
+                            RequestProblem::Throttled {
+                                status: answer.status,
+                                retry_after: server_wait,
+                                budget_left: deadline.saturating_duration_since(Instant::now()),
+                            },
+                            None,
+                        ));
+                    }
                     let jitter = Duration::from_millis(fastrand::u64(0..=250));
                     (Ok(answer), server_wait.saturating_add(jitter))
                 }
@@ -169,7 +263,7 @@ impl HttpClient {
                 }
                 Attempt::Failed(error) => return Err(error),
             };
-            if Instant::now() + wait > deadline {
+            if !ends_before(wait, deadline) {
                 tracing::warn!(
                     method = call.method,
                     path = %call.url.path(),

@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 
 use super::auth::{CustomSource, DatabricksCli, OAuthM2M, find_on_path};
 use super::config_file::{self, Profile};
-use super::host::WorkspaceHost;
-use super::http::{Auth, Body, Call, HttpClient, HttpPolicy};
+use super::host::{WorkspaceHost, without_user_info};
+use super::http::{Auth, Body, Call, HttpClient, HttpPolicy, ProxySettings};
 use crate::credentials::{CachePolicy, CredentialProvider, StaticPassword, TokenCache};
 use crate::tls::{Trust, parse_pem_certificates};
 use crate::{Environment, Error, Secret};
@@ -210,7 +210,7 @@ pub struct WorkspaceBuilder {
 impl fmt::Debug for WorkspaceBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkspaceBuilder")
-            .field("host", &self.host)
+            .field("host", &self.host.as_deref().map(without_user_info))
             .field("token", &self.token)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
@@ -481,7 +481,8 @@ impl WorkspaceBuilder {
                 "the PEM given to root_certificates_pem",
             )?);
         }
-        let http = HttpClient::new(self.http, &trust)?;
+        let proxy = ProxySettings::from_environment(env)?;
+        let http = HttpClient::new(self.http, &trust, &proxy)?;
 
         let conflict = || Error::WorkspaceConfig {
             problem: String::from(

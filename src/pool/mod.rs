@@ -249,14 +249,18 @@ impl Pool {
     /// # }
     /// ```
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         self.close();
         // Closing resized the pool to zero, so idle connections are gone and `size` counts
         // the ones in use; each is dropped, not kept, when it is returned.
         let in_use = self.inner.pool.status().size;
-        let deadline = started + grace;
-        while self.inner.pool.status().size > 0 && Instant::now() < deadline {
-            tokio::time::sleep(SHUTDOWN_POLL.min(deadline - Instant::now())).await;
+        let deadline = crate::backoff::deadline_after(started, grace);
+        while self.inner.pool.status().size > 0 {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::time::sleep(SHUTDOWN_POLL.min(left)).await;
         }
         let waited = started.elapsed();
         let forced = self.inner.pool.status().size;

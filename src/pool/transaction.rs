@@ -12,6 +12,7 @@ use tokio_postgres::error::Severity;
 
 use super::{Connection, Pool};
 use crate::Error;
+use crate::backoff::deadline_after;
 use crate::connect::{error_chain, millis};
 use crate::defaults;
 use crate::retry::{ErrorClass, classify_in_transaction};
@@ -121,7 +122,7 @@ impl Pool {
     {
         let policy = self.inner.pool.manager().connector().retry_policy();
         let started = Instant::now();
-        let deadline = started + policy.total_deadline();
+        let deadline = deadline_after(started, policy.total_deadline());
         let mut attempts: u32 = 0;
         loop {
             attempts += 1;
