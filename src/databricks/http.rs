@@ -512,11 +512,12 @@ fn shorten(text: &str) -> String {
     }
 }
 
-/// A protobuf JSON duration: `"2s"`, `"1.5s"`.
+/// A protobuf JSON duration: `"2s"`, `"1.5s"`. One too long for a `Duration` is
+/// `Duration::MAX`: the server asked for a very long wait, which is not the same as none.
 pub(crate) fn parse_proto_duration(text: &str) -> Option<Duration> {
     let seconds: f64 = text.trim().strip_suffix('s')?.parse().ok()?;
     if seconds.is_finite() && seconds >= 0.0 {
-        Duration::try_from_secs_f64(seconds).ok()
+        Some(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
     } else {
         None
     }
@@ -627,6 +628,7 @@ mod tests {
         assert_eq!(parse_proto_duration("-1s"), None);
         assert_eq!(parse_proto_duration("2"), None);
         assert_eq!(parse_proto_duration("NaNs"), None);
+        assert_eq!(parse_proto_duration("1e30s"), Some(Duration::MAX));
     }
 
     #[test]

@@ -6,6 +6,8 @@ use lakebase_pool::databricks::{AuthMethod, CredentialRequest, EndpointState, Wo
 use lakebase_pool::testing::{Fault, MockDiscovery, MockWorkspace};
 use lakebase_pool::{EndpointName, Environment, Error, RequestProblem};
 
+use crate::support::chain;
+
 const ENDPOINT: &str = "projects/shop/branches/production/endpoints/ep-primary";
 const PAT: &str = "dapi-test-token";
 const USER: &str = "someone@example.com";
@@ -491,5 +493,133 @@ async fn an_unreachable_workspace_is_reported_as_such() {
             }
         ),
         "{err:?}"
+    );
+}
+
+/// The client secret goes only where the workspace host's rule allows: a discovered
+/// `oidc_endpoint` or `token_endpoint` on another origin, learnt over plain http, is ignored
+/// and the workspace's own token endpoint is used.
+#[tokio::test]
+async fn discovered_token_endpoints_on_other_origins_never_get_the_client_secret() {
+    let evil = MockWorkspace::start().unwrap();
+    evil.add_service_principal("sp-client-id", "sp-secret");
+    evil.set_discovery(MockDiscovery::DatabricksConfig);
+    for (path, body) in [
+        (
+            "/.well-known/databricks-config",
+            format!(r#"{{"oidc_endpoint": "{}/oidc2"}}"#, evil.url()),
+        ),
+        (
+            "/oidc2/.well-known/oauth-authorization-server",
+            format!(r#"{{"token_endpoint": "{}/oidc2/v1/token"}}"#, evil.url()),
+        ),
+    ] {
+        let mock = mock();
+        mock.add_service_principal("sp-client-id", "sp-secret");
+        mock.set_discovery(MockDiscovery::DatabricksConfig);
+        mock.inject(Fault::status(200, body).on(path));
+        let workspace = Workspace::builder()
+            .host(mock.url())
+            .client_credentials("sp-client-id", "sp-secret")
+            .build_in(&Environment::default())
+            .unwrap();
+        let user = workspace.current_user().await;
+        assert_eq!(
+            evil.count("POST", "/oidc"),
+            0,
+            "{path}: the secret went to another origin"
+        );
+        assert!(user.is_ok(), "{path}: {user:?}");
+        assert_eq!(mock.count("POST", "/oidc"), 1, "{path}");
+    }
+}
+
+/// Server-supplied numbers at the edge of `u64` once panicked on clock arithmetic.
+#[tokio::test]
+async fn absurd_retry_after_retry_info_and_expires_in_give_errors_not_panics() {
+    let credentials = "/api/2.0/postgres/credentials";
+    let retry_info = |delay: &str| {
+        format!(
+            r#"{{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy", "details": [{{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retry_delay": "{delay}"}}]}}"#
+        )
+    };
+    for fault in [
+        Fault::rate_limited(u64::MAX),
+        Fault::status(429, retry_info("1e19s")),
+        Fault::status(503, retry_info("18446744073709551615s")),
+    ] {
+        let mock = mock();
+        mock.inject(fault.on(credentials));
+        let started = std::time::Instant::now();
+        let err = with_pat(&mock)
+            .generate_database_credential(&endpoint(), &CredentialRequest::default())
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5), "no waiting");
+        assert!(
+            matches!(
+                err,
+                Error::WorkspaceRequest {
+                    problem: RequestProblem::Throttled { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.is_transient(), "{err:?}");
+        assert!(err.to_string().contains("more than the"), "{err}");
+    }
+
+    // An OAuth token that claims to live u64::MAX seconds is cached (clamped) and used; the
+    // workspace refuses it, and one fresh token replaces it.
+    let mock = mock();
+    mock.add_service_principal("sp-client-id", "sp-secret");
+    mock.set_discovery(MockDiscovery::None);
+    mock.inject(
+        Fault::status(
+            200,
+            r#"{"access_token": "not-a-real-token", "token_type": "Bearer", "expires_in": 18446744073709551615}"#,
+        )
+        .on("/oidc/v1/token"),
+    );
+    let workspace = Workspace::builder()
+        .host(mock.url())
+        .client_credentials("sp-client-id", "sp-secret")
+        .build_in(&Environment::default())
+        .unwrap();
+    assert_eq!(
+        workspace.current_user().await.unwrap().user_name,
+        "sp-client-id"
+    );
+    assert_eq!(mock.count("POST", "/oidc/v1/token"), 2);
+}
+
+/// The CLI's stderr reaches errors cleaned: no control characters, at most 300 characters.
+#[tokio::test]
+async fn a_databricks_cli_error_is_quoted_without_control_characters_or_length() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = mock();
+    let bin = tempfile::tempdir().unwrap();
+    let script = bin.path().join("databricks");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nprintf 'Error: expired\\n\\033[2J\\rFAKE LOG LINE level=info\\n' >&2\n\
+         head -c 100000 /dev/zero | tr '\\0' x >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let workspace = Workspace::builder()
+        .build_in(&env(&[
+            ("DATABRICKS_HOST", &mock.url()),
+            ("PATH", bin.path().to_str().unwrap()),
+        ]))
+        .unwrap();
+    let err = workspace.current_user().await.unwrap_err();
+    let shown = chain(&err);
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    assert!(shown.len() < 2000, "{} characters", shown.len());
+    assert!(
+        shown.contains("printed more than") || shown.contains("Error: expired"),
+        "{shown}"
     );
 }
