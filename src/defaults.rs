@@ -17,6 +17,7 @@
 //! | TCP keep-alive | probes after 30 s of silence, every 10 s, 3 unanswered end the connection | a server that vanished without closing (network partition, host loss) is noticed in about a minute, not the operating system's two hours; probes are not queries and keep nothing awake |
 //! | max size | 16 | |
 //! | wait timeout | 30 s | `get()` never waits forever for a free connection |
+//! | the pool's own statements (`BEGIN`, `COMMIT`, `ROLLBACK`, `LISTEN`, validation) | 10 s each | a server that stalls after login costs seconds, not a hang; long enough for a large commit |
 //! | connect attempt timeout | 10 s | covers TCP, TLS and login together (tokio-postgres's own timeout covers only TCP) |
 //! | cold-start backoff | 100 ms doubling to 4 s, full jitter; rate-limit errors 2-4 s | a waking compute usually answers within a second; full jitter spreads a crowd of reconnects |
 //! | TLS | `disable` (plain) for loopback hosts, `verify-full` for any other; `require` verifies too | a bearer token must never cross an unverified channel |
@@ -40,8 +41,9 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 pub(crate) const VALIDATE_AFTER_IDLE: Duration = Duration::from_secs(5);
 pub(crate) const MAX_SIZE: usize = 16;
 pub(crate) const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bound on the validation round trip of an idle connection at checkout.
-pub(crate) const VALIDATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on each statement the pool sends itself (validation, `BEGIN`/`COMMIT`/`ROLLBACK`,
+/// `LISTEN`).
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The database a new Lakebase project starts with.
 pub(crate) const LAKEBASE_DATABASE: &str = "databricks_postgres";

@@ -138,9 +138,10 @@ pub enum Error {
     Transaction {
         /// How many times the transaction was run.
         attempts: u32,
-        /// The error of the last attempt.
+        /// The error of the last attempt: a [`tokio_postgres::Error`], or a
+        /// [`StatementTimedOut`] when `BEGIN` or `ROLLBACK` got no answer.
         #[source]
-        source: tokio_postgres::Error,
+        source: BoxError,
     },
 
     /// The connection failed while `COMMIT` was in flight, so whether the transaction was
@@ -151,9 +152,11 @@ pub enum Error {
          applied (it was not retried; check its effect before running it again)"
     )]
     CommitOutcomeUnknown {
-        /// The connection error.
+        /// The connection error (a [`tokio_postgres::Error`]), or a [`StatementTimedOut`]
+        /// when `COMMIT` got no answer within
+        /// [`RetryPolicy::command_timeout`](crate::RetryPolicy::command_timeout).
         #[source]
-        source: tokio_postgres::Error,
+        source: BoxError,
     },
 
     /// The connection of a [`Listener`](crate::Listener) was lost; reported in
@@ -173,9 +176,9 @@ pub enum Error {
     Listen {
         /// `user@host:port/dbname` of the connection.
         target: String,
-        /// The server's error.
+        /// The server's error (a [`tokio_postgres::Error`]), or a [`StatementTimedOut`].
         #[source]
-        source: tokio_postgres::Error,
+        source: BoxError,
     },
 
     /// The pool has been closed with [`Pool::close`](crate::Pool::close) or
@@ -249,6 +252,57 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
+}
+
+/// A statement the pool sent by itself (`BEGIN`, `COMMIT`, `ROLLBACK`, `LISTEN`) got no
+/// answer within [`RetryPolicy::command_timeout`](crate::RetryPolicy::command_timeout); the
+/// connection was closed. Found as the [`source`](std::error::Error::source) of
+/// [`Error::Transaction`], [`Error::CommitOutcomeUnknown`] and [`Error::Listen`].
+///
+/// ```
+/// # fn demo(err: &lakebase_pool::Error) {
+/// use std::error::Error as _;
+/// if let Some(timed_out) = err.source().and_then(|s| s.downcast_ref::<lakebase_pool::StatementTimedOut>()) {
+///     eprintln!("{} stalled for {:?}", timed_out.statement(), timed_out.after());
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "`{statement}` got no answer within {after:.1?}; the connection was closed (the server or \
+     a proxy stalls; see `RetryPolicy::command_timeout`)"
+)]
+pub struct StatementTimedOut {
+    statement: &'static str,
+    after: Duration,
+}
+
+impl StatementTimedOut {
+    pub(crate) fn new(statement: &'static str, after: Duration) -> Self {
+        StatementTimedOut { statement, after }
+    }
+
+    /// The statement, e.g. `"COMMIT"`.
+    ///
+    /// ```
+    /// # fn demo(timed_out: &lakebase_pool::StatementTimedOut) {
+    /// println!("{}", timed_out.statement());
+    /// # }
+    /// ```
+    pub fn statement(&self) -> &'static str {
+        self.statement
+    }
+
+    /// How long it went unanswered.
+    ///
+    /// ```
+    /// # fn demo(timed_out: &lakebase_pool::StatementTimedOut) {
+    /// println!("{:?}", timed_out.after());
+    /// # }
+    /// ```
+    pub fn after(&self) -> Duration {
+        self.after
+    }
 }
 
 /// How a workspace request failed without an API error answer; see
@@ -338,10 +392,20 @@ impl Error {
             | Error::ConnectTimeout { .. }
             | Error::Credentials { .. }
             | Error::ConnectionLost { .. } => true,
-            Error::Transaction { source, .. } => matches!(
-                crate::retry::classify_in_transaction(source),
-                crate::retry::ErrorClass::Transient | crate::retry::ErrorClass::RateLimited
-            ),
+            Error::Transaction { source, .. } => {
+                if source.is::<StatementTimedOut>() {
+                    return true;
+                }
+                source
+                    .downcast_ref::<tokio_postgres::Error>()
+                    .is_some_and(|source| {
+                        matches!(
+                            crate::retry::classify_in_transaction(source),
+                            crate::retry::ErrorClass::Transient
+                                | crate::retry::ErrorClass::RateLimited
+                        )
+                    })
+            }
             Error::WorkspaceApi { status, .. } => *status == 429 || *status >= 500,
             Error::WorkspaceRequest { problem, .. } => {
                 matches!(

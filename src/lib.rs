@@ -100,7 +100,7 @@ pub use tokio_postgres;
 pub use crate::config::Environment;
 pub use crate::credentials::{CachePolicy, TokenCache, TokenStats};
 pub use crate::endpoint::EndpointName;
-pub use crate::error::{BoxError, Error, RequestProblem, SharedError};
+pub use crate::error::{BoxError, Error, RequestProblem, SharedError, StatementTimedOut};
 pub use crate::listener::{Listener, ListenerEvent};
 pub use crate::pool::{
     Connection, Dangerous, Pool, PoolBuilder, ShutdownReport, Stats, TransactionHandle,

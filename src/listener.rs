@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use crate::connect::{Driver, Opened, error_chain, millis};
 use crate::retry::ErrorClass;
-use crate::{Error, Pool};
+use crate::{BoxError, Error, Pool, StatementTimedOut};
 
 /// How many events wait for the consumer before the listener stops reading from the server
 /// (which then buffers further notifications itself).
@@ -244,13 +244,16 @@ impl Worker {
         let Opened { client, driver } = connector.connect().await?;
         let (sender, messages) = mpsc::channel(EVENT_BUFFER);
         let driver = AbortOnDrop(tokio::spawn(drive(driver, sender).in_current_span()));
-        client
-            .batch_execute(&self.listen)
+        let timeout = connector.retry_policy().command_timeout_value();
+        let listened = tokio::time::timeout(timeout, client.batch_execute(&self.listen))
             .await
-            .map_err(|source| Error::Listen {
-                target: connector.target().to_owned(),
-                source,
-            })?;
+            .map_err(|_| BoxError::from(StatementTimedOut::new("LISTEN", timeout)))
+            .and_then(|result| result.map_err(BoxError::from));
+        // On error the session is dropped here, which closes it (its driver is aborted).
+        listened.map_err(|source| Error::Listen {
+            target: connector.target().to_owned(),
+            source,
+        })?;
         tracing::debug!("listening");
         Ok(Session {
             _client: client,

@@ -215,6 +215,7 @@ fn io_error_kind(error: &(dyn StdError + 'static)) -> Option<io::ErrorKind> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     connect_timeout: Duration,
+    command_timeout: Duration,
     backoff: Backoff,
     deadline: Duration,
 }
@@ -223,6 +224,7 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             connect_timeout: defaults::CONNECT_TIMEOUT,
+            command_timeout: defaults::COMMAND_TIMEOUT,
             backoff: Backoff {
                 initial: defaults::INITIAL_BACKOFF,
                 max: defaults::MAX_BACKOFF,
@@ -246,6 +248,40 @@ impl RetryPolicy {
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// Bound on each statement the pool sends by itself: `BEGIN`, `COMMIT` and `ROLLBACK` of
+    /// [`Pool::retry_transaction`](crate::Pool::retry_transaction), a
+    /// [`Listener`](crate::Listener)'s `LISTEN`, and the validation round trip of a
+    /// connection that sat idle. A server or proxy that stalls after login then costs this
+    /// long, not for ever: a stalled `BEGIN` or `LISTEN` is retried like a lost connection,
+    /// a stalled `COMMIT` is [`Error::CommitOutcomeUnknown`](crate::Error::CommitOutcomeUnknown),
+    /// and the connection is closed either way. Your own statements are not bounded by it.
+    ///
+    /// Default: 10 seconds.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let policy = lakebase_pool::RetryPolicy::default().command_timeout(Duration::from_secs(30));
+    /// assert_eq!(policy.command_timeout_value(), Duration::from_secs(30));
+    /// ```
+    #[must_use]
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// The bound set by [`command_timeout`](Self::command_timeout).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// assert_eq!(
+    ///     lakebase_pool::RetryPolicy::default().command_timeout_value(),
+    ///     Duration::from_secs(10)
+    /// );
+    /// ```
+    pub fn command_timeout_value(&self) -> Duration {
+        self.command_timeout
     }
 
     /// The backoff ceiling starts at `initial` and doubles after each retry up to `max`;
@@ -305,6 +341,12 @@ impl RetryPolicy {
         if self.connect_timeout.is_zero() {
             return Err(Error::invalid(
                 "connect_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.command_timeout.is_zero() {
+            return Err(Error::invalid(
+                "command_timeout",
                 "must be greater than zero",
             ));
         }

@@ -95,7 +95,7 @@ async fn compressed_soak_loses_no_query_and_leaks_neither_tasks_nor_memory() {
                     let row = conn.query_one("SELECT 1", &[]).await.map_err(|e| {
                         lakebase_pool::Error::Transaction {
                             attempts: 1,
-                            source: e,
+                            source: Box::new(e),
                         }
                     })?;
                     Ok::<i32, lakebase_pool::Error>(row.get(0))

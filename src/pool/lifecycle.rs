@@ -11,7 +11,6 @@ use deadpool_postgres::ClientWrapper;
 use super::stats::{Counters, RetireReason};
 use crate::Error;
 use crate::connect::{Connector, Opened, error_chain};
-use crate::defaults;
 
 /// The rules that decide when a connection is closed.
 #[derive(Clone, Debug)]
@@ -69,6 +68,9 @@ pub(crate) struct PooledClient {
     /// transaction open on it. Still set when it comes back (the caller's future was dropped
     /// mid-transaction, or `ROLLBACK` failed), it is closed rather than reused.
     pub(crate) in_transaction: AtomicBool,
+    /// The task that drives the socket: aborting it closes the session at once (the server
+    /// then rolls back whatever was open and releases its locks).
+    pub(crate) driver: tokio::task::AbortHandle,
 }
 
 /// The deadpool manager: opens connections through the [`Connector`] and applies the
@@ -89,8 +91,9 @@ pub(crate) struct Drivers {
 }
 
 impl Drivers {
-    /// Spawns the task that drives `opened`'s connection and returns the pool's client for it.
-    fn spawn(&self, opened: Opened) -> ClientWrapper {
+    /// Spawns the task that drives `opened`'s connection and returns the pool's client for it,
+    /// with the handle that ends the task.
+    fn spawn(&self, opened: Opened) -> (ClientWrapper, tokio::task::AbortHandle) {
         let Opened { client, driver } = opened;
         let task = tokio::spawn(async move {
             if let Err(error) = driver.await {
@@ -102,8 +105,9 @@ impl Drivers {
         if tasks.len() == tasks.capacity() {
             tasks.retain(|task| !task.is_finished());
         }
-        tasks.push(task.abort_handle());
-        ClientWrapper::new(client, task)
+        let handle = task.abort_handle();
+        tasks.push(handle.clone());
+        (ClientWrapper::new(client, task), handle)
     }
 
     /// Ends every connection task still running, closing its socket.
@@ -150,7 +154,7 @@ impl managed::Manager for Manager {
         // machine, and unboxed it would be part of every checkout's future, copied in full
         // (about 19 KB) each time a caller's future moves, even when no connect happens.
         let opened = Box::pin(self.connector.connect()).await?;
-        let client = self.drivers.spawn(opened);
+        let (client, driver) = self.drivers.spawn(opened);
         let now = Instant::now();
         Ok(PooledClient {
             client,
@@ -158,6 +162,7 @@ impl managed::Manager for Manager {
             retire_at: self.lifecycle.retire_at(now),
             idle_since: now,
             in_transaction: AtomicBool::new(false),
+            driver,
         })
     }
 
@@ -173,7 +178,7 @@ impl managed::Manager for Manager {
             // Boxed, like `create`: the round trip is rare, and would otherwise enlarge every
             // checkout's future.
             let check = Box::pin(tokio::time::timeout(
-                defaults::VALIDATION_TIMEOUT,
+                self.connector.retry_policy().command_timeout_value(),
                 client.client.simple_query(""),
             ));
             let healthy = matches!(check.await, Ok(Ok(_)));

@@ -5,17 +5,18 @@ use std::future::Future;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use deadpool_postgres::ClientWrapper;
 use tokio::time::Instant;
 use tokio_postgres::error::Severity;
 
+use super::lifecycle::PooledClient;
 use super::{Connection, Pool};
-use crate::Error;
 use crate::backoff::deadline_after;
 use crate::connect::{error_chain, millis};
-use crate::defaults;
 use crate::retry::{ErrorClass, classify_in_transaction};
+use crate::{BoxError, Error, StatementTimedOut};
 
 /// The connection a [`Pool::retry_transaction`] unit of work runs its statements on, inside
 /// an open transaction. It dereferences to deadpool-postgres's [`ClientWrapper`] (and so to
@@ -60,10 +61,31 @@ impl fmt::Debug for TransactionHandle {
 /// How one attempt ended, when it did not succeed.
 enum Failure {
     /// Failed before `COMMIT` was sent, or `COMMIT` was answered with an error: the
-    /// transaction was not applied.
-    RolledBack(tokio_postgres::Error),
-    /// The connection failed with `COMMIT` in flight.
-    CommitUnknown(tokio_postgres::Error),
+    /// transaction was not applied. Carries how to treat the error.
+    RolledBack(BoxError, ErrorClass),
+    /// The connection failed, or went silent, with `COMMIT` in flight.
+    CommitUnknown(BoxError),
+}
+
+impl Failure {
+    fn rolled_back(error: tokio_postgres::Error) -> Self {
+        let class = classify_in_transaction(&error);
+        Failure::RolledBack(Box::new(error), class)
+    }
+}
+
+/// While a transaction may be open on its connection: if the attempt ends without clearing
+/// the mark (the caller's future was dropped, or `BEGIN`, `COMMIT` or `ROLLBACK` failed or
+/// stalled), the session is closed at once, so the server rolls back and releases the
+/// transaction's locks now rather than when the connection is next looked at.
+struct CloseIfStillOpen<'a>(&'a PooledClient);
+
+impl Drop for CloseIfStillOpen<'_> {
+    fn drop(&mut self) {
+        if self.0.in_transaction.load(Ordering::Relaxed) {
+            self.0.driver.abort();
+        }
+    }
 }
 
 impl Pool {
@@ -127,19 +149,20 @@ impl Pool {
         loop {
             attempts += 1;
             let conn = Arc::new(self.get().await?);
-            let error = match attempt(&conn, &mut work).await {
-                Ok(value) => return Ok(value),
-                Err(Failure::CommitUnknown(source)) => {
-                    tracing::warn!(
-                        cause = %error_chain(&source),
-                        "connection failed during COMMIT; the outcome is unknown, not retrying"
-                    );
-                    return Err(Error::CommitOutcomeUnknown { source });
-                }
-                Err(Failure::RolledBack(error)) => error,
-            };
+            let (error, class) =
+                match attempt(&conn, &mut work, policy.command_timeout_value()).await {
+                    Ok(value) => return Ok(value),
+                    Err(Failure::CommitUnknown(source)) => {
+                        tracing::warn!(
+                            cause = %error_chain(&*source),
+                            "connection failed during COMMIT; the outcome is unknown, not retrying"
+                        );
+                        return Err(Error::CommitOutcomeUnknown { source });
+                    }
+                    Err(Failure::RolledBack(error, class)) => (error, class),
+                };
             drop(conn);
-            let wait = match classify_in_transaction(&error) {
+            let wait = match class {
                 ErrorClass::Fatal => None,
                 class => policy.wait_before(attempts, class, deadline),
             };
@@ -152,7 +175,7 @@ impl Pool {
             tracing::info!(
                 attempt = attempts,
                 delay_ms = millis(delay),
-                cause = %error_chain(&error),
+                cause = %error_chain(&*error),
                 "transaction failed with a transient error; running it again"
             );
             tokio::time::sleep(delay).await;
@@ -160,46 +183,64 @@ impl Pool {
     }
 }
 
-/// One run of `work` between `BEGIN` and `COMMIT`.
-async fn attempt<T, F, Fut>(conn: &Arc<Connection>, work: &mut F) -> Result<T, Failure>
+/// One run of `work` between `BEGIN` and `COMMIT`, each of the pool's own statements under
+/// `command_timeout`.
+async fn attempt<T, F, Fut>(
+    conn: &Arc<Connection>,
+    work: &mut F,
+    command_timeout: Duration,
+) -> Result<T, Failure>
 where
     F: FnMut(TransactionHandle) -> Fut,
     Fut: Future<Output = Result<T, tokio_postgres::Error>>,
 {
-    let open = &conn.object.in_transaction;
+    let pooled: &PooledClient = &conn.object;
+    let open = &pooled.in_transaction;
     open.store(true, Ordering::Relaxed);
-    conn.batch_execute("BEGIN")
-        .await
-        .map_err(Failure::RolledBack)?;
+    let _close = CloseIfStillOpen(pooled);
+    let bounded = |statement: &'static str| async move {
+        tokio::time::timeout(command_timeout, conn.batch_execute(statement))
+            .await
+            .map_err(|_| StatementTimedOut::new(statement, command_timeout))
+    };
+    match bounded("BEGIN").await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(Failure::rolled_back(error)),
+        // Like a lost connection: the session is closed, and the work may run again.
+        Err(timed_out) => {
+            return Err(Failure::RolledBack(
+                Box::new(timed_out),
+                ErrorClass::Transient,
+            ));
+        }
+    }
     let handle = TransactionHandle {
         conn: Arc::clone(conn),
     };
     let value = match work(handle).await {
         Ok(value) => value,
         Err(error) => {
-            // If the rollback fails or hangs, the flag stays set and the connection is closed
-            // when it returns to the pool, which rolls back on the server just as well.
-            if let Ok(Ok(())) =
-                tokio::time::timeout(defaults::VALIDATION_TIMEOUT, conn.batch_execute("ROLLBACK"))
-                    .await
-            {
+            // If the rollback fails or stalls, the mark stays set and the session is closed,
+            // which rolls back on the server just as well.
+            if let Ok(Ok(())) = bounded("ROLLBACK").await {
                 open.store(false, Ordering::Relaxed);
             }
-            return Err(Failure::RolledBack(error));
+            return Err(Failure::rolled_back(error));
         }
     };
-    match conn.batch_execute("COMMIT").await {
-        Ok(()) => {
+    match bounded("COMMIT").await {
+        Ok(Ok(())) => {
             open.store(false, Ordering::Relaxed);
             Ok(value)
         }
         // The server answered COMMIT with an ERROR: it rolled back and the session goes on.
-        Err(error) if answered_with_error(&error) => {
+        Ok(Err(error)) if answered_with_error(&error) => {
             open.store(false, Ordering::Relaxed);
-            Err(Failure::RolledBack(error))
+            Err(Failure::rolled_back(error))
         }
         // A FATAL (the session ended) or no answer at all: the outcome is unknown.
-        Err(error) => Err(Failure::CommitUnknown(error)),
+        Ok(Err(error)) => Err(Failure::CommitUnknown(Box::new(error))),
+        Err(timed_out) => Err(Failure::CommitUnknown(Box::new(timed_out))),
     }
 }
 

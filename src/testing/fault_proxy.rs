@@ -25,6 +25,11 @@ pub enum NetworkFault {
     ResetHandshake,
     /// Forward, delaying each chunk by this long in each direction.
     Latency(Duration),
+    /// Forward the start-up and login, and the client's first `n - 1` simple queries (`Q`
+    /// messages: `BEGIN`, `COMMIT`, `LISTEN`, `batch_execute`); swallow the `n`-th and
+    /// everything after it without an answer, like a server that stalls after login. The
+    /// server side is closed when the client closes. For plain-text (loopback) connections.
+    StallQuery(u32),
 }
 
 /// A TCP proxy on a loopback port in front of `upstream`, for testing what the pool does when
@@ -226,8 +231,12 @@ async fn handle(
             reset(&client);
             return;
         }
-        NetworkFault::Pass => Duration::ZERO,
+        NetworkFault::Pass | NetworkFault::StallQuery(_) => Duration::ZERO,
         NetworkFault::Latency(latency) => latency,
+    };
+    let stall_at = match fault {
+        NetworkFault::StallQuery(n) => Some(n),
+        _ => None,
     };
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         reset(&client);
@@ -237,8 +246,14 @@ async fn handle(
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = server.split();
     let forward = async {
+        let to_server = async {
+            match stall_at {
+                Some(n) => pump_until_query(&mut client_read, &mut server_write, n).await,
+                None => pump(&mut client_read, &mut server_write, latency).await,
+            }
+        };
         tokio::select! {
-            () = pump(&mut client_read, &mut server_write, latency) => {}
+            () = to_server => {}
             () = pump(&mut server_read, &mut client_write, latency) => {}
         }
     };
@@ -270,6 +285,47 @@ where
         if to.write_all(&buffer[..n]).await.is_err() {
             return;
         }
+    }
+}
+
+/// Forwards the client's start-up packet and typed messages whole until its `n`-th simple
+/// query, which it swallows with everything after it until the client closes.
+async fn pump_until_query<R, W>(from: &mut R, to: &mut W, n: u32)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let forwarded = async {
+        // The start-up packet: a length that counts itself, no type byte.
+        let length = from.read_u32().await?;
+        let mut startup = length.to_be_bytes().to_vec();
+        let _ = (&mut *from)
+            .take(u64::from(length.saturating_sub(4)))
+            .read_to_end(&mut startup)
+            .await?;
+        to.write_all(&startup).await?;
+        let mut queries = 0;
+        loop {
+            let kind = from.read_u8().await?;
+            let length = from.read_u32().await?;
+            if kind == b'Q' {
+                queries += 1;
+                if queries >= n {
+                    return Ok::<(), std::io::Error>(());
+                }
+            }
+            let mut message = vec![kind];
+            message.extend_from_slice(&length.to_be_bytes());
+            let _ = (&mut *from)
+                .take(u64::from(length.saturating_sub(4)))
+                .read_to_end(&mut message)
+                .await?;
+            to.write_all(&message).await?;
+        }
+    };
+    if forwarded.await.is_ok() {
+        let mut sink = [0_u8; 1024];
+        while matches!(from.read(&mut sink).await, Ok(n) if n > 0) {}
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use lakebase_pool::testing::{LocalPostgres, StopMode};
+use lakebase_pool::testing::{FaultProxy, LocalPostgres, NetworkFault, StopMode};
 use lakebase_pool::{Error, Listener, ListenerEvent, Pool, RetryPolicy};
 
 use crate::support::{ROLE, app_pool, cluster};
@@ -163,4 +163,56 @@ async fn invalid_channel_names_are_refused_before_connecting() {
         ),
         "{err}"
     );
+}
+
+/// `LISTEN` that gets no answer (a server or proxy that stalls after login): the first open
+/// fails within the command timeout, and on a reconnect it is a failed round, reported as
+/// `ReconnectFailed`, after which the listener recovers.
+#[tokio::test]
+async fn a_stalled_listen_fails_the_open_and_is_a_failed_round_on_reconnect() {
+    let pg = cluster().await;
+    let proxy = FaultProxy::start(pg.addr()).unwrap();
+    let pool = app_pool(&pg)
+        .port(proxy.port())
+        .retry(
+            RetryPolicy::default()
+                .command_timeout(Duration::from_millis(300))
+                .deadline(Duration::from_millis(500)),
+        )
+        .build()
+        .unwrap();
+
+    proxy.set_fault(NetworkFault::StallQuery(1));
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(10), pool.listener(["jobs"]))
+        .await
+        .expect("bounded by the command timeout")
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(matches!(err, Error::Listen { .. }), "{err:?}");
+    assert!(
+        crate::support::chain(&err).contains("`LISTEN` got no answer"),
+        "{err}"
+    );
+
+    proxy.set_fault(NetworkFault::Pass);
+    let mut listener = pool.listener(["jobs"]).await.unwrap();
+    proxy.set_fault(NetworkFault::StallQuery(1));
+    proxy.reset_connections();
+    assert!(matches!(
+        next(&mut listener, "the loss").await,
+        ListenerEvent::Disconnected(_)
+    ));
+    match next(&mut listener, "a failed round").await {
+        ListenerEvent::ReconnectFailed(Error::Listen { .. }) => {}
+        other => panic!("expected ReconnectFailed(Listen), got {other:?}"),
+    }
+    proxy.set_fault(NetworkFault::Pass);
+    loop {
+        match next(&mut listener, "the reconnect").await {
+            ListenerEvent::Reconnected { .. } => break,
+            ListenerEvent::ReconnectFailed(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }

@@ -2,11 +2,10 @@
 //! whose outcome is unknown never is.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
-use lakebase_pool::Error;
-
-use lakebase_pool::Pool;
-use lakebase_pool::testing::LocalPostgres;
+use lakebase_pool::testing::{FaultProxy, LocalPostgres, NetworkFault};
+use lakebase_pool::{Error, Pool, RetryPolicy, StatementTimedOut};
 
 use crate::support::{app_pool, backend_pid, cluster};
 
@@ -87,7 +86,7 @@ async fn a_non_retryable_error_fails_at_once_and_rolls_back() {
 
     assert_eq!(runs.into_inner(), 1);
     assert!(
-        matches!(&err, Error::Transaction { attempts: 1, source } if source.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)),
+        matches!(&err, Error::Transaction { attempts: 1, source } if source.downcast_ref::<tokio_postgres::Error>().and_then(tokio_postgres::Error::code) == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)),
         "{err:?}"
     );
     assert!(!err.is_transient());
@@ -116,7 +115,7 @@ async fn a_commit_answered_with_an_error_is_reported_as_rolled_back() {
         .unwrap_err();
 
     assert!(
-        matches!(&err, Error::Transaction { attempts: 1, source } if source.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)),
+        matches!(&err, Error::Transaction { attempts: 1, source } if source.downcast_ref::<tokio_postgres::Error>().and_then(tokio_postgres::Error::code) == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)),
         "{err:?}"
     );
 }
@@ -219,4 +218,138 @@ async fn a_dropped_transaction_future_closes_its_connection() {
         "the abandoned insert was rolled back"
     );
     assert_eq!(pool.stats().retired_broken, 1);
+}
+
+/// Dropped with its transaction open (and a lock held), the session is closed at once: the
+/// lock is free within a second. It used to stay held until the housekeeper's next look at
+/// the idle connection, 30 s later.
+#[tokio::test]
+async fn a_dropped_transactions_lock_is_free_within_a_second() {
+    let (pg, pool) = pool_with("CREATE TABLE t (id int)").await;
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(500),
+        pool.retry_transaction(|tx| async move {
+            tx.batch_execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+                .await?;
+            // Client-side work: the server is idle in the transaction, holding the lock.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        }),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the work was still running");
+
+    // Another pool: a checkout from the first would make it look at the abandoned connection.
+    let other = app_pool(&pg).build().unwrap();
+    let other = other.get().await.unwrap();
+    let started = std::time::Instant::now();
+    other
+        .batch_execute(
+            "SET lock_timeout = '1500ms'; BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; COMMIT",
+        )
+        .await
+        .expect("the abandoned transaction's lock was released");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+}
+
+fn through_stalling_proxy(
+    pg: &LocalPostgres,
+    proxy: &FaultProxy,
+    command_timeout: Duration,
+) -> Pool {
+    app_pool(pg)
+        .port(proxy.port())
+        .retry(
+            RetryPolicy::default()
+                .command_timeout(command_timeout)
+                .deadline(Duration::from_secs(1)),
+        )
+        .build()
+        .unwrap()
+}
+
+/// A `COMMIT` that gets no answer (a server or proxy that stalls): `CommitOutcomeUnknown`
+/// within the command timeout, not run again, and no write half-applied.
+#[tokio::test]
+async fn a_stalled_commit_is_commit_outcome_unknown_within_its_timeout() {
+    let (pg, direct) = pool_with("CREATE TABLE t (id int)").await;
+    let proxy = FaultProxy::start(pg.addr()).unwrap();
+    // BEGIN and the insert go through; COMMIT, the third simple query, is swallowed.
+    proxy.set_fault(NetworkFault::StallQuery(3));
+    let pool = through_stalling_proxy(&pg, &proxy, Duration::from_millis(500));
+
+    let runs = AtomicU32::new(0);
+    let runs_ref = &runs;
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        pool.retry_transaction(|tx| async move {
+            runs_ref.fetch_add(1, Ordering::Relaxed);
+            tx.batch_execute("INSERT INTO t VALUES (1)").await?;
+            Ok(())
+        }),
+    )
+    .await
+    .expect("bounded by the command timeout")
+    .unwrap_err();
+
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(runs.into_inner(), 1, "not run again");
+    assert!(matches!(err, Error::CommitOutcomeUnknown { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    let timed_out = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<StatementTimedOut>())
+        .expect("the cause is the timeout");
+    assert_eq!(timed_out.statement(), "COMMIT");
+    // The session was closed; the server rolled the unacknowledged insert back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while rows(&direct, "t").await != 0 || stuck_sessions(&pg).await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the session lingers");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stuck_sessions(pg: &LocalPostgres) -> i64 {
+    pg.admin()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A `BEGIN` that gets no answer is like a lost connection: retried on a new one until the
+/// deadline, then a transient `Error::Transaction` naming the timeout.
+#[tokio::test]
+async fn a_stalled_begin_is_retried_then_reported_transient() {
+    let (pg, _direct) = pool_with("CREATE TABLE t (id int)").await;
+    let proxy = FaultProxy::start(pg.addr()).unwrap();
+    proxy.set_fault(NetworkFault::StallQuery(1));
+    let pool = through_stalling_proxy(&pg, &proxy, Duration::from_millis(300));
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        pool.retry_transaction(|tx| async move {
+            tx.batch_execute("INSERT INTO t VALUES (1)").await?;
+            Ok(())
+        }),
+    )
+    .await
+    .expect("bounded by the deadline")
+    .unwrap_err();
+    match &err {
+        Error::Transaction { attempts, source } => {
+            assert!(*attempts >= 2, "{err:?}");
+            assert!(source.is::<StatementTimedOut>(), "{err:?}");
+        }
+        other => panic!("expected Error::Transaction, got {other:?}"),
+    }
+    assert!(err.is_transient());
 }
