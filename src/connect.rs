@@ -69,18 +69,23 @@ pub(crate) struct Discovery {
 struct Prepared {
     pg_config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
+    /// Plain text under the loopback rule: every address dialled must be loopback, whatever
+    /// the host's name says (`db.localhost` may resolve anywhere).
+    loopback_only: bool,
     /// `user@host:port/dbname`, for errors and tracing.
     target: String,
 }
 
 /// Settles a complete configuration: its sslmode, TLS connector and description.
 fn complete(mut pg_config: tokio_postgres::Config, tls: &TlsSettings) -> Result<Prepared, Error> {
+    let loopback_only = !tls.allow_plaintext;
     let (mode, tls) = settle(&mut pg_config, tls)?;
     let target = describe_target(&pg_config);
     tracing::debug!(%target, sslmode = %mode, "connection target settled");
     Ok(Prepared {
         pg_config,
         tls,
+        loopback_only: loopback_only && !mode.uses_tls(),
         target,
     })
 }
@@ -103,6 +108,11 @@ enum AttemptError {
     Postgres(tokio_postgres::Error),
     TimedOut(AttemptTimedOut),
     Resolve(ResolveError),
+    /// Plain text, and the host resolved to an address that is not loopback.
+    NotLoopback {
+        host: String,
+        address: IpAddr,
+    },
 }
 
 impl AttemptError {
@@ -110,6 +120,7 @@ impl AttemptError {
         match self {
             AttemptError::Postgres(e) => classify(e),
             AttemptError::TimedOut(_) | AttemptError::Resolve(_) => ErrorClass::Transient,
+            AttemptError::NotLoopback { .. } => ErrorClass::Fatal,
         }
     }
 
@@ -118,6 +129,9 @@ impl AttemptError {
             AttemptError::Postgres(e) => Box::new(e),
             AttemptError::TimedOut(e) => Box::new(e),
             AttemptError::Resolve(e) => Box::new(e),
+            AttemptError::NotLoopback { host, address } => {
+                format!("{host} resolved to {address}").into()
+            }
         }
     }
 
@@ -126,6 +140,7 @@ impl AttemptError {
             AttemptError::Postgres(e) => error_chain(e),
             AttemptError::TimedOut(e) => error_chain(e),
             AttemptError::Resolve(e) => error_chain(e),
+            AttemptError::NotLoopback { host, address } => format!("{host} resolved to {address}"),
         }
     }
 }
@@ -264,6 +279,14 @@ impl Connector {
             self.counters.attempt_failed();
             let class = error.class();
             match (class, error) {
+                (_, AttemptError::NotLoopback { host, address }) => {
+                    tracing::warn!(%host, %address, "plain text refused: the host is not on loopback");
+                    return Err(Error::PlaintextRefused {
+                        target: prepared.target.clone(),
+                        host,
+                        address,
+                    });
+                }
                 (ErrorClass::Auth, AttemptError::Postgres(source)) => {
                     if refreshed_after_rejection {
                         tracing::warn!(error = %error_chain(&source), "login rejected with a fresh token");
@@ -339,32 +362,46 @@ impl Connector {
     ) -> Result<Opened, AttemptError> {
         let mut config = prepared.pg_config.clone();
         let _ = config.password(credential.secret().expose());
-        match tokio::time::timeout(timeout, self.connect_any(config, &prepared.tls)).await {
+        match tokio::time::timeout(timeout, self.connect_any(prepared, config)).await {
             Err(_) => Err(AttemptError::TimedOut(AttemptTimedOut(timeout))),
             Ok(result) => result,
         }
     }
 
-    /// With a resolver, tries each address of the host in turn (keeping the host name for
-    /// TLS); otherwise lets tokio-postgres resolve.
+    /// With a resolver, or for plain text under the loopback rule, resolves the host here and
+    /// tries each address in turn (keeping the host name for TLS); otherwise lets
+    /// tokio-postgres resolve. Plain text goes only to loopback addresses.
     async fn connect_any(
         &self,
+        prepared: &Prepared,
         config: tokio_postgres::Config,
-        tls: &MakeRustlsConnect,
     ) -> Result<Opened, AttemptError> {
-        let (Some(resolver), [Host::Tcp(name)], []) =
-            (&self.resolver, config.get_hosts(), config.get_hostaddrs())
-        else {
+        let tls = &prepared.tls;
+        let [Host::Tcp(name)] = config.get_hosts() else {
             return self.connect_one(&config, tls).await;
         };
-        if name.parse::<IpAddr>().is_ok() {
+        if !config.get_hostaddrs().is_empty()
+            || name.parse::<IpAddr>().is_ok()
+            || (self.resolver.is_none() && !prepared.loopback_only)
+        {
+            // An address given (checked by `settle`), or nothing to check: tokio-postgres
+            // resolves.
             return self.connect_one(&config, tls).await;
         }
         let name = name.clone();
-        let addresses = resolver
-            .resolve(&name)
-            .await
-            .map_err(AttemptError::Resolve)?;
+        let addresses = match &self.resolver {
+            Some(resolver) => resolver.resolve(&name).await,
+            None => system_resolve(&name, config.get_ports().first().copied()).await,
+        }
+        .map_err(AttemptError::Resolve)?;
+        if prepared.loopback_only
+            && let Some(address) = addresses.iter().find(|a| !a.is_loopback())
+        {
+            return Err(AttemptError::NotLoopback {
+                host: name,
+                address: *address,
+            });
+        }
         let mut last = AttemptError::Resolve(ResolveError::not_found(&name));
         for address in addresses {
             let mut config = config.clone();
@@ -398,6 +435,19 @@ impl Connector {
             .map_err(AttemptError::Postgres)?;
         Ok(Opened { client, driver })
     }
+}
+
+/// The system resolver (getaddrinfo, on a blocking thread), for the plain-text check.
+async fn system_resolve(name: &str, port: Option<u16>) -> Result<Vec<IpAddr>, ResolveError> {
+    let found = tokio::net::lookup_host((name, port.unwrap_or(5432)))
+        .await
+        .map_err(|e| ResolveError::failed(name, e))?;
+    let mut addresses: Vec<IpAddr> = found.map(|a| a.ip()).collect();
+    addresses.dedup();
+    if addresses.is_empty() {
+        return Err(ResolveError::not_found(name));
+    }
+    Ok(addresses)
 }
 
 pub(crate) fn millis(duration: Duration) -> u64 {

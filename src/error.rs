@@ -104,6 +104,22 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// Plain text (`sslmode=disable`) is allowed only to loopback, and the host, whose name
+    /// looks local, resolved to an address that is not: the token was not sent.
+    #[error(
+        "refused to send the token in plain text to {target}: `{host}` resolved to {address}, \
+         which is not a loopback address (use TLS, or `.dangerous().allow_plaintext()` on a \
+         network you trust)"
+    )]
+    PlaintextRefused {
+        /// `user@host:port/dbname` of the connection.
+        target: String,
+        /// The host name.
+        host: String,
+        /// The address it resolved to.
+        address: std::net::IpAddr,
+    },
+
     /// Every connection was in use and none came back within the wait timeout.
     #[error(
         "timed out after {waited:.1?} waiting for a free connection (all {max_size} are in \

@@ -50,6 +50,11 @@ pub(crate) fn settle(
     if config.get_user().is_none() {
         return Err(Error::invalid("user", "no user set; call `.user(..)`"));
     }
+    let tcp_names = config
+        .get_hosts()
+        .iter()
+        .filter(|host| matches!(host, Host::Tcp(_)))
+        .count();
     let non_loopback_host = config.get_hosts().iter().find_map(|host| match host {
         Host::Tcp(name) if !is_loopback_name(name) => Some(name.clone()),
         _ => None,
@@ -82,13 +87,22 @@ pub(crate) fn settle(
                 format!("sslmode disable to `{addr}`, which is not a loopback address (use TLS)"),
             ));
         }
+        // Each address dialled is checked at connect; that needs one host to resolve.
+        if tcp_names > 1 && config.get_hostaddrs().is_empty() {
+            return Err(Error::invalid(
+                "ssl_mode",
+                "sslmode disable with several host names: give one host, or their addresses \
+                 with `hostaddr`, so that every address dialled can be checked to be loopback",
+            ));
+        }
     }
     let _ = config.ssl_mode(if mode.uses_tls() {
         tokio_postgres::config::SslMode::Require
     } else {
         tokio_postgres::config::SslMode::Disable
     });
-    let client = tls::client_config(&tls.trust, mode.verifies_host_name())?;
+    // Plain text never uses it, but the connector type wants one: a verifying one.
+    let client = tls::client_config(&tls.trust, mode != SslMode::VerifyCa)?;
     Ok((mode, MakeRustlsConnect::new(client)))
 }
 

@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | `disable` | plain TCP; **only to loopback hosts** (or with [`Dangerous::allow_plaintext`](crate::Dangerous::allow_plaintext)) | plain TCP |
 //! | `allow`, `prefer`, `require` | TLS, chain and host name verified; never falls back to plain TCP | `require` encrypts without verifying anything |
-//! | `verify-ca` | TLS, chain verified, host name not checked | the same |
+//! | `verify-ca` | TLS, chain verified against **your own CA only** (`PGSSLROOTCERT`, `root_certificates_*`; refused at `build()` without one), host name not checked | the same since libpq 16 (`sslrootcert=system` is refused with it) |
 //! | `verify-full` | TLS, chain and host name verified | the same |
 //!
 //! `require` is stricter than libpq's because Databricks Apps set `PGSSLMODE=require`, Lakebase
@@ -21,7 +21,8 @@
 //! `disable` and every other host `verify-full`.
 //!
 //! Trusted roots: the webpki (Mozilla) roots, plus the operating system's store with the
-//! `native-roots` feature, plus any extra CA certificates configured
+//! `native-roots` feature, plus any extra CA certificates configured; for `verify-ca`, only
+//! the extra CA certificates
 //! ([`PoolBuilder::root_certificates_pem`](crate::PoolBuilder::root_certificates_pem), `PGSSLROOTCERT`).
 
 use std::fmt;
@@ -147,10 +148,13 @@ pub(crate) fn client_config(trust: &Trust, verify_name: bool) -> Result<ClientCo
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
             .with_no_client_auth());
     }
-    let roots = Arc::new(root_store(&trust.extra_roots)?);
     if verify_name {
+        let roots = Arc::new(root_store(&trust.extra_roots)?);
         return Ok(builder.with_root_certificates(roots).with_no_client_auth());
     }
+    // verify-ca, as libpq 16+: with the public roots, a chain check without the name would
+    // accept any publicly trusted certificate for any host, so only the user's own CA counts.
+    let roots = Arc::new(verify_ca_roots(trust)?);
     let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider)
         .build()
         .map_err(|e| Error::invalid("tls", format!("cannot verify certificates: {e}")))?;
@@ -158,6 +162,26 @@ pub(crate) fn client_config(trust: &Trust, verify_name: bool) -> Result<ClientCo
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
         .with_no_client_auth())
+}
+
+/// `verify-ca` needs CA certificates of the user's own (`PGSSLROOTCERT`, `root_certificates_*`).
+pub(crate) fn check_verify_ca(trust: &Trust) -> Result<(), Error> {
+    if trust.extra_roots.is_empty() && !trust.accept_invalid_certificates {
+        return Err(Error::invalid(
+            "ssl_mode",
+            "verify-ca checks the certificate chain but not the host name, so it needs your own \
+             CA certificates (`root_certificates_file`/`root_certificates_pem`, or PGSSLROOTCERT) \
+             and trusts only those: with the public roots, any publicly trusted certificate for \
+             any host would pass. Give your CA, or use verify-full",
+        ));
+    }
+    Ok(())
+}
+
+/// The roots `verify-ca` trusts: the user's own CA certificates, and nothing else.
+fn verify_ca_roots(trust: &Trust) -> Result<RootCertStore, Error> {
+    check_verify_ca(trust)?;
+    extend_roots(RootCertStore::empty(), &trust.extra_roots)
 }
 
 fn root_store(extra: &[CertificateDer<'static>]) -> Result<RootCertStore, Error> {
@@ -169,6 +193,13 @@ fn root_store(extra: &[CertificateDer<'static>]) -> Result<RootCertStore, Error>
         let (added, _) = roots.add_parsable_certificates(native.certs);
         tracing::debug!(added, "trusting the operating system's certificate store");
     }
+    extend_roots(roots, extra)
+}
+
+fn extend_roots(
+    mut roots: RootCertStore,
+    extra: &[CertificateDer<'static>],
+) -> Result<RootCertStore, Error> {
     for certificate in extra {
         roots.add(certificate.clone()).map_err(|e| {
             Error::invalid(
@@ -343,15 +374,41 @@ mod tests {
         );
     }
 
+    /// A self-signed CA certificate, made here, as the user's own root.
+    fn own_ca() -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
     #[test]
-    fn configs_build_for_every_trust_setting() {
+    fn verify_ca_trusts_exactly_the_users_own_roots_and_never_the_public_ones() {
+        let trust = Trust {
+            extra_roots: vec![own_ca()],
+            accept_invalid_certificates: false,
+        };
+        assert_eq!(verify_ca_roots(&trust).unwrap().len(), 1);
+        assert!(root_store(&trust.extra_roots).unwrap().len() > 100);
+        assert!(client_config(&trust, false).is_ok());
+    }
+
+    #[test]
+    fn configs_build_for_every_trust_setting_but_verify_ca_without_own_roots() {
         for accept in [false, true] {
             for verify_name in [false, true] {
                 let trust = Trust {
                     extra_roots: Vec::new(),
                     accept_invalid_certificates: accept,
                 };
-                assert!(client_config(&trust, verify_name).is_ok());
+                let built = client_config(&trust, verify_name);
+                if verify_name || accept {
+                    assert!(built.is_ok());
+                } else {
+                    let err = built.unwrap_err();
+                    assert!(err.to_string().contains("verify-ca"), "{err}");
+                    assert!(err.to_string().contains("PGSSLROOTCERT"), "{err}");
+                }
             }
         }
     }

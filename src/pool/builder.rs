@@ -576,6 +576,10 @@ impl PoolBuilder {
         for source in &self.roots {
             tls.trust.extra_roots.extend(source.certificates()?);
         }
+        if tls.mode == Some(SslMode::VerifyCa) {
+            // Also settled at the first connect; checked now for a discovered host.
+            tls::check_verify_ca(&tls.trust)?;
+        }
         if tls.trust.accept_invalid_certificates {
             tracing::warn!(
                 "DANGEROUS: TLS certificates are not verified; anyone on the path can read the tokens"

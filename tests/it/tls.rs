@@ -90,12 +90,35 @@ async fn a_certificate_for_another_name_fails_and_names_the_mismatch() {
 #[tokio::test]
 async fn an_untrusted_ca_fails_and_nothing_falls_back_to_plain_text() {
     let (_, _, pg) = tls_cluster(&[HOST]).await;
-    for mode in [
-        SslMode::Prefer,
-        SslMode::Require,
-        SslMode::VerifyCa,
-        SslMode::VerifyFull,
-    ] {
+    // verify-ca without a CA of your own is refused at build (it would trust any publicly
+    // trusted certificate for any name); with a CA that did not sign the server's, it fails.
+    let err = pool_for(&pg, HOST)
+        .ssl_mode(SslMode::VerifyCa)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                setting: "ssl_mode",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("PGSSLROOTCERT"), "{err}");
+    let stranger = TestCa::new("a stranger CA").unwrap();
+    let pool = pool_for(&pg, HOST)
+        .ssl_mode(SslMode::VerifyCa)
+        .root_certificates_pem(stranger.cert_pem())
+        .build()
+        .unwrap();
+    let text = chain(&pool.get().await.unwrap_err());
+    assert!(
+        text.contains("UnknownIssuer") || text.contains("unknown issuer"),
+        "verify-ca: {text}"
+    );
+    for mode in [SslMode::Prefer, SslMode::Require, SslMode::VerifyFull] {
         let pool = pool_for(&pg, HOST).ssl_mode(mode).build().unwrap();
         let err = pool.get().await.unwrap_err();
         let text = chain(&err);
@@ -214,6 +237,36 @@ async fn plain_text_to_a_non_loopback_host_is_refused_before_any_byte() {
         .build()
         .unwrap();
     let _ = pool.get().await.unwrap();
+}
+
+/// The plain-text rule is decided on the address dialled, not only on the name: a name that
+/// looks local (`db.localhost`) but resolves elsewhere gets no token in clear. (0.0.0.0 is
+/// not a loopback address, yet stays on this machine, so the test sends nothing anywhere.)
+#[tokio::test]
+async fn plain_text_goes_only_to_loopback_addresses_whatever_the_name_says() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pool = PoolBuilder::default()
+        .host("db.localhost")
+        .port(port)
+        .user(ROLE)
+        .password(INITIAL_PASSWORD)
+        .resolver(StaticResolver::new().with("db.localhost", Ipv4Addr::UNSPECIFIED))
+        .retry(RetryPolicy::no_retry())
+        .build()
+        .expect("a loopback name may use plain text");
+    let err = pool.get().await.unwrap_err();
+    match &err {
+        Error::PlaintextRefused { host, address, .. } => {
+            assert_eq!(host, "db.localhost");
+            assert_eq!(*address, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        }
+        other => panic!("expected PlaintextRefused, got {other:?}"),
+    }
+    assert!(!err.is_transient());
+    assert!(listener.accept().is_err(), "nothing connected");
+    assert_eq!(pool.stats().connections_opened, 0);
 }
 
 #[tokio::test]
