@@ -37,8 +37,11 @@ const SSL_REQUEST: i32 = 80_877_103;
 const CANCEL_REQUEST: i32 = 80_877_102;
 const GSSENC_REQUEST: i32 = 80_877_104;
 const PROTOCOL_3: i32 = 196_608;
-/// How long a client may take to send its start-up message and password.
+/// How long a client may take over each step of its handshake (start-up request, TLS,
+/// start-up message, password) by default.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many client connections are served at once by default; more are refused (`53300`).
+const MAX_CONNECTIONS: usize = 1024;
 
 /// The proxy's texts while a compute wakes, used in turn for refused attempts.
 const WAKE_TEXTS: [&str; 3] = [
@@ -72,6 +75,8 @@ struct Endpoint {
 }
 
 struct Settings {
+    max_connections: usize,
+    handshake_timeout: Duration,
     wake_delay: Duration,
     refuse_while_waking: u32,
     suspend_after_idle: Option<Duration>,
@@ -86,6 +91,7 @@ struct Shared {
     tls: tokio_rustls::TlsAcceptor,
     endpoints: Mutex<HashMap<String, Endpoint>>,
     settings: Mutex<Settings>,
+    open_connections: Mutex<usize>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -216,7 +222,10 @@ impl LakebaseEmulator {
             workspace: workspace.handle(),
             tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
             endpoints: Mutex::new(HashMap::new()),
+            open_connections: Mutex::new(0),
             settings: Mutex::new(Settings {
+                max_connections: MAX_CONNECTIONS,
+                handshake_timeout: HANDSHAKE_TIMEOUT,
                 wake_delay: Duration::from_millis(300),
                 refuse_while_waking: 0,
                 suspend_after_idle: None,
@@ -400,6 +409,35 @@ impl LakebaseEmulator {
         lock(&self.shared.settings).wake_delay = delay;
     }
 
+    /// How long a client may take over each step of its handshake (start-up request, TLS
+    /// handshake, start-up message, password) before the emulator closes the connection
+    /// (default 10 s).
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// lakebase.set_handshake_timeout(std::time::Duration::from_secs(2));
+    /// ```
+    pub fn set_handshake_timeout(&self, timeout: Duration) {
+        lock(&self.shared.settings).handshake_timeout = timeout;
+    }
+
+    /// How many client connections are served at once (default 1,024); more are refused at
+    /// once with `53300`, so that a flood of idle clients cannot exhaust the process.
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// lakebase.set_max_connections(64);
+    /// ```
+    pub fn set_max_connections(&self, max: usize) {
+        lock(&self.shared.settings).max_connections = max;
+    }
+
     /// Refuse the first `attempts` connections of every wake-up with the proxy's wake-up texts
     /// (`XX000`), instead of holding them (default 0: hold, as the proxy usually does).
     ///
@@ -496,9 +534,18 @@ async fn serve(
             _ = &mut stop => return,
             _ = ticks.tick() => shared.suspend_idle(),
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((mut stream, _)) = accepted else { continue };
+                let Some(slot) = ConnectionSlot::take(&shared) else {
+                    // Refused without reading anything: an error a client can show.
+                    let message = error_response("53300", "too many connections to the emulator");
+                    drop(tokio::spawn(async move {
+                        let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_all(&message)).await;
+                    }));
+                    continue;
+                };
                 let shared = Arc::clone(&shared);
                 drop(tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(error) = serve_client(&shared, stream).await {
                         tracing::debug!(%error, "emulator: client connection ended");
                     }
@@ -567,6 +614,30 @@ async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(
     Ok((kind, message))
 }
 
+/// The start-up parameters passed on to the trusting upstream; anything else (such as
+/// `replication`) is dropped. `user` is the one the token was checked for.
+const FORWARDED_PARAMS: [&str; 9] = [
+    "user",
+    "database",
+    "options",
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "extra_float_digits",
+    "IntervalStyle",
+];
+
+/// The first parameter named twice, if any.
+fn first_duplicate(params: &[(String, String)]) -> Option<&str> {
+    params.iter().enumerate().find_map(|(i, (key, _))| {
+        params[..i]
+            .iter()
+            .any(|(earlier, _)| earlier == key)
+            .then_some(key.as_str())
+    })
+}
+
 /// `key\0value\0...\0` pairs of a start-up message. Only NUL-terminated strings count, so a
 /// truncated message yields the pairs that are complete; an empty key ends the list.
 fn parse_params(body: &[u8]) -> Vec<(String, String)> {
@@ -611,10 +682,11 @@ async fn refuse<S: AsyncWrite + Unpin>(
 async fn serve_client(shared: &Arc<Shared>, mut tcp: TcpStream) -> std::io::Result<()> {
     // Small protocol messages must not wait for delayed ACKs (Nagle): 40 ms per round trip.
     tcp.set_nodelay(true)?;
-    let (code, body) = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_startup(&mut tcp)).await??;
+    let handshake = lock(&shared.settings).handshake_timeout;
+    let (code, body) = tokio::time::timeout(handshake, read_startup(&mut tcp)).await??;
     let code = if code == GSSENC_REQUEST {
         tcp.write_all(b"N").await?;
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, read_startup(&mut tcp))
+        tokio::time::timeout(handshake, read_startup(&mut tcp))
             .await??
             .0
     } else {
@@ -639,13 +711,20 @@ async fn serve_client(shared: &Arc<Shared>, mut tcp: TcpStream) -> std::io::Resu
         }
     }
     tcp.write_all(b"S").await?;
-    let mut client = shared.tls.accept(tcp).await?;
+    let mut client = tokio::time::timeout(handshake, shared.tls.accept(tcp)).await??;
     let sni = client.get_ref().1.server_name().map(str::to_owned);
-    let (code, body) = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_startup(&mut client)).await??;
+    let (code, body) = tokio::time::timeout(handshake, read_startup(&mut client)).await??;
     if code != PROTOCOL_3 {
         return refuse(&mut client, "08P01", "unsupported frontend protocol").await;
     }
     let mut params = parse_params(&body);
+    // One value per parameter: with two `user`s, a check of the first and an upstream that
+    // takes the last would log a token's holder in as someone else.
+    if let Some(duplicate) = first_duplicate(&params) {
+        let message = format!("duplicate start-up parameter `{duplicate}`");
+        return refuse(&mut client, "08P01", &message).await;
+    }
+    params.retain(|(key, _)| FORWARDED_PARAMS.contains(&key.as_str()));
 
     let scripted = {
         let mut settings = lock(&shared.settings);
@@ -696,8 +775,7 @@ async fn serve_client(shared: &Arc<Shared>, mut tcp: TcpStream) -> std::io::Resu
     // A cleartext password, checked against the minted tokens.
     client.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await?;
     client.flush().await?;
-    let (kind, message) =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut client)).await??;
+    let (kind, message) = tokio::time::timeout(handshake, read_message(&mut client)).await??;
     let user = params
         .iter()
         .find(|(k, _)| k == "user")
@@ -760,6 +838,26 @@ async fn wake(shared: &Arc<Shared>, id: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// One of the emulator's client connections, counted against its cap while it lives.
+struct ConnectionSlot(Arc<Shared>);
+
+impl ConnectionSlot {
+    fn take(shared: &Arc<Shared>) -> Option<Self> {
+        let max = lock(&shared.settings).max_connections;
+        let mut open = lock(&shared.open_connections);
+        (*open < max).then(|| {
+            *open += 1;
+            ConnectionSlot(Arc::clone(shared))
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        *lock(&self.0.open_connections) -= 1;
+    }
+}
+
 /// Counts a session for its endpoint while it lives.
 struct SessionGuard<'a> {
     shared: &'a Shared,
@@ -796,7 +894,8 @@ async fn relay(
         .await?;
     upstream.write_all(&startup).await?;
     // The upstream trusts its socket: it answers AuthenticationOk, or an error to pass on.
-    let (kind, message) = read_message(&mut upstream).await?;
+    let (kind, message) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut upstream)).await??;
     client.write_all(&message).await?;
     if kind != b'R' {
         return client.flush().await;

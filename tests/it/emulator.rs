@@ -2,6 +2,7 @@
 //! endpoint, user and expiry, scale-to-zero and the proxy's error texts.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lakebase_pool::databricks::{CredentialRequest, Workspace};
@@ -510,4 +511,143 @@ async fn a_token_is_refused_for_any_user_but_its_own() {
         .get()
         .await
         .expect("the token works for its own user");
+}
+
+/// A raw client: TCP to the emulator, `SSLRequest`, then TLS for `endpoint`'s host.
+async fn raw_tls_client(
+    lakebase: &lakebase_pool::testing::LocalLakebase,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let emulator = lakebase.emulator();
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", emulator.port()))
+        .await
+        .unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
+    assert_eq!(tcp.read_u8().await.unwrap(), b'S');
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(emulator.ca_cert_pem().as_bytes())
+    {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let host = emulator.host_of(lakebase_pool::testing::LocalLakebase::ENDPOINT);
+    let name = rustls_pki_types::ServerName::try_from(host).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+/// Two `user` parameters: the emulator used to check the token against the first and pass
+/// both to its trusting upstream, where the last one wins (a token for a developer opened a
+/// session as the superuser). Duplicates are refused before any password is asked for.
+#[tokio::test]
+async fn a_start_up_packet_naming_two_users_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let lakebase = lakebase_pool::testing::LocalLakebase::start()
+        .await
+        .unwrap();
+    let mut client = raw_tls_client(&lakebase).await;
+    let mut body = 196_608_i32.to_be_bytes().to_vec();
+    for (key, value) in [
+        ("user", lakebase_pool::testing::LocalLakebase::USER),
+        ("database", "databricks_postgres"),
+        ("user", "postgres"),
+    ] {
+        body.extend_from_slice(key.as_bytes());
+        body.push(0);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = (body.len() as i32 + 4).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    client.write_all(&packet).await.unwrap();
+    client.flush().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+        .await
+        .expect("the emulator answers and closes")
+        .ok();
+    assert_eq!(
+        answer.first(),
+        Some(&b'E'),
+        "refused, not asked for a password: {answer:?}"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.contains("duplicate start-up parameter `user`"),
+        "{text}"
+    );
+    assert!(text.contains("08P01"), "{text}");
+}
+
+/// A client that sends `SSLRequest` and then nothing (or stops mid-handshake) is closed once
+/// the handshake timeout passes; it used to stay open for ever.
+#[tokio::test]
+async fn an_idle_client_after_ssl_request_is_closed_by_the_emulator() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let lakebase = lakebase_pool::testing::LocalLakebase::start()
+        .await
+        .unwrap();
+    lakebase
+        .emulator()
+        .set_handshake_timeout(Duration::from_millis(500));
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", lakebase.emulator().port()))
+        .await
+        .unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
+    assert_eq!(tcp.read_u8().await.unwrap(), b'S');
+    // No TLS ClientHello follows.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "still open 5 s after the SSLRequest");
+
+    // A client that completes TLS and then sends no start-up message is closed as well.
+    let mut client = raw_tls_client(&lakebase).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "still open 5 s after the TLS handshake");
+}
+
+/// Past the connection cap, connections are refused at once with `53300`, and those already
+/// open are unaffected.
+#[tokio::test]
+async fn connections_past_the_cap_are_refused_with_too_many_connections() {
+    use tokio::io::AsyncReadExt;
+
+    let lakebase = lakebase_pool::testing::LocalLakebase::start()
+        .await
+        .unwrap();
+    let pool = lakebase
+        .pool_builder()
+        .unwrap()
+        .max_size(1)
+        .build()
+        .unwrap();
+    let conn = pool.get().await.unwrap();
+    lakebase.emulator().set_max_connections(1);
+    let mut extra = tokio::net::TcpStream::connect(("127.0.0.1", lakebase.emulator().port()))
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), extra.read_to_end(&mut answer))
+        .await
+        .expect("refused at once")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.contains("53300") && text.contains("too many connections"),
+        "{text}"
+    );
+    conn.simple_query("SELECT 1").await.unwrap();
 }
