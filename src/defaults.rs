@@ -15,6 +15,7 @@
 //! | validation | a round trip only for connections idle >= 5 s | catches connections killed while idle without a query on every checkout |
 //! | keep-alive queries | never | a pool must not keep a compute awake and billed |
 //! | TCP keep-alive | probes after 30 s of silence, every 10 s, 3 unanswered end the connection | a server that vanished without closing (network partition, host loss) is noticed in about a minute, not the operating system's two hours; probes are not queries and keep nothing awake |
+//! | TCP user timeout (Linux) | 60 s | data sent to a vanished server (a query in flight) ends the connection in the same minute as an idle one, not after ~15 min of retransmissions |
 //! | max size | 16 | |
 //! | wait timeout | 30 s | `get()` never waits forever for a free connection |
 //! | the pool's own statements (`BEGIN`, `COMMIT`, `ROLLBACK`, `LISTEN`, validation) | 10 s each | a server that stalls after login costs seconds, not a hang; long enough for a large commit |
@@ -51,6 +52,9 @@ pub(crate) const LAKEBASE_DATABASE: &str = "databricks_postgres";
 pub(crate) const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 pub(crate) const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub(crate) const TCP_KEEPALIVE_RETRIES: u32 = 3;
+/// Linux's `TCP_USER_TIMEOUT`: unacknowledged data ends the connection after this long, as
+/// keep-alive does for an idle one (30 s + 3 x 10 s).
+pub(crate) const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_millis(100);

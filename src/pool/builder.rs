@@ -599,7 +599,10 @@ impl PoolBuilder {
             .keepalives(true)
             .keepalives_idle(defaults::TCP_KEEPALIVE_IDLE)
             .keepalives_interval(defaults::TCP_KEEPALIVE_INTERVAL)
-            .keepalives_retries(defaults::TCP_KEEPALIVE_RETRIES);
+            .keepalives_retries(defaults::TCP_KEEPALIVE_RETRIES)
+            // Keep-alive probes only start on an idle socket; with data unacknowledged (a
+            // query sent to a vanished server) only this ends the wait in the same minute.
+            .tcp_user_timeout(defaults::TCP_USER_TIMEOUT);
 
         let counters = Arc::new(Counters::default());
         let tokens = TokenCache::labelled(provider, self.cache_policy.clone(), "database token");

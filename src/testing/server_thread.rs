@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 
 /// The thread a test server runs on; dropping it stops the server and waits for the thread.
 pub(crate) struct ServerThread {
+    name: String,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -29,6 +30,7 @@ impl ServerThread {
             .name(name.to_owned())
             .spawn(move || runtime.block_on(serve(stopped)))?;
         Ok(ServerThread {
+            name: name.to_owned(),
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -40,8 +42,49 @@ impl Drop for ServerThread {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(thread) = self.thread.take()
+            && let Err(panic) = thread.join()
+        {
+            // A test server that panicked served the test wrongly: the test must fail, not
+            // pass on what the server did before. (Not while already unwinding: that aborts.)
+            if !std::thread::panicking() {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                panic!("the test server `{}` panicked: {message}", self.name);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_of_the_server_thread_fails_whoever_drops_it() {
+        let server = ServerThread::spawn("doomed", |_stop| async {
+            panic!("the server broke");
+        })
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(server)));
+        let panic = dropped.expect_err("dropping it panics");
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            message.contains("`doomed` panicked: the server broke"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_server_that_stops_cleanly_drops_quietly() {
+        let server = ServerThread::spawn("calm", |stop| async {
+            let _ = stop.await;
+        })
+        .unwrap();
+        drop(server);
     }
 }

@@ -550,6 +550,9 @@ async fn serve(
 
 type Answer = Response<BoxBody<Bytes, std::io::Error>>;
 
+/// The largest request body the mock reads.
+const MAX_REQUEST_BODY: usize = 1024 * 1024;
+
 fn answer(status: u16, body: impl Into<Bytes>) -> Answer {
     let body = Full::new(body.into()).map_err(|never| match never {});
     let mut response = Response::new(body.boxed());
@@ -608,12 +611,20 @@ async fn handle(state: &Shared, request: Request<Incoming>) -> Answer {
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
     let headers = request.headers().clone();
-    let body = request
-        .into_body()
+    // Capped like any server's: a client that streams without end gets 413, not our memory.
+    let body = match http_body_util::Limited::new(request.into_body(), MAX_REQUEST_BODY)
         .collect()
         .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return api_error(
+                413,
+                "REQUEST_TOO_LARGE",
+                "the request body is larger than 1 MiB",
+            );
+        }
+    };
 
     let (fault, latency) = {
         let mut state = lock(state);

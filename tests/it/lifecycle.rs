@@ -280,3 +280,89 @@ async fn checkouts_wait_for_a_free_connection_then_time_out_with_a_clear_error()
     let stats = pool.stats();
     assert_eq!((stats.checkouts, stats.checkout_failures), (2, 1));
 }
+
+/// Every connection the pool opens carries TCP keep-alive and, on Linux, `TCP_USER_TIMEOUT`,
+/// read back from the real socket: a server that vanishes ends the connection in about a
+/// minute whether it was idle (keep-alive) or had a query in flight (user timeout). The
+/// vanishing itself is not simulated here (it needs packet loss, not a loopback reset).
+#[tokio::test]
+async fn connections_carry_keepalive_and_a_tcp_user_timeout() {
+    let pg = crate::support::cluster().await;
+    let pool = crate::support::app_pool(&pg).build().unwrap();
+    let _conn = pool.get().await.unwrap();
+    let port = pg.addr().port();
+    let mut checked = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let entry = entry.unwrap();
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: the descriptor is open (listed just now) and only borrowed for the reads.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&borrowed);
+        let is_ours = socket
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .is_some_and(|a| a.port() == port && a.ip().is_loopback());
+        if !is_ours {
+            continue;
+        }
+        assert!(socket.keepalive().unwrap(), "keep-alive on");
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(60))
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 1,
+        "found the pool's connection among the open sockets"
+    );
+}
+
+/// `Duration::MAX` for every duration setting means "no limit", never an overflow panic on
+/// `Instant + Duration`: the pool builds, checks out, runs a transaction, listens and shuts
+/// down.
+#[tokio::test]
+async fn duration_max_in_every_setting_means_no_limit_and_never_panics() {
+    let pg = crate::support::cluster().await;
+    let pool = crate::support::app_pool(&pg)
+        .retry(
+            lakebase_pool::RetryPolicy::default()
+                .connect_timeout(Duration::MAX)
+                .command_timeout(Duration::MAX)
+                .backoff(Duration::from_millis(1), Duration::MAX)
+                .deadline(Duration::MAX),
+        )
+        .token_cache(
+            lakebase_pool::CachePolicy::default()
+                .mint_timeout(Duration::MAX)
+                .refresh_ahead(Duration::MAX)
+                .failure_backoff(Duration::from_millis(1), Duration::MAX),
+        )
+        .max_lifetime(Duration::MAX)
+        .idle_timeout(Duration::MAX)
+        .validate_after_idle(Duration::MAX)
+        .wait_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    let one: i32 = pool
+        .retry_transaction(|tx| async move { Ok(tx.query_one("SELECT 1", &[]).await?.get(0)) })
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    let listener = pool.listener(["jobs"]).await.unwrap();
+    drop(listener);
+    let report = pool.shutdown(Duration::MAX).await;
+    assert_eq!(report.forced, 0);
+}

@@ -623,3 +623,30 @@ async fn a_databricks_cli_error_is_quoted_without_control_characters_or_length()
         "{shown}"
     );
 }
+
+/// The mock workspace reads at most 1 MiB of a request body, then answers 413.
+#[tokio::test]
+async fn the_mock_workspace_refuses_request_bodies_over_a_mebibyte() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = mock();
+    let address = mock.url().trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /api/2.0/postgres/credentials HTTP/1.1\r\nhost: {address}\r\n\
+         authorization: Bearer {PAT}\r\ncontent-length: 4194304\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    for _ in 0..20 {
+        if stream.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    let mut answer = vec![0; 512];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
