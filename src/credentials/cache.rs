@@ -242,9 +242,10 @@ struct Inner {
 #[derive(Default)]
 struct State {
     current: Option<Arc<Credential>>,
-    /// The shared mint in flight, if any. It turns `true` once the mint has ended and its
-    /// outcome is recorded here; everyone who needs a new token meanwhile waits on it.
-    in_flight: Option<watch::Receiver<bool>>,
+    /// The shared mint in flight, if any; it carries the outcome once the mint has ended
+    /// (and the outcome is recorded here). Everyone who needs a new token meanwhile waits
+    /// on it.
+    in_flight: Option<watch::Receiver<Option<Outcome>>>,
     consecutive_failures: u32,
     last_error: Option<SharedError>,
     /// No mint before this moment (set after a failure).
@@ -298,17 +299,14 @@ enum MintError {
     )]
     AlreadyExpired(Duration),
     #[error(
-        "the credential provider returned a token that expires in {0:.1?}, too soon to log in \
-         with (check the system clock)"
-    )]
-    ExpiresTooSoon(Duration),
-    #[error(
         "the token mint ended without a result (the credential provider panicked, or the \
          runtime is shutting down)"
     )]
     Abandoned,
-    #[error("the new token expired before it could be used (check the system clock)")]
-    ExpiredBeforeUse,
+}
+
+fn abandoned() -> Outcome {
+    Err(Arc::new(MintError::Abandoned))
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -316,10 +314,13 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What a mint produced: the new token, or why there is none.
+type Outcome = Result<Arc<Credential>, SharedError>;
+
 /// What a caller that needs a new token does next.
 enum Next {
     /// Wait for the shared mint in flight.
-    Wait(watch::Receiver<bool>),
+    Wait(watch::Receiver<Option<Outcome>>),
     /// Nothing to wait for: the answer is known now (backing off after a failure).
     Done(Result<Arc<Credential>, Error>),
 }
@@ -330,7 +331,7 @@ enum Next {
 struct Flight {
     cache: TokenCache,
     outcome: Option<Result<Credential, SharedError>>,
-    done: watch::Sender<bool>,
+    done: watch::Sender<Option<Outcome>>,
 }
 
 impl Flight {
@@ -341,21 +342,22 @@ impl Flight {
 
 impl Drop for Flight {
     fn drop(&mut self) {
-        let outcome = self
-            .outcome
-            .take()
-            .unwrap_or_else(|| Err(Arc::new(MintError::Abandoned) as SharedError));
+        let outcome = match self.outcome.take() {
+            Some(Ok(credential)) => Ok(Arc::new(credential)),
+            Some(Err(error)) => Err(error),
+            None => Err(Arc::new(MintError::Abandoned) as SharedError),
+        };
         {
             let mut state = lock(&self.cache.inner.state);
-            match outcome {
-                Ok(credential) => self.cache.record_success(&mut state, Arc::new(credential)),
+            match &outcome {
+                Ok(credential) => self.cache.record_success(&mut state, Arc::clone(credential)),
                 Err(error) => {
-                    let _ = self.cache.record_failure(&mut state, error);
+                    let _ = self.cache.record_failure(&mut state, Arc::clone(error));
                 }
             }
             state.in_flight = None;
         }
-        let _ = self.done.send(true);
+        let _ = self.done.send(Some(outcome));
     }
 }
 
@@ -568,8 +570,8 @@ impl TokenCache {
         }
     }
 
-    fn start_mint(&self, state: &mut State) -> watch::Receiver<bool> {
-        let (done, receiver) = watch::channel(false);
+    fn start_mint(&self, state: &mut State) -> watch::Receiver<Option<Outcome>> {
+        let (done, receiver) = watch::channel(None);
         state.in_flight = Some(receiver.clone());
         let flight = Flight {
             cache: self.clone(),
@@ -580,32 +582,26 @@ impl TokenCache {
         receiver
     }
 
-    /// Waits (when there is anything to wait for) and answers from the recorded outcome.
+    /// Waits (when there is anything to wait for) for the mint's outcome: its token, or the
+    /// fallback when it failed.
     async fn finish(&self, next: Next) -> Result<Arc<Credential>, Error> {
         let mut in_flight = match next {
             Next::Done(answer) => return answer,
             Next::Wait(in_flight) => in_flight,
         };
-        loop {
-            // An error means the flight is gone, which it only is once it has recorded.
-            let _ = in_flight.wait_for(|done| *done).await;
-            let state = lock(&self.inner.state);
-            match (&state.current, &state.last_error, &state.in_flight) {
-                (Some(current), _, _) if self.freshness(current) != Freshness::Expired => {
-                    return Ok(Arc::clone(current));
-                }
-                // A forced refresh dropped the new token and started another mint meanwhile.
-                (_, _, Some(next)) => in_flight = next.clone(),
-                (_, Some(error), _) => {
-                    let retry_in = state
-                        .retry_at
-                        .and_then(|at| at.duration_since(self.inner.clock.now()).ok());
-                    return Err(self.credentials_error(error, retry_in));
-                }
-                _ => {
-                    let error: SharedError = Arc::new(MintError::ExpiredBeforeUse);
-                    return Err(self.credentials_error(&error, None));
-                }
+        // The flight always sends before it goes; a closed channel would mean it could not.
+        let outcome = match in_flight.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone().unwrap_or_else(abandoned),
+            Err(_) => abandoned(),
+        };
+        match outcome {
+            Ok(credential) => Ok(credential),
+            Err(error) => {
+                let state = lock(&self.inner.state);
+                let retry_in = state
+                    .retry_at
+                    .and_then(|at| at.duration_since(self.inner.clock.now()).ok());
+                self.fallback(&state, &error, retry_in)
             }
         }
     }
@@ -619,7 +615,7 @@ impl TokenCache {
         let cache = self.clone();
         let outcome = tokio::spawn(async move { cache.mint().await })
             .await
-            .unwrap_or_else(|_| Err(Arc::new(MintError::Abandoned) as SharedError));
+            .unwrap_or_else(|_| Err(Arc::new(MintError::Abandoned)));
         let mut state = lock(&self.inner.state);
         match outcome {
             Ok(credential) => {
@@ -735,9 +731,6 @@ impl TokenCache {
             return Err(Arc::new(MintError::AlreadyExpired(ago)) as SharedError);
         }
         let left = expires_at.duration_since(now).unwrap_or_default();
-        if left <= LOGIN_MARGIN {
-            return Err(Arc::new(MintError::ExpiresTooSoon(left)) as SharedError);
-        }
         if left > defaults::MAX_TOKEN_LIFETIME {
             tracing::warn!(
                 kind = self.inner.kind,

@@ -619,6 +619,22 @@ mod tests {
     }
 
     #[test]
+    fn answers_and_clients_never_show_tokens_or_proxy_passwords_in_debug() {
+        let answer = Answer {
+            status: 200,
+            body: br#"{"token": "minted-secret-value"}"#.to_vec(),
+            retry_after: None,
+        };
+        let shown = format!("{answer:?}");
+        assert!(!shown.contains("minted-secret-value") && shown.contains("body_len"), "{shown}");
+        let env = Environment::from_vars([("HTTPS_PROXY", "http://user:proxy-pass@127.0.0.1:3128")]);
+        let proxy = ProxySettings::from_environment(&env).unwrap();
+        let client = HttpClient::new(HttpPolicy::default(), &tls::Trust::default(), &proxy).unwrap();
+        let shown = format!("{client:?}");
+        assert!(!shown.contains("proxy-pass"), "{shown}");
+    }
+
+    #[test]
     fn proto_durations_parse() {
         assert_eq!(parse_proto_duration("2s"), Some(Duration::from_secs(2)));
         assert_eq!(
