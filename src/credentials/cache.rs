@@ -321,6 +321,8 @@ type Outcome = Result<Arc<Credential>, SharedError>;
 enum Next {
     /// Wait for the shared mint in flight.
     Wait(watch::Receiver<Option<Outcome>>),
+    /// Launch this mint, then wait for it like everyone else.
+    Start(Flight, watch::Receiver<Option<Outcome>>),
     /// Nothing to wait for: the answer is known now (backing off after a failure).
     Done(Result<Arc<Credential>, Error>),
 }
@@ -335,6 +337,11 @@ struct Flight {
 }
 
 impl Flight {
+    /// Runs the mint on its own task.
+    fn launch(self) {
+        drop(tokio::spawn(self.run()));
+    }
+
     async fn run(mut self) {
         self.outcome = Some(self.cache.mint().await);
     }
@@ -350,7 +357,9 @@ impl Drop for Flight {
         {
             let mut state = lock(&self.cache.inner.state);
             match &outcome {
-                Ok(credential) => self.cache.record_success(&mut state, Arc::clone(credential)),
+                Ok(credential) => self
+                    .cache
+                    .record_success(&mut state, Arc::clone(credential)),
                 Err(error) => {
                     let _ = self.cache.record_failure(&mut state, Arc::clone(error));
                 }
@@ -430,12 +439,20 @@ impl TokenCache {
         }
         let next = {
             let mut state = lock(&self.inner.state);
-            if let Some(credential) = self.fresh_from_cache(&mut state) {
-                return Ok(credential);
+            match self.fresh_from_cache(&mut state) {
+                Some(cached) => Err(cached),
+                None => Ok(self.join_or_start_mint(&mut state)),
             }
-            self.join_or_start_mint(&mut state)
         };
-        self.finish(next).await
+        match next {
+            Ok(next) => self.finish(next).await,
+            Err((credential, refresh)) => {
+                if let Some(refresh) = refresh {
+                    refresh.launch();
+                }
+                Ok(credential)
+            }
+        }
     }
 
     /// Replaces `rejected`, a token the server refused at login, and returns its successor.
@@ -534,18 +551,17 @@ impl TokenCache {
         state.retry_at.is_some_and(|at| self.inner.clock.now() < at)
     }
 
-    /// The cached token if it may be reused, starting the background refresh when it is due.
-    fn fresh_from_cache(&self, state: &mut State) -> Option<Arc<Credential>> {
+    /// The cached token if it may be reused, with the background refresh to launch when one
+    /// is due (nobody waits for it: callers keep the cached token meanwhile).
+    fn fresh_from_cache(&self, state: &mut State) -> Option<(Arc<Credential>, Option<Flight>)> {
         let current = state.current.clone()?;
         let Freshness::Fresh { refresh_due } = self.freshness(&current) else {
             return None;
         };
-        if refresh_due && state.in_flight.is_none() && !self.backing_off(state) {
-            // Nobody waits for it: callers keep the cached token meanwhile.
-            drop(self.start_mint(state));
-        }
+        let refresh = (refresh_due && state.in_flight.is_none() && !self.backing_off(state))
+            .then(|| self.start_mint(state).1);
         self.inner.served_from_cache.fetch_add(1, Ordering::Relaxed);
-        Some(current)
+        Some((current, refresh))
     }
 
     /// Joins the mint in flight, or starts one unless backing off after a failure.
@@ -556,7 +572,8 @@ impl TokenCache {
         if let Some(answer) = self.answer_while_backing_off(state) {
             return Next::Done(answer);
         }
-        Next::Wait(self.start_mint(state))
+        let (receiver, flight) = self.start_mint(state);
+        Next::Start(flight, receiver)
     }
 
     /// While backing off after a failure: the fallback answer, without calling the provider.
@@ -570,7 +587,9 @@ impl TokenCache {
         }
     }
 
-    fn start_mint(&self, state: &mut State) -> watch::Receiver<Option<Outcome>> {
+    /// Marks a mint as in flight; the caller launches it once the state lock is released (a
+    /// flight dropped at once, as on a runtime shutting down, takes the lock itself).
+    fn start_mint(&self, state: &mut State) -> (watch::Receiver<Option<Outcome>>, Flight) {
         let (done, receiver) = watch::channel(None);
         state.in_flight = Some(receiver.clone());
         let flight = Flight {
@@ -578,8 +597,7 @@ impl TokenCache {
             outcome: None,
             done,
         };
-        drop(tokio::spawn(flight.run()));
-        receiver
+        (receiver, flight)
     }
 
     /// Waits (when there is anything to wait for) for the mint's outcome: its token, or the
@@ -588,6 +606,10 @@ impl TokenCache {
         let mut in_flight = match next {
             Next::Done(answer) => return answer,
             Next::Wait(in_flight) => in_flight,
+            Next::Start(flight, in_flight) => {
+                flight.launch();
+                in_flight
+            }
         };
         // The flight always sends before it goes; a closed channel would mean it could not.
         let outcome = match in_flight.wait_for(Option::is_some).await {

@@ -626,10 +626,15 @@ mod tests {
             retry_after: None,
         };
         let shown = format!("{answer:?}");
-        assert!(!shown.contains("minted-secret-value") && shown.contains("body_len"), "{shown}");
-        let env = Environment::from_vars([("HTTPS_PROXY", "http://user:proxy-pass@127.0.0.1:3128")]);
+        assert!(
+            !shown.contains("minted-secret-value") && shown.contains("body_len"),
+            "{shown}"
+        );
+        let env =
+            Environment::from_vars([("HTTPS_PROXY", "http://user:proxy-pass@127.0.0.1:3128")]);
         let proxy = ProxySettings::from_environment(&env).unwrap();
-        let client = HttpClient::new(HttpPolicy::default(), &tls::Trust::default(), &proxy).unwrap();
+        let client =
+            HttpClient::new(HttpPolicy::default(), &tls::Trust::default(), &proxy).unwrap();
         let shown = format!("{client:?}");
         assert!(!shown.contains("proxy-pass"), "{shown}");
     }
