@@ -8,7 +8,7 @@ use crate::Error;
 
 /// How far ahead a deadline of `Duration::MAX` ("no limit") lies: decades, like tokio's own
 /// far future, and never an overflow.
-const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 /// The moment `after` from `from`. Durations come from users and servers, and
 /// `Instant + Duration` panics on overflow; an unreachable deadline means no limit.

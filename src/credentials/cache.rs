@@ -667,7 +667,12 @@ impl TokenCache {
             .policy
             .failure_backoff
             .step(state.consecutive_failures);
-        state.retry_at = self.inner.clock.now().checked_add(backoff);
+        // A back-off of `Duration::MAX` waits decades, never "not at all" by overflowing.
+        state.retry_at = self
+            .inner
+            .clock
+            .now()
+            .checked_add(backoff.min(crate::backoff::FAR_FUTURE));
         tracing::warn!(
             kind = self.inner.kind,
             error = %error,

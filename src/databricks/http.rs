@@ -142,6 +142,23 @@ pub(crate) struct ProxySettings {
     no_proxy: String,
 }
 
+impl std::fmt::Debug for ProxySettings {
+    /// The proxy's host and port only: its URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proxy = self.https_proxy.as_ref().map(|url| {
+            format!(
+                "{}:{}",
+                url.host_str().unwrap_or("?"),
+                url.port_or_known_default().unwrap_or(0)
+            )
+        });
+        f.debug_struct("ProxySettings")
+            .field("https_proxy", &proxy)
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
+}
+
 impl ProxySettings {
     pub(crate) fn from_environment(env: &Environment) -> Result<Self, Error> {
         let found = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
@@ -161,10 +178,22 @@ impl ProxySettings {
                     format!("http://{value}")
                 };
                 let url = Url::parse(&with_scheme).map_err(|_| invalid("is not a URL"))?;
-                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                    return Err(invalid("must be an http:// or https:// proxy URL"));
+                let usable = matches!(url.scheme(), "http" | "https") && url.host_str().is_some();
+                match (usable, var.eq_ignore_ascii_case("ALL_PROXY")) {
+                    (true, _) => Some(url),
+                    // ALL_PROXY often names a SOCKS proxy for other tools: not ours to refuse.
+                    (false, true) => {
+                        tracing::warn!(
+                            var,
+                            scheme = url.scheme(),
+                            "ignoring a proxy that is not http:// or https://; workspace calls go direct"
+                        );
+                        None
+                    }
+                    (false, false) => {
+                        return Err(invalid("must be an http:// or https:// proxy URL"));
+                    }
                 }
-                Some(url)
             }
         };
         let user_list = env
@@ -633,10 +662,42 @@ mod tests {
         let env =
             Environment::from_vars([("HTTPS_PROXY", "http://user:proxy-pass@127.0.0.1:3128")]);
         let proxy = ProxySettings::from_environment(&env).unwrap();
+        assert!(!format!("{proxy:?}").contains("proxy-pass"), "{proxy:?}");
         let client =
             HttpClient::new(HttpPolicy::default(), &tls::Trust::default(), &proxy).unwrap();
         let shown = format!("{client:?}");
         assert!(!shown.contains("proxy-pass"), "{shown}");
+    }
+
+    #[test]
+    fn proxy_settings_come_from_https_proxy_or_an_http_all_proxy() {
+        let read = |vars: &[(&str, &str)]| {
+            ProxySettings::from_environment(&Environment::from_vars(vars.iter().copied()))
+        };
+        let chosen = |vars: &[(&str, &str)]| read(vars).unwrap().https_proxy.map(String::from);
+        assert_eq!(chosen(&[]), None);
+        assert_eq!(
+            chosen(&[("HTTP_PROXY", "http://p:1")]),
+            None,
+            "never HTTP_PROXY"
+        );
+        assert_eq!(
+            chosen(&[
+                ("HTTPS_PROXY", "proxy.corp:3128"),
+                ("ALL_PROXY", "http://other:1")
+            ]),
+            Some("http://proxy.corp:3128/".to_owned())
+        );
+        assert_eq!(
+            chosen(&[("all_proxy", "http://other:1")]),
+            Some("http://other:1/".to_owned())
+        );
+        assert_eq!(chosen(&[("ALL_PROXY", "socks5h://localhost:1080")]), None);
+        let err = read(&[("HTTPS_PROXY", "socks5://user:pw-123@localhost:1080")]).unwrap_err();
+        assert!(err.to_string().contains("HTTPS_PROXY"), "{err}");
+        assert!(!err.to_string().contains("pw-123"), "{err}");
+        let no_proxy = read(&[("NO_PROXY", "internal.example")]).unwrap().no_proxy;
+        assert!(no_proxy.contains("127.0.0.0/8") && no_proxy.ends_with("internal.example"));
     }
 
     #[test]

@@ -393,3 +393,22 @@ async fn the_dangerous_opt_out_accepts_an_untrusted_certificate_and_says_so() {
         "still encrypted, only unverified"
     );
 }
+
+/// Plain text to a loopback *name* without a resolver: the pool resolves the name itself to
+/// check the addresses, then connects to each in turn (here `localhost`, which may list `::1`
+/// first while the server listens on 127.0.0.1 only).
+#[tokio::test]
+async fn plain_text_to_localhost_is_resolved_checked_and_connects() {
+    let pg = LocalPostgres::start().unwrap();
+    pg.create_role(ROLE, &Secret::new(INITIAL_PASSWORD))
+        .await
+        .unwrap();
+    let pool = pg
+        .pool_builder(ROLE)
+        .host("localhost")
+        .password(INITIAL_PASSWORD)
+        .build()
+        .unwrap();
+    let conn = pool.get().await.unwrap();
+    conn.simple_query("SELECT 1").await.unwrap();
+}

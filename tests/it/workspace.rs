@@ -650,3 +650,42 @@ async fn the_mock_workspace_refuses_request_bodies_over_a_mebibyte() {
     let answer = String::from_utf8_lossy(&answer[..read]);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
+
+/// Config and CA paths that are not regular files (a FIFO, `/dev/zero`) or are huge give a
+/// clear error from `build()`, never a hang or an unbounded read.
+#[tokio::test]
+async fn special_files_as_config_or_ca_paths_fail_build_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for path in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
+        let built = tokio::time::timeout(Duration::from_secs(5), async {
+            Workspace::builder()
+                .host("https://x.cloud.databricks.com")
+                .token(PAT)
+                .config_file(path)
+                .build_in(&Environment::default())
+        })
+        .await
+        .expect("no hang");
+        let err = built.unwrap_err();
+        assert!(matches!(err, Error::WorkspaceConfig { .. }), "{err:?}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+
+        let err = lakebase_pool::Pool::builder()
+            .host("127.0.0.1")
+            .user("app")
+            .password("pw")
+            .root_certificates_file(path)
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+}
