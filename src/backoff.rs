@@ -16,6 +16,11 @@ pub(crate) fn deadline_after(from: Instant, after: Duration) -> Instant {
     from.checked_add(after.min(FAR_FUTURE)).unwrap_or(from)
 }
 
+/// Whole milliseconds, for log fields; saturating.
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Whether a wait of `wait` starting now would end before `deadline`.
 pub(crate) fn ends_before(wait: Duration, deadline: Instant) -> bool {
     wait < deadline.saturating_duration_since(Instant::now())

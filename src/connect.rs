@@ -1,7 +1,5 @@
 //! Opening one physical connection: token, connect, classify, retry.
 
-use std::error::Error as StdError;
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,14 +12,15 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::Instrument;
 
-use crate::backoff::deadline_after;
+use crate::backoff::{deadline_after, millis};
 use crate::credentials::{Credential, TokenCache};
 use crate::databricks::Workspace;
 use crate::endpoint::EndpointName;
-use crate::error::{BoxError, Error};
-use crate::pool::Counters;
+use crate::error::{BoxError, Error, error_chain};
+use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolveError};
-use crate::retry::{ErrorClass, RetryPolicy, classify};
+use crate::retry::{ErrorClass, classify};
+use crate::retry_policy::RetryPolicy;
 use crate::target::{TlsSettings, describe_target, settle};
 
 /// The connection half of an opened session: the future that drives its socket.
@@ -143,17 +142,6 @@ impl AttemptError {
             AttemptError::NotLoopback { host, address } => format!("{host} resolved to {address}"),
         }
     }
-}
-
-/// `error: cause: cause ...`, for log lines (tokio-postgres's own `Display` is just "db error").
-pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let _ = write!(text, ": {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 impl Connector {
@@ -448,8 +436,4 @@ async fn system_resolve(name: &str, port: Option<u16>) -> Result<Vec<IpAddr>, Re
         return Err(ResolveError::not_found(name));
     }
     Ok(addresses)
-}
-
-pub(crate) fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -7,6 +7,23 @@ use std::time::Duration;
 /// A boxed error from a credential provider or another pluggable part.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
+/// A boxed, `Send` future, as returned by
+/// [`CredentialProvider::credential`](crate::credentials::CredentialProvider::credential) and
+/// [`Resolve::resolve`](crate::resolve::Resolve::resolve).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// `error: cause: cause ...`, for log lines (tokio-postgres's own `Display` is just "db error").
+pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    use std::fmt::Write as _;
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 /// An error shared by every caller that waited on the same operation (one token mint serves
 /// many checkouts, so its failure is reported to all of them).
 pub type SharedError = Arc<dyn StdError + Send + Sync + 'static>;

@@ -84,9 +84,11 @@ mod files;
 #[cfg(any(feature = "axum", feature = "actix-web"))]
 pub mod integrations;
 mod listener;
+mod metrics;
 mod pool;
 pub mod resolve;
 pub mod retry;
+mod retry_policy;
 mod secret;
 mod target;
 #[cfg(feature = "testing")]
@@ -98,14 +100,16 @@ pub use deadpool_postgres;
 pub use tokio_postgres;
 
 pub use crate::config::Environment;
-pub use crate::credentials::{CachePolicy, TokenCache, TokenStats};
+pub use crate::credentials::cache::{CachePolicy, TokenCache, TokenStats};
 pub use crate::endpoint::EndpointName;
-pub use crate::error::{BoxError, Error, RequestProblem, SharedError, StatementTimedOut};
+pub use crate::error::{
+    BoxError, BoxFuture, Error, RequestProblem, SharedError, StatementTimedOut,
+};
 pub use crate::listener::{Listener, ListenerEvent};
 pub use crate::pool::{
     Connection, Dangerous, Pool, PoolBuilder, ShutdownReport, Stats, TransactionHandle,
 };
-pub use crate::retry::RetryPolicy;
+pub use crate::retry_policy::RetryPolicy;
 pub use crate::secret::Secret;
 pub use crate::tls::SslMode;
 

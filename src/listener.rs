@@ -10,7 +10,9 @@ use tokio::time::Instant;
 use tokio_postgres::{AsyncMessage, Notification};
 use tracing::Instrument;
 
-use crate::connect::{Driver, Opened, error_chain, millis};
+use crate::backoff::millis;
+use crate::connect::{Driver, Opened};
+use crate::error::error_chain;
 use crate::retry::ErrorClass;
 use crate::{BoxError, Error, Pool, StatementTimedOut};
 

@@ -20,13 +20,13 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::BoxError;
-use crate::credentials::BoxFuture;
+use crate::error::BoxFuture;
 
 /// Turns a host name into addresses. Object safe: a pool stores it as `Arc<dyn Resolve>`.
 ///
 /// ```
 /// use std::net::IpAddr;
-/// use lakebase_pool::credentials::BoxFuture;
+/// use lakebase_pool::BoxFuture;
 /// use lakebase_pool::resolve::{Resolve, ResolveError};
 ///
 /// struct Fixed(IpAddr);

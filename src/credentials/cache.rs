@@ -677,7 +677,7 @@ impl TokenCache {
             kind = self.inner.kind,
             error = %error,
             consecutive_failures = state.consecutive_failures,
-            retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+            retry_in_ms = crate::backoff::millis(backoff),
             "token mint failed"
         );
         state.last_error = Some(error);
@@ -796,7 +796,7 @@ mod tests {
 
     use super::*;
     use crate::BoxError;
-    use crate::credentials::BoxFuture;
+    use crate::error::BoxFuture;
 
     /// What the scripted provider does on its next call.
     #[derive(Clone, Copy)]

@@ -11,8 +11,8 @@
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
-//! use lakebase_pool::credentials::{BoxFuture, Credential, CredentialProvider};
-//! use lakebase_pool::BoxError;
+//! use lakebase_pool::credentials::{Credential, CredentialProvider};
+//! use lakebase_pool::{BoxError, BoxFuture};
 //!
 //! struct Vault;
 //!
@@ -26,20 +26,16 @@
 //! }
 //! ```
 
-mod cache;
+pub(crate) mod cache;
 mod static_password;
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::SystemTime;
 
-pub use self::cache::{CachePolicy, TokenCache, TokenStats};
+pub(crate) use self::cache::{CachePolicy, TokenCache, TokenStats};
 pub use self::static_password::{FnProvider, StaticPassword, from_fn};
-use crate::{BoxError, Secret};
-
-/// A boxed, `Send` future, as returned by [`CredentialProvider::credential`].
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::error::{BoxError, BoxFuture};
+use crate::secret::Secret;
 
 /// Produces database credentials: one fresh [`Credential`] per call.
 ///
@@ -49,8 +45,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// its provider as `Arc<dyn CredentialProvider>`.
 ///
 /// ```
-/// use lakebase_pool::credentials::{BoxFuture, Credential, CredentialProvider};
-/// use lakebase_pool::BoxError;
+/// use lakebase_pool::credentials::{Credential, CredentialProvider};
+/// use lakebase_pool::{BoxError, BoxFuture};
 ///
 /// struct FromEnv;
 ///

@@ -3,7 +3,8 @@
 use std::fmt;
 use std::future::Future;
 
-use super::{BoxFuture, Credential, CredentialProvider};
+use super::{Credential, CredentialProvider};
+use crate::error::BoxFuture;
 use crate::{BoxError, Secret};
 
 /// A fixed password that never expires: a local Postgres, or a password from a secret store

@@ -17,7 +17,8 @@ use tokio::sync::OnceCell;
 use super::host::WorkspaceHost;
 use super::http::{Auth, Body, Call, HttpClient, api_error, decode};
 use super::time::parse_rfc3339;
-use crate::credentials::{BoxFuture, Credential, CredentialProvider};
+use crate::credentials::{Credential, CredentialProvider};
+use crate::error::BoxFuture;
 use crate::{BoxError, Error, Secret, defaults};
 
 /// OAuth client credentials (a service principal's id and secret), as Databricks Apps use.

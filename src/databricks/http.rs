@@ -307,7 +307,7 @@ impl HttpClient {
                 attempt,
                 status = outcome.as_ref().ok().map(|a| a.status),
                 error = outcome.as_ref().err().map(ToString::to_string),
-                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                wait_ms = crate::backoff::millis(wait),
                 "workspace call failed with a transient error; retrying"
             );
             tokio::time::sleep(wait).await;

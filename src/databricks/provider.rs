@@ -1,7 +1,8 @@
 //! `LakebaseCredentials`: the credential provider that mints endpoint-scoped tokens.
 
 use super::{CredentialRequest, Workspace};
-use crate::credentials::{BoxFuture, Credential, CredentialProvider};
+use crate::credentials::{Credential, CredentialProvider};
+use crate::error::BoxFuture;
 use crate::{BoxError, EndpointName};
 
 /// Mints Lakebase database tokens for one endpoint through a [`Workspace`]; each token's

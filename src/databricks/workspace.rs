@@ -587,8 +587,7 @@ struct SharedSource(CustomSource);
 impl CredentialProvider for SharedSource {
     fn credential(
         &self,
-    ) -> crate::credentials::BoxFuture<'_, Result<crate::credentials::Credential, crate::BoxError>>
-    {
+    ) -> crate::error::BoxFuture<'_, Result<crate::credentials::Credential, crate::BoxError>> {
         self.0.credential()
     }
 }

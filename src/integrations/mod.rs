@@ -24,8 +24,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::Error;
-use crate::connect::error_chain;
 use crate::error::BoxError;
+use crate::error::error_chain;
 use crate::retry::{ErrorClass, classify_in_transaction};
 
 /// A database error as an HTTP response: status 503 with `Retry-After` when trying again

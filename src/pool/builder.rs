@@ -12,12 +12,12 @@ use deadpool::managed;
 use tokio_postgres::config::Host;
 
 use super::lifecycle::{Lifecycle, Manager, spawn_housekeeper};
-use super::stats::Counters;
 use super::{Pool, PoolInner};
 use crate::connect::{Connector, Discovery};
 use crate::credentials::{CachePolicy, CredentialProvider, StaticPassword, TokenCache};
 use crate::databricks::{LakebaseCredentials, Workspace};
 use crate::defaults;
+use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolverName};
 use crate::target::TlsSettings;
 use crate::tls::{self, SslMode};

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::ClientWrapper;
 
-use super::stats::{Counters, RetireReason};
 use crate::Error;
-use crate::connect::{Connector, Opened, error_chain};
+use crate::connect::{Connector, Opened};
+use crate::error::error_chain;
+use crate::metrics::{Counters, RetireReason};
 
 /// The rules that decide when a connection is closed.
 #[derive(Clone, Debug)]

@@ -17,11 +17,12 @@ use deadpool_postgres::ClientWrapper;
 
 pub use self::builder::{Dangerous, PoolBuilder};
 use self::lifecycle::Manager;
-pub(crate) use self::stats::Counters;
 pub use self::stats::Stats;
 use crate::Error;
-use crate::connect::{Connector, millis};
+use crate::backoff::millis;
+use crate::connect::Connector;
 use crate::credentials::TokenCache;
+use crate::metrics::Counters;
 
 /// A pool of Postgres connections whose passwords come from a credential provider.
 ///
@@ -203,7 +204,7 @@ impl Pool {
     pub fn stats(&self) -> Stats {
         let status = self.inner.pool.status();
         let tokens = self.token_cache().stats();
-        self.inner.counters.snapshot(status, tokens)
+        Stats::new(&self.inner.counters, status, tokens)
     }
 
     /// The token cache in front of the pool's credential provider.

@@ -1,135 +1,10 @@
-//! What the pool has done so far: counters and a snapshot type.
+//! What the pool has done so far, as a snapshot type.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::credentials::TokenStats;
-use crate::retry::ErrorClass;
-
-/// Why a connection was closed by the pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RetireReason {
-    /// It reached its (jittered) max lifetime.
-    Lifetime,
-    /// It sat idle past the idle timeout.
-    Idle,
-    /// It was closed by the server or failed its validation round trip.
-    Broken,
-}
-
-impl RetireReason {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            RetireReason::Lifetime => "max lifetime reached",
-            RetireReason::Idle => "idle timeout reached",
-            RetireReason::Broken => "connection closed or failed validation",
-        }
-    }
-}
-
-/// Counters shared by the pool's parts; read through [`Stats`].
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    connections_opened: AtomicU64,
-    connect_attempts_failed: AtomicU64,
-    connect_retries_transient: AtomicU64,
-    connect_retries_rate_limited: AtomicU64,
-    auth_refreshes: AtomicU64,
-    retired_lifetime: AtomicU64,
-    retired_idle: AtomicU64,
-    retired_broken: AtomicU64,
-    checkouts: AtomicU64,
-    checkout_failures: AtomicU64,
-    /// Checkout waits by bucket; the last counts waits above every bound.
-    checkout_wait: [AtomicU64; WAIT_BUCKETS.len() + 1],
-}
-
-/// Upper bounds of the checkout-wait histogram buckets.
-const WAIT_BUCKETS: [Duration; 9] = [
-    Duration::from_micros(100),
-    Duration::from_millis(1),
-    Duration::from_millis(5),
-    Duration::from_millis(10),
-    Duration::from_millis(50),
-    Duration::from_millis(100),
-    Duration::from_millis(500),
-    Duration::from_secs(1),
-    Duration::from_secs(5),
-];
-
-fn bump(counter: &AtomicU64) {
-    let _ = counter.fetch_add(1, Ordering::Relaxed);
-}
-
-impl Counters {
-    pub(crate) fn connection_opened(&self) {
-        bump(&self.connections_opened);
-    }
-
-    pub(crate) fn attempt_failed(&self) {
-        bump(&self.connect_attempts_failed);
-    }
-
-    pub(crate) fn retry(&self, class: ErrorClass) {
-        match class {
-            ErrorClass::RateLimited => bump(&self.connect_retries_rate_limited),
-            _ => bump(&self.connect_retries_transient),
-        }
-    }
-
-    pub(crate) fn auth_refresh(&self) {
-        bump(&self.auth_refreshes);
-    }
-
-    pub(crate) fn retired(&self, reason: RetireReason) {
-        match reason {
-            RetireReason::Lifetime => bump(&self.retired_lifetime),
-            RetireReason::Idle => bump(&self.retired_idle),
-            RetireReason::Broken => bump(&self.retired_broken),
-        }
-    }
-
-    /// Records one `get()`: how long it took and whether it succeeded.
-    pub(crate) fn checkout(&self, waited: Duration, ok: bool) {
-        bump(if ok {
-            &self.checkouts
-        } else {
-            &self.checkout_failures
-        });
-        let bucket = WAIT_BUCKETS
-            .iter()
-            .position(|bound| waited <= *bound)
-            .unwrap_or(WAIT_BUCKETS.len());
-        bump(&self.checkout_wait[bucket]);
-    }
-
-    pub(crate) fn snapshot(&self, status: deadpool::Status, tokens: TokenStats) -> Stats {
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        Stats {
-            max_size: status.max_size,
-            size: status.size,
-            available: status.available,
-            waiting: status.waiting,
-            tokens,
-            connections_opened: load(&self.connections_opened),
-            connect_attempts_failed: load(&self.connect_attempts_failed),
-            connect_retries_transient: load(&self.connect_retries_transient),
-            connect_retries_rate_limited: load(&self.connect_retries_rate_limited),
-            auth_refreshes: load(&self.auth_refreshes),
-            retired_lifetime: load(&self.retired_lifetime),
-            retired_idle: load(&self.retired_idle),
-            retired_broken: load(&self.retired_broken),
-            checkouts: load(&self.checkouts),
-            checkout_failures: load(&self.checkout_failures),
-            checkout_wait: WAIT_BUCKETS
-                .iter()
-                .map(|bound| Some(*bound))
-                .chain([None])
-                .zip(self.checkout_wait.iter().map(load))
-                .collect(),
-        }
-    }
-}
+use crate::metrics::{Counters, WAIT_BUCKETS};
 
 /// A snapshot of a pool's state and counters, from [`Pool::stats`](crate::Pool::stats).
 ///
@@ -188,6 +63,34 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Reads `counters` beside the pool's `status` and its cache's `tokens`.
+    pub(crate) fn new(counters: &Counters, status: deadpool::Status, tokens: TokenStats) -> Stats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Stats {
+            max_size: status.max_size,
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+            tokens,
+            connections_opened: load(&counters.connections_opened),
+            connect_attempts_failed: load(&counters.connect_attempts_failed),
+            connect_retries_transient: load(&counters.connect_retries_transient),
+            connect_retries_rate_limited: load(&counters.connect_retries_rate_limited),
+            auth_refreshes: load(&counters.auth_refreshes),
+            retired_lifetime: load(&counters.retired_lifetime),
+            retired_idle: load(&counters.retired_idle),
+            retired_broken: load(&counters.retired_broken),
+            checkouts: load(&counters.checkouts),
+            checkout_failures: load(&counters.checkout_failures),
+            checkout_wait: WAIT_BUCKETS
+                .iter()
+                .map(|bound| Some(*bound))
+                .chain([None])
+                .zip(counters.checkout_wait.iter().map(load))
+                .collect(),
+        }
+    }
+
     /// An upper bound for the `quantile` (0.0 to 1.0) of checkout waits, read from the
     /// histogram: the bound of the bucket it falls in. `None` when nothing was recorded or
     /// it falls in the last, unbounded bucket.

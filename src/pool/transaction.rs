@@ -14,7 +14,8 @@ use tokio_postgres::error::Severity;
 use super::lifecycle::PooledClient;
 use super::{Connection, Pool};
 use crate::backoff::deadline_after;
-use crate::connect::{error_chain, millis};
+use crate::backoff::millis;
+use crate::error::error_chain;
 use crate::retry::{ErrorClass, classify_in_transaction};
 use crate::{BoxError, Error, StatementTimedOut};
 

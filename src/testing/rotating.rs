@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::LocalPostgres;
-use crate::credentials::{BoxFuture, Credential, CredentialProvider};
+use crate::credentials::{Credential, CredentialProvider};
+use crate::error::BoxFuture;
 use crate::{BoxError, Secret};
 
 /// Mints a random token on every call and makes it `role`'s password on a [`LocalPostgres`],

@@ -1,0 +1,105 @@
+//! The pool's counters: bumped by the parts that open, retry and retire connections, read
+//! into [`Stats`](crate::Stats) by the pool.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::retry::ErrorClass;
+
+/// Why a connection was closed by the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RetireReason {
+    /// It reached its (jittered) max lifetime.
+    Lifetime,
+    /// It sat idle past the idle timeout.
+    Idle,
+    /// It was closed by the server or failed its validation round trip.
+    Broken,
+}
+
+impl RetireReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RetireReason::Lifetime => "max lifetime reached",
+            RetireReason::Idle => "idle timeout reached",
+            RetireReason::Broken => "connection closed or failed validation",
+        }
+    }
+}
+
+/// Counters shared by the pool's parts; read through [`Stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) connections_opened: AtomicU64,
+    pub(crate) connect_attempts_failed: AtomicU64,
+    pub(crate) connect_retries_transient: AtomicU64,
+    pub(crate) connect_retries_rate_limited: AtomicU64,
+    pub(crate) auth_refreshes: AtomicU64,
+    pub(crate) retired_lifetime: AtomicU64,
+    pub(crate) retired_idle: AtomicU64,
+    pub(crate) retired_broken: AtomicU64,
+    pub(crate) checkouts: AtomicU64,
+    pub(crate) checkout_failures: AtomicU64,
+    /// Checkout waits by bucket; the last counts waits above every bound.
+    pub(crate) checkout_wait: [AtomicU64; WAIT_BUCKETS.len() + 1],
+}
+
+/// Upper bounds of the checkout-wait histogram buckets.
+pub(crate) const WAIT_BUCKETS: [Duration; 9] = [
+    Duration::from_micros(100),
+    Duration::from_millis(1),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+];
+
+fn bump(counter: &AtomicU64) {
+    let _ = counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub(crate) fn connection_opened(&self) {
+        bump(&self.connections_opened);
+    }
+
+    pub(crate) fn attempt_failed(&self) {
+        bump(&self.connect_attempts_failed);
+    }
+
+    pub(crate) fn retry(&self, class: ErrorClass) {
+        match class {
+            ErrorClass::RateLimited => bump(&self.connect_retries_rate_limited),
+            _ => bump(&self.connect_retries_transient),
+        }
+    }
+
+    pub(crate) fn auth_refresh(&self) {
+        bump(&self.auth_refreshes);
+    }
+
+    pub(crate) fn retired(&self, reason: RetireReason) {
+        match reason {
+            RetireReason::Lifetime => bump(&self.retired_lifetime),
+            RetireReason::Idle => bump(&self.retired_idle),
+            RetireReason::Broken => bump(&self.retired_broken),
+        }
+    }
+
+    /// Records one `get()`: how long it took and whether it succeeded.
+    pub(crate) fn checkout(&self, waited: Duration, ok: bool) {
+        bump(if ok {
+            &self.checkouts
+        } else {
+            &self.checkout_failures
+        });
+        let bucket = WAIT_BUCKETS
+            .iter()
+            .position(|bound| waited <= *bound)
+            .unwrap_or(WAIT_BUCKETS.len());
+        bump(&self.checkout_wait[bucket]);
+    }
+}
