@@ -14,9 +14,7 @@ use tracing::Instrument;
 
 use crate::backoff::{deadline_after, millis};
 use crate::credentials::{Credential, TokenCache};
-use crate::databricks::Workspace;
-use crate::endpoint::EndpointName;
-use crate::error::{BoxError, Error, error_chain};
+use crate::error::{BoxError, BoxFuture, Error, error_chain};
 use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolveError};
 use crate::retry::{ErrorClass, classify};
@@ -34,14 +32,38 @@ pub(crate) struct Opened {
     pub(crate) driver: Driver,
 }
 
+/// Completes a connection target that is only known after a look-up (Lakebase discovery of
+/// the endpoint's host and the user, in `databricks`): the connect path knows nothing of
+/// where the answer comes from.
+pub(crate) trait TargetSource: Send + Sync + 'static {
+    /// What errors and traces call the target before it is known.
+    fn describe(&self) -> String;
+
+    /// `base` completed with what the look-up finds. Run before the first connect, and
+    /// again at the next one after a failure.
+    fn complete(
+        &self,
+        base: tokio_postgres::Config,
+    ) -> BoxFuture<'_, Result<tokio_postgres::Config, Error>>;
+}
+
+/// Where a [`Connector`] connects to.
+pub(crate) enum Target {
+    /// A complete configuration (but the password, set per attempt).
+    Fixed(tokio_postgres::Config),
+    /// `base`, completed by `source` before the first connect.
+    Lazy {
+        base: tokio_postgres::Config,
+        source: Box<dyn TargetSource>,
+    },
+}
+
 /// Opens connections with the token the cache holds at that moment, retrying transient
 /// failures within the policy's deadline.
 pub(crate) struct Connector {
-    /// Everything but the password (set per attempt) and what discovery fills in.
-    base: tokio_postgres::Config,
-    /// Host and user to look up in the workspace before the first connect.
-    discovery: Option<Discovery>,
-    /// The complete configuration, once discovery (if any) has run.
+    /// What completes the target before the first connect, with what it starts from.
+    lazy: Option<(tokio_postgres::Config, Box<dyn TargetSource>)>,
+    /// The complete configuration, once the target source (if any) has run.
     prepared: OnceCell<Prepared>,
     /// What errors call the target before it is prepared.
     placeholder: String,
@@ -53,16 +75,6 @@ pub(crate) struct Connector {
     /// Notified whenever a connection opens: proof that the server is back, so attempts
     /// waiting out a transient error's backoff go again at once.
     opened: Notify,
-}
-
-/// What to find out about a Lakebase endpoint before connecting to it.
-pub(crate) struct Discovery {
-    pub(crate) workspace: Workspace,
-    pub(crate) endpoint: EndpointName,
-    /// Look the host up with get-endpoint.
-    pub(crate) host: bool,
-    /// Resolve the user: the service principal's client id, else the workspace user name.
-    pub(crate) user: bool,
 }
 
 struct Prepared {
@@ -146,27 +158,28 @@ impl AttemptError {
 
 impl Connector {
     pub(crate) fn new(
-        base: tokio_postgres::Config,
-        discovery: Option<Discovery>,
+        target: Target,
         tls: TlsSettings,
         resolver: Option<Arc<dyn Resolve>>,
         tokens: TokenCache,
         retry: RetryPolicy,
         counters: Arc<Counters>,
     ) -> Result<Self, Error> {
-        let placeholder = match &discovery {
-            Some(discovery) => format!("Lakebase endpoint {}", discovery.endpoint),
-            None => describe_target(&base),
-        };
         // A complete target is settled now, so that its problems are `build` errors; one that
-        // needs discovery is settled at the first connect.
-        let prepared = match &discovery {
-            Some(_) => OnceCell::new(),
-            None => OnceCell::new_with(Some(complete(base.clone(), &tls)?)),
+        // needs a look-up is settled at the first connect.
+        let (lazy, prepared, placeholder) = match target {
+            Target::Fixed(config) => {
+                let placeholder = describe_target(&config);
+                let prepared = OnceCell::new_with(Some(complete(config, &tls)?));
+                (None, prepared, placeholder)
+            }
+            Target::Lazy { base, source } => {
+                let placeholder = source.describe();
+                (Some((base, source)), OnceCell::new(), placeholder)
+            }
         };
         Ok(Connector {
-            base,
-            discovery,
+            lazy,
             prepared,
             placeholder,
             tls,
@@ -178,7 +191,7 @@ impl Connector {
         })
     }
 
-    /// `user@host:port/dbname`, or the endpoint name before discovery has run.
+    /// `user@host:port/dbname`, or the target source's description before it has run.
     pub(crate) fn target(&self) -> &str {
         self.prepared
             .get()
@@ -195,40 +208,23 @@ impl Connector {
 
     /// Opens one connection, or explains why it could not.
     pub(crate) async fn connect(&self) -> Result<Opened, Error> {
-        // Discovery runs once; if it fails, the next checkout tries again.
+        // The target source runs once; if it fails, the next checkout tries again.
         let prepared = self.prepared.get_or_try_init(|| self.prepare()).await?;
         let span = tracing::info_span!("lakebase.connect", target = %prepared.target);
         self.connect_with_retries(prepared).instrument(span).await
     }
 
-    /// Completes the configuration with the host and user from the workspace.
+    /// Runs the target source, if any, and settles the result.
     async fn prepare(&self) -> Result<Prepared, Error> {
-        let mut pg_config = self.base.clone();
-        if let Some(discovery) = &self.discovery {
-            if discovery.host {
-                let endpoint = discovery
-                    .workspace
-                    .get_endpoint(&discovery.endpoint)
-                    .await?;
-                let host = endpoint.host.ok_or_else(|| Error::WorkspaceConfig {
-                    problem: format!(
-                        "endpoint {} reports no host yet (state {:?}); set the host explicitly \
-                         or retry once the endpoint is ready",
-                        discovery.endpoint, endpoint.state
-                    ),
-                })?;
-                tracing::debug!(endpoint = %discovery.endpoint, %host, "discovered the endpoint's host");
-                let _ = pg_config.host(&host);
+        let pg_config = match &self.lazy {
+            Some((base, source)) => source.complete(base.clone()).await?,
+            None => {
+                return Err(Error::invalid(
+                    "build",
+                    "a fixed target was not settled at build (a bug in lakebase-pool)",
+                ));
             }
-            if discovery.user {
-                let user = match discovery.workspace.client_id() {
-                    Some(client_id) => client_id.to_owned(),
-                    None => discovery.workspace.current_user().await?.user_name,
-                };
-                tracing::debug!(%user, "resolved the Postgres user from the workspace identity");
-                let _ = pg_config.user(&user);
-            }
-        }
+        };
         complete(pg_config, &self.tls)
     }
 

@@ -27,6 +27,7 @@
 mod api;
 mod auth;
 mod config_file;
+mod discovery;
 mod host;
 pub(crate) mod http;
 mod provider;
@@ -34,5 +35,6 @@ pub(crate) mod time;
 mod workspace;
 
 pub use self::api::{CredentialRequest, CurrentUser, DatabaseCredential, Endpoint, EndpointState};
+pub(crate) use self::discovery::LakebaseDiscovery;
 pub use self::provider::LakebaseCredentials;
 pub use self::workspace::{AuthMethod, Workspace, WorkspaceBuilder};

@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use deadpool::Runtime;
 use deadpool::managed;
-use tokio_postgres::config::Host;
 
 use super::lifecycle::{Lifecycle, Manager, spawn_housekeeper};
 use super::{Pool, PoolInner};
-use crate::connect::{Connector, Discovery};
+use crate::connect::{Connector, Target};
 use crate::credentials::{CachePolicy, CredentialProvider, StaticPassword, TokenCache};
-use crate::databricks::{LakebaseCredentials, Workspace};
+use crate::databricks::{LakebaseCredentials, LakebaseDiscovery, Workspace};
 use crate::defaults;
 use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolverName};
@@ -51,6 +50,12 @@ use crate::{EndpointName, Environment, Error, RetryPolicy, Secret};
 #[must_use = "a builder does nothing until `.build()` is called"]
 pub struct PoolBuilder {
     pg_config: tokio_postgres::Config,
+    /// Set by [`host`](Self::host), [`port`](Self::port) and [`hostaddr`](Self::hostaddr),
+    /// and applied to `pg_config` once, at `build` (tokio-postgres's own setters append: they
+    /// build multi-host lists).
+    host: Option<String>,
+    port: Option<u16>,
+    hostaddr: Option<IpAddr>,
     provider: Option<Box<dyn CredentialProvider>>,
     /// The endpoint, or the error from parsing it (returned by `build`).
     endpoint: Option<Result<EndpointName, Error>>,
@@ -70,6 +75,9 @@ impl Default for PoolBuilder {
     fn default() -> Self {
         PoolBuilder {
             pg_config: tokio_postgres::Config::new(),
+            host: None,
+            port: None,
+            hostaddr: None,
             provider: None,
             endpoint: None,
             workspace: None,
@@ -95,6 +103,9 @@ impl fmt::Debug for PoolBuilder {
         // tokio-postgres's `Config` redacts its password field; ours is never set there anyway.
         f.debug_struct("PoolBuilder")
             .field("pg_config", &self.pg_config)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("hostaddr", &self.hostaddr)
             .field("has_credentials", &self.provider.is_some())
             .field("endpoint", &self.endpoint)
             .field("workspace", &self.workspace)
@@ -164,7 +175,9 @@ impl PoolBuilder {
 
     /// Starts from an existing tokio-postgres configuration (host, port, user, database,
     /// options, ...), replacing what was set so far. It must not contain a password; use
-    /// [`password`](Self::password) or [`credentials`](Self::credentials).
+    /// [`password`](Self::password) or [`credentials`](Self::credentials). A host, port or
+    /// address set both here and with [`host`](Self::host), [`port`](Self::port) or
+    /// [`hostaddr`](Self::hostaddr) is a `build` error: set each in one place.
     ///
     /// ```
     /// let config: tokio_postgres::Config = "host=127.0.0.1 user=app dbname=app".parse().unwrap();
@@ -184,7 +197,7 @@ impl PoolBuilder {
     /// # let _ = builder;
     /// ```
     pub fn host(mut self, host: impl AsRef<str>) -> Self {
-        self.pg_config = replace_target(&self.pg_config, Target::Host(host.as_ref()));
+        self.host = Some(host.as_ref().to_owned());
         self
     }
 
@@ -197,7 +210,7 @@ impl PoolBuilder {
     /// # let _ = builder;
     /// ```
     pub fn port(mut self, port: u16) -> Self {
-        self.pg_config = replace_target(&self.pg_config, Target::Port(port));
+        self.port = Some(port);
         self
     }
 
@@ -362,7 +375,7 @@ impl PoolBuilder {
     /// # let _ = builder;
     /// ```
     pub fn hostaddr(mut self, address: IpAddr) -> Self {
-        self.pg_config = replace_target(&self.pg_config, Target::Hostaddr(address));
+        self.hostaddr = Some(address);
         self
     }
 
@@ -518,6 +531,36 @@ impl PoolBuilder {
     /// Checks every setting and builds the pool. No connection is opened until the first
     /// [`Pool::get`].
     ///
+    /// `pg_config` with the builder's host, port and address applied.
+    fn target_config(&self) -> Result<tokio_postgres::Config, Error> {
+        let mut config = self.pg_config.clone();
+        let twice = |setting: &'static str| {
+            Error::invalid(
+                setting,
+                format!("set both in `pg_config` and with `.{setting}(..)`; set it in one place"),
+            )
+        };
+        if let Some(host) = &self.host {
+            if !config.get_hosts().is_empty() {
+                return Err(twice("host"));
+            }
+            let _ = config.host(host);
+        }
+        if let Some(port) = self.port {
+            if !config.get_ports().is_empty() {
+                return Err(twice("port"));
+            }
+            let _ = config.port(port);
+        }
+        if let Some(address) = self.hostaddr {
+            if !config.get_hostaddrs().is_empty() {
+                return Err(twice("hostaddr"));
+            }
+            let _ = config.hostaddr(address);
+        }
+        Ok(config)
+    }
+
     /// Must be called within a Tokio runtime: the pool starts a background task that closes
     /// idle connections past their lifetime (it ends when the pool is dropped or closed).
     ///
@@ -534,7 +577,7 @@ impl PoolBuilder {
     /// # }
     /// ```
     pub fn build(self) -> Result<Pool, Error> {
-        let mut pg_config = self.pg_config;
+        let mut pg_config = self.target_config()?;
         let mut provider = self.provider;
         let discovery = match self.endpoint.transpose()? {
             None => None,
@@ -550,7 +593,7 @@ impl PoolBuilder {
                 if pg_config.get_dbname().is_none() {
                     let _ = pg_config.dbname(defaults::LAKEBASE_DATABASE);
                 }
-                Some(Discovery {
+                Some(LakebaseDiscovery {
                     host: pg_config.get_hosts().is_empty(),
                     user: pg_config.get_user().is_none(),
                     workspace,
@@ -606,9 +649,15 @@ impl PoolBuilder {
 
         let counters = Arc::new(Counters::default());
         let tokens = TokenCache::labelled(provider, self.cache_policy.clone(), "database token");
+        let target = match discovery {
+            Some(discovery) => Target::Lazy {
+                base: pg_config,
+                source: Box::new(discovery),
+            },
+            None => Target::Fixed(pg_config),
+        };
         let connector = Connector::new(
-            pg_config,
-            discovery,
+            target,
             tls,
             self.resolver,
             tokens,
@@ -729,97 +778,25 @@ fn check_no_password(config: &tokio_postgres::Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// One of the values [`replace_target`] sets.
-enum Target<'a> {
-    Host(&'a str),
-    Hostaddr(IpAddr),
-    Port(u16),
-}
-
-/// `config` with one host, address or port set in place of any there was. tokio-postgres's own
-/// setters append (they build multi-host lists), so calling `port` twice would leave two ports
-/// for one host; the builder's setters mean "the" host, address and port, and keep the first
-/// of the others.
-fn replace_target(config: &tokio_postgres::Config, target: Target<'_>) -> tokio_postgres::Config {
-    let mut host = config.get_hosts().first().cloned();
-    let mut hostaddr = config.get_hostaddrs().first().copied();
-    let mut port = config.get_ports().first().copied();
-    match target {
-        Target::Host(name) => host = Some(Host::Tcp(name.to_owned())),
-        Target::Hostaddr(address) => hostaddr = Some(address),
-        Target::Port(number) => port = Some(number),
-    }
-    let mut copy = tokio_postgres::Config::new();
-    if let Some(user) = config.get_user() {
-        let _ = copy.user(user);
-    }
-    if let Some(password) = config.get_password() {
-        let _ = copy.password(password);
-    }
-    if let Some(dbname) = config.get_dbname() {
-        let _ = copy.dbname(dbname);
-    }
-    if let Some(options) = config.get_options() {
-        let _ = copy.options(options);
-    }
-    if let Some(name) = config.get_application_name() {
-        let _ = copy.application_name(name);
-    }
-    if let Some(timeout) = config.get_connect_timeout() {
-        let _ = copy.connect_timeout(*timeout);
-    }
-    if let Some(timeout) = config.get_tcp_user_timeout() {
-        let _ = copy.tcp_user_timeout(*timeout);
-    }
-    if let Some(interval) = config.get_keepalives_interval() {
-        let _ = copy.keepalives_interval(interval);
-    }
-    if let Some(retries) = config.get_keepalives_retries() {
-        let _ = copy.keepalives_retries(retries);
-    }
-    let _ = copy
-        .ssl_mode(config.get_ssl_mode())
-        .ssl_negotiation(config.get_ssl_negotiation())
-        .keepalives(config.get_keepalives())
-        .keepalives_idle(config.get_keepalives_idle())
-        .target_session_attrs(config.get_target_session_attrs())
-        .channel_binding(config.get_channel_binding())
-        .load_balance_hosts(config.get_load_balance_hosts());
-    match host {
-        Some(Host::Tcp(name)) => {
-            let _ = copy.host(name);
-        }
-        #[cfg(unix)]
-        Some(Host::Unix(path)) => {
-            let _ = copy.host_path(path);
-        }
-        None => {}
-    }
-    if let Some(address) = hostaddr {
-        let _ = copy.hostaddr(address);
-    }
-    if let Some(number) = port {
-        let _ = copy.port(number);
-    }
-    copy
-}
-
 #[cfg(test)]
 mod tests {
+    use tokio_postgres::config::Host;
+
     #[test]
     fn host_port_and_hostaddr_replace_rather_than_append() {
         let config: tokio_postgres::Config =
-            "host=a port=1 user=u dbname=d options=-cx=1 application_name=app connect_timeout=7"
+            "user=u dbname=d options=-cx=1 application_name=app connect_timeout=7"
                 .parse()
                 .unwrap();
         let builder = PoolBuilder::default()
             .pg_config(config)
             .port(2)
             .port(3)
+            .host("a")
             .host("b")
             .hostaddr("10.0.0.1".parse().unwrap())
             .hostaddr("10.0.0.2".parse().unwrap());
-        let config = &builder.pg_config;
+        let config = builder.target_config().unwrap();
         assert_eq!(config.get_hosts(), [Host::Tcp("b".into())]);
         assert_eq!(config.get_ports(), [3]);
         assert_eq!(
@@ -831,6 +808,29 @@ mod tests {
         assert_eq!(config.get_options(), Some("-cx=1"));
         assert_eq!(config.get_application_name(), Some("app"));
         assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn a_host_or_port_set_in_two_places_is_a_build_error() {
+        let config: tokio_postgres::Config = "host=a port=1 user=u".parse().unwrap();
+        for (builder, setting) in [
+            (
+                PoolBuilder::default().pg_config(config.clone()).host("b"),
+                "host",
+            ),
+            (PoolBuilder::default().pg_config(config).port(2), "port"),
+        ] {
+            match builder.target_config() {
+                Err(Error::InvalidConfig {
+                    setting: got,
+                    problem,
+                }) => {
+                    assert_eq!(got, setting);
+                    assert!(problem.contains("set it in one place"), "{problem}");
+                }
+                other => panic!("{setting}: {other:?}"),
+            }
+        }
     }
 
     use super::*;
@@ -881,8 +881,7 @@ mod tests {
             setting_of(base().idle_timeout(Duration::ZERO).build()),
             "idle_timeout"
         );
-        let with_password: tokio_postgres::Config =
-            "host=127.0.0.1 user=a password=x".parse().unwrap();
+        let with_password: tokio_postgres::Config = "user=a password=x".parse().unwrap();
         assert_eq!(
             setting_of(base().pg_config(with_password).build()),
             "pg_config"

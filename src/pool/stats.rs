@@ -131,7 +131,8 @@ mod tests {
         }
         counters.checkout(Duration::from_millis(30), true);
         counters.checkout(Duration::from_secs(9), false);
-        let stats = counters.snapshot(
+        let stats = Stats::new(
+            &counters,
             deadpool::Status {
                 max_size: 1,
                 size: 0,

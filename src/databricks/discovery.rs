@@ -1,0 +1,59 @@
+//! Lakebase discovery: the endpoint's host and the Postgres user, looked up in the workspace
+//! before the first connect, as a target source of the connect path.
+
+use super::Workspace;
+use crate::connect::TargetSource;
+use crate::endpoint::EndpointName;
+use crate::error::{BoxFuture, Error};
+
+/// What to find out about a Lakebase endpoint before connecting to it.
+pub(crate) struct LakebaseDiscovery {
+    pub(crate) workspace: Workspace,
+    pub(crate) endpoint: EndpointName,
+    /// Look the host up with get-endpoint.
+    pub(crate) host: bool,
+    /// Resolve the user: the service principal's client id, else the workspace user name.
+    pub(crate) user: bool,
+}
+
+impl LakebaseDiscovery {
+    async fn discover(
+        &self,
+        mut pg_config: tokio_postgres::Config,
+    ) -> Result<tokio_postgres::Config, Error> {
+        if self.host {
+            let endpoint = self.workspace.get_endpoint(&self.endpoint).await?;
+            let host = endpoint.host.ok_or_else(|| Error::WorkspaceConfig {
+                problem: format!(
+                    "endpoint {} reports no host yet (state {:?}); set the host explicitly \
+                     or retry once the endpoint is ready",
+                    self.endpoint, endpoint.state
+                ),
+            })?;
+            tracing::debug!(endpoint = %self.endpoint, %host, "discovered the endpoint's host");
+            let _ = pg_config.host(&host);
+        }
+        if self.user {
+            let user = match self.workspace.client_id() {
+                Some(client_id) => client_id.to_owned(),
+                None => self.workspace.current_user().await?.user_name,
+            };
+            tracing::debug!(%user, "resolved the Postgres user from the workspace identity");
+            let _ = pg_config.user(&user);
+        }
+        Ok(pg_config)
+    }
+}
+
+impl TargetSource for LakebaseDiscovery {
+    fn describe(&self) -> String {
+        format!("Lakebase endpoint {}", self.endpoint)
+    }
+
+    fn complete(
+        &self,
+        base: tokio_postgres::Config,
+    ) -> BoxFuture<'_, Result<tokio_postgres::Config, Error>> {
+        Box::pin(self.discover(base))
+    }
+}
