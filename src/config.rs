@@ -2,6 +2,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::endpoint::EndpointName;
+use crate::error::Error;
+use crate::secret::Secret;
+use crate::tls::SslMode;
 
 /// A snapshot of environment variables, which configuration is read from.
 ///
@@ -80,40 +88,51 @@ impl fmt::Debug for Environment {
     }
 }
 
-/// Reads pool settings from `env`; see [`PoolBuilder::from_environment`](crate::PoolBuilder::from_environment).
-pub(crate) fn pool_builder_from(env: &Environment) -> Result<crate::PoolBuilder, crate::Error> {
-    use crate::Error;
-    use crate::databricks::Workspace;
+/// Pool settings read from the environment, for
+/// [`PoolBuilder::from_environment`](crate::PoolBuilder::from_environment) to apply. Only
+/// what is set is `Some`.
+pub(crate) struct PoolSettings {
+    pub(crate) host: Option<String>,
+    pub(crate) port: Option<u16>,
+    pub(crate) user: Option<String>,
+    pub(crate) dbname: Option<String>,
+    pub(crate) application_name: Option<String>,
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) ssl_mode: Option<SslMode>,
+    pub(crate) hostaddr: Option<IpAddr>,
+    pub(crate) root_certificates: Option<PathBuf>,
+    pub(crate) password_source: PasswordSource,
+}
 
+/// Where the pool's passwords come from.
+pub(crate) enum PasswordSource {
+    /// Tokens minted for this endpoint (the workspace is read from the same environment).
+    Endpoint(EndpointName),
+    /// A fixed password (`PGPASSWORD`).
+    Fixed(Secret),
+}
+
+/// Reads the pool settings in `env`: `PG*` as libpq does, `LAKEBASE_ENDPOINT`,
+/// `DATABRICKS_APP_NAME`.
+pub(crate) fn pool_settings(env: &Environment) -> Result<PoolSettings, Error> {
     let invalid = |var: &'static str, problem: String| Error::InvalidEnv { var, problem };
-    let mut builder = crate::Pool::builder();
-    if let Some(host) = env.get("PGHOST") {
-        builder = builder.host(host);
-    }
-    if let Some(port) = env.get("PGPORT") {
-        let port = port
+    let mut port = None;
+    let mut connect_timeout = None;
+    let mut ssl_mode = None;
+    let mut hostaddr = None;
+    let mut root_certificates = None;
+    if let Some(text) = env.get("PGPORT") {
+        let number = text
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
             .ok_or_else(|| {
                 invalid(
                     "PGPORT",
-                    format!("must be a port number (1-65535), not `{port}`"),
+                    format!("must be a port number (1-65535), not `{text}`"),
                 )
             })?;
-        builder = builder.port(port);
-    }
-    if let Some(user) = env.get("PGUSER") {
-        builder = builder.user(user);
-    }
-    if let Some(dbname) = env.get("PGDATABASE") {
-        builder = builder.dbname(dbname);
-    }
-    if let Some(name) = env
-        .get("PGAPPNAME")
-        .or_else(|| env.get("DATABRICKS_APP_NAME"))
-    {
-        builder = builder.application_name(name);
+        port = Some(number);
     }
     if let Some(seconds) = env.get("PGCONNECT_TIMEOUT") {
         let seconds = seconds
@@ -126,21 +145,19 @@ pub(crate) fn pool_builder_from(env: &Environment) -> Result<crate::PoolBuilder,
                     format!("must be a whole number of seconds above 0, not `{seconds}`"),
                 )
             })?;
-        builder = builder.retry(
-            crate::RetryPolicy::default().connect_timeout(std::time::Duration::from_secs(seconds)),
-        );
+        connect_timeout = Some(Duration::from_secs(seconds));
     }
     if let Some(mode) = env.get("PGSSLMODE") {
-        let mode = mode.parse::<crate::SslMode>().map_err(|_| {
+        let mode = mode.parse::<SslMode>().map_err(|_| {
             invalid(
                 "PGSSLMODE",
                 format!("must be one of disable, allow, prefer, require, verify-ca, verify-full, not `{mode}`"),
             )
         })?;
-        builder = builder.ssl_mode(mode);
+        ssl_mode = Some(mode);
     }
     if let Some(address) = env.get("PGHOSTADDR") {
-        let address = address.parse::<std::net::IpAddr>().map_err(|_| {
+        let address = address.parse::<IpAddr>().map_err(|_| {
             invalid(
                 "PGHOSTADDR",
                 format!("must be an IP address such as 10.0.0.5, not `{address}`"),
@@ -154,7 +171,7 @@ pub(crate) fn pool_builder_from(env: &Environment) -> Result<crate::PoolBuilder,
                 ),
             ));
         }
-        builder = builder.hostaddr(address);
+        hostaddr = Some(address);
     }
     if let Some(path) = env.get("PGSSLROOTCERT") {
         if !std::path::Path::new(path).is_file() {
@@ -163,21 +180,18 @@ pub(crate) fn pool_builder_from(env: &Environment) -> Result<crate::PoolBuilder,
                 format!("names `{path}`, which is not a readable file"),
             ));
         }
-        builder = builder.root_certificates_file(path);
+        root_certificates = Some(PathBuf::from(path));
     }
-    match (env.get("LAKEBASE_ENDPOINT"), env.get("PGPASSWORD")) {
+    let password_source = match (env.get("LAKEBASE_ENDPOINT"), env.get("PGPASSWORD")) {
         (Some(endpoint), _) => {
-            let endpoint = crate::EndpointName::parse(endpoint).map_err(|e| match e {
+            let endpoint = EndpointName::parse(endpoint).map_err(|e| match e {
                 Error::InvalidEndpointName { problem, .. } => invalid(
                     "LAKEBASE_ENDPOINT",
                     format!("is not a Lakebase endpoint name: {problem}"),
                 ),
                 other => other,
             })?;
-            let workspace = Workspace::builder().build_in(env)?;
-            Ok(builder
-                .workspace(workspace)
-                .lakebase_endpoint(endpoint.to_string()))
+            PasswordSource::Endpoint(endpoint)
         }
         (None, Some(password)) => {
             if env.get("PGHOST").is_none() {
@@ -186,16 +200,33 @@ pub(crate) fn pool_builder_from(env: &Environment) -> Result<crate::PoolBuilder,
                     String::from("is not set (the server to connect to)"),
                 ));
             }
-            Ok(builder.password(password))
+            PasswordSource::Fixed(Secret::new(password))
         }
-        (None, None) => Err(invalid(
-            "LAKEBASE_ENDPOINT",
-            String::from(
-                "is not set (set it to projects/<project>/branches/<branch>/endpoints/<endpoint>, \
-                 or set PGPASSWORD to use a fixed password)",
-            ),
-        )),
-    }
+        (None, None) => {
+            return Err(invalid(
+                "LAKEBASE_ENDPOINT",
+                String::from(
+                    "is not set (set it to projects/<project>/branches/<branch>/endpoints/<endpoint>, \
+                     or set PGPASSWORD to use a fixed password)",
+                ),
+            ));
+        }
+    };
+    Ok(PoolSettings {
+        host: env.get("PGHOST").map(str::to_owned),
+        port,
+        user: env.get("PGUSER").map(str::to_owned),
+        dbname: env.get("PGDATABASE").map(str::to_owned),
+        application_name: env
+            .get("PGAPPNAME")
+            .or_else(|| env.get("DATABRICKS_APP_NAME"))
+            .map(str::to_owned),
+        connect_timeout,
+        ssl_mode,
+        hostaddr,
+        root_certificates,
+        password_source,
+    })
 }
 
 #[cfg(test)]
@@ -238,7 +269,7 @@ mod properties {
                 vars.push(("PGSSLROOTCERT".into(), format!("/nonexistent/lakebase-pool/{name}.pem")));
             }
             let env = Environment::from_vars(vars);
-            if let Err(error) = pool_builder_from(&env) {
+            if let Err(error) = crate::PoolBuilder::from_environment(&env) {
                 prop_assert!(
                     matches!(
                         error,
@@ -263,7 +294,7 @@ mod properties {
             ]);
             // An empty variable counts as unset, as in libpq.
             let valid = port.is_empty() || port.parse::<u16>().is_ok_and(|p| p != 0);
-            prop_assert_eq!(pool_builder_from(&env).is_ok(), valid, "{}", port);
+            prop_assert_eq!(crate::PoolBuilder::from_environment(&env).is_ok(), valid, "{}", port);
         }
     }
 }

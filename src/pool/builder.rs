@@ -12,6 +12,7 @@ use deadpool::managed;
 
 use super::lifecycle::{Lifecycle, Manager, spawn_housekeeper};
 use super::{Pool, PoolInner};
+use crate::config::{self, PasswordSource};
 use crate::connect::{Connector, Target};
 use crate::credentials::{CachePolicy, CredentialProvider, StaticPassword, TokenCache};
 use crate::databricks::{LakebaseCredentials, LakebaseDiscovery, Workspace};
@@ -170,7 +171,35 @@ impl PoolBuilder {
     /// assert!(matches!(err, Error::InvalidEnv { var: "PGPORT", .. }));
     /// ```
     pub fn from_environment(env: &Environment) -> Result<Self, Error> {
-        crate::config::pool_builder_from(env)
+        let settings = config::pool_settings(env)?;
+        let mut builder = Pool::builder();
+        builder.host = settings.host;
+        builder.port = settings.port;
+        builder.hostaddr = settings.hostaddr;
+        if let Some(user) = settings.user {
+            builder = builder.user(user);
+        }
+        if let Some(dbname) = settings.dbname {
+            builder = builder.dbname(dbname);
+        }
+        if let Some(name) = settings.application_name {
+            builder = builder.application_name(name);
+        }
+        if let Some(timeout) = settings.connect_timeout {
+            builder = builder.retry(RetryPolicy::default().connect_timeout(timeout));
+        }
+        builder.tls.mode = settings.ssl_mode;
+        if let Some(path) = settings.root_certificates {
+            builder = builder.root_certificates_file(path);
+        }
+        Ok(match settings.password_source {
+            PasswordSource::Endpoint(endpoint) => {
+                builder.workspace = Some(Workspace::builder().build_in(env)?);
+                builder.endpoint = Some(Ok(endpoint));
+                builder
+            }
+            PasswordSource::Fixed(password) => builder.password(password),
+        })
     }
 
     /// Starts from an existing tokio-postgres configuration (host, port, user, database,
