@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use tokio_postgres::{AsyncMessage, Notification};
 use tracing::Instrument;
 
 use crate::backoff::millis;
-use crate::connect::{Driver, Opened};
+use crate::connect::{Connector, Driver, Opened};
 use crate::error::error_chain;
 use crate::retry::ErrorClass;
 use crate::{BoxError, Error, Pool, StatementTimedOut};
@@ -60,9 +61,9 @@ pub enum ListenerEvent {
 ///
 /// Events are read with [`recv`](Self::recv), or through the [`Stream`](futures_core::Stream)
 /// implementation. When the consumer falls 1,024 events behind, the listener stops reading
-/// from the server until it catches up. Dropping the listener closes its connection. It holds
-/// a handle to its pool (for the settings and tokens), so the pool lives at least as long;
-/// [`Pool::shutdown`] does not end it.
+/// from the server until it catches up. Dropping the listener closes its connection. It
+/// shares the pool's connection settings and token cache but does not keep the pool itself
+/// alive, and [`Pool::shutdown`] does not end it.
 ///
 /// ```no_run
 /// use lakebase_pool::ListenerEvent;
@@ -167,7 +168,7 @@ impl Pool {
         let span = tracing::info_span!("lakebase.listener", channels = ?channels);
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
         let worker = Worker {
-            pool: self.clone(),
+            connector: Arc::clone(self.connector()),
             listen: listen_statement(&channels),
             events,
         };
@@ -234,7 +235,8 @@ impl Drop for AbortOnDrop {
 
 /// The listener's background task.
 struct Worker {
-    pool: Pool,
+    /// Opens its sessions; not the pool itself, so a listener does not keep the pool alive.
+    connector: Arc<Connector>,
     listen: String,
     events: mpsc::Sender<ListenerEvent>,
 }
@@ -242,7 +244,7 @@ struct Worker {
 impl Worker {
     /// Connects and listens on every channel.
     async fn open(&self) -> Result<Session, Error> {
-        let connector = self.pool.connector();
+        let connector = &self.connector;
         let Opened { client, driver } = connector.connect().await?;
         let (sender, messages) = mpsc::channel(EVENT_BUFFER);
         let driver = AbortOnDrop(tokio::spawn(drive(driver, sender).in_current_span()));
@@ -272,7 +274,7 @@ impl Worker {
                 () = self.events.closed() => return,
             };
             drop(session);
-            let target = self.pool.connector().target().to_owned();
+            let target = self.connector.target().to_owned();
             tracing::warn!(cause = %lost.as_ref().map_or_else(|| "closed by the server".into(), |e| error_chain(e)), "listener connection lost; reconnecting");
             let noticed = Instant::now();
             if !self
@@ -310,7 +312,7 @@ impl Worker {
 
     /// Reconnects until it succeeds; `None` when the listener is dropped meanwhile.
     async fn reconnect(&self, noticed: Instant) -> Option<Session> {
-        let policy = self.pool.connector().retry_policy();
+        let policy = self.connector.retry_policy();
         let mut round: u32 = 0;
         loop {
             round += 1;

@@ -78,7 +78,8 @@ pub(crate) struct PooledClient {
 /// [`Lifecycle`] at every checkout.
 #[derive(Debug)]
 pub(crate) struct Manager {
-    connector: Connector,
+    /// Shared with the pool's listeners, which open their sessions through it.
+    connector: Arc<Connector>,
     lifecycle: Lifecycle,
     counters: Arc<Counters>,
     drivers: Drivers,
@@ -121,7 +122,7 @@ impl Drivers {
 impl Manager {
     pub(crate) fn new(connector: Connector, lifecycle: Lifecycle, counters: Arc<Counters>) -> Self {
         Manager {
-            connector,
+            connector: Arc::new(connector),
             lifecycle,
             counters,
             drivers: Drivers::default(),
@@ -132,7 +133,7 @@ impl Manager {
         &self.drivers
     }
 
-    pub(crate) fn connector(&self) -> &Connector {
+    pub(crate) fn connector(&self) -> &Arc<Connector> {
         &self.connector
     }
 

@@ -296,7 +296,7 @@ impl Pool {
         self.inner.pool.is_closed()
     }
 
-    pub(crate) fn connector(&self) -> &Connector {
+    pub(crate) fn connector(&self) -> &Arc<Connector> {
         self.inner.pool.manager().connector()
     }
 

@@ -216,3 +216,37 @@ async fn a_stalled_listen_fails_the_open_and_is_a_failed_round_on_reconnect() {
         }
     }
 }
+
+/// A listener shares the pool's settings and tokens but not the pool: dropping every pool
+/// handle closes the pool's connections while the listener goes on receiving.
+#[tokio::test]
+async fn a_listener_does_not_keep_its_pool_alive() {
+    let pg = cluster().await;
+    let pool = app_pool(&pg).build().unwrap();
+    drop(pool.get().await.unwrap());
+    let mut listener = pool.listener(["jobs"]).await.unwrap();
+    drop(pool);
+
+    let admin = pg.admin().await.unwrap();
+    let sessions = || async {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                &[&ROLE],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sessions().await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool's idle connection outlived the pool"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let other = app_pool(&pg).build().unwrap();
+    notify(&other, "jobs", "after the pool").await;
+    expect_notification(&mut listener, "jobs", "after the pool").await;
+}
