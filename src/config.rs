@@ -269,7 +269,7 @@ mod properties {
                 vars.push(("PGSSLROOTCERT".into(), format!("/nonexistent/lakebase-pool/{name}.pem")));
             }
             let env = Environment::from_vars(vars);
-            if let Err(error) = crate::PoolBuilder::from_environment(&env) {
+            if let Err(error) = pool_settings(&env) {
                 prop_assert!(
                     matches!(
                         error,
@@ -294,7 +294,7 @@ mod properties {
             ]);
             // An empty variable counts as unset, as in libpq.
             let valid = port.is_empty() || port.parse::<u16>().is_ok_and(|p| p != 0);
-            prop_assert_eq!(crate::PoolBuilder::from_environment(&env).is_ok(), valid, "{}", port);
+            prop_assert_eq!(pool_settings(&env).is_ok(), valid, "{}", port);
         }
     }
 }

@@ -44,7 +44,7 @@
 //! * [`credentials`]: the [`CredentialProvider`](credentials::CredentialProvider) trait and the
 //!   [`TokenCache`] that decides when to mint.
 //! * [`retry`]: which connection errors are retried, and the backoff schedule.
-//! * [`tls`]: what each `sslmode` means here; [`resolve`]: choosing the TCP address yourself.
+//! * [`SslMode`]: what each `sslmode` means here; [`resolve`]: choosing the TCP address yourself.
 //! * [`databricks`]: the workspace client and the Lakebase credential provider.
 //! * [`defaults`]: every default value with the reason for it.
 //! * `testing` (feature `testing`): a throwaway local PostgreSQL, mock workspace and Lakebase
@@ -65,7 +65,7 @@
 //! Tokens and passwords are held as [`Secret`], which never prints its text. No error, `Debug`
 //! output or tracing field contains one. Every connection but one to a loopback host uses TLS
 //! with the certificate chain and host name verified, whatever `sslmode` says short of
-//! `verify-ca`; see [`tls`] for each mode and why `require` is stricter than in libpq.
+//! `verify-ca`; see [`SslMode`] for each mode and why `require` is stricter than in libpq.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, rustdoc::broken_intra_doc_links)]
@@ -82,6 +82,7 @@ mod endpoint;
 mod error;
 mod files;
 #[cfg(any(feature = "axum", feature = "actix-web"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "axum", feature = "actix-web"))))]
 pub mod integrations;
 mod listener;
 mod metrics;
@@ -94,7 +95,7 @@ mod target;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
-pub mod tls;
+mod tls;
 
 pub use deadpool_postgres;
 pub use tokio_postgres;

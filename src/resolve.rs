@@ -148,6 +148,7 @@ impl Resolve for StaticResolver {
 /// file). The resolver is created at the first lookup, so this can be built outside a Tokio
 /// runtime.
 #[cfg(feature = "hickory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hickory")))]
 #[derive(Default)]
 pub struct HickoryResolver {
     resolver: tokio::sync::OnceCell<hickory_resolver::TokioResolver>,

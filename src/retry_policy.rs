@@ -1,28 +1,5 @@
 //! How connects (and [`Pool::retry_transaction`](crate::Pool::retry_transaction)) are retried:
 //! per-attempt timeout, backoff, deadline, and the bound on the pool's own statements.
-//!
-//! # Defaults
-//!
-//! Each retry waits a random time between zero and a ceiling that doubles from
-//! 100 ms up to 4 s ("full jitter": a crowd of clients that failed together spreads out):
-//!
-//! | retry | wait (transient) | wait (rate limited) |
-//! |---|---|---|
-//! | 1 | 0-100 ms | 2-4 s |
-//! | 2 | 0-200 ms | 2-4 s |
-//! | 3 | 0-400 ms | 2-4 s |
-//! | 4 | 0-800 ms | 2-4 s |
-//! | 5 | 0-1.6 s | 2-4 s |
-//! | 6 | 0-3.2 s | 2-4 s |
-//! | 7 and later | 0-4 s | 2-4 s |
-//!
-//! A wait after a transient error ends early as soon as another connection of the same pool
-//! opens: the server is back, so every checkout that was waiting retries at once instead of
-//! sitting out a backoff that can reach 4 s.
-//!
-//! Each attempt (TCP, TLS and login together) is bounded by the 10 s connect timeout, and no
-//! attempt starts, nor wait begins, that would end after the 30 s deadline. The worst case
-//! for one checkout is therefore the deadline plus the token mint timeout.
 
 use std::time::Duration;
 
@@ -31,8 +8,31 @@ use crate::defaults;
 use crate::error::Error;
 use crate::retry::ErrorClass;
 
-/// How a checkout retries opening a connection: per-attempt timeout, backoff and deadline.
-/// The [module docs](self) show the schedule.
+/// How a checkout retries opening a connection: per-attempt timeout, backoff and deadline,
+/// and the bound on each statement the pool sends itself.
+///
+/// # Schedule
+///
+/// Each retry waits a random time between zero and a ceiling that doubles from
+/// 100 ms up to 4 s ("full jitter": a crowd of clients that failed together spreads out):
+///
+/// | retry | wait (transient) | wait (rate limited) |
+/// |---|---|---|
+/// | 1 | 0-100 ms | 2-4 s |
+/// | 2 | 0-200 ms | 2-4 s |
+/// | 3 | 0-400 ms | 2-4 s |
+/// | 4 | 0-800 ms | 2-4 s |
+/// | 5 | 0-1.6 s | 2-4 s |
+/// | 6 | 0-3.2 s | 2-4 s |
+/// | 7 and later | 0-4 s | 2-4 s |
+///
+/// A wait after a transient error ends early as soon as another connection of the same pool
+/// opens: the server is back, so every checkout that was waiting retries at once instead of
+/// sitting out a backoff that can reach 4 s.
+///
+/// Each attempt (TCP, TLS and login together) is bounded by the 10 s connect timeout, and no
+/// attempt starts, nor wait begins, that would end after the 30 s deadline. The worst case
+/// for one checkout is therefore the deadline plus the token mint timeout.
 ///
 /// ```
 /// use std::time::Duration;

@@ -2,28 +2,6 @@
 //!
 //! Every config is built with `builder_with_provider`, never with the process-wide default
 //! provider, so the crate works whatever other crates in the binary compile into rustls.
-//!
-//! # sslmode
-//!
-//! A database token is a bearer secret, so it is only ever sent over a channel whose server
-//! was verified:
-//!
-//! | mode | here | libpq |
-//! |---|---|---|
-//! | `disable` | plain TCP; **only to loopback hosts** (or with [`Dangerous::allow_plaintext`](crate::Dangerous::allow_plaintext)) | plain TCP |
-//! | `allow`, `prefer`, `require` | TLS, chain and host name verified; never falls back to plain TCP | `require` encrypts without verifying anything |
-//! | `verify-ca` | TLS, chain verified against **your own CA only** (`PGSSLROOTCERT`, `root_certificates_*`; refused at `build()` without one), host name not checked | the same since libpq 16 (`sslrootcert=system` is refused with it) |
-//! | `verify-full` | TLS, chain and host name verified | the same |
-//!
-//! `require` is stricter than libpq's because Databricks Apps set `PGSSLMODE=require`, Lakebase
-//! serves publicly trusted certificates, and an unverified TLS channel would hand the token to
-//! anyone able to intercept the connection. Without an explicit mode, loopback hosts use
-//! `disable` and every other host `verify-full`.
-//!
-//! Trusted roots: the webpki (Mozilla) roots, plus the operating system's store with the
-//! `native-roots` feature, plus any extra CA certificates configured; for `verify-ca`, only
-//! the extra CA certificates
-//! ([`PoolBuilder::root_certificates_pem`](crate::PoolBuilder::root_certificates_pem), `PGSSLROOTCERT`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -40,8 +18,27 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::Error;
 
-/// How a connection is secured; libpq's `sslmode`, with stricter meanings (see the
-/// [module docs](self)).
+/// How a connection is secured; libpq's `sslmode`, with stricter meanings.
+///
+/// A database token is a bearer secret, so it is only ever sent over a channel whose server
+/// was verified:
+///
+/// | mode | here | libpq |
+/// |---|---|---|
+/// | `disable` | plain TCP; **only to loopback hosts** (or with [`Dangerous::allow_plaintext`](crate::Dangerous::allow_plaintext)) | plain TCP |
+/// | `allow`, `prefer`, `require` | TLS, chain and host name verified; never falls back to plain TCP | `require` encrypts without verifying anything |
+/// | `verify-ca` | TLS, chain verified against **your own CA only** (`PGSSLROOTCERT`, `root_certificates_*`; refused at `build()` without one), host name not checked | the same since libpq 16 (`sslrootcert=system` is refused with it) |
+/// | `verify-full` | TLS, chain and host name verified | the same |
+///
+/// `require` is stricter than libpq's because Databricks Apps set `PGSSLMODE=require`, Lakebase
+/// serves publicly trusted certificates, and an unverified TLS channel would hand the token to
+/// anyone able to intercept the connection. Without an explicit mode, loopback hosts use
+/// `disable` and every other host `verify-full`.
+///
+/// Trusted roots: the webpki (Mozilla) roots, plus the operating system's store with the
+/// `native-roots` feature, plus any extra CA certificates configured; for `verify-ca`, only
+/// the extra CA certificates
+/// ([`PoolBuilder::root_certificates_pem`](crate::PoolBuilder::root_certificates_pem), `PGSSLROOTCERT`).
 ///
 /// ```
 /// use lakebase_pool::SslMode;
