@@ -100,7 +100,7 @@ mod tests {
         let err = inverted.validate("backoff").unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("invalid pool setting `backoff`: initial (2s)"),
+                .starts_with("invalid setting `backoff`: initial (2s)"),
             "{err}"
         );
         let zero = Backoff {

@@ -50,20 +50,27 @@ pub type SharedError = Arc<dyn StdError + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A pool setting is missing or out of range. Raised by
-    /// [`PoolBuilder::build`](crate::PoolBuilder::build); never by a checkout.
-    #[error("invalid pool setting `{setting}`: {problem}")]
+    /// A setting is missing, out of range or contradicts another. Raised when something is
+    /// built or opened from settings ([`PoolBuilder::build`](crate::PoolBuilder::build),
+    /// [`WorkspaceBuilder::build`](crate::databricks::WorkspaceBuilder::build),
+    /// [`Pool::listener`](crate::Pool::listener)); never by a checkout.
+    #[error("invalid setting `{setting}`: {problem}")]
+    #[non_exhaustive]
     InvalidConfig {
         /// The builder method or setting at fault, e.g. `"max_size"`.
         setting: &'static str,
         /// What is wrong and how to fix it.
         problem: String,
+        /// The underlying error, when there is one (an unreadable file, a bad certificate).
+        #[source]
+        source: Option<BoxError>,
     },
 
     /// No database token that is still valid could be obtained: the credential provider failed
     /// (its error is the [`source`](std::error::Error::source)) and no cached token is left that
     /// has not expired.
     #[error("no valid {kind} is available ({})", retry_hint(*.retry_in))]
+    #[non_exhaustive]
     Credentials {
         /// What kind of token: `"database token"` or `"workspace token"`.
         kind: &'static str,
@@ -82,6 +89,7 @@ pub enum Error {
          kept failing with transient errors; it may be down or still waking up; \
          `RetryPolicy::deadline` sets how long to keep trying)"
     )]
+    #[non_exhaustive]
     ConnectRetriesExhausted {
         /// `user@host:port/dbname` of the connection that failed.
         target: String,
@@ -100,6 +108,7 @@ pub enum Error {
     #[error(
         "could not connect to {target} (the error is not retryable; the cause says what to fix)"
     )]
+    #[non_exhaustive]
     Connect {
         /// `user@host:port/dbname` of the connection that failed.
         target: String,
@@ -113,6 +122,7 @@ pub enum Error {
         "{target} rejected the login even with a freshly minted token (check that the role \
          exists, may log in, and matches the identity the tokens are minted for)"
     )]
+    #[non_exhaustive]
     AuthRejected {
         /// `user@host:port/dbname` of the connection that failed.
         target: String,
@@ -128,6 +138,7 @@ pub enum Error {
          which is not a loopback address (use TLS, or `.dangerous().allow_plaintext()` on a \
          network you trust)"
     )]
+    #[non_exhaustive]
     PlaintextRefused {
         /// `user@host:port/dbname` of the connection.
         target: String,
@@ -142,6 +153,7 @@ pub enum Error {
         "timed out after {waited:.1?} waiting for a free connection (all {max_size} are in \
          use; raise `max_size` or `wait_timeout`, or return connections sooner)"
     )]
+    #[non_exhaustive]
     PoolTimeout {
         /// The configured wait timeout.
         waited: Duration,
@@ -154,6 +166,7 @@ pub enum Error {
     #[error(
         "opening a connection to {target} took longer than {after:.1?} (the server or the token provider hangs)"
     )]
+    #[non_exhaustive]
     ConnectTimeout {
         /// `user@host:port/dbname` of the connection that failed.
         target: String,
@@ -168,6 +181,7 @@ pub enum Error {
         "the transaction failed on attempt {attempts} and was rolled back (the cause says why; \
          transient errors are retried until `RetryPolicy::deadline`)"
     )]
+    #[non_exhaustive]
     Transaction {
         /// How many times the transaction was run.
         attempts: u32,
@@ -184,6 +198,7 @@ pub enum Error {
         "the connection failed during COMMIT, so the transaction may or may not have been \
          applied (it was not retried; check its effect before running it again)"
     )]
+    #[non_exhaustive]
     CommitOutcomeUnknown {
         /// The connection error (a [`tokio_postgres::Error`]), or a [`StatementTimedOut`]
         /// when `COMMIT` got no answer within
@@ -196,6 +211,7 @@ pub enum Error {
     /// [`ListenerEvent::Disconnected`](crate::ListenerEvent::Disconnected) while the listener
     /// reconnects by itself.
     #[error("the connection to {target} was lost (the listener reconnects by itself)")]
+    #[non_exhaustive]
     ConnectionLost {
         /// `user@host:port/dbname` of the connection.
         target: String,
@@ -206,6 +222,7 @@ pub enum Error {
 
     /// `LISTEN` failed on a freshly opened [`Listener`](crate::Listener) connection.
     #[error("LISTEN failed on {target} (the cause says why)")]
+    #[non_exhaustive]
     Listen {
         /// `user@host:port/dbname` of the connection.
         target: String,
@@ -222,6 +239,7 @@ pub enum Error {
     /// A Lakebase endpoint name does not have the form
     /// `projects/<project>/branches/<branch>/endpoints/<endpoint>`.
     #[error("invalid Lakebase endpoint name `{input}`: {problem}")]
+    #[non_exhaustive]
     InvalidEndpointName {
         /// The text that was given (shortened to 200 characters).
         input: String,
@@ -231,6 +249,7 @@ pub enum Error {
 
     /// An environment variable is missing or malformed.
     #[error("environment variable {var} {problem}")]
+    #[non_exhaustive]
     InvalidEnv {
         /// The variable's name.
         var: &'static str,
@@ -241,23 +260,32 @@ pub enum Error {
     /// The Databricks workspace settings are incomplete or contradict each other (no host,
     /// two auth methods at once, a profile that does not exist, an unreadable config file).
     #[error("invalid Databricks workspace configuration: {problem}")]
+    #[non_exhaustive]
     WorkspaceConfig {
         /// What is wrong and how to fix it.
         problem: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<BoxError>,
     },
 
     /// Getting a workspace token failed (OAuth token endpoint, Databricks CLI, or a custom
     /// token source).
     #[error("could not authenticate to the Databricks workspace with {method}: {problem}")]
+    #[non_exhaustive]
     WorkspaceAuth {
         /// The auth method: `"OAuth M2M"`, `"Databricks CLI"`, ...
         method: &'static str,
         /// What failed, without any secret.
         problem: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<BoxError>,
     },
 
     /// The workspace answered an API call with an error status.
     #[error("{method} {path} failed with HTTP {status}{}: {message}", code_suffix(error_code.as_deref()))]
+    #[non_exhaustive]
     WorkspaceApi {
         /// HTTP method.
         method: &'static str,
@@ -274,6 +302,7 @@ pub enum Error {
     /// A workspace API call failed without an API answer: unreachable, timed out, or an
     /// answer that could not be used.
     #[error("{method} {path} failed: {problem}")]
+    #[non_exhaustive]
     WorkspaceRequest {
         /// HTTP method.
         method: &'static str,
@@ -469,10 +498,14 @@ impl Error {
 
     /// Whether the error is a timeout: waiting for a free connection, or opening one.
     ///
-    /// ```
-    /// use std::time::Duration;
-    /// let err = lakebase_pool::Error::PoolTimeout { waited: Duration::from_secs(30), max_size: 4 };
-    /// assert!(err.is_timeout());
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) {
+    /// match pool.get().await {
+    ///     Err(err) if err.is_timeout() => eprintln!("the database or the pool is too slow: {err}"),
+    ///     Err(err) => eprintln!("{err}"),
+    ///     Ok(_conn) => {}
+    /// }
+    /// # }
     /// ```
     pub fn is_timeout(&self) -> bool {
         matches!(
@@ -490,6 +523,57 @@ impl Error {
         Error::InvalidConfig {
             setting,
             problem: problem.into(),
+            source: None,
+        }
+    }
+
+    /// [`Error::InvalidConfig`] with its cause kept as the source (not printed twice).
+    pub(crate) fn invalid_because(
+        setting: &'static str,
+        problem: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::InvalidConfig {
+            setting,
+            problem: problem.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    pub(crate) fn workspace_config(problem: impl Into<String>) -> Self {
+        Error::WorkspaceConfig {
+            problem: problem.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn workspace_config_because(
+        problem: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::WorkspaceConfig {
+            problem: problem.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    pub(crate) fn workspace_auth(method: &'static str, problem: impl Into<String>) -> Self {
+        Error::WorkspaceAuth {
+            method,
+            problem: problem.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn workspace_auth_because(
+        method: &'static str,
+        problem: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::WorkspaceAuth {
+            method,
+            problem: problem.into(),
+            source: Some(source.into()),
         }
     }
 }
@@ -521,6 +605,30 @@ mod tests {
             StdError::source(&err).map(|e| e.to_string()).as_deref(),
             Some("workspace unreachable")
         );
+    }
+
+    /// A cause is kept in `source()` and never repeated in `Display`, so a printed chain
+    /// shows each cause once.
+    #[test]
+    fn causes_live_in_source_and_are_not_printed_twice() {
+        let cause = std::io::Error::other("permission denied (os error 13)");
+        for err in [
+            Error::invalid_because("root_certificates", "could not read /etc/ca.pem", cause),
+            Error::workspace_config_because(
+                "could not read the config file ~/.databrickscfg",
+                std::io::Error::other("permission denied (os error 13)"),
+            ),
+            Error::workspace_auth_because(
+                "Databricks CLI",
+                "could not run databricks",
+                std::io::Error::other("permission denied (os error 13)"),
+            ),
+        ] {
+            let display = err.to_string();
+            let source = StdError::source(&err).map(ToString::to_string);
+            assert_eq!(source.as_deref(), Some("permission denied (os error 13)"));
+            assert!(!display.contains("os error 13"), "{display}");
+        }
     }
 
     #[test]

@@ -278,8 +278,7 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with("invalid pool setting `backoff`"),
+            err.to_string().starts_with("invalid setting `backoff`"),
             "{err}"
         );
     }

@@ -138,7 +138,7 @@ pub(crate) fn client_config(trust: &Trust, verify_name: bool) -> Result<ClientCo
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::invalid("tls", format!("the crypto provider is unusable: {e}")))?;
+        .map_err(|e| Error::invalid_because("tls", "the crypto provider is unusable", e))?;
     if trust.accept_invalid_certificates {
         return Ok(builder
             .dangerous()
@@ -154,7 +154,7 @@ pub(crate) fn client_config(trust: &Trust, verify_name: bool) -> Result<ClientCo
     let roots = Arc::new(verify_ca_roots(trust)?);
     let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider)
         .build()
-        .map_err(|e| Error::invalid("tls", format!("cannot verify certificates: {e}")))?;
+        .map_err(|e| Error::invalid_because("tls", "cannot verify certificates", e))?;
     Ok(builder
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
@@ -199,10 +199,7 @@ fn extend_roots(
 ) -> Result<RootCertStore, Error> {
     for certificate in extra {
         roots.add(certificate.clone()).map_err(|e| {
-            Error::invalid(
-                "root_certificates",
-                format!("a CA certificate is not usable: {e}"),
-            )
+            Error::invalid_because("root_certificates", "a CA certificate is not usable", e)
         })?;
     }
     Ok(roots)
@@ -216,10 +213,7 @@ pub(crate) fn parse_pem_certificates(
     let certificates = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
-            Error::invalid(
-                "root_certificates",
-                format!("{origin} is not valid PEM: {e}"),
-            )
+            Error::invalid_because("root_certificates", format!("{origin} is not valid PEM"), e)
         })?;
     if certificates.is_empty() {
         return Err(Error::invalid(
@@ -233,9 +227,10 @@ pub(crate) fn parse_pem_certificates(
 /// Reads CA certificates from a PEM file (`PGSSLROOTCERT`).
 pub(crate) fn read_pem_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, Error> {
     let pem = crate::files::read_bounded(path, crate::files::MAX_CONFIG_FILE).map_err(|e| {
-        Error::invalid(
+        Error::invalid_because(
             "root_certificates",
-            format!("could not read {}: {e}", path.display()),
+            format!("could not read {}", path.display()),
+            e,
         )
     })?;
     parse_pem_certificates(&pem, &path.display().to_string())

@@ -92,13 +92,8 @@ async fn compressed_soak_loses_no_query_and_leaks_neither_tasks_nor_memory() {
             while !stop.load(Ordering::Relaxed) {
                 let result = async {
                     let conn = pool.get().await?;
-                    let row = conn.query_one("SELECT 1", &[]).await.map_err(|e| {
-                        lakebase_pool::Error::Transaction {
-                            attempts: 1,
-                            source: Box::new(e),
-                        }
-                    })?;
-                    Ok::<i32, lakebase_pool::Error>(row.get(0))
+                    let row = conn.query_one("SELECT 1", &[]).await?;
+                    Ok::<i32, Box<dyn std::error::Error + Send + Sync>>(row.get(0))
                 }
                 .await;
                 match result {

@@ -1185,7 +1185,7 @@ mod tests {
             .unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("invalid pool setting `refresh_ahead`"),
+                .starts_with("invalid setting `refresh_ahead`"),
             "{err}"
         );
     }

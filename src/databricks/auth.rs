@@ -145,16 +145,14 @@ impl OAuthM2M {
             ]),
         );
         let answer = self.http.send(&call).await?;
-        let auth_error = |problem: String| Error::WorkspaceAuth {
-            method: "OAuth M2M",
-            problem,
-        };
+        let auth_error = |problem: String| Error::workspace_auth("OAuth M2M", problem);
         if answer.status != 200 {
             let error = api_error(call.method, call.url.path().to_owned(), &answer);
-            return Err(auth_error(format!(
-                "the token endpoint refused client `{}`: {error}",
-                self.client_id
-            )));
+            return Err(Error::workspace_auth_because(
+                "OAuth M2M",
+                format!("the token endpoint refused client `{}`", self.client_id),
+                error,
+            ));
         }
         let token: TokenAnswer = decode(&answer.body).map_err(|problem| {
             auth_error(format!("the token endpoint answered oddly: {problem}"))
@@ -202,10 +200,7 @@ impl DatabricksCli {
     }
 
     async fn fetch(&self) -> Result<Credential, Error> {
-        let failed = |problem: String| Error::WorkspaceAuth {
-            method: "Databricks CLI",
-            problem,
-        };
+        let failed = |problem: String| Error::workspace_auth("Databricks CLI", problem);
         let mut command = tokio::process::Command::new(&self.program);
         let _ = command.args(["auth", "token"]);
         let _ = match &self.profile {
@@ -225,7 +220,13 @@ impl DatabricksCli {
                     self.timeout
                 ))
             })?
-            .map_err(|e| failed(format!("could not run {}: {e}", self.program.display())))?;
+            .map_err(|e| {
+                Error::workspace_auth_because(
+                    "Databricks CLI",
+                    format!("could not run {}", self.program.display()),
+                    e,
+                )
+            })?;
         if !output.status.success() {
             // stderr explains (e.g. "run databricks auth login"); stdout could hold a token.
             return Err(failed(format!(
@@ -244,8 +245,9 @@ impl DatabricksCli {
         }
         let mut credential = Credential::new(token.access_token);
         if let Some(expiry) = token.expiry {
-            let at = parse_rfc3339(&expiry)
-                .map_err(|e| failed(format!("its `expiry` is unusable: {e}")))?;
+            let at = parse_rfc3339(&expiry).map_err(|e| {
+                Error::workspace_auth_because("Databricks CLI", "its `expiry` is unusable", e)
+            })?;
             credential = credential.expires_at(at);
         }
         Ok(credential)

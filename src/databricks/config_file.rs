@@ -38,18 +38,17 @@ pub(crate) fn load(path: &Path, requested: Option<&str>) -> Result<Option<Profil
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return match requested {
-                Some(name) => Err(Error::WorkspaceConfig {
-                    problem: format!(
-                        "profile `{name}` was requested, but the config file {shown} does not exist"
-                    ),
-                }),
+                Some(name) => Err(Error::workspace_config(format!(
+                    "profile `{name}` was requested, but the config file {shown} does not exist"
+                ))),
                 None => Ok(None),
             };
         }
         Err(e) => {
-            return Err(Error::WorkspaceConfig {
-                problem: format!("could not read the config file {shown}: {e}"),
-            });
+            return Err(Error::workspace_config_because(
+                format!("could not read the config file {shown}"),
+                e,
+            ));
         }
     };
     parse(&text, &shown.to_string(), requested)
@@ -61,11 +60,11 @@ pub(crate) fn parse(
     shown: &str,
     requested: Option<&str>,
 ) -> Result<Option<Profile>, Error> {
-    let ini = Ini::load_from_str(text).map_err(|e| Error::WorkspaceConfig {
-        problem: format!(
+    let ini = Ini::load_from_str(text).map_err(|e| {
+        Error::workspace_config(format!(
             "the config file {shown} is not valid INI (line {}, column {}: {})",
             e.line, e.col, e.msg
-        ),
+        ))
     })?;
     let default_profile = ini
         .section(Some("__settings__"))
@@ -92,16 +91,14 @@ pub(crate) fn parse(
                 .filter(|s| *s != "__settings__")
                 .collect();
             known.sort_unstable();
-            Err(Error::WorkspaceConfig {
-                problem: format!(
-                    "profile `{name}` is not in the config file {shown} (it has: {})",
-                    if known.is_empty() {
-                        String::from("no profiles")
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            })
+            Err(Error::workspace_config(format!(
+                "profile `{name}` is not in the config file {shown} (it has: {})",
+                if known.is_empty() {
+                    String::from("no profiles")
+                } else {
+                    known.join(", ")
+                }
+            )))
         }
         None => Ok(None),
     }

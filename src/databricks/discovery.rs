@@ -23,12 +23,12 @@ impl LakebaseDiscovery {
     ) -> Result<tokio_postgres::Config, Error> {
         if self.host {
             let endpoint = self.workspace.get_endpoint(&self.endpoint).await?;
-            let host = endpoint.host.ok_or_else(|| Error::WorkspaceConfig {
-                problem: format!(
+            let host = endpoint.host.ok_or_else(|| {
+                Error::workspace_config(format!(
                     "endpoint {} reports no host yet (state {:?}); set the host explicitly \
                      or retry once the endpoint is ready",
                     self.endpoint, endpoint.state
-                ),
+                ))
             })?;
             tracing::debug!(endpoint = %self.endpoint, %host, "discovered the endpoint's host");
             let _ = pg_config.host(&host);

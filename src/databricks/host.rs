@@ -18,25 +18,27 @@ pub(crate) struct WorkspaceHost {
 impl WorkspaceHost {
     pub(crate) fn parse(host: &str) -> Result<Self, Error> {
         let given = host.trim();
-        let invalid = |problem: String| Error::WorkspaceConfig {
-            problem: format!("host `{}` {problem}", without_user_info(given)),
+        let invalid = |problem: String| {
+            Error::workspace_config(format!("host `{}` {problem}", without_user_info(given)))
         };
         let has_scheme = given.contains("://");
         let trimmed = given.trim_end_matches('/');
         if trimmed.is_empty() {
-            return Err(Error::WorkspaceConfig {
-                problem: String::from(
-                    "the host is empty (set DATABRICKS_HOST to the workspace URL)",
-                ),
-            });
+            return Err(Error::workspace_config(String::from(
+                "the host is empty (set DATABRICKS_HOST to the workspace URL)",
+            )));
         }
         let with_scheme = if has_scheme {
             given.to_owned()
         } else {
             format!("https://{trimmed}")
         };
-        let mut url =
-            Url::parse(&with_scheme).map_err(|e| invalid(format!("is not a valid URL ({e})")))?;
+        let mut url = Url::parse(&with_scheme).map_err(|e| {
+            Error::workspace_config_because(
+                format!("host `{}` is not a valid URL", without_user_info(given)),
+                e,
+            )
+        })?;
         if !matches!(url.scheme(), "https" | "http") {
             return Err(invalid(String::from("must use https://")));
         }

@@ -235,8 +235,8 @@ impl HttpClient {
         let mut builder = reqwest::Client::builder().no_proxy();
         if let Some(url) = &proxy.https_proxy {
             let proxy = reqwest::Proxy::https(url.as_str())
-                .map_err(|_| Error::WorkspaceConfig {
-                    problem: String::from("the HTTPS_PROXY URL is not usable"),
+                .map_err(|_| {
+                    Error::workspace_config(String::from("the HTTPS_PROXY URL is not usable"))
                 })?
                 .no_proxy(reqwest::NoProxy::from_string(&proxy.no_proxy));
             builder = builder.proxy(proxy);
@@ -248,9 +248,7 @@ impl HttpClient {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("lakebase-pool/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| Error::WorkspaceConfig {
-                problem: format!("could not set up the HTTP client: {e}"),
-            })?;
+            .map_err(|e| Error::workspace_config_because("could not set up the HTTP client", e))?;
         Ok(HttpClient { client, policy })
     }
 

@@ -437,12 +437,10 @@ impl WorkspaceBuilder {
         let profile = match &config_path {
             Some(path) => config_file::load(path, requested_profile.as_deref())?,
             None if requested_profile.is_some() => {
-                return Err(Error::WorkspaceConfig {
-                    problem: String::from(
-                        "a profile was requested but no config file is known (set \
+                return Err(Error::workspace_config(String::from(
+                    "a profile was requested but no config file is known (set \
                          DATABRICKS_CONFIG_FILE or HOME)",
-                    ),
-                });
+                )));
             }
             None => None,
         }
@@ -454,11 +452,9 @@ impl WorkspaceBuilder {
 
         let host = settings
             .pick(self.host, "DATABRICKS_HOST", "host")
-            .ok_or_else(|| Error::WorkspaceConfig {
-                problem: String::from(
+            .ok_or_else(|| Error::workspace_config(String::from(
                     "no workspace host (set DATABRICKS_HOST, or `host` in a ~/.databrickscfg profile)",
-                ),
-            })?;
+                )))?;
         let host = WorkspaceHost::parse(&host)?;
         let token = self.token.or_else(|| {
             settings
@@ -484,11 +480,11 @@ impl WorkspaceBuilder {
         let proxy = ProxySettings::from_environment(env)?;
         let http = HttpClient::new(self.http, &trust, &proxy)?;
 
-        let conflict = || Error::WorkspaceConfig {
-            problem: String::from(
+        let conflict = || {
+            Error::workspace_config(String::from(
                 "two auth methods are configured at once: a token (pat) and a client id \
                  (oauth-m2m); remove one, or choose with DATABRICKS_AUTH_TYPE",
-            ),
+            ))
         };
         let method = match (&self.token_source, auth_type.as_deref()) {
             (Some(_), _) => AuthMethod::Custom,
@@ -496,11 +492,9 @@ impl WorkspaceBuilder {
             (None, Some("oauth-m2m")) => AuthMethod::OAuthM2M,
             (None, Some("databricks-cli")) => AuthMethod::DatabricksCli,
             (None, Some(other)) => {
-                return Err(Error::WorkspaceConfig {
-                    problem: format!(
-                        "auth_type `{other}` is not supported (use pat, oauth-m2m or databricks-cli)"
-                    ),
-                });
+                return Err(Error::workspace_config(format!(
+                    "auth_type `{other}` is not supported (use pat, oauth-m2m or databricks-cli)"
+                )));
             }
             (None, None) => match (&token, &client_id) {
                 (Some(_), Some(_)) => return Err(conflict()),
@@ -514,31 +508,25 @@ impl WorkspaceBuilder {
                 self.token_source.clone().ok_or_else(conflict)?,
             )),
             AuthMethod::Pat => Box::new(StaticPassword::new(token.ok_or_else(|| {
-                Error::WorkspaceConfig {
-                    problem: String::from(
-                        "auth_type is pat but no token is set (set DATABRICKS_TOKEN)",
-                    ),
-                }
+                Error::workspace_config(String::from(
+                    "auth_type is pat but no token is set (set DATABRICKS_TOKEN)",
+                ))
             })?)),
             AuthMethod::OAuthM2M => {
                 let (Some(id), Some(secret)) = (client_id.clone(), client_secret) else {
-                    return Err(Error::WorkspaceConfig {
-                        problem: String::from(
-                            "OAuth M2M needs both DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET",
-                        ),
-                    });
+                    return Err(Error::workspace_config(String::from(
+                        "OAuth M2M needs both DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET",
+                    )));
                 };
                 Box::new(OAuthM2M::new(http.clone(), host.clone(), id, secret))
             }
             AuthMethod::DatabricksCli => {
                 let program = find_on_path("databricks", env.get("PATH")).ok_or_else(|| {
-                    Error::WorkspaceConfig {
-                        problem: String::from(
-                            "no workspace credentials found (set DATABRICKS_TOKEN, or \
+                    Error::workspace_config(String::from(
+                        "no workspace credentials found (set DATABRICKS_TOKEN, or \
                          DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET, or install the \
                          Databricks CLI and run `databricks auth login`)",
-                        ),
-                    }
+                    ))
                 })?;
                 let cli_profile = requested_profile.filter(|_| !profile.name.is_empty());
                 Box::new(DatabricksCli::new(program, &host, cli_profile))

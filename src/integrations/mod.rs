@@ -40,11 +40,9 @@ use crate::retry::{ErrorClass, classify_in_transaction};
 /// use lakebase_pool::Error;
 /// use lakebase_pool::integrations::HttpError;
 ///
-/// let busy = HttpError::from(Error::PoolTimeout { waited: Duration::from_secs(30), max_size: 16 });
-/// assert_eq!(busy.status(), 503);
-/// assert_eq!(busy.retry_after(), Some(Duration::from_secs(1)));
-///
 /// let closing = HttpError::from(Error::PoolClosed);
+/// assert_eq!(closing.status(), 503);
+/// assert_eq!(closing.retry_after(), Some(Duration::from_secs(1)));
 /// assert_eq!(closing.reason(), "the service is shutting down; retry shortly");
 /// ```
 pub struct HttpError {

@@ -711,7 +711,9 @@ impl PoolBuilder {
             // itself, and a deadpool timeout would cost a timer on every checkout.
             .recycle_timeout(None)
             .build()
-            .map_err(|e| Error::invalid("build", e.to_string()))?;
+            .map_err(|e| {
+                Error::invalid_because("build", "deadpool refused the pool settings", e)
+            })?;
         let housekeeper = spawn_housekeeper(pool.weak(), interval);
         Ok(Pool {
             inner: Arc::new(PoolInner {
@@ -853,6 +855,7 @@ mod tests {
                 Err(Error::InvalidConfig {
                     setting: got,
                     problem,
+                    ..
                 }) => {
                     assert_eq!(got, setting);
                     assert!(problem.contains("set it in one place"), "{problem}");

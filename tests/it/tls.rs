@@ -216,6 +216,7 @@ async fn plain_text_to_a_non_loopback_host_is_refused_before_any_byte() {
         Err(Error::InvalidConfig {
             setting: "ssl_mode",
             problem,
+            ..
         }) => {
             assert!(
                 problem.contains("`db.example.test` is not one"),

@@ -86,7 +86,7 @@ async fn a_non_retryable_error_fails_at_once_and_rolls_back() {
 
     assert_eq!(runs.into_inner(), 1);
     assert!(
-        matches!(&err, Error::Transaction { attempts: 1, source } if source.downcast_ref::<tokio_postgres::Error>().and_then(tokio_postgres::Error::code) == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)),
+        matches!(&err, Error::Transaction { attempts: 1, source, .. } if source.downcast_ref::<tokio_postgres::Error>().and_then(tokio_postgres::Error::code) == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)),
         "{err:?}"
     );
     assert!(!err.is_transient());
@@ -115,7 +115,7 @@ async fn a_commit_answered_with_an_error_is_reported_as_rolled_back() {
         .unwrap_err();
 
     assert!(
-        matches!(&err, Error::Transaction { attempts: 1, source } if source.downcast_ref::<tokio_postgres::Error>().and_then(tokio_postgres::Error::code) == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)),
+        matches!(&err, Error::Transaction { attempts: 1, source, .. } if source.downcast_ref::<tokio_postgres::Error>().and_then(tokio_postgres::Error::code) == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)),
         "{err:?}"
     );
 }
@@ -345,7 +345,9 @@ async fn a_stalled_begin_is_retried_then_reported_transient() {
     .expect("bounded by the deadline")
     .unwrap_err();
     match &err {
-        Error::Transaction { attempts, source } => {
+        Error::Transaction {
+            attempts, source, ..
+        } => {
             assert!(*attempts >= 2, "{err:?}");
             assert!(source.is::<StatementTimedOut>(), "{err:?}");
         }

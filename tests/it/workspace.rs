@@ -676,7 +676,7 @@ async fn special_files_as_config_or_ca_paths_fail_build_clearly() {
         .expect("no hang");
         let err = built.unwrap_err();
         assert!(matches!(err, Error::WorkspaceConfig { .. }), "{err:?}");
-        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(chain(&err).contains("not a regular file"), "{err}");
 
         let err = lakebase_pool::Pool::builder()
             .host("127.0.0.1")
@@ -686,6 +686,6 @@ async fn special_files_as_config_or_ca_paths_fail_build_clearly() {
             .build()
             .unwrap_err();
         assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
-        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(chain(&err).contains("not a regular file"), "{err}");
     }
 }
