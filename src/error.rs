@@ -288,7 +288,7 @@ pub enum Error {
     #[non_exhaustive]
     WorkspaceApi {
         /// HTTP method.
-        method: &'static str,
+        method: String,
         /// Request path, e.g. `/api/2.0/postgres/credentials`.
         path: String,
         /// HTTP status code.
@@ -305,7 +305,7 @@ pub enum Error {
     #[non_exhaustive]
     WorkspaceRequest {
         /// HTTP method.
-        method: &'static str,
+        method: String,
         /// Request path.
         path: String,
         /// What went wrong.

@@ -147,7 +147,7 @@ impl OAuthM2M {
         let answer = self.http.send(&call).await?;
         let auth_error = |problem: String| Error::workspace_auth("OAuth M2M", problem);
         if answer.status != 200 {
-            let error = api_error(call.method, call.url.path().to_owned(), &answer);
+            let error = api_error(&call.method, call.url.path().to_owned(), &answer);
             return Err(Error::workspace_auth_because(
                 "OAuth M2M",
                 format!("the token endpoint refused client `{}`", self.client_id),

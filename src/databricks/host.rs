@@ -70,15 +70,10 @@ impl WorkspaceHost {
         Ok(WorkspaceHost { url })
     }
 
-    /// The URL of an API path (which starts with `/` and may end in `?query`).
-    pub(crate) fn join(&self, path_and_query: &str) -> Url {
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (path_and_query, None),
-        };
+    /// The URL of an API path (which starts with `/`).
+    pub(crate) fn join(&self, path: &str) -> Url {
         let mut url = self.url.clone();
         url.set_path(path);
-        url.set_query(query);
         url
     }
 
@@ -199,10 +194,10 @@ mod tests {
             host.join("/api/2.0/postgres/credentials").as_str(),
             "https://x.cloud.databricks.com/api/2.0/postgres/credentials"
         );
+        // A `?` is part of the path, not a query: queries are added as pairs, escaped.
         assert_eq!(
-            host.join("/api/2.0/x/endpoints?page_size=100&page_token=a%2B")
-                .as_str(),
-            "https://x.cloud.databricks.com/api/2.0/x/endpoints?page_size=100&page_token=a%2B"
+            host.join("/api/2.0/x?y").as_str(),
+            "https://x.cloud.databricks.com/api/2.0/x%3Fy"
         );
     }
 

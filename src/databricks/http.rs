@@ -62,7 +62,7 @@ pub(crate) enum Body {
 
 /// One API call, as data, so that it can be sent again on retry.
 pub(crate) struct Call<'a> {
-    pub(crate) method: &'static str,
+    pub(crate) method: reqwest::Method,
     pub(crate) url: Url,
     pub(crate) auth: Auth<'a>,
     pub(crate) body: Body,
@@ -72,7 +72,7 @@ pub(crate) struct Call<'a> {
 impl<'a> Call<'a> {
     pub(crate) fn get(url: Url, auth: Auth<'a>) -> Self {
         Call {
-            method: "GET",
+            method: reqwest::Method::GET,
             url,
             auth,
             body: Body::Empty,
@@ -82,7 +82,7 @@ impl<'a> Call<'a> {
 
     pub(crate) fn post(url: Url, auth: Auth<'a>, body: Body) -> Self {
         Call {
-            method: "POST",
+            method: reqwest::Method::POST,
             url,
             auth,
             body,
@@ -96,7 +96,7 @@ impl<'a> Call<'a> {
 
     fn request_error(&self, problem: RequestProblem, source: Option<reqwest::Error>) -> Error {
         Error::WorkspaceRequest {
-            method: self.method,
+            method: self.method.to_string(),
             path: self.path(),
             problem,
             source: source.map(|e| Box::new(e.without_url()) as crate::BoxError),
@@ -292,7 +292,7 @@ impl HttpClient {
             };
             if !ends_before(wait, deadline) {
                 tracing::warn!(
-                    method = call.method,
+                    method = %call.method,
                     path = %call.url.path(),
                     attempts = attempt,
                     "workspace call still failing when its retry budget ran out"
@@ -300,7 +300,7 @@ impl HttpClient {
                 return outcome;
             }
             tracing::info!(
-                method = call.method,
+                method = %call.method,
                 path = %call.url.path(),
                 attempt,
                 status = outcome.as_ref().ok().map(|a| a.status),
@@ -317,7 +317,7 @@ impl HttpClient {
     pub(crate) async fn json<T: DeserializeOwned>(&self, call: &Call<'_>) -> Result<T, Error> {
         let answer = self.send(call).await?;
         if !(200..300).contains(&answer.status) {
-            return Err(api_error(call.method, call.path(), &answer));
+            return Err(api_error(&call.method, call.path(), &answer));
         }
         decode(&answer.body).map_err(|problem| call.request_error(problem, None))
     }
@@ -332,12 +332,7 @@ impl HttpClient {
     }
 
     async fn exchange(&self, call: &Call<'_>) -> Result<Answer, Error> {
-        let method = if call.method == "POST" {
-            reqwest::Method::POST
-        } else {
-            reqwest::Method::GET
-        };
-        let mut request = self.client.request(method, call.url.clone());
+        let mut request = self.client.request(call.method.clone(), call.url.clone());
         request = match &call.auth {
             Auth::None => request,
             Auth::Bearer(token) => request.bearer_auth(token.expose()),
@@ -351,12 +346,7 @@ impl HttpClient {
             Body::Json(value) => request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(value.to_string()),
-            Body::Form(fields) => request
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .body(form_encode(fields)),
+            Body::Form(fields) => request.form(fields),
         };
         let transport = |e: reqwest::Error| {
             let problem = if e.is_timeout() {
@@ -403,28 +393,6 @@ impl HttpClient {
             retry_after,
         })
     }
-}
-
-/// `application/x-www-form-urlencoded`, as the OAuth token endpoint expects.
-fn form_encode(fields: &[(&'static str, String)]) -> String {
-    let encode = |text: &str| {
-        let mut out = String::new();
-        for byte in text.bytes() {
-            match byte {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                    out.push(char::from(byte));
-                }
-                b' ' => out.push('+'),
-                _ => out.push_str(&format!("%{byte:02X}")),
-            }
-        }
-        out
-    };
-    fields
-        .iter()
-        .map(|(key, value)| format!("{}={}", encode(key), encode(value)))
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 /// Decodes a JSON answer without echoing any of its values (they may be secrets).
@@ -512,10 +480,10 @@ pub(crate) fn parse_error_body(body: &[u8]) -> ErrorBody {
     }
 }
 
-pub(crate) fn api_error(method: &'static str, path: String, answer: &Answer) -> Error {
+pub(crate) fn api_error(method: &reqwest::Method, path: String, answer: &Answer) -> Error {
     let body = parse_error_body(&answer.body);
     Error::WorkspaceApi {
-        method,
+        method: method.to_string(),
         path,
         status: answer.status,
         error_code: body.error_code,
@@ -709,15 +677,6 @@ mod tests {
         assert_eq!(parse_proto_duration("2"), None);
         assert_eq!(parse_proto_duration("NaNs"), None);
         assert_eq!(parse_proto_duration("1e30s"), Some(Duration::MAX));
-    }
-
-    #[test]
-    fn forms_are_url_encoded() {
-        let body = form_encode(&[
-            ("grant_type", "client_credentials".into()),
-            ("scope", "all apis&x".into()),
-        ]);
-        assert_eq!(body, "grant_type=client_credentials&scope=all+apis%26x");
     }
 }
 

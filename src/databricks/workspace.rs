@@ -141,11 +141,15 @@ impl Workspace {
     /// new token (OAuth, CLI, custom) replaces the token once and tries again.
     pub(crate) async fn call<T: DeserializeOwned>(
         &self,
-        method: &'static str,
+        method: reqwest::Method,
         path: &str,
+        query: &[(&str, &str)],
         body: Option<serde_json::Value>,
     ) -> Result<T, Error> {
-        let url = self.inner.host.join(path);
+        let mut url = self.inner.host.join(path);
+        if !query.is_empty() {
+            let _ = url.query_pairs_mut().extend_pairs(query);
+        }
         let mut token = self.inner.tokens.token().await?;
         let mut retried = false;
         loop {
@@ -154,7 +158,7 @@ impl Workspace {
                 Some(json) => Call::post(url.clone(), auth, Body::Json(json.clone())),
                 None => Call::get(url.clone(), auth),
             };
-            call.method = method;
+            call.method = method.clone();
             call.workspace_id = self.inner.workspace_id.as_deref();
             match self.inner.http.json(&call).await {
                 Err(Error::WorkspaceApi { status: 401, .. })

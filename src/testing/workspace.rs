@@ -911,9 +911,11 @@ fn get_endpoint(state: &Shared, name: &str) -> Answer {
 fn list_endpoints(state: &Shared, branch: &str, query: &str) -> Answer {
     const PAGE: usize = 2;
     let form = parse_form(query.as_bytes());
+    // Page tokens are opaque base64-like text, `+`, `/` and `=` included, as the real API's
+    // are: a client that does not escape them gets the wrong page.
     let start: usize = form
         .get("page_token")
-        .and_then(|t| t.parse().ok())
+        .and_then(|t| t.strip_prefix("pg+")?.strip_suffix("/==")?.parse().ok())
         .unwrap_or(0);
     let state = lock(state);
     let prefix = format!("{branch}/endpoints/");
@@ -926,7 +928,7 @@ fn list_endpoints(state: &Shared, branch: &str, query: &str) -> Answer {
     let page: Vec<Value> = all.iter().skip(start).take(PAGE).cloned().collect();
     let mut body = json!({"endpoints": page});
     if start + PAGE < all.len() {
-        body["next_page_token"] = json!((start + PAGE).to_string());
+        body["next_page_token"] = json!(format!("pg+{}/==", start + PAGE));
     }
     ok(body)
 }
