@@ -264,9 +264,12 @@ mod tests {
         let policy = RetryPolicy::default().backoff(Duration::from_nanos(1), Duration::MAX);
         for retry in [0, 1, 31, 32, 64, u32::MAX] {
             for unit in [0.0, 0.5, 0.999_999_999, 1.0, f64::NAN, f64::INFINITY, -1.0] {
+                // Full jitter stays under the step's ceiling; rate limits in the upper half.
+                let ceiling = policy.backoff.step(retry);
                 let delay = policy.delay(retry, ErrorClass::Transient, unit);
-                assert!(delay <= Duration::MAX);
-                let _ = policy.delay(retry, ErrorClass::RateLimited, unit);
+                assert!(delay <= ceiling, "{retry} {unit}: {delay:?} > {ceiling:?}");
+                let limited = policy.delay(retry, ErrorClass::RateLimited, unit);
+                assert!(limited >= Duration::MAX / 2, "{retry} {unit}: {limited:?}");
             }
         }
     }

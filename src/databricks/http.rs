@@ -714,11 +714,25 @@ mod properties {
             let _ = parse_error_body(body.as_bytes());
         }
 
-        /// Durations in protobuf JSON form never panic, whatever the number.
+        /// Durations in protobuf JSON form never panic, whatever the number: a valid one is
+        /// read as its value (to the nanosecond), one too long for a `Duration` as
+        /// `Duration::MAX`, and anything else as none.
         #[test]
         fn proto_durations_never_panic(text in "-?[0-9]{0,30}(\\.[0-9]{0,15})?s?") {
-            if let Some(duration) = parse_proto_duration(&text) {
-                prop_assert!(duration <= Duration::MAX);
+            let seconds = text
+                .strip_suffix('s')
+                .and_then(|number| number.parse::<f64>().ok())
+                .filter(|s| *s >= 0.0);
+            match (parse_proto_duration(&text), seconds) {
+                (None, None) => {}
+                (Some(duration), Some(seconds)) if seconds >= u64::MAX as f64 => {
+                    prop_assert_eq!(duration, Duration::MAX);
+                }
+                (Some(duration), Some(seconds)) => {
+                    let error = (duration.as_secs_f64() - seconds).abs();
+                    prop_assert!(error <= 1e-9 * seconds.max(1.0), "{text}: {duration:?}");
+                }
+                (parsed, expected) => prop_assert!(false, "{text}: {parsed:?} vs {expected:?}"),
             }
         }
 
