@@ -273,10 +273,10 @@ mod properties {
                 prop_assert!(
                     matches!(
                         error,
-                        crate::Error::InvalidEnv { .. }
-                            | crate::Error::InvalidConfig { .. }
-                            | crate::Error::InvalidEndpointName { .. }
-                            | crate::Error::WorkspaceConfig { .. }
+                        Error::InvalidEnv { .. }
+                            | Error::InvalidConfig { .. }
+                            | Error::InvalidEndpointName { .. }
+                            | Error::WorkspaceConfig { .. }
                     ),
                     "{error:?}"
                 );

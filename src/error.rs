@@ -10,7 +10,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// A boxed, `Send` future, as returned by
 /// [`CredentialProvider::credential`](crate::credentials::CredentialProvider::credential) and
 /// [`Resolve::resolve`](crate::resolve::Resolve::resolve).
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// `error: cause: cause ...`, for log lines (tokio-postgres's own `Display` is just "db error").
 pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {

@@ -69,7 +69,13 @@
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, rustdoc::broken_intra_doc_links)]
-#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    unused_results,
+    unused_qualifications
+)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;

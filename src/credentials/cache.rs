@@ -483,7 +483,7 @@ impl TokenCache {
             match &state.current {
                 Some(current) if Arc::ptr_eq(current, rejected) => {
                     state.current = None;
-                    self.inner.forced_refreshes.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.inner.forced_refreshes.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(current) if self.freshness(current) != Freshness::Expired => {
                     return Ok(Arc::clone(current));
@@ -560,7 +560,7 @@ impl TokenCache {
         };
         let refresh = (refresh_due && state.in_flight.is_none() && !self.backing_off(state))
             .then(|| self.start_mint(state).1);
-        self.inner.served_from_cache.fetch_add(1, Ordering::Relaxed);
+        let _ = self.inner.served_from_cache.fetch_add(1, Ordering::Relaxed);
         Some((current, refresh))
     }
 
@@ -723,7 +723,7 @@ impl TokenCache {
         };
         match &result {
             Ok(credential) => {
-                self.inner.minted.fetch_add(1, Ordering::Relaxed);
+                let _ = self.inner.minted.fetch_add(1, Ordering::Relaxed);
                 let expires_in = credential.expiry().map(|at| {
                     at.duration_since(self.inner.clock.now())
                         .unwrap_or_default()
@@ -740,7 +740,7 @@ impl TokenCache {
                 }
             }
             Err(_) => {
-                self.inner.mint_failures.fetch_add(1, Ordering::Relaxed);
+                let _ = self.inner.mint_failures.fetch_add(1, Ordering::Relaxed);
             }
         }
         result

@@ -65,10 +65,12 @@ impl ResponseError for HttpError {
     fn error_response(&self) -> HttpResponse {
         self.log();
         let mut response = HttpResponse::build(self.status_code());
-        response.insert_header(ContentType::plaintext());
-        if let Some(seconds) = self.retry_after_secs() {
-            response.insert_header((header::RETRY_AFTER, seconds));
-        }
-        response.body(self.reason)
+        // The setters return the builder again, for chaining.
+        let builder = response.insert_header(ContentType::plaintext());
+        let builder = match self.retry_after_secs() {
+            Some(seconds) => builder.insert_header((header::RETRY_AFTER, seconds)),
+            None => builder,
+        };
+        builder.body(self.reason)
     }
 }

@@ -441,13 +441,13 @@ mod tests {
         let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
         let plain = deadpool_postgres::Pool::builder(manager).build().unwrap();
 
-        let ours = std::mem::size_of_val(&pool.get());
-        let theirs = std::mem::size_of_val(&plain.get());
+        let ours = size_of_val(&pool.get());
+        let theirs = size_of_val(&plain.get());
         assert!(
             ours <= theirs + 512,
             "ours {ours} bytes, plain {theirs} bytes"
         );
-        let transaction = std::mem::size_of_val(
+        let transaction = size_of_val(
             &pool.retry_transaction(|tx| async move { tx.simple_query("").await.map(|_| ()) }),
         );
         assert!(
