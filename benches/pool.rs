@@ -436,7 +436,7 @@ async fn rotation_under_load(pg: &LocalPostgres) -> Result<(), Box<dyn std::erro
         .pool_builder(role)
         .dbname(STATIC_ROLE)
         .credentials(tokens.clone())
-        .token_cache(
+        .cache_policy(
             CachePolicy::default()
                 .min_remaining(Duration::from_secs(1))
                 .refresh_ahead(Duration::from_secs(4)),

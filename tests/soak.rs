@@ -74,7 +74,7 @@ async fn compressed_soak_loses_no_query_and_leaks_neither_tasks_nor_memory() {
         .max_size(POOL_SIZE)
         .max_lifetime(Duration::from_millis(500))
         .idle_timeout(Duration::from_secs(1))
-        .token_cache(
+        .cache_policy(
             CachePolicy::default()
                 .min_remaining(Duration::from_secs(1))
                 .refresh_ahead(Duration::from_secs(2)),

@@ -163,7 +163,7 @@ impl EndpointState {
 #[non_exhaustive]
 pub struct Endpoint {
     /// Resource name, `projects/.../branches/.../endpoints/...`.
-    pub name: String,
+    pub name: EndpointName,
     /// Host to connect to (read-write for a read-write endpoint).
     pub host: Option<String>,
     /// Read-only host, when there is one.
@@ -230,11 +230,12 @@ struct MeAnswer {
 }
 
 impl EndpointAnswer {
-    fn into_endpoint(self, fallback_name: &str) -> Endpoint {
+    /// The endpoint, named `name` (the one asked for, or the one a listing gave).
+    fn into_endpoint(self, name: EndpointName) -> Endpoint {
         let status = self.status.unwrap_or_default();
         let hosts = status.hosts.unwrap_or_default();
         Endpoint {
-            name: self.name.unwrap_or_else(|| fallback_name.to_owned()),
+            name,
             host: hosts.host.filter(|h| !h.is_empty()),
             read_only_host: hosts.read_only_host.filter(|h| !h.is_empty()),
             pooled_host: hosts.read_write_pooled_host.filter(|h| !h.is_empty()),
@@ -322,7 +323,7 @@ impl Workspace {
                 None,
             )
             .await?;
-        Ok(answer.into_endpoint(&name))
+        Ok(answer.into_endpoint(endpoint.clone()))
     }
 
     /// Lists the endpoints of a branch, following pagination.
@@ -360,7 +361,22 @@ impl Workspace {
                 query.push(("page_token", token));
             }
             let page: EndpointPage = self.call(reqwest::Method::GET, &base, &query, None).await?;
-            endpoints.extend(page.endpoints.into_iter().map(|e| e.into_endpoint("")));
+            for answer in page.endpoints {
+                // A listing names its entries; one without a valid name is not usable.
+                let name = answer
+                    .name
+                    .as_deref()
+                    .and_then(|name| name.parse::<EndpointName>().ok())
+                    .ok_or_else(|| Error::WorkspaceRequest {
+                        method: String::from("GET"),
+                        path: base.clone(),
+                        problem: RequestProblem::InvalidResponse(String::from(
+                            "a listed endpoint has no valid `name`",
+                        )),
+                        source: None,
+                    })?;
+                endpoints.push(answer.into_endpoint(name));
+            }
             match page.next_page_token.filter(|t| !t.is_empty()) {
                 Some(next) => page_token = Some(next),
                 None => return Ok(endpoints),
@@ -454,12 +470,12 @@ mod tests {
                 "current_state":"IDLE","endpoint_type":"ENDPOINT_TYPE_READ_WRITE","disabled":false},"spec":{}}"#,
         )
         .unwrap();
-        let full = full.into_endpoint("x");
+        let full = full.into_endpoint(endpoint());
         assert_eq!(full.host.as_deref(), Some("ep-e.db.example.com"));
         assert_eq!(full.state, Some(EndpointState::Idle));
         let bare: EndpointAnswer = serde_json::from_str("{}").unwrap();
-        let bare = bare.into_endpoint("projects/p/branches/b/endpoints/e");
-        assert_eq!(bare.name, "projects/p/branches/b/endpoints/e");
+        let bare = bare.into_endpoint(endpoint());
+        assert_eq!(bare.name, endpoint());
         assert_eq!((bare.host, bare.state, bare.disabled), (None, None, false));
     }
 }

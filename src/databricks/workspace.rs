@@ -30,6 +30,22 @@ pub enum AuthMethod {
     Custom,
 }
 
+impl std::str::FromStr for AuthMethod {
+    type Err = Error;
+
+    /// The names of `DATABRICKS_AUTH_TYPE` and the profiles' `auth_type`.
+    fn from_str(text: &str) -> Result<Self, Error> {
+        match text.trim() {
+            "pat" => Ok(AuthMethod::Pat),
+            "oauth-m2m" => Ok(AuthMethod::OAuthM2M),
+            "databricks-cli" => Ok(AuthMethod::DatabricksCli),
+            other => Err(Error::workspace_config(format!(
+                "auth_type `{other}` is not supported (use pat, oauth-m2m or databricks-cli)"
+            ))),
+        }
+    }
+}
+
 impl fmt::Display for AuthMethod {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -204,7 +220,7 @@ pub struct WorkspaceBuilder {
     client_secret: Option<Secret>,
     profile: Option<String>,
     config_file: Option<PathBuf>,
-    auth_type: Option<String>,
+    auth_method: Option<AuthMethod>,
     workspace_id: Option<String>,
     token_source: Option<CustomSource>,
     http: HttpPolicy,
@@ -220,7 +236,7 @@ impl fmt::Debug for WorkspaceBuilder {
             .field("client_secret", &self.client_secret)
             .field("profile", &self.profile)
             .field("config_file", &self.config_file)
-            .field("auth_type", &self.auth_type)
+            .field("auth_method", &self.auth_method)
             .finish_non_exhaustive()
     }
 }
@@ -299,18 +315,28 @@ impl WorkspaceBuilder {
         self
     }
 
-    /// Chooses the auth method when several are configured: `pat`, `oauth-m2m` or
-    /// `databricks-cli`.
+    /// Chooses the auth method when several are configured. ([`AuthMethod::Custom`] is chosen
+    /// by [`token_source`](Self::token_source), not here.)
     ///
-    /// Default: `DATABRICKS_AUTH_TYPE`, else the profile's `auth_type`, else chosen from what
-    /// is configured.
+    /// Default: `DATABRICKS_AUTH_TYPE` (`pat`, `oauth-m2m`, `databricks-cli`), else the
+    /// profile's `auth_type`, else chosen from what is configured.
     ///
     /// ```
-    /// let b = lakebase_pool::databricks::Workspace::builder().auth_type("oauth-m2m");
-    /// # let _ = b;
+    /// use lakebase_pool::Environment;
+    /// use lakebase_pool::databricks::{AuthMethod, Workspace};
+    ///
+    /// let env = Environment::from_vars([
+    ///     ("DATABRICKS_HOST", "my-workspace.cloud.databricks.com"),
+    ///     ("DATABRICKS_TOKEN", "dapi-example"),
+    ///     ("DATABRICKS_CLIENT_ID", "sp-id"),
+    ///     ("DATABRICKS_CLIENT_SECRET", "sp-secret"),
+    /// ]);
+    /// let workspace = Workspace::builder().auth_method(AuthMethod::Pat).build_in(&env)?;
+    /// assert_eq!(workspace.auth_method(), AuthMethod::Pat);
+    /// # Ok::<(), lakebase_pool::Error>(())
     /// ```
-    pub fn auth_type(mut self, auth_type: impl Into<String>) -> Self {
-        self.auth_type = Some(auth_type.into());
+    pub fn auth_method(mut self, method: AuthMethod) -> Self {
+        self.auth_method = Some(method);
         self
     }
 
@@ -471,7 +497,13 @@ impl WorkspaceBuilder {
                 .pick(None, "DATABRICKS_CLIENT_SECRET", "client_secret")
                 .map(Secret::new)
         });
-        let auth_type = settings.pick(self.auth_type, "DATABRICKS_AUTH_TYPE", "auth_type");
+        let auth_method = match self.auth_method {
+            Some(method) => Some(method),
+            None => settings
+                .pick(None, "DATABRICKS_AUTH_TYPE", "auth_type")
+                .map(|text| text.parse::<AuthMethod>())
+                .transpose()?,
+        };
         let workspace_id =
             settings.pick(self.workspace_id, "DATABRICKS_WORKSPACE_ID", "workspace_id");
         let mut trust = Trust::default();
@@ -490,16 +522,14 @@ impl WorkspaceBuilder {
                  (oauth-m2m); remove one, or choose with DATABRICKS_AUTH_TYPE",
             ))
         };
-        let method = match (&self.token_source, auth_type.as_deref()) {
+        let method = match (&self.token_source, auth_method) {
             (Some(_), _) => AuthMethod::Custom,
-            (None, Some("pat")) => AuthMethod::Pat,
-            (None, Some("oauth-m2m")) => AuthMethod::OAuthM2M,
-            (None, Some("databricks-cli")) => AuthMethod::DatabricksCli,
-            (None, Some(other)) => {
-                return Err(Error::workspace_config(format!(
-                    "auth_type `{other}` is not supported (use pat, oauth-m2m or databricks-cli)"
-                )));
+            (None, Some(AuthMethod::Custom)) => {
+                return Err(Error::workspace_config(
+                    "auth method custom needs a token source (`WorkspaceBuilder::token_source`)",
+                ));
             }
+            (None, Some(method)) => method,
             (None, None) => match (&token, &client_id) {
                 (Some(_), Some(_)) => return Err(conflict()),
                 (Some(_), None) => AuthMethod::Pat,

@@ -442,10 +442,10 @@ impl PoolBuilder {
     /// background once < 15 min left).
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder().token_cache(lakebase_pool::CachePolicy::per_connect());
+    /// let builder = lakebase_pool::Pool::builder().cache_policy(lakebase_pool::CachePolicy::per_connect());
     /// # let _ = builder;
     /// ```
-    pub fn token_cache(mut self, policy: CachePolicy) -> Self {
+    pub fn cache_policy(mut self, policy: CachePolicy) -> Self {
         self.cache_policy = policy;
         self
     }

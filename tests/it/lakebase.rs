@@ -89,7 +89,7 @@ async fn short_lived_tokens_are_replaced_before_they_expire_and_never_served_exp
         .lakebase_endpoint(ENDPOINT)
         .port(pg.port())
         .user(user)
-        .token_cache(
+        .cache_policy(
             CachePolicy::default()
                 .min_remaining(Duration::from_secs(6))
                 .refresh_ahead(Duration::from_secs(7)),

@@ -344,7 +344,7 @@ async fn duration_max_in_every_setting_means_no_limit_and_never_panics() {
                 .backoff(Duration::from_millis(1), Duration::MAX)
                 .deadline(Duration::MAX),
         )
-        .token_cache(
+        .cache_policy(
             lakebase_pool::CachePolicy::default()
                 .mint_timeout(Duration::MAX)
                 .refresh_ahead(Duration::MAX)

@@ -106,7 +106,7 @@ async fn steady_load_through_token_rotations_and_reconnects_loses_no_query() {
     let pool = pg
         .pool_builder(ROLE)
         .credentials(tokens.clone())
-        .token_cache(
+        .cache_policy(
             CachePolicy::default()
                 .min_remaining(Duration::from_secs(1))
                 .refresh_ahead(Duration::from_secs(4)),

@@ -35,7 +35,7 @@ async fn stats_count_each_step_of_a_scripted_sequence() {
         .pool_builder(ROLE)
         .credentials(provider)
         // Reuse a token only while 9.5 s of its 10 s are left: the next connect mints again.
-        .token_cache(
+        .cache_policy(
             CachePolicy::default()
                 .min_remaining(Duration::from_millis(9500))
                 .refresh_ahead(Duration::from_millis(9500)),

@@ -24,7 +24,7 @@ fn pool(lakebase: &LocalLakebase, retry_budget: Duration, cache: CachePolicy) ->
         .pool_builder()
         .unwrap()
         .workspace(workspace)
-        .token_cache(cache)
+        .cache_policy(cache)
         .build()
         .unwrap()
 }
