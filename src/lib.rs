@@ -107,7 +107,8 @@ pub use deadpool_postgres;
 pub use tokio_postgres;
 
 pub use crate::config::Environment;
-pub use crate::credentials::cache::{CachePolicy, TokenCache, TokenStats};
+pub use crate::credentials::cache::{TokenCache, TokenStats};
+pub use crate::credentials::policy::CachePolicy;
 pub use crate::endpoint::EndpointName;
 pub use crate::error::{
     BoxError, BoxFuture, Error, RequestProblem, SharedError, StatementTimedOut,

@@ -27,12 +27,14 @@
 //! ```
 
 pub(crate) mod cache;
+pub(crate) mod policy;
 mod static_password;
 
 use std::fmt;
 use std::time::SystemTime;
 
-pub(crate) use self::cache::{CachePolicy, TokenCache, TokenStats};
+pub(crate) use self::cache::{TokenCache, TokenStats};
+pub(crate) use self::policy::CachePolicy;
 pub use self::static_password::{FnProvider, StaticPassword, from_fn};
 use crate::error::{BoxError, BoxFuture};
 use crate::secret::Secret;
