@@ -12,7 +12,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use lakebase_pool::databricks::Workspace;
+use lakebase_pool::databricks::WorkspaceBuilder;
 use lakebase_pool::resolve::StaticResolver;
 use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace, TestCa};
 use lakebase_pool::{Connection, Environment, Pool, Secret, SslMode};
@@ -58,10 +58,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tls = direct(SslMode::VerifyFull)?;
     let via_emulator = Pool::builder()
         .workspace(
-            Workspace::builder()
+            WorkspaceBuilder::from_environment(&Environment::default())
                 .host(workspace.url())
                 .token("dapi-bench")
-                .build_in(&Environment::default())?,
+                .build()?,
         )
         .lakebase_endpoint(ENDPOINT)
         .port(emulator.port())

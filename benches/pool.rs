@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lakebase_pool::databricks::Workspace;
+use lakebase_pool::databricks::WorkspaceBuilder;
 use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
 use lakebase_pool::{CachePolicy, Environment, Pool, Secret};
 
@@ -367,10 +367,10 @@ async fn cold_fill(pg: &LocalPostgres) -> Result<(), Box<dyn std::error::Error>>
     mock.add_endpoint("projects/b/branches/main/endpoints/ep-fill", pg.host());
     mock.apply_tokens_to(pg, role);
     mock.set_latency(Duration::from_millis(50));
-    let workspace = Workspace::builder()
+    let workspace = WorkspaceBuilder::from_environment(&Environment::default())
         .host(mock.url())
         .token("dapi-bench")
-        .build_in(&Environment::default())?;
+        .build()?;
     let endpoint = "projects/b/branches/main/endpoints/ep-fill".parse()?;
 
     println!(
@@ -496,10 +496,10 @@ async fn cold_start() -> Result<(), Box<dyn std::error::Error>> {
     emulator.set_wake_delay(wake);
     let pool = Pool::builder()
         .workspace(
-            Workspace::builder()
+            WorkspaceBuilder::from_environment(&Environment::default())
                 .host(mock.url())
                 .token("dapi-bench")
-                .build_in(&Environment::default())?,
+                .build()?,
         )
         .lakebase_endpoint(endpoint)
         .port(emulator.port())

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lakebase_pool::databricks::{CredentialRequest, Workspace};
+use lakebase_pool::databricks::{CredentialRequest, Workspace, WorkspaceBuilder};
 use lakebase_pool::testing::MockWorkspace;
 use lakebase_pool::{EndpointName, Environment};
 
@@ -82,11 +82,14 @@ fn workspace_credentials_never_reach_a_proxy_in_clear_and_https_proxy_tunnels() 
             .token(PAT)
             .build()
             .unwrap();
-        let with_oauth = Workspace::builder()
-            .host(mock.url())
-            .client_credentials(CLIENT_ID, CLIENT_SECRET)
-            .build_in(&Environment::from_vars([("ALL_PROXY", proxy.url.as_str())]))
-            .unwrap();
+        let with_oauth = WorkspaceBuilder::from_environment(&Environment::from_vars([(
+            "ALL_PROXY",
+            proxy.url.as_str(),
+        )]))
+        .host(mock.url())
+        .client_credentials(CLIENT_ID, CLIENT_SECRET)
+        .build()
+        .unwrap();
         for workspace in [&with_pat, &with_oauth] {
             let _ = workspace
                 .generate_database_credential(&endpoint(), &CredentialRequest::default())
@@ -109,10 +112,10 @@ fn workspace_credentials_never_reach_a_proxy_in_clear_and_https_proxy_tunnels() 
                 ("HTTPS_PROXY", proxy.url.as_str()),
             ];
             vars.extend_from_slice(extra);
-            Workspace::builder()
+            WorkspaceBuilder::from_environment(&Environment::from_vars(vars))
                 .request_timeout(Duration::from_secs(2))
                 .retry_budget(Duration::from_secs(1))
-                .build_in(&Environment::from_vars(vars))
+                .build()
                 .unwrap()
         };
         let err = remote(&[])
@@ -139,29 +142,29 @@ fn workspace_credentials_never_reach_a_proxy_in_clear_and_https_proxy_tunnels() 
         let _ = remote(&[("NO_PROXY", ".example.test")])
             .generate_database_credential(&endpoint(), &CredentialRequest::default())
             .await;
-        let loopback = Workspace::builder()
-            .host("https://127.0.0.1:1")
-            .token(PAT)
-            .retry_budget(Duration::from_secs(1))
-            .build_in(&Environment::from_vars([(
-                "HTTPS_PROXY",
-                proxy.url.as_str(),
-            )]))
-            .unwrap();
+        let loopback = WorkspaceBuilder::from_environment(&Environment::from_vars([(
+            "HTTPS_PROXY",
+            proxy.url.as_str(),
+        )]))
+        .host("https://127.0.0.1:1")
+        .token(PAT)
+        .retry_budget(Duration::from_secs(1))
+        .build()
+        .unwrap();
         let _ = loopback
             .generate_database_credential(&endpoint(), &CredentialRequest::default())
             .await;
         assert_eq!(proxy.heads().len(), before, "{:?}", proxy.heads());
 
         // 4. A malformed proxy setting is a typed error that does not echo the value.
-        let err = Workspace::builder()
-            .host(mock.url())
-            .token(PAT)
-            .build_in(&Environment::from_vars([(
-                "HTTPS_PROXY",
-                "http://user:proxy-pass@[bad",
-            )]))
-            .unwrap_err();
+        let err = WorkspaceBuilder::from_environment(&Environment::from_vars([(
+            "HTTPS_PROXY",
+            "http://user:proxy-pass@[bad",
+        )]))
+        .host(mock.url())
+        .token(PAT)
+        .build()
+        .unwrap_err();
         assert!(err.to_string().contains("HTTPS_PROXY"), "{err}");
         assert!(!err.to_string().contains("proxy-pass"), "{err}");
     });

@@ -225,6 +225,8 @@ pub struct WorkspaceBuilder {
     token_source: Option<CustomSource>,
     http: HttpPolicy,
     root_pems: Vec<Vec<u8>>,
+    /// Read instead of the process environment (see [`from_environment`](Self::from_environment)).
+    environment: Option<Environment>,
 }
 
 impl fmt::Debug for WorkspaceBuilder {
@@ -331,7 +333,7 @@ impl WorkspaceBuilder {
     ///     ("DATABRICKS_CLIENT_ID", "sp-id"),
     ///     ("DATABRICKS_CLIENT_SECRET", "sp-secret"),
     /// ]);
-    /// let workspace = Workspace::builder().auth_method(AuthMethod::Pat).build_in(&env)?;
+    /// let workspace = WorkspaceBuilder::from_environment(&env).auth_method(AuthMethod::Pat).build()?;
     /// assert_eq!(workspace.auth_method(), AuthMethod::Pat);
     /// # Ok::<(), lakebase_pool::Error>(())
     /// ```
@@ -423,29 +425,38 @@ impl WorkspaceBuilder {
     /// # let _ = workspace;
     /// # Ok::<(), lakebase_pool::Error>(())
     /// ```
-    pub fn build(self) -> Result<Workspace, Error> {
-        self.build_in(&Environment::from_process())
+    pub fn build(mut self) -> Result<Workspace, Error> {
+        let env = self
+            .environment
+            .take()
+            .unwrap_or_else(Environment::from_process);
+        self.build_with(&env)
     }
 
-    /// Like [`build`](Self::build), reading `env` instead of the process environment.
-    ///
-    /// # Errors
-    ///
-    /// As for [`build`](Self::build).
+    /// A builder that reads `env` instead of the process environment, as
+    /// [`PoolBuilder::from_environment`](crate::PoolBuilder::from_environment) does; settings
+    /// made on the builder still come first.
     ///
     /// ```
     /// use lakebase_pool::Environment;
-    /// use lakebase_pool::databricks::{AuthMethod, Workspace};
+    /// use lakebase_pool::databricks::{AuthMethod, WorkspaceBuilder};
     ///
     /// let env = Environment::from_vars([
     ///     ("DATABRICKS_HOST", "my-workspace.cloud.databricks.com"),
     ///     ("DATABRICKS_TOKEN", "dapi-example"),
     /// ]);
-    /// let workspace = Workspace::builder().build_in(&env)?;
+    /// let workspace = WorkspaceBuilder::from_environment(&env).build()?;
     /// assert_eq!(workspace.auth_method(), AuthMethod::Pat);
     /// # Ok::<(), lakebase_pool::Error>(())
     /// ```
-    pub fn build_in(self, env: &Environment) -> Result<Workspace, Error> {
+    pub fn from_environment(env: &Environment) -> Self {
+        WorkspaceBuilder {
+            environment: Some(env.clone()),
+            ..WorkspaceBuilder::default()
+        }
+    }
+
+    fn build_with(self, env: &Environment) -> Result<Workspace, Error> {
         if self.http.request_timeout.is_zero() {
             return Err(Error::invalid(
                 "request_timeout",
@@ -619,7 +630,7 @@ mod tests {
     use super::*;
 
     fn build(vars: &[(&str, &str)]) -> Result<Workspace, Error> {
-        Workspace::builder().build_in(&Environment::from_vars(vars.iter().copied()))
+        WorkspaceBuilder::from_environment(&Environment::from_vars(vars.iter().copied())).build()
     }
 
     #[test]
@@ -665,9 +676,9 @@ mod tests {
             ("DATABRICKS_HOST", "env.example.com"),
             ("DATABRICKS_TOKEN", "t"),
         ]);
-        let workspace = Workspace::builder()
+        let workspace = WorkspaceBuilder::from_environment(&env)
             .host("explicit.example.com")
-            .build_in(&env)
+            .build()
             .unwrap();
         assert_eq!(workspace.host(), "https://explicit.example.com");
     }

@@ -15,7 +15,7 @@ use super::{Pool, PoolInner};
 use crate::config::{self, PasswordSource};
 use crate::connect::{Connector, Target};
 use crate::credentials::{CachePolicy, CredentialProvider, StaticPassword, TokenCache};
-use crate::databricks::{LakebaseCredentials, LakebaseDiscovery, Workspace};
+use crate::databricks::{LakebaseCredentials, LakebaseDiscovery, Workspace, WorkspaceBuilder};
 use crate::defaults;
 use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolverName};
@@ -194,7 +194,7 @@ impl PoolBuilder {
         }
         Ok(match settings.password_source {
             PasswordSource::Endpoint(endpoint) => {
-                builder.workspace = Some(Workspace::builder().build_in(env)?);
+                builder.workspace = Some(WorkspaceBuilder::from_environment(env).build()?);
                 builder.endpoint = Some(Ok(endpoint));
                 builder
             }

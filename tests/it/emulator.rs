@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lakebase_pool::databricks::{CredentialRequest, Workspace};
+use lakebase_pool::databricks::{CredentialRequest, Workspace, WorkspaceBuilder};
 use lakebase_pool::resolve::StaticResolver;
 use lakebase_pool::testing::{ComputeState, LakebaseEmulator, LocalPostgres, MockWorkspace};
 use lakebase_pool::{EndpointName, Environment, Error, PoolBuilder, RetryPolicy};
@@ -41,10 +41,10 @@ async fn lakebase() -> Lakebase {
 
 impl Lakebase {
     fn workspace_client(&self) -> Workspace {
-        Workspace::builder()
+        WorkspaceBuilder::from_environment(&Environment::default())
             .host(self.workspace.url())
             .token(PAT)
-            .build_in(&Environment::default())
+            .build()
             .unwrap()
     }
 
@@ -476,10 +476,10 @@ async fn a_token_is_refused_for_any_user_but_its_own() {
         .create_role("intruder", &lakebase_pool::Secret::new("unused"))
         .await
         .unwrap();
-    let workspace = Workspace::builder()
+    let workspace = WorkspaceBuilder::from_environment(&Environment::default())
         .host(lakebase.workspace().url())
         .token(lakebase_pool::testing::LocalLakebase::PAT)
-        .build_in(&Environment::default())
+        .build()
         .unwrap();
     let endpoint: EndpointName = lakebase_pool::testing::LocalLakebase::ENDPOINT
         .parse()

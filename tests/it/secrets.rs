@@ -111,7 +111,7 @@ async fn tokens_never_appear_in_debug_display_errors_or_trace_logs() {
 
 #[tokio::test]
 async fn workspace_secrets_never_appear_in_debug_errors_or_trace_logs() {
-    use lakebase_pool::databricks::{CredentialRequest, LakebaseCredentials, Workspace};
+    use lakebase_pool::databricks::{CredentialRequest, LakebaseCredentials, WorkspaceBuilder};
     use lakebase_pool::testing::{Fault, MockWorkspace};
     use lakebase_pool::{EndpointName, Environment};
 
@@ -122,26 +122,26 @@ async fn workspace_secrets_never_appear_in_debug_errors_or_trace_logs() {
     mock.add_service_principal("sp-id", "sp-client-secret-value");
     mock.add_pat("dapi-pat-secret-value", "someone@example.com");
 
-    let m2m_builder = Workspace::builder()
+    let m2m_builder = WorkspaceBuilder::from_environment(&Environment::default())
         .host(mock.url())
         .client_credentials("sp-id", "sp-client-secret-value");
     let mut shown = vec![format!("{m2m_builder:?}")];
-    let m2m = m2m_builder.build_in(&Environment::default()).unwrap();
+    let m2m = m2m_builder.build().unwrap();
     let credential = m2m
         .generate_database_credential(&endpoint, &CredentialRequest::default())
         .await
         .unwrap();
-    let pat = Workspace::builder()
+    let pat = WorkspaceBuilder::from_environment(&Environment::default())
         .host(mock.url())
         .token("dapi-pat-secret-value")
-        .build_in(&Environment::default())
+        .build()
         .unwrap();
     let provider = LakebaseCredentials::new(pat.clone(), endpoint.clone());
     // Failures: a refused secret, a refused PAT call, and a rate-limit retry in the logs.
-    let wrong = Workspace::builder()
+    let wrong = WorkspaceBuilder::from_environment(&Environment::default())
         .host(mock.url())
         .client_credentials("sp-id", "sp-client-secret-value-but-wrong")
-        .build_in(&Environment::default())
+        .build()
         .unwrap();
     let refused = wrong.current_user().await.unwrap_err();
     mock.inject(Fault::rate_limited(0).on("/api/2.0/postgres/credentials"));

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use lakebase_pool::databricks::Workspace;
+use lakebase_pool::databricks::WorkspaceBuilder;
 use lakebase_pool::testing::{Fault, LocalLakebase};
 use lakebase_pool::{CachePolicy, Environment, Error, Pool};
 
@@ -13,12 +13,12 @@ const CREDENTIALS: &str = "/api/2.0/postgres/credentials";
 
 /// A pool on the local Lakebase whose workspace client gives up quickly.
 fn pool(lakebase: &LocalLakebase, retry_budget: Duration, cache: CachePolicy) -> Pool {
-    let workspace = Workspace::builder()
+    let workspace = WorkspaceBuilder::from_environment(&Environment::default())
         .host(lakebase.workspace().url())
         .token(LocalLakebase::PAT)
         .request_timeout(Duration::from_millis(300))
         .retry_budget(retry_budget)
-        .build_in(&Environment::default())
+        .build()
         .unwrap();
     lakebase
         .pool_builder()

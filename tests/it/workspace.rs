@@ -2,7 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use lakebase_pool::databricks::{AuthMethod, CredentialRequest, EndpointState, Workspace};
+use lakebase_pool::databricks::{
+    AuthMethod, CredentialRequest, EndpointState, Workspace, WorkspaceBuilder,
+};
 use lakebase_pool::testing::{Fault, MockDiscovery, MockWorkspace};
 use lakebase_pool::{EndpointName, Environment, Error, RequestProblem};
 
@@ -24,10 +26,10 @@ fn endpoint() -> EndpointName {
 }
 
 fn with_pat(mock: &MockWorkspace) -> Workspace {
-    Workspace::builder()
+    WorkspaceBuilder::from_environment(&Environment::default())
         .host(mock.url())
         .token(PAT)
-        .build_in(&Environment::default())
+        .build()
         .unwrap()
 }
 
@@ -125,13 +127,13 @@ async fn m2m_token_requests(discovery: MockDiscovery, token_path: &str) {
     let mock = mock();
     mock.add_service_principal("sp-client-id", "sp-secret");
     mock.set_discovery(discovery);
-    let workspace = Workspace::builder()
-        .build_in(&env(&[
-            ("DATABRICKS_HOST", &mock.url()),
-            ("DATABRICKS_CLIENT_ID", "sp-client-id"),
-            ("DATABRICKS_CLIENT_SECRET", "sp-secret"),
-        ]))
-        .unwrap();
+    let workspace = WorkspaceBuilder::from_environment(&env(&[
+        ("DATABRICKS_HOST", &mock.url()),
+        ("DATABRICKS_CLIENT_ID", "sp-client-id"),
+        ("DATABRICKS_CLIENT_SECRET", "sp-secret"),
+    ]))
+    .build()
+    .unwrap();
     assert_eq!(workspace.auth_method(), AuthMethod::OAuthM2M);
     assert_eq!(
         workspace.current_user().await.unwrap().user_name,
@@ -168,10 +170,10 @@ async fn oauth_m2m_falls_back_to_the_conventional_path_when_discovery_fails() {
 async fn oauth_m2m_with_a_wrong_secret_is_an_auth_error_naming_the_client() {
     let mock = mock();
     mock.add_service_principal("sp-client-id", "right");
-    let workspace = Workspace::builder()
+    let workspace = WorkspaceBuilder::from_environment(&Environment::default())
         .host(mock.url())
         .client_credentials("sp-client-id", "wrong-secret")
-        .build_in(&Environment::default())
+        .build()
         .unwrap();
     let err = workspace.current_user().await.unwrap_err();
     let shown = format!("{err} {:?}", std::error::Error::source(&err));
@@ -203,7 +205,9 @@ async fn config_file_profiles_are_chosen_by_env_and_by_default_profile() {
     ));
     let path = cfg.path().to_str().unwrap();
     let who = |vars: &[(&str, &str)]| {
-        let workspace = Workspace::builder().build_in(&env(vars)).unwrap();
+        let workspace = WorkspaceBuilder::from_environment(&env(vars))
+            .build()
+            .unwrap();
         async move { workspace.current_user().await.unwrap().user_name }
     };
     assert_eq!(
@@ -235,25 +239,25 @@ async fn config_file_profiles_are_chosen_by_env_and_by_default_profile() {
         who(&[("DATABRICKS_CONFIG_FILE", path), ("DATABRICKS_TOKEN", PAT)]).await,
         USER
     );
-    let explicit = Workspace::builder()
-        .token("dapi-staging")
-        .build_in(&env(&[
-            ("DATABRICKS_CONFIG_FILE", path),
-            ("DATABRICKS_TOKEN", PAT),
-        ]))
-        .unwrap();
+    let explicit = WorkspaceBuilder::from_environment(&env(&[
+        ("DATABRICKS_CONFIG_FILE", path),
+        ("DATABRICKS_TOKEN", PAT),
+    ]))
+    .token("dapi-staging")
+    .build()
+    .unwrap();
     assert_eq!(
         explicit.current_user().await.unwrap().user_name,
         "staging@example.com"
     );
     // A requested profile that does not exist is an error that lists the ones that do.
-    let err = Workspace::builder()
-        .build_in(&env(&[
-            ("DATABRICKS_CONFIG_FILE", path),
-            ("DATABRICKS_CONFIG_PROFILE", "prod"),
-        ]))
-        .unwrap_err()
-        .to_string();
+    let err = WorkspaceBuilder::from_environment(&env(&[
+        ("DATABRICKS_CONFIG_FILE", path),
+        ("DATABRICKS_CONFIG_PROFILE", "prod"),
+    ]))
+    .build()
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("profile `prod` is not in the config file")
             && err.contains("DEFAULT, staging"),
@@ -268,12 +272,12 @@ async fn a_token_from_env_and_a_client_id_from_the_file_conflict() {
         "[DEFAULT]\nhost = {}\nclient_id = sp\nclient_secret = s\n",
         mock.url()
     ));
-    let err = Workspace::builder()
-        .build_in(&env(&[
-            ("DATABRICKS_CONFIG_FILE", cfg.path().to_str().unwrap()),
-            ("DATABRICKS_TOKEN", PAT),
-        ]))
-        .unwrap_err();
+    let err = WorkspaceBuilder::from_environment(&env(&[
+        ("DATABRICKS_CONFIG_FILE", cfg.path().to_str().unwrap()),
+        ("DATABRICKS_TOKEN", PAT),
+    ]))
+    .build()
+    .unwrap_err();
     assert!(
         err.to_string()
             .contains("two auth methods are configured at once"),
@@ -300,9 +304,12 @@ async fn databricks_cli_tokens_are_used_when_nothing_else_is_configured() {
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = bin.path().to_str().unwrap();
-    let workspace = Workspace::builder()
-        .build_in(&env(&[("DATABRICKS_HOST", &mock.url()), ("PATH", path)]))
-        .unwrap();
+    let workspace = WorkspaceBuilder::from_environment(&env(&[
+        ("DATABRICKS_HOST", &mock.url()),
+        ("PATH", path),
+    ]))
+    .build()
+    .unwrap();
     assert_eq!(workspace.auth_method(), AuthMethod::DatabricksCli);
     assert_eq!(
         workspace.current_user().await.unwrap().user_name,
@@ -315,9 +322,12 @@ async fn databricks_cli_tokens_are_used_when_nothing_else_is_configured() {
         "#!/bin/sh\necho 'cannot find token: refresh token expired' >&2\nexit 1\n",
     )
     .unwrap();
-    let workspace = Workspace::builder()
-        .build_in(&env(&[("DATABRICKS_HOST", &mock.url()), ("PATH", path)]))
-        .unwrap();
+    let workspace = WorkspaceBuilder::from_environment(&env(&[
+        ("DATABRICKS_HOST", &mock.url()),
+        ("PATH", path),
+    ]))
+    .build()
+    .unwrap();
     let err = workspace.current_user().await.unwrap_err();
     let shown = format!(
         "{err}: {}",
@@ -441,12 +451,12 @@ async fn odd_answers_give_clear_errors_never_panics() {
 async fn a_hanging_server_hits_the_request_timeout_within_the_budget() {
     let mock = mock();
     mock.inject(Fault::hang().times(10));
-    let workspace = Workspace::builder()
+    let workspace = WorkspaceBuilder::from_environment(&Environment::default())
         .host(mock.url())
         .token(PAT)
         .request_timeout(Duration::from_millis(300))
         .retry_budget(Duration::from_secs(1))
-        .build_in(&Environment::default())
+        .build()
         .unwrap();
     let started = std::time::Instant::now();
     let err = workspace.current_user().await.unwrap_err();
@@ -477,11 +487,11 @@ async fn an_unreachable_workspace_is_reported_as_such() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let workspace = Workspace::builder()
+    let workspace = WorkspaceBuilder::from_environment(&Environment::default())
         .host(url)
         .token(PAT)
         .retry_budget(Duration::from_millis(500))
-        .build_in(&Environment::default())
+        .build()
         .unwrap();
     let err = workspace.current_user().await.unwrap_err();
     assert!(
@@ -518,10 +528,10 @@ async fn discovered_token_endpoints_on_other_origins_never_get_the_client_secret
         mock.add_service_principal("sp-client-id", "sp-secret");
         mock.set_discovery(MockDiscovery::DatabricksConfig);
         mock.inject(Fault::status(200, body).on(path));
-        let workspace = Workspace::builder()
+        let workspace = WorkspaceBuilder::from_environment(&Environment::default())
             .host(mock.url())
             .client_credentials("sp-client-id", "sp-secret")
-            .build_in(&Environment::default())
+            .build()
             .unwrap();
         let user = workspace.current_user().await;
         assert_eq!(
@@ -582,10 +592,10 @@ async fn absurd_retry_after_retry_info_and_expires_in_give_errors_not_panics() {
         )
         .on("/oidc/v1/token"),
     );
-    let workspace = Workspace::builder()
+    let workspace = WorkspaceBuilder::from_environment(&Environment::default())
         .host(mock.url())
         .client_credentials("sp-client-id", "sp-secret")
-        .build_in(&Environment::default())
+        .build()
         .unwrap();
     assert_eq!(
         workspace.current_user().await.unwrap().user_name,
@@ -608,12 +618,12 @@ async fn a_databricks_cli_error_is_quoted_without_control_characters_or_length()
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let workspace = Workspace::builder()
-        .build_in(&env(&[
-            ("DATABRICKS_HOST", &mock.url()),
-            ("PATH", bin.path().to_str().unwrap()),
-        ]))
-        .unwrap();
+    let workspace = WorkspaceBuilder::from_environment(&env(&[
+        ("DATABRICKS_HOST", &mock.url()),
+        ("PATH", bin.path().to_str().unwrap()),
+    ]))
+    .build()
+    .unwrap();
     let err = workspace.current_user().await.unwrap_err();
     let shown = chain(&err);
     assert!(!shown.chars().any(char::is_control), "{shown:?}");
@@ -666,11 +676,11 @@ async fn special_files_as_config_or_ca_paths_fail_build_clearly() {
     );
     for path in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
         let built = tokio::time::timeout(Duration::from_secs(5), async {
-            Workspace::builder()
+            WorkspaceBuilder::from_environment(&Environment::default())
                 .host("https://x.cloud.databricks.com")
                 .token(PAT)
                 .config_file(path)
-                .build_in(&Environment::default())
+                .build()
         })
         .await
         .expect("no hang");
