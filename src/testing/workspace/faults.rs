@@ -1,0 +1,168 @@
+//! Canned misbehaviour of the mock workspace: error statuses, garbage, cut-off answers, hangs.
+
+use hyper::body::Bytes;
+use serde_json::json;
+
+/// A canned misbehaviour for the next matching requests; see [`MockWorkspace::inject`].
+///
+/// ```
+/// use lakebase_pool::testing::Fault;
+///
+/// let fault = Fault::rate_limited(1).times(2).on("/api/2.0/postgres/credentials");
+/// # let _ = fault;
+/// ```
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub(super) kind: FaultKind,
+    pub(super) times: usize,
+    pub(super) path: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) enum FaultKind {
+    Status {
+        status: u16,
+        body: String,
+        retry_after: Option<u64>,
+    },
+    MalformedJson,
+    Truncated,
+    Hang,
+}
+
+impl Fault {
+    /// Answer with `status` and `body` (any text: JSON, HTML, nothing).
+    ///
+    /// ```
+    /// let fault = lakebase_pool::testing::Fault::status(503, "<html>maintenance</html>");
+    /// # let _ = fault;
+    /// ```
+    pub fn status(status: u16, body: impl Into<String>) -> Self {
+        Fault {
+            kind: FaultKind::Status {
+                status,
+                body: body.into(),
+                retry_after: None,
+            },
+            times: 1,
+            path: None,
+        }
+    }
+
+    /// Answer 429 with `Retry-After: seconds` and an API error body.
+    ///
+    /// ```
+    /// let fault = lakebase_pool::testing::Fault::rate_limited(2);
+    /// # let _ = fault;
+    /// ```
+    pub fn rate_limited(seconds: u64) -> Self {
+        Fault {
+            kind: FaultKind::Status {
+                status: 429,
+                body:
+                    json!({"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "Too many requests"})
+                        .to_string(),
+                retry_after: Some(seconds),
+            },
+            times: 1,
+            path: None,
+        }
+    }
+
+    /// Answer 200 with a truncated JSON document.
+    ///
+    /// ```
+    /// let fault = lakebase_pool::testing::Fault::malformed_json();
+    /// # let _ = fault;
+    /// ```
+    pub fn malformed_json() -> Self {
+        Fault {
+            kind: FaultKind::MalformedJson,
+            times: 1,
+            path: None,
+        }
+    }
+
+    /// Answer 200 announcing a longer body than it sends, then close the connection: an
+    /// answer cut off in transit.
+    ///
+    /// ```
+    /// let fault = lakebase_pool::testing::Fault::truncated();
+    /// # let _ = fault;
+    /// ```
+    pub fn truncated() -> Self {
+        Fault {
+            kind: FaultKind::Truncated,
+            times: 1,
+            path: None,
+        }
+    }
+
+    /// Never answer (the connection stays open until the mock stops).
+    ///
+    /// ```
+    /// let fault = lakebase_pool::testing::Fault::hang();
+    /// # let _ = fault;
+    /// ```
+    pub fn hang() -> Self {
+        Fault {
+            kind: FaultKind::Hang,
+            times: 1,
+            path: None,
+        }
+    }
+
+    /// Apply to the next `n` matching requests (default 1).
+    ///
+    /// ```
+    /// let fault = lakebase_pool::testing::Fault::status(500, "").times(3);
+    /// # let _ = fault;
+    /// ```
+    #[must_use]
+    pub fn times(mut self, n: usize) -> Self {
+        self.times = n;
+        self
+    }
+
+    /// Apply only to requests whose path starts with `prefix` (default: any request).
+    ///
+    /// ```
+    /// let fault = lakebase_pool::testing::Fault::hang().on("/api/2.0/postgres/credentials");
+    /// # let _ = fault;
+    /// ```
+    #[must_use]
+    pub fn on(mut self, prefix: impl Into<String>) -> Self {
+        self.path = Some(prefix.into());
+        self
+    }
+}
+
+/// A body that sends the start of a JSON document, then fails, which makes the server drop
+/// the connection short of the announced length. It yields once in between, so that the
+/// status line, headers and first bytes are flushed before the connection drops.
+pub(super) struct CutOff {
+    pub(super) step: u8,
+}
+
+impl hyper::body::Body for CutOff {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        self.step += 1;
+        match self.step {
+            1 => {
+                let start = Bytes::from_static(b"{\"token\": \"abc");
+                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(start))))
+            }
+            2 => {
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+            _ => std::task::Poll::Ready(Some(Err(std::io::Error::other("cut off")))),
+        }
+    }
+}

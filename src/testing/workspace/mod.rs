@@ -1,0 +1,415 @@
+//! `MockWorkspace`: a Databricks workspace on loopback, speaking the real wire contract.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use hyper_util::rt::TokioIo;
+
+use super::LocalPostgres;
+use super::server_thread::ServerThread;
+use crate::Secret;
+
+mod codec;
+mod faults;
+mod routes;
+
+pub use self::faults::Fault;
+use self::routes::handle;
+
+/// How the mock answers token-endpoint discovery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MockDiscovery {
+    /// Newer SDKs: `/.well-known/databricks-config` names an OIDC endpoint (`/oidc2`) whose
+    /// metadata names the token endpoint `/oidc2/v1/token`.
+    DatabricksConfig,
+    /// Older SDKs: only `/oidc/.well-known/oauth-authorization-server` answers.
+    OidcOnly,
+    /// No discovery document answers; clients must fall back to `/oidc/v1/token`.
+    None,
+}
+
+/// A token the mock minted, as the Lakebase token service would have recorded it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct MintedToken {
+    /// The token.
+    pub token: Secret,
+    /// The endpoint it is valid for.
+    pub endpoint: String,
+    /// The identity it was minted for (a user name or a client id).
+    pub identity: String,
+    /// When it expires.
+    pub expire_time: SystemTime,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct MockEndpoint {
+    pub(super) host: String,
+    pub(super) state: String,
+    pub(super) disabled: bool,
+}
+
+pub(super) struct State {
+    pub(super) base_url: String,
+    pub(super) pats: HashMap<String, String>,
+    pub(super) clients: HashMap<String, String>,
+    pub(super) access_tokens: HashMap<String, (String, SystemTime)>,
+    pub(super) endpoints: BTreeMap<String, MockEndpoint>,
+    pub(super) minted: Vec<MintedToken>,
+    pub(super) token_lifetime: Duration,
+    pub(super) fractional: bool,
+    pub(super) discovery: MockDiscovery,
+    pub(super) faults: Vec<Fault>,
+    pub(super) latency: Duration,
+    pub(super) requests: Vec<(String, String)>,
+    pub(super) apply_to: Option<(LocalPostgres, String)>,
+}
+
+pub(super) type Shared = Arc<Mutex<State>>;
+
+pub(super) fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A Databricks workspace on a loopback port, for tests and demos: OAuth discovery and token
+/// endpoint (checking Basic auth), and the Lakebase credential, endpoint, list and
+/// current-user calls with the real JSON shapes, checking bearer tokens and request bodies as
+/// the service does.
+///
+/// It runs on its own thread and runtime, so it keeps answering while the test's runtime
+/// is blocked, and it stops when dropped. Minted tokens can be made the real password of a
+/// [`LocalPostgres`] role ([`apply_tokens_to`](Self::apply_tokens_to)), so Postgres itself
+/// checks them. Faults ([`inject`](Self::inject)) and latency can be injected, and requests
+/// are counted ([`count`](Self::count)).
+///
+/// ```no_run
+/// use lakebase_pool::testing::MockWorkspace;
+///
+/// let mock = MockWorkspace::start().unwrap();
+/// mock.add_pat("dapi-test", "someone@example.com");
+/// mock.add_endpoint("projects/p/branches/b/endpoints/ep-test", "127.0.0.1");
+/// println!("DATABRICKS_HOST={}", mock.url());
+/// ```
+pub struct MockWorkspace {
+    state: Shared,
+    addr: SocketAddr,
+    _server: ServerThread,
+}
+
+impl std::fmt::Debug for MockWorkspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockWorkspace")
+            .field("url", &self.url())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MockWorkspace {
+    /// Starts a mock on a free loopback port.
+    ///
+    /// # Errors
+    ///
+    /// When no loopback port can be bound or the thread cannot start.
+    ///
+    /// ```no_run
+    /// let mock = lakebase_pool::testing::MockWorkspace::start()?;
+    /// println!("DATABRICKS_HOST={}", mock.url());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn start() -> std::io::Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Starts a mock listening on `addr` (for the command-line mock, which may serve other
+    /// containers; tests should use [`start`](Self::start)).
+    ///
+    /// # Errors
+    ///
+    /// When `addr` cannot be bound or the thread cannot start.
+    ///
+    /// ```no_run
+    /// let mock = lakebase_pool::testing::MockWorkspace::start_on("127.0.0.1:8080".parse().unwrap())?;
+    /// # let _ = mock;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let host = if addr.ip().is_unspecified() {
+            String::from("127.0.0.1")
+        } else {
+            addr.ip().to_string()
+        };
+        let state: Shared = Arc::new(Mutex::new(State {
+            base_url: format!("http://{host}:{}", addr.port()),
+            pats: HashMap::new(),
+            clients: HashMap::new(),
+            access_tokens: HashMap::new(),
+            endpoints: BTreeMap::new(),
+            minted: Vec::new(),
+            token_lifetime: Duration::from_secs(3600),
+            fractional: false,
+            discovery: MockDiscovery::DatabricksConfig,
+            faults: Vec::new(),
+            latency: Duration::ZERO,
+            requests: Vec::new(),
+            apply_to: None,
+        }));
+        let served = Arc::clone(&state);
+        let server =
+            ServerThread::spawn("mock-workspace", move |stop| serve(listener, served, stop))?;
+        Ok(MockWorkspace {
+            state,
+            addr,
+            _server: server,
+        })
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:41234`: the `DATABRICKS_HOST` of clients.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// let builder = lakebase_pool::databricks::Workspace::builder().host(mock.url());
+    /// # let _ = builder;
+    /// ```
+    pub fn url(&self) -> String {
+        lock(&self.state).base_url.clone()
+    }
+
+    /// The address the mock listens on.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// assert!(mock.addr().ip().is_loopback());
+    /// ```
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Accepts `token` as a personal access token of `user_name`.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.add_pat("dapi-test", "someone@example.com");
+    /// ```
+    pub fn add_pat(&self, token: &str, user_name: &str) {
+        let _ = lock(&self.state)
+            .pats
+            .insert(token.to_owned(), user_name.to_owned());
+    }
+
+    /// Accepts OAuth client credentials of a service principal; its identity is the client id.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.add_service_principal("client-id", "client-secret");
+    /// ```
+    pub fn add_service_principal(&self, client_id: &str, client_secret: &str) {
+        let _ = lock(&self.state)
+            .clients
+            .insert(client_id.to_owned(), client_secret.to_owned());
+    }
+
+    /// Adds an active endpoint (`projects/../branches/../endpoints/..`) served at `host`.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.add_endpoint("projects/p/branches/b/endpoints/ep-test", "127.0.0.1");
+    /// ```
+    pub fn add_endpoint(&self, name: &str, host: &str) {
+        self.handle().add_endpoint(name, host);
+    }
+
+    /// Sets an endpoint's reported state (`ACTIVE`, `IDLE`, `INIT`, `DEGRADED`).
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.set_endpoint_state("projects/p/branches/b/endpoints/ep-test", "IDLE");
+    /// ```
+    pub fn set_endpoint_state(&self, name: &str, state: &str) {
+        self.handle().set_endpoint_state(name, state);
+    }
+
+    /// Marks an endpoint disabled (or enabled again): minting for it fails.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.set_endpoint_disabled("projects/p/branches/b/endpoints/ep-test", true);
+    /// ```
+    pub fn set_endpoint_disabled(&self, name: &str, disabled: bool) {
+        if let Some(endpoint) = lock(&self.state).endpoints.get_mut(name) {
+            endpoint.disabled = disabled;
+        }
+    }
+
+    /// A handle on the mock's records, for the emulator (which checks tokens against them).
+    pub(crate) fn handle(&self) -> WorkspaceHandle {
+        WorkspaceHandle(Arc::clone(&self.state))
+    }
+
+    /// Lifetime of minted database tokens when the request gives no `ttl` (default 1 hour).
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.set_token_lifetime(std::time::Duration::from_secs(10));
+    /// ```
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        lock(&self.state).token_lifetime = lifetime;
+    }
+
+    /// Whether `expire_time` carries fractional seconds (default: no).
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.set_fractional_expire_time(true);
+    /// ```
+    pub fn set_fractional_expire_time(&self, fractional: bool) {
+        lock(&self.state).fractional = fractional;
+    }
+
+    /// How token-endpoint discovery answers (default: [`MockDiscovery::DatabricksConfig`]).
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.set_discovery(lakebase_pool::testing::MockDiscovery::OidcOnly);
+    /// ```
+    pub fn set_discovery(&self, discovery: MockDiscovery) {
+        lock(&self.state).discovery = discovery;
+    }
+
+    /// Makes every minted token the password of `role` on `pg` (valid until its expiry), so
+    /// the server checks the tokens. Only the newest token then logs in.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// let pg = lakebase_pool::testing::LocalPostgres::start()?;
+    /// mock.apply_tokens_to(&pg, "someone@example.com");
+    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// ```
+    pub fn apply_tokens_to(&self, pg: &LocalPostgres, role: &str) {
+        lock(&self.state).apply_to = Some((pg.clone(), role.to_owned()));
+    }
+
+    /// Delays every answer by `latency`.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.set_latency(std::time::Duration::from_millis(50));
+    /// ```
+    pub fn set_latency(&self, latency: Duration) {
+        lock(&self.state).latency = latency;
+    }
+
+    /// Queues a fault for the next matching requests.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool::testing::Fault::rate_limited(1));
+    /// ```
+    pub fn inject(&self, fault: Fault) {
+        lock(&self.state).faults.push(fault);
+    }
+
+    /// Drops every queued fault: the workspace answers normally again.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool::testing::Fault::status(503, "down").times(1000));
+    /// mock.clear_faults();
+    /// ```
+    pub fn clear_faults(&self) {
+        lock(&self.state).faults.clear();
+    }
+
+    /// How many requests with this method had a path starting with `path_prefix`.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// assert_eq!(mock.count("POST", "/api/2.0/postgres/credentials"), 0);
+    /// ```
+    pub fn count(&self, method: &str, path_prefix: &str) -> usize {
+        lock(&self.state)
+            .requests
+            .iter()
+            .filter(|(m, p)| m == method && p.starts_with(path_prefix))
+            .count()
+    }
+
+    /// Every database token minted so far.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// for token in mock.minted() {
+    ///     println!("{} for {}", token.identity, token.endpoint);
+    /// }
+    /// ```
+    pub fn minted(&self) -> Vec<MintedToken> {
+        lock(&self.state).minted.clone()
+    }
+}
+
+/// Shared access to a mock's records, usable from another thread.
+#[derive(Clone)]
+pub(crate) struct WorkspaceHandle(Shared);
+
+impl WorkspaceHandle {
+    pub(crate) fn add_endpoint(&self, name: &str, host: &str) {
+        let endpoint = MockEndpoint {
+            host: host.to_owned(),
+            state: String::from("ACTIVE"),
+            disabled: false,
+        };
+        let _ = lock(&self.0).endpoints.insert(name.to_owned(), endpoint);
+    }
+
+    pub(crate) fn set_endpoint_state(&self, name: &str, state: &str) {
+        if let Some(endpoint) = lock(&self.0).endpoints.get_mut(name) {
+            endpoint.state = state.to_owned();
+        }
+    }
+
+    /// Whether `token` was minted for `endpoint` and `user` and has not expired: what Lakebase
+    /// checks at login.
+    pub(crate) fn accepts(&self, token: &str, endpoint: &str, user: &str) -> bool {
+        let now = SystemTime::now();
+        lock(&self.0).minted.iter().any(|minted| {
+            minted.token.expose() == token
+                && minted.endpoint == endpoint
+                && minted.identity == user
+                && minted.expire_time > now
+        })
+    }
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    state: Shared,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = Arc::clone(&state);
+                drop(tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(handle(&state, request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }));
+            }
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The mock workspace's routes: OAuth discovery and token endpoint, and the Lakebase API.
+
+use std::time::{Duration, SystemTime};
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::codec::{base64_decode, parse_form};
+use super::faults::{CutOff, FaultKind};
+use super::{MintedToken, MockDiscovery, MockEndpoint, Shared, lock};
+use crate::databricks::time::format_rfc3339;
+use crate::testing::rotating::random_token;
+
+type Answer = Response<BoxBody<Bytes, std::io::Error>>;
+
+/// The largest request body the mock reads.
+const MAX_REQUEST_BODY: usize = 1024 * 1024;
+
+fn answer(status: u16, body: impl Into<Bytes>) -> Answer {
+    let body = Full::new(body.into()).map_err(|never| match never {});
+    let mut response = Response::new(body.boxed());
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let _ = response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn api_error(status: u16, code: &str, message: &str) -> Answer {
+    answer(
+        status,
+        json!({"error_code": code, "message": message}).to_string(),
+    )
+}
+
+fn ok(value: Value) -> Answer {
+    answer(200, value.to_string())
+}
+
+pub(super) async fn handle(state: &Shared, request: Request<Incoming>) -> Answer {
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    let headers = request.headers().clone();
+    // Capped like any server's: a client that streams without end gets 413, not our memory.
+    let body = match http_body_util::Limited::new(request.into_body(), MAX_REQUEST_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return api_error(
+                413,
+                "REQUEST_TOO_LARGE",
+                "the request body is larger than 1 MiB",
+            );
+        }
+    };
+
+    let (fault, latency) = {
+        let mut state = lock(state);
+        state.requests.push((method.clone(), path.clone()));
+        let index = state.faults.iter().position(|f| {
+            f.times > 0 && f.path.as_ref().is_none_or(|p| path.starts_with(p.as_str()))
+        });
+        let fault = index.map(|i| {
+            state.faults[i].times -= 1;
+            state.faults[i].kind.clone()
+        });
+        state.faults.retain(|f| f.times > 0);
+        (fault, state.latency)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match fault {
+        Some(FaultKind::Hang) => std::future::pending().await,
+        Some(FaultKind::MalformedJson) => return answer(200, "{\"token\": \"abc"),
+        Some(FaultKind::Truncated) => {
+            let mut response = answer(200, "");
+            *response.body_mut() = CutOff { step: 0 }.boxed();
+            let _ = response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_LENGTH, 4096.into());
+            return response;
+        }
+        Some(FaultKind::Status {
+            status,
+            body,
+            retry_after,
+        }) => {
+            let mut response = answer(status, body);
+            if let Some(seconds) = retry_after {
+                let _ = response
+                    .headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, seconds.into());
+            }
+            return response;
+        }
+        None => {}
+    }
+
+    let bearer = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/.well-known/databricks-config") => discovery_config(state),
+        ("GET", "/oidc/.well-known/oauth-authorization-server") => {
+            oidc_metadata(state, "/oidc", MockDiscovery::OidcOnly)
+        }
+        ("GET", "/oidc2/.well-known/oauth-authorization-server") => {
+            oidc_metadata(state, "/oidc2", MockDiscovery::DatabricksConfig)
+        }
+        ("POST", "/oidc/v1/token" | "/oidc2/v1/token") => oauth_token(state, &headers, &body),
+        _ => {
+            let identity = bearer
+                .as_deref()
+                .and_then(|token| identity_of(state, token));
+            let Some(identity) = identity else {
+                return api_error(401, "UNAUTHENTICATED", "Invalid access token.");
+            };
+            match (method.as_str(), path.as_str()) {
+                ("POST", "/api/2.0/postgres/credentials") => mint(state, &identity, &body).await,
+                ("GET", "/api/2.0/preview/scim/v2/Me") => {
+                    ok(json!({"userName": identity, "id": "1234"}))
+                }
+                ("GET", p)
+                    if p.starts_with("/api/2.0/postgres/projects/")
+                        && p.ends_with("/endpoints") =>
+                {
+                    list_endpoints(
+                        state,
+                        p.trim_start_matches("/api/2.0/postgres/")
+                            .trim_end_matches("/endpoints"),
+                        &query,
+                    )
+                }
+                ("GET", p) if p.starts_with("/api/2.0/postgres/projects/") => {
+                    get_endpoint(state, p.trim_start_matches("/api/2.0/postgres/"))
+                }
+                _ => api_error(
+                    404,
+                    "ENDPOINT_NOT_FOUND",
+                    &format!("No API found for '{method} {path}'"),
+                ),
+            }
+        }
+    }
+}
+
+fn identity_of(state: &Shared, token: &str) -> Option<String> {
+    let state = lock(state);
+    if let Some(user) = state.pats.get(token) {
+        return Some(user.clone());
+    }
+    state
+        .access_tokens
+        .get(token)
+        .filter(|(_, expiry)| *expiry > SystemTime::now())
+        .map(|(identity, _)| identity.clone())
+}
+
+fn discovery_config(state: &Shared) -> Answer {
+    let state = lock(state);
+    if state.discovery != MockDiscovery::DatabricksConfig {
+        return api_error(
+            404,
+            "ENDPOINT_NOT_FOUND",
+            "No API found for '/.well-known/databricks-config'",
+        );
+    }
+    ok(json!({"oidc_endpoint": format!("{}/oidc2", state.base_url), "workspace_id": "1234567890"}))
+}
+
+fn oidc_metadata(state: &Shared, prefix: &str, serves_in: MockDiscovery) -> Answer {
+    let state = lock(state);
+    if state.discovery != serves_in {
+        return answer(404, "");
+    }
+    let base = format!("{}{prefix}", state.base_url);
+    ok(json!({
+        "issuer": base,
+        "authorization_endpoint": format!("{base}/v1/authorize"),
+        "token_endpoint": format!("{base}/v1/token"),
+    }))
+}
+
+fn oauth_token(state: &Shared, headers: &hyper::HeaderMap, body: &[u8]) -> Answer {
+    let oauth_error = |status: u16, error: &str, description: &str| {
+        answer(
+            status,
+            json!({"error": error, "error_description": description}).to_string(),
+        )
+    };
+    let basic = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(base64_decode)
+        .and_then(|raw| String::from_utf8(raw).ok());
+    let Some((client_id, secret)) = basic.as_deref().and_then(|b| b.split_once(':')) else {
+        return oauth_error(401, "invalid_client", "Client authentication failed");
+    };
+    let form = parse_form(body);
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return oauth_error(
+            400,
+            "unsupported_grant_type",
+            "grant_type must be client_credentials",
+        );
+    }
+    if form.get("scope").map(String::as_str) != Some("all-apis") {
+        return oauth_error(400, "invalid_scope", "scope must be all-apis");
+    }
+    let mut state = lock(state);
+    if state.clients.get(client_id).map(String::as_str) != Some(secret) {
+        return oauth_error(401, "invalid_client", "Client authentication failed");
+    }
+    let token = random_token().expose().to_owned();
+    let lifetime = 3600;
+    let expiry = SystemTime::now() + Duration::from_secs(lifetime);
+    let _ = state
+        .access_tokens
+        .insert(token.clone(), (client_id.to_owned(), expiry));
+    ok(
+        json!({"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": "all-apis"}),
+    )
+}
+
+async fn mint(state: &Shared, identity: &str, body: &[u8]) -> Answer {
+    let request: Value = match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Value::Object(map),
+        _ => {
+            return api_error(
+                400,
+                "MALFORMED_REQUEST",
+                "Request body must be a JSON object",
+            );
+        }
+    };
+    let Some(endpoint) = request
+        .get("endpoint")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        return api_error(
+            400,
+            "INVALID_PARAMETER_VALUE",
+            "Field 'endpoint' is required",
+        );
+    };
+    let (lifetime, fractional, apply_to) = {
+        let state = lock(state);
+        match state.endpoints.get(&endpoint) {
+            None => {
+                return api_error(
+                    404,
+                    "NOT_FOUND",
+                    &format!("Endpoint '{endpoint}' does not exist."),
+                );
+            }
+            Some(e) if e.disabled => {
+                return api_error(400, "INVALID_STATE", "Endpoint is disabled");
+            }
+            Some(_) => {}
+        }
+        (
+            state.token_lifetime,
+            state.fractional,
+            state.apply_to.clone(),
+        )
+    };
+    let lifetime = match request.get("ttl") {
+        None => lifetime,
+        Some(ttl) => match ttl
+            .as_str()
+            .and_then(crate::databricks::http::parse_proto_duration)
+        {
+            Some(ttl) if (300..=3600).contains(&ttl.as_secs()) => ttl,
+            _ => {
+                return api_error(
+                    400,
+                    "INVALID_PARAMETER_VALUE",
+                    "ttl must be between 300s and 3600s",
+                );
+            }
+        },
+    };
+    let token = random_token();
+    let expire_time = SystemTime::now() + lifetime;
+    if let Some((pg, role)) = apply_to
+        && let Err(error) = pg.set_password(&role, &token, Some(expire_time)).await
+    {
+        return api_error(
+            500,
+            "INTERNAL_ERROR",
+            &format!("could not apply the token: {error}"),
+        );
+    }
+    lock(state).minted.push(MintedToken {
+        token: token.clone(),
+        endpoint,
+        identity: identity.to_owned(),
+        expire_time,
+    });
+    ok(json!({"token": token.expose(), "expire_time": format_rfc3339(expire_time, fractional)}))
+}
+
+fn endpoint_json(name: &str, endpoint: &MockEndpoint) -> Value {
+    let (parent, id) = name.rsplit_once("/endpoints/").unwrap_or((name, name));
+    json!({
+        "name": name,
+        "parent": parent,
+        "endpoint_id": id,
+        "uid": format!("uid-{id}"),
+        "create_time": "2026-01-01T00:00:00Z",
+        "update_time": "2026-01-01T00:00:00Z",
+        "spec": {"endpoint_type": "ENDPOINT_TYPE_READ_WRITE"},
+        "status": {
+            "hosts": {"host": endpoint.host},
+            "current_state": endpoint.state,
+            "endpoint_type": "ENDPOINT_TYPE_READ_WRITE",
+            "disabled": endpoint.disabled,
+        },
+    })
+}
+
+fn get_endpoint(state: &Shared, name: &str) -> Answer {
+    match lock(state).endpoints.get(name) {
+        Some(endpoint) => ok(endpoint_json(name, endpoint)),
+        None => api_error(
+            404,
+            "NOT_FOUND",
+            &format!("Endpoint '{name}' does not exist."),
+        ),
+    }
+}
+
+/// Lists a branch's endpoints two per page, so that clients must follow `next_page_token`.
+fn list_endpoints(state: &Shared, branch: &str, query: &str) -> Answer {
+    const PAGE: usize = 2;
+    let form = parse_form(query.as_bytes());
+    // Page tokens are opaque base64-like text, `+`, `/` and `=` included, as the real API's
+    // are: a client that does not escape them gets the wrong page.
+    let start: usize = form
+        .get("page_token")
+        .and_then(|t| t.strip_prefix("pg+")?.strip_suffix("/==")?.parse().ok())
+        .unwrap_or(0);
+    let state = lock(state);
+    let prefix = format!("{branch}/endpoints/");
+    let all: Vec<Value> = state
+        .endpoints
+        .iter()
+        .filter(|(name, _)| name.starts_with(&prefix))
+        .map(|(name, endpoint)| endpoint_json(name, endpoint))
+        .collect();
+    let page: Vec<Value> = all.iter().skip(start).take(PAGE).cloned().collect();
+    let mut body = json!({"endpoints": page});
+    if start + PAGE < all.len() {
+        body["next_page_token"] = json!(format!("pg+{}/==", start + PAGE));
+    }
+    ok(body)
+}
