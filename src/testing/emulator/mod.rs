@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
 
@@ -33,10 +33,15 @@ use super::workspace::WorkspaceHandle;
 use super::{HarnessError, LocalPostgres, MockWorkspace, TestCa};
 use crate::resolve::StaticResolver;
 
-const SSL_REQUEST: i32 = 80_877_103;
-const CANCEL_REQUEST: i32 = 80_877_102;
-const GSSENC_REQUEST: i32 = 80_877_104;
-const PROTOCOL_3: i32 = 196_608;
+mod relay;
+mod wire;
+
+use self::relay::relay;
+use self::wire::{
+    CANCEL_REQUEST, FORWARDED_PARAMS, GSSENC_REQUEST, PROTOCOL_3, SSL_REQUEST, error_response,
+    first_duplicate, parse_params, read_message, read_startup, refuse, split_endpoint_option,
+};
+
 /// How long a client may take over each step of its handshake (start-up request, TLS,
 /// start-up message, password) by default.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -555,130 +560,6 @@ async fn serve(
     }
 }
 
-/// A Postgres `ErrorResponse` (severity FATAL).
-fn error_response(code: &str, message: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (field, value) in [
-        (b'S', "FATAL"),
-        (b'V', "FATAL"),
-        (b'C', code),
-        (b'M', message),
-    ] {
-        body.push(field);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut message = vec![b'E'];
-    message.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    message.extend_from_slice(&body);
-    message
-}
-
-/// Reads a start-up-phase packet (no type byte): `(code, body after the code)`.
-async fn read_startup<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(i32, Vec<u8>)> {
-    let length = stream.read_i32().await?;
-    if !(8..=10_000).contains(&length) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "bad start-up packet length",
-        ));
-    }
-    let code = stream.read_i32().await?;
-    let mut body = vec![0; length as usize - 8];
-    let _ = stream.read_exact(&mut body).await?;
-    Ok((code, body))
-}
-
-/// Reads one typed message: `(type, whole message including type and length)`.
-async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(u8, Vec<u8>)> {
-    let kind = stream.read_u8().await?;
-    let length = stream.read_i32().await?;
-    if !(4..=64 * 1024 * 1024).contains(&length) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "bad message length",
-        ));
-    }
-    let mut message = vec![kind];
-    message.extend_from_slice(&length.to_be_bytes());
-    // Grows with the bytes that actually arrive, so a bogus length allocates nothing.
-    let body = length as usize - 4;
-    let read = (&mut *stream)
-        .take(body as u64)
-        .read_to_end(&mut message)
-        .await?;
-    if read < body {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok((kind, message))
-}
-
-/// The start-up parameters passed on to the trusting upstream; anything else (such as
-/// `replication`) is dropped. `user` is the one the token was checked for.
-const FORWARDED_PARAMS: [&str; 9] = [
-    "user",
-    "database",
-    "options",
-    "application_name",
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "extra_float_digits",
-    "IntervalStyle",
-];
-
-/// The first parameter named twice, if any.
-fn first_duplicate(params: &[(String, String)]) -> Option<&str> {
-    params.iter().enumerate().find_map(|(i, (key, _))| {
-        params[..i]
-            .iter()
-            .any(|(earlier, _)| earlier == key)
-            .then_some(key.as_str())
-    })
-}
-
-/// `key\0value\0...\0` pairs of a start-up message. Only NUL-terminated strings count, so a
-/// truncated message yields the pairs that are complete; an empty key ends the list.
-fn parse_params(body: &[u8]) -> Vec<(String, String)> {
-    let mut fields = Vec::new();
-    let mut rest = body;
-    while let Some(end) = rest.iter().position(|b| *b == 0) {
-        fields.push(String::from_utf8_lossy(&rest[..end]).into_owned());
-        rest = &rest[end + 1..];
-    }
-    fields
-        .chunks_exact(2)
-        .take_while(|pair| !pair[0].is_empty())
-        .map(|pair| (pair[0].clone(), pair[1].clone()))
-        .collect()
-}
-
-/// The `endpoint=<id>` part of an `options` parameter, and the rest of it.
-fn split_endpoint_option(options: &str) -> (Option<String>, String) {
-    let mut endpoint = None;
-    let mut rest = Vec::new();
-    for part in options.split_whitespace() {
-        match part
-            .strip_prefix("endpoint=")
-            .or_else(|| part.strip_prefix("endpoint%3D"))
-        {
-            Some(id) => endpoint = Some(id.to_owned()),
-            None => rest.push(part),
-        }
-    }
-    (endpoint, rest.join(" "))
-}
-
-async fn refuse<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    code: &str,
-    message: &str,
-) -> std::io::Result<()> {
-    stream.write_all(&error_response(code, message)).await?;
-    stream.flush().await
-}
-
 async fn serve_client(shared: &Arc<Shared>, mut tcp: TcpStream) -> std::io::Result<()> {
     // Small protocol messages must not wait for delayed ACKs (Nagle): 40 ms per round trip.
     tcp.set_nodelay(true)?;
@@ -855,191 +736,5 @@ impl ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         *lock(&self.0.open_connections) -= 1;
-    }
-}
-
-/// Counts a session for its endpoint while it lives.
-struct SessionGuard<'a> {
-    shared: &'a Shared,
-    id: String,
-}
-
-impl Drop for SessionGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(endpoint) = lock(&self.shared.endpoints).get_mut(&self.id) {
-            endpoint.sessions = endpoint.sessions.saturating_sub(1);
-            endpoint.idle_since = Instant::now();
-        }
-    }
-}
-
-async fn relay(
-    shared: &Arc<Shared>,
-    id: &str,
-    mut client: tokio_rustls::server::TlsStream<TcpStream>,
-    params: &[(String, String)],
-) -> std::io::Result<()> {
-    let mut upstream = UnixStream::connect(&shared.upstream).await?;
-    let mut startup = Vec::new();
-    startup.extend_from_slice(&PROTOCOL_3.to_be_bytes());
-    for (key, value) in params {
-        startup.extend_from_slice(key.as_bytes());
-        startup.push(0);
-        startup.extend_from_slice(value.as_bytes());
-        startup.push(0);
-    }
-    startup.push(0);
-    upstream
-        .write_all(&(startup.len() as i32 + 4).to_be_bytes())
-        .await?;
-    upstream.write_all(&startup).await?;
-    // The upstream trusts its socket: it answers AuthenticationOk, or an error to pass on.
-    let (kind, message) =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut upstream)).await??;
-    client.write_all(&message).await?;
-    if kind != b'R' {
-        return client.flush().await;
-    }
-
-    let mut suspended = {
-        let mut endpoints = lock(&shared.endpoints);
-        let Some(endpoint) = endpoints.get_mut(id) else {
-            return Ok(());
-        };
-        endpoint.sessions += 1;
-        endpoint.generation.subscribe()
-    };
-    let _session = SessionGuard {
-        shared,
-        id: id.to_owned(),
-    };
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (upstream_read, mut upstream_write) = upstream.into_split();
-    let mut upstream_read = tokio::io::BufReader::new(upstream_read);
-    let to_upstream = tokio::io::copy(&mut client_read, &mut upstream_write);
-    // Whole messages towards the client, so that a suspend notice never splits one.
-    let to_client = async {
-        loop {
-            tokio::select! {
-                message = read_message(&mut upstream_read) => {
-                    let (_, message) = message?;
-                    client_write.write_all(&message).await?;
-                    // Send once nothing more has already arrived: one TLS record for a whole
-                    // reply, and nothing held back while the upstream is quiet.
-                    if upstream_read.buffer().is_empty() {
-                        client_write.flush().await?;
-                    }
-                }
-                _ = suspended.changed() => {
-                    let notice = error_response("57P01", "terminating connection due to administrator command");
-                    client_write.write_all(&notice).await?;
-                    client_write.flush().await?;
-                    return Ok::<(), std::io::Error>(());
-                }
-            }
-        }
-    };
-    tokio::select! {
-        _ = to_upstream => {}
-        _ = to_client => {}
-    }
-    let _ = client_write.shutdown().await;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn startup_params_and_endpoint_options_parse() {
-        let params = parse_params(b"user\0app\0database\0db\0options\0endpoint=ep-1 -c x=y\0\0");
-        assert_eq!(params.len(), 3);
-        assert_eq!(params[2].1, "endpoint=ep-1 -c x=y");
-        assert_eq!(
-            split_endpoint_option("endpoint=ep-1 -c x=y"),
-            (Some("ep-1".into()), "-c x=y".into())
-        );
-        assert_eq!(
-            split_endpoint_option("endpoint%3Dep-2"),
-            (Some("ep-2".into()), String::new())
-        );
-        assert_eq!(parse_params(b"user\0"), Vec::<(String, String)>::new());
-        assert_eq!(parse_params(b"user\0app"), Vec::<(String, String)>::new());
-        assert_eq!(parse_params(b""), Vec::<(String, String)>::new());
-        assert_eq!(
-            parse_params(b"\0user\0app\0"),
-            Vec::<(String, String)>::new()
-        );
-    }
-
-    #[test]
-    fn error_responses_are_well_formed() {
-        let message = error_response("28P01", "no");
-        assert_eq!(message[0], b'E');
-        let length = i32::from_be_bytes([message[1], message[2], message[3], message[4]]);
-        assert_eq!(length as usize, message.len() - 1);
-    }
-}
-
-#[cfg(test)]
-mod properties {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    /// Runs `read` over `bytes` as the client's stream, on a throwaway runtime.
-    fn over<T>(bytes: &[u8], read: impl AsyncFnOnce(&mut &[u8]) -> T) -> T {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let mut stream = bytes;
-        runtime.block_on(read(&mut stream))
-    }
-
-    proptest! {
-        /// Start-up parameters: any bytes give complete pairs only, none panics.
-        #[test]
-        fn any_startup_body_gives_complete_pairs(body in proptest::collection::vec(any::<u8>(), 0..512)) {
-            for (key, _) in parse_params(&body) {
-                prop_assert!(!key.is_empty());
-            }
-        }
-
-        /// `options` values: the endpoint is found or not, the rest is kept; none panics.
-        #[test]
-        fn any_options_value_splits(options in any::<String>()) {
-            let (endpoint, rest) = split_endpoint_option(&options);
-            prop_assert!(rest.len() <= options.len());
-            if let Some(id) = endpoint {
-                prop_assert!(options.contains(&id));
-            }
-        }
-
-        /// A start-up packet from arbitrary bytes: read within its declared length, or refused
-        /// for a bad length or a short stream; it never allocates past the 10,000-byte cap.
-        #[test]
-        fn any_startup_packet_is_read_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-            if let Ok((_, body)) = over(&bytes, async |s| read_startup(s).await) {
-                prop_assert!(body.len() + 8 <= bytes.len());
-            }
-        }
-
-        /// A typed message from arbitrary bytes (lengths included): read whole or refused.
-        #[test]
-        fn any_typed_message_is_read_or_refused(
-            kind in any::<u8>(),
-            length in any::<i32>(),
-            rest in proptest::collection::vec(any::<u8>(), 0..64),
-        ) {
-            let mut bytes = vec![kind];
-            bytes.extend_from_slice(&length.to_be_bytes());
-            bytes.extend_from_slice(&rest);
-            if let Ok((read_kind, message)) = over(&bytes, async |s| read_message(s).await) {
-                prop_assert_eq!(read_kind, kind);
-                prop_assert_eq!(message.len(), length as usize + 1);
-                prop_assert!(message.len() <= bytes.len());
-            }
-        }
     }
 }

@@ -1,0 +1,100 @@
+//! A session once it is let through: start-up on the trusting upstream, then bytes both
+//! ways, whole messages towards the client, until either side ends or the compute suspends.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UnixStream};
+
+use super::wire::{PROTOCOL_3, error_response, read_message};
+use super::{HANDSHAKE_TIMEOUT, Shared, lock};
+
+/// Counts a session for its endpoint while it lives.
+struct SessionGuard<'a> {
+    shared: &'a Shared,
+    id: String,
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(endpoint) = lock(&self.shared.endpoints).get_mut(&self.id) {
+            endpoint.sessions = endpoint.sessions.saturating_sub(1);
+            endpoint.idle_since = Instant::now();
+        }
+    }
+}
+
+pub(super) async fn relay(
+    shared: &Arc<Shared>,
+    id: &str,
+    mut client: tokio_rustls::server::TlsStream<TcpStream>,
+    params: &[(String, String)],
+) -> std::io::Result<()> {
+    let mut upstream = UnixStream::connect(&shared.upstream).await?;
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&PROTOCOL_3.to_be_bytes());
+    for (key, value) in params {
+        startup.extend_from_slice(key.as_bytes());
+        startup.push(0);
+        startup.extend_from_slice(value.as_bytes());
+        startup.push(0);
+    }
+    startup.push(0);
+    upstream
+        .write_all(&(startup.len() as i32 + 4).to_be_bytes())
+        .await?;
+    upstream.write_all(&startup).await?;
+    // The upstream trusts its socket: it answers AuthenticationOk, or an error to pass on.
+    let (kind, message) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut upstream)).await??;
+    client.write_all(&message).await?;
+    if kind != b'R' {
+        return client.flush().await;
+    }
+
+    let mut suspended = {
+        let mut endpoints = lock(&shared.endpoints);
+        let Some(endpoint) = endpoints.get_mut(id) else {
+            return Ok(());
+        };
+        endpoint.sessions += 1;
+        endpoint.generation.subscribe()
+    };
+    let _session = SessionGuard {
+        shared,
+        id: id.to_owned(),
+    };
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (upstream_read, mut upstream_write) = upstream.into_split();
+    let mut upstream_read = tokio::io::BufReader::new(upstream_read);
+    let to_upstream = tokio::io::copy(&mut client_read, &mut upstream_write);
+    // Whole messages towards the client, so that a suspend notice never splits one.
+    let to_client = async {
+        loop {
+            tokio::select! {
+                message = read_message(&mut upstream_read) => {
+                    let (_, message) = message?;
+                    client_write.write_all(&message).await?;
+                    // Send once nothing more has already arrived: one TLS record for a whole
+                    // reply, and nothing held back while the upstream is quiet.
+                    if upstream_read.buffer().is_empty() {
+                        client_write.flush().await?;
+                    }
+                }
+                _ = suspended.changed() => {
+                    let notice = error_response("57P01", "terminating connection due to administrator command");
+                    client_write.write_all(&notice).await?;
+                    client_write.flush().await?;
+                    return Ok::<(), std::io::Error>(());
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = to_upstream => {}
+        _ = to_client => {}
+    }
+    let _ = client_write.shutdown().await;
+    Ok(())
+}
