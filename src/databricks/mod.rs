@@ -31,6 +31,7 @@ mod discovery;
 mod host;
 pub(crate) mod http;
 mod provider;
+mod settings;
 pub(crate) mod time;
 mod workspace;
 

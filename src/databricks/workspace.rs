@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::auth::{CustomSource, DatabricksCli, OAuthM2M, find_on_path};
-use super::config_file::{self, Profile};
+use super::auth::CustomSource;
 use super::host::{WorkspaceHost, without_user_info};
 use super::http::{Auth, Body, Call, HttpClient, HttpPolicy, ProxySettings};
-use crate::credentials::{CachePolicy, CredentialProvider, StaticPassword, TokenCache};
+use super::settings::ResolvedSettings;
+use crate::credentials::{CachePolicy, CredentialProvider, TokenCache};
 use crate::tls::{Trust, parse_pem_certificates};
 use crate::{Environment, Error, Secret};
 
@@ -214,15 +214,15 @@ impl Workspace {
 #[must_use = "a builder does nothing until `.build()` is called"]
 #[derive(Default)]
 pub struct WorkspaceBuilder {
-    host: Option<String>,
-    token: Option<Secret>,
-    client_id: Option<String>,
-    client_secret: Option<Secret>,
-    profile: Option<String>,
-    config_file: Option<PathBuf>,
-    auth_method: Option<AuthMethod>,
-    workspace_id: Option<String>,
-    token_source: Option<CustomSource>,
+    pub(super) host: Option<String>,
+    pub(super) token: Option<Secret>,
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret: Option<Secret>,
+    pub(super) profile: Option<String>,
+    pub(super) config_file: Option<PathBuf>,
+    pub(super) auth_method: Option<AuthMethod>,
+    pub(super) workspace_id: Option<String>,
+    pub(super) token_source: Option<CustomSource>,
     http: HttpPolicy,
     root_pems: Vec<Vec<u8>>,
     /// Read instead of the process environment (see [`from_environment`](Self::from_environment)).
@@ -463,60 +463,6 @@ impl WorkspaceBuilder {
                 "must be greater than zero",
             ));
         }
-        let requested_profile = self
-            .profile
-            .clone()
-            .or_else(|| env.get("DATABRICKS_CONFIG_PROFILE").map(str::to_owned));
-        let config_path = self
-            .config_file
-            .clone()
-            .or_else(|| env.get("DATABRICKS_CONFIG_FILE").map(PathBuf::from))
-            .or_else(|| {
-                env.get("HOME")
-                    .map(|home| PathBuf::from(home).join(".databrickscfg"))
-            });
-        let profile = match &config_path {
-            Some(path) => config_file::load(path, requested_profile.as_deref())?,
-            None if requested_profile.is_some() => {
-                return Err(Error::workspace_config(String::from(
-                    "a profile was requested but no config file is known (set \
-                         DATABRICKS_CONFIG_FILE or HOME)",
-                )));
-            }
-            None => None,
-        }
-        .unwrap_or_default();
-        let settings = Settings {
-            env,
-            profile: &profile,
-        };
-
-        let host = settings
-            .pick(self.host, "DATABRICKS_HOST", "host")
-            .ok_or_else(|| Error::workspace_config(String::from(
-                    "no workspace host (set DATABRICKS_HOST, or `host` in a ~/.databrickscfg profile)",
-                )))?;
-        let host = WorkspaceHost::parse(&host)?;
-        let token = self.token.or_else(|| {
-            settings
-                .pick(None, "DATABRICKS_TOKEN", "token")
-                .map(Secret::new)
-        });
-        let client_id = settings.pick(self.client_id, "DATABRICKS_CLIENT_ID", "client_id");
-        let client_secret = self.client_secret.or_else(|| {
-            settings
-                .pick(None, "DATABRICKS_CLIENT_SECRET", "client_secret")
-                .map(Secret::new)
-        });
-        let auth_method = match self.auth_method {
-            Some(method) => Some(method),
-            None => settings
-                .pick(None, "DATABRICKS_AUTH_TYPE", "auth_type")
-                .map(|text| text.parse::<AuthMethod>())
-                .transpose()?,
-        };
-        let workspace_id =
-            settings.pick(self.workspace_id, "DATABRICKS_WORKSPACE_ID", "workspace_id");
         let mut trust = Trust::default();
         for pem in &self.root_pems {
             trust.extra_roots.extend(parse_pem_certificates(
@@ -525,67 +471,21 @@ impl WorkspaceBuilder {
             )?);
         }
         let proxy = ProxySettings::from_environment(env)?;
-        let http = HttpClient::new(self.http, &trust, &proxy)?;
-
-        let conflict = || {
-            Error::workspace_config(String::from(
-                "two auth methods are configured at once: a token (pat) and a client id \
-                 (oauth-m2m); remove one, or choose with DATABRICKS_AUTH_TYPE",
-            ))
-        };
-        let method = match (&self.token_source, auth_method) {
-            (Some(_), _) => AuthMethod::Custom,
-            (None, Some(AuthMethod::Custom)) => {
-                return Err(Error::workspace_config(
-                    "auth method custom needs a token source (`WorkspaceBuilder::token_source`)",
-                ));
-            }
-            (None, Some(method)) => method,
-            (None, None) => match (&token, &client_id) {
-                (Some(_), Some(_)) => return Err(conflict()),
-                (Some(_), None) => AuthMethod::Pat,
-                (None, Some(_)) => AuthMethod::OAuthM2M,
-                (None, None) => AuthMethod::DatabricksCli,
-            },
-        };
-        let source: Box<dyn CredentialProvider> = match method {
-            AuthMethod::Custom => Box::new(SharedSource(
-                self.token_source.clone().ok_or_else(conflict)?,
-            )),
-            AuthMethod::Pat => Box::new(StaticPassword::new(token.ok_or_else(|| {
-                Error::workspace_config(String::from(
-                    "auth_type is pat but no token is set (set DATABRICKS_TOKEN)",
-                ))
-            })?)),
-            AuthMethod::OAuthM2M => {
-                let (Some(id), Some(secret)) = (client_id.clone(), client_secret) else {
-                    return Err(Error::workspace_config(String::from(
-                        "OAuth M2M needs both DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET",
-                    )));
-                };
-                Box::new(OAuthM2M::new(http.clone(), host.clone(), id, secret))
-            }
-            AuthMethod::DatabricksCli => {
-                let program = find_on_path("databricks", env.get("PATH")).ok_or_else(|| {
-                    Error::workspace_config(String::from(
-                        "no workspace credentials found (set DATABRICKS_TOKEN, or \
-                         DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET, or install the \
-                         Databricks CLI and run `databricks auth login`)",
-                    ))
-                })?;
-                let cli_profile = requested_profile.filter(|_| !profile.name.is_empty());
-                Box::new(DatabricksCli::new(program, &host, cli_profile))
-            }
-        };
+        let http = HttpClient::new(self.http.clone(), &trust, &proxy)?;
+        let settings = ResolvedSettings::read(self, env)?;
+        let method = settings.auth_method()?;
+        let source = settings.token_source(method, &http, env)?;
         let tokens = TokenCache::labelled(source, workspace_token_policy(), "workspace token");
         Ok(Workspace {
             inner: Arc::new(Inner {
-                host,
+                client_id: settings
+                    .client_id
+                    .filter(|_| method == AuthMethod::OAuthM2M),
+                host: settings.host,
                 http,
                 tokens,
                 method,
-                client_id: client_id.filter(|_| method == AuthMethod::OAuthM2M),
-                workspace_id,
+                workspace_id: settings.workspace_id,
             }),
         })
     }
@@ -597,32 +497,6 @@ fn workspace_token_policy() -> CachePolicy {
     CachePolicy::default()
         .min_remaining(Duration::from_secs(40))
         .refresh_ahead(Duration::from_secs(20 * 60))
-}
-
-/// Looks settings up in precedence order: explicit, environment, profile.
-struct Settings<'a> {
-    env: &'a Environment,
-    profile: &'a Profile,
-}
-
-impl Settings<'_> {
-    fn pick(&self, explicit: Option<String>, var: &str, key: &str) -> Option<String> {
-        explicit
-            .filter(|v| !v.trim().is_empty())
-            .or_else(|| self.env.get(var).map(str::to_owned))
-            .or_else(|| self.profile.get(key).map(str::to_owned))
-    }
-}
-
-/// Lets a caller's shared token source sit behind the cache.
-struct SharedSource(CustomSource);
-
-impl CredentialProvider for SharedSource {
-    fn credential(
-        &self,
-    ) -> crate::error::BoxFuture<'_, Result<crate::credentials::Credential, crate::BoxError>> {
-        self.0.credential()
-    }
 }
 
 #[cfg(test)]
