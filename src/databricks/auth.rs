@@ -14,8 +14,9 @@ use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use tokio::sync::OnceCell;
 
+use super::answers::decode;
 use super::host::WorkspaceHost;
-use super::http::{Auth, Body, Call, HttpClient, api_error, decode};
+use super::http::{Auth, Body, Call, HttpClient, api_error};
 use super::time::parse_rfc3339;
 use crate::credentials::{Credential, CredentialProvider};
 use crate::error::BoxFuture;

@@ -24,6 +24,7 @@
 //!
 //! HTTP details (timeouts, retries, size caps) are documented on [`WorkspaceBuilder`].
 
+pub(crate) mod answers;
 mod api;
 mod auth;
 mod config_file;

@@ -281,7 +281,7 @@ async fn mint(state: &Shared, identity: &str, body: &[u8]) -> Answer {
         None => lifetime,
         Some(ttl) => match ttl
             .as_str()
-            .and_then(crate::databricks::http::parse_proto_duration)
+            .and_then(crate::databricks::answers::parse_proto_duration)
         {
             Some(ttl) if (300..=3600).contains(&ttl.as_secs()) => ttl,
             _ => {
