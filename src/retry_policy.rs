@@ -38,11 +38,19 @@ use crate::retry::ErrorClass;
 /// use std::time::Duration;
 /// use lakebase_pool::RetryPolicy;
 ///
+/// # fn demo() -> Result<(), lakebase_pool::Error> {
 /// let policy = RetryPolicy::default()
 ///     .connect_timeout(Duration::from_secs(5))
 ///     .backoff(Duration::from_millis(50), Duration::from_secs(2))
 ///     .deadline(Duration::from_secs(20));
-/// # let _ = policy;
+/// let pool = lakebase_pool::Pool::builder()
+///     .host("127.0.0.1")
+///     .user("app")
+///     .password("local-dev-password")
+///     .retry(policy)
+///     .build()?;
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -73,8 +81,16 @@ impl RetryPolicy {
     ///
     /// ```
     /// # use std::time::Duration;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
     /// let policy = lakebase_pool::RetryPolicy::default().connect_timeout(Duration::from_secs(15));
-    /// # let _ = policy;
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .retry(policy)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -124,9 +140,17 @@ impl RetryPolicy {
     ///
     /// ```
     /// # use std::time::Duration;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
     /// let policy = lakebase_pool::RetryPolicy::default()
     ///     .backoff(Duration::from_millis(200), Duration::from_secs(8));
-    /// # let _ = policy;
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .retry(policy)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     #[must_use]
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
@@ -142,8 +166,16 @@ impl RetryPolicy {
     ///
     /// ```
     /// # use std::time::Duration;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
     /// let policy = lakebase_pool::RetryPolicy::default().deadline(Duration::from_secs(60));
-    /// # let _ = policy;
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .retry(policy)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     #[must_use]
     pub fn deadline(mut self, deadline: Duration) -> Self {
@@ -154,8 +186,16 @@ impl RetryPolicy {
     /// A policy that never retries: one attempt, then the error.
     ///
     /// ```
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
     /// let policy = lakebase_pool::RetryPolicy::no_retry();
-    /// # let _ = policy;
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .retry(policy)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn no_retry() -> Self {
         RetryPolicy::default().deadline(Duration::ZERO)

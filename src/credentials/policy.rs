@@ -26,10 +26,18 @@ use crate::error::Error;
 /// use std::time::Duration;
 /// use lakebase_pool::CachePolicy;
 ///
+/// # fn demo() -> Result<(), lakebase_pool::Error> {
 /// let policy = CachePolicy::default()
 ///     .refresh_ahead(Duration::from_secs(10 * 60))
 ///     .min_remaining(Duration::from_secs(60));
-/// # let _ = policy;
+/// let pool = lakebase_pool::Pool::builder()
+///     .host("127.0.0.1")
+///     .user("app")
+///     .password("local-dev-password")
+///     .cache_policy(policy)
+///     .build()?;
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CachePolicy {
@@ -60,8 +68,16 @@ impl CachePolicy {
     /// Stale-while-valid fallback, back-off and timeouts still apply.
     ///
     /// ```
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
     /// let policy = lakebase_pool::CachePolicy::per_connect();
-    /// # let _ = policy;
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .cache_policy(policy)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn per_connect() -> Self {
         CachePolicy {
@@ -76,8 +92,16 @@ impl CachePolicy {
     ///
     /// ```
     /// # use std::time::Duration;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
     /// let policy = lakebase_pool::CachePolicy::default().min_remaining(Duration::from_secs(60));
-    /// # let _ = policy;
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .cache_policy(policy)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     #[must_use]
     pub fn min_remaining(mut self, min_remaining: Duration) -> Self {
@@ -92,8 +116,16 @@ impl CachePolicy {
     ///
     /// ```
     /// # use std::time::Duration;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
     /// let policy = lakebase_pool::CachePolicy::default().refresh_ahead(Duration::from_secs(600));
-    /// # let _ = policy;
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .cache_policy(policy)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     #[must_use]
     pub fn refresh_ahead(mut self, refresh_ahead: Duration) -> Self {
@@ -107,8 +139,16 @@ impl CachePolicy {
     ///
     /// ```
     /// # use std::time::Duration;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
     /// let policy = lakebase_pool::CachePolicy::default().mint_timeout(Duration::from_secs(10));
-    /// # let _ = policy;
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .cache_policy(policy)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     #[must_use]
     pub fn mint_timeout(mut self, mint_timeout: Duration) -> Self {
@@ -124,9 +164,17 @@ impl CachePolicy {
     ///
     /// ```
     /// # use std::time::Duration;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
     /// let policy = lakebase_pool::CachePolicy::default()
     ///     .failure_backoff(Duration::from_millis(500), Duration::from_secs(10));
-    /// # let _ = policy;
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .cache_policy(policy)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     #[must_use]
     pub fn failure_backoff(mut self, initial: Duration, max: Duration) -> Self {

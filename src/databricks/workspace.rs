@@ -250,8 +250,13 @@ impl WorkspaceBuilder {
     /// Default: `DATABRICKS_HOST`, else the profile's `host`.
     ///
     /// ```
-    /// let b = lakebase_pool::databricks::Workspace::builder().host("my-workspace.cloud.databricks.com");
-    /// # let _ = b;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let workspace = lakebase_pool::databricks::Workspace::builder()
+    ///     .host("my-workspace.cloud.databricks.com")
+    ///     .build()?;
+    /// println!("{}", workspace.host());
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = Some(host.into());
@@ -263,8 +268,14 @@ impl WorkspaceBuilder {
     /// Default: `DATABRICKS_TOKEN`, else the profile's `token`.
     ///
     /// ```
-    /// let b = lakebase_pool::databricks::Workspace::builder().token("dapi-example");
-    /// # let _ = b;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let workspace = lakebase_pool::databricks::Workspace::builder()
+    ///     .host("my-workspace.cloud.databricks.com")
+    ///     .token("dapi-example")
+    ///     .build()?;
+    /// println!("{}", workspace.host());
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn token(mut self, token: impl Into<Secret>) -> Self {
         self.token = Some(token.into());
@@ -277,8 +288,14 @@ impl WorkspaceBuilder {
     /// `client_id` and `client_secret`.
     ///
     /// ```
-    /// let b = lakebase_pool::databricks::Workspace::builder().client_credentials("id", "secret");
-    /// # let _ = b;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let workspace = lakebase_pool::databricks::Workspace::builder()
+    ///     .host("my-workspace.cloud.databricks.com")
+    ///     .client_credentials("id", "secret")
+    ///     .build()?;
+    /// println!("{}", workspace.host());
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn client_credentials(
         mut self,
@@ -296,8 +313,14 @@ impl WorkspaceBuilder {
     /// `[DEFAULT]`.
     ///
     /// ```
-    /// let b = lakebase_pool::databricks::Workspace::builder().profile("staging");
-    /// # let _ = b;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let workspace = lakebase_pool::databricks::Workspace::builder()
+    ///     .host("my-workspace.cloud.databricks.com")
+    ///     .profile("staging")
+    ///     .build()?;
+    /// println!("{}", workspace.host());
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn profile(mut self, profile: impl Into<String>) -> Self {
         self.profile = Some(profile.into());
@@ -309,8 +332,14 @@ impl WorkspaceBuilder {
     /// Default: `DATABRICKS_CONFIG_FILE`, else `~/.databrickscfg`.
     ///
     /// ```
-    /// let b = lakebase_pool::databricks::Workspace::builder().config_file("/etc/app/databrickscfg");
-    /// # let _ = b;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let workspace = lakebase_pool::databricks::Workspace::builder()
+    ///     .host("my-workspace.cloud.databricks.com")
+    ///     .config_file("/etc/app/databrickscfg")
+    ///     .build()?;
+    /// println!("{}", workspace.host());
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config_file = Some(path.into());
@@ -325,7 +354,7 @@ impl WorkspaceBuilder {
     ///
     /// ```
     /// use lakebase_pool::Environment;
-    /// use lakebase_pool::databricks::{AuthMethod, Workspace};
+    /// use lakebase_pool::databricks::{AuthMethod, WorkspaceBuilder};
     ///
     /// let env = Environment::from_vars([
     ///     ("DATABRICKS_HOST", "my-workspace.cloud.databricks.com"),
@@ -347,8 +376,14 @@ impl WorkspaceBuilder {
     /// Default: `DATABRICKS_WORKSPACE_ID`, else the profile's `workspace_id`, else not sent.
     ///
     /// ```
-    /// let b = lakebase_pool::databricks::Workspace::builder().workspace_id("1234567890");
-    /// # let _ = b;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let workspace = lakebase_pool::databricks::Workspace::builder()
+    ///     .host("my-workspace.cloud.databricks.com")
+    ///     .workspace_id("1234567890")
+    ///     .build()?;
+    /// println!("{}", workspace.host());
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn workspace_id(mut self, id: impl Into<String>) -> Self {
         self.workspace_id = Some(id.into());
@@ -360,9 +395,14 @@ impl WorkspaceBuilder {
     ///
     /// ```
     /// use lakebase_pool::credentials::{from_fn, Credential};
-    /// let b = lakebase_pool::databricks::Workspace::builder()
-    ///     .token_source(from_fn(|| async { Ok::<_, std::io::Error>(Credential::new("token")) }));
-    /// # let _ = b;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let workspace = lakebase_pool::databricks::Workspace::builder()
+    ///     .host("my-workspace.cloud.databricks.com")
+    ///     .token_source(from_fn(|| async { Ok::<_, std::io::Error>(Credential::new("token")) }))
+    ///     .build()?;
+    /// println!("{}", workspace.host());
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn token_source(mut self, source: impl CredentialProvider) -> Self {
         self.token_source = Some(Arc::new(source));
@@ -375,9 +415,15 @@ impl WorkspaceBuilder {
     /// Default: none.
     ///
     /// ```
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
     /// let pem = b"-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n".to_vec();
-    /// let b = lakebase_pool::databricks::Workspace::builder().root_certificates_pem(pem);
-    /// # let _ = b;
+    /// let workspace = lakebase_pool::databricks::Workspace::builder()
+    ///     .host("my-workspace.cloud.databricks.com")
+    ///     .root_certificates_pem(pem)
+    ///     .build()?;
+    /// println!("{}", workspace.host());
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.root_pems.push(pem.into());
@@ -390,8 +436,14 @@ impl WorkspaceBuilder {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let b = lakebase_pool::databricks::Workspace::builder().request_timeout(Duration::from_secs(10));
-    /// # let _ = b;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let workspace = lakebase_pool::databricks::Workspace::builder()
+    ///     .host("my-workspace.cloud.databricks.com")
+    ///     .request_timeout(Duration::from_secs(10))
+    ///     .build()?;
+    /// println!("{}", workspace.host());
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.http.request_timeout = timeout;
@@ -405,8 +457,14 @@ impl WorkspaceBuilder {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let b = lakebase_pool::databricks::Workspace::builder().retry_budget(Duration::from_secs(20));
-    /// # let _ = b;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let workspace = lakebase_pool::databricks::Workspace::builder()
+    ///     .host("my-workspace.cloud.databricks.com")
+    ///     .retry_budget(Duration::from_secs(20))
+    ///     .build()?;
+    /// println!("{}", workspace.host());
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn retry_budget(mut self, budget: Duration) -> Self {
         self.http.retry_budget = budget;

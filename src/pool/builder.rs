@@ -209,9 +209,16 @@ impl PoolBuilder {
     /// [`hostaddr`](Self::hostaddr) is a `build` error: set each in one place.
     ///
     /// ```
-    /// let config: tokio_postgres::Config = "host=127.0.0.1 user=app dbname=app".parse().unwrap();
-    /// let builder = lakebase_pool::Pool::builder().pg_config(config);
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let config: tokio_postgres::Config = "host=127.0.0.1 user=app dbname=app options=-cstatement_timeout=5s"
+    ///     .parse()
+    ///     .expect("a valid connection string");
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .pg_config(config)
+    ///     .password("local-dev-password")
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn pg_config(mut self, config: tokio_postgres::Config) -> Self {
         self.pg_config = config;
@@ -222,8 +229,15 @@ impl PoolBuilder {
     /// Required, unless discovered from a [`lakebase_endpoint`](Self::lakebase_endpoint).
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder().host("127.0.0.1");
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .host("127.0.0.1")
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn host(mut self, host: impl AsRef<str>) -> Self {
         self.host = Some(host.as_ref().to_owned());
@@ -235,8 +249,15 @@ impl PoolBuilder {
     /// Default: 5432.
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder().port(5433);
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .port(5433)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
@@ -247,8 +268,15 @@ impl PoolBuilder {
     /// [`lakebase_endpoint`](Self::lakebase_endpoint).
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder().user("app");
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .user("app")
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn user(mut self, user: impl Into<String>) -> Self {
         let _ = self.pg_config.user(user);
@@ -261,8 +289,15 @@ impl PoolBuilder {
     /// else the user name (as libpq does).
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder().dbname("databricks_postgres");
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .dbname("databricks_postgres")
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn dbname(mut self, dbname: impl Into<String>) -> Self {
         let _ = self.pg_config.dbname(dbname);
@@ -274,8 +309,15 @@ impl PoolBuilder {
     /// Default: none.
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder().application_name("orders-api");
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .application_name("orders-api")
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
         let _ = self.pg_config.application_name(name);
@@ -286,8 +328,15 @@ impl PoolBuilder {
     /// before.
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder().password("postgres");
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .password("postgres")
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn password(self, password: impl Into<Secret>) -> Self {
         self.credentials(StaticPassword::new(password))
@@ -300,10 +349,17 @@ impl PoolBuilder {
     /// ```
     /// use lakebase_pool::credentials::{from_fn, Credential};
     ///
-    /// let builder = lakebase_pool::Pool::builder().credentials(from_fn(|| async {
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .credentials(from_fn(|| async {
     ///     Ok::<_, std::io::Error>(Credential::new("fetched"))
-    /// }));
-    /// # let _ = builder;
+    ///     }))
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn credentials(mut self, provider: impl CredentialProvider) -> Self {
         self.provider = Some(Box::new(provider));
@@ -320,9 +376,15 @@ impl PoolBuilder {
     /// [`Error::InvalidEndpointName`].
     ///
     /// ```no_run
-    /// let builder = lakebase_pool::Pool::builder()
-    ///     .lakebase_endpoint("projects/shop/branches/production/endpoints/ep-primary");
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .lakebase_endpoint("projects/shop/branches/production/endpoints/ep-primary")
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn lakebase_endpoint(mut self, endpoint: impl AsRef<str>) -> Self {
         self.endpoint = Some(EndpointName::parse(endpoint.as_ref()));
@@ -336,10 +398,16 @@ impl PoolBuilder {
     ///
     /// ```no_run
     /// use lakebase_pool::databricks::Workspace;
-    /// let builder = lakebase_pool::Pool::builder()
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
     ///     .workspace(Workspace::builder().host("my-workspace.cloud.databricks.com").build()?)
-    ///     .lakebase_endpoint("projects/shop/branches/production/endpoints/ep-primary");
-    /// # let _ = builder;
+    ///     .lakebase_endpoint("projects/shop/branches/production/endpoints/ep-primary")
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// # Ok::<(), lakebase_pool::Error>(())
     /// ```
     pub fn workspace(mut self, workspace: Workspace) -> Self {
@@ -354,8 +422,15 @@ impl PoolBuilder {
     /// [`dangerous().allow_plaintext()`](Dangerous::allow_plaintext).
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder().ssl_mode(lakebase_pool::SslMode::VerifyFull);
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .ssl_mode(lakebase_pool::SslMode::VerifyFull)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn ssl_mode(mut self, mode: SslMode) -> Self {
         self.tls.mode = Some(mode);
@@ -368,9 +443,16 @@ impl PoolBuilder {
     /// Default: none.
     ///
     /// ```
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
     /// let pem = b"-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n".to_vec();
-    /// let builder = lakebase_pool::Pool::builder().root_certificates_pem(pem);
-    /// # let _ = builder;
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .root_certificates_pem(pem)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.roots.push(RootSource::Pem(pem.into()));
@@ -383,8 +465,15 @@ impl PoolBuilder {
     /// Default: none.
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder().root_certificates_file("/etc/ssl/private-ca.pem");
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .root_certificates_file("/etc/ssl/private-ca.pem")
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn root_certificates_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.roots.push(RootSource::File(path.into()));
@@ -398,10 +487,16 @@ impl PoolBuilder {
     ///
     /// ```
     /// use std::net::Ipv4Addr;
-    /// let builder = lakebase_pool::Pool::builder()
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
     ///     .host("ep-example.database.example.com")
-    ///     .hostaddr(Ipv4Addr::new(10, 1, 2, 3).into());
-    /// # let _ = builder;
+    ///     .hostaddr(Ipv4Addr::new(10, 1, 2, 3).into())
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn hostaddr(mut self, address: IpAddr) -> Self {
         self.hostaddr = Some(address);
@@ -416,9 +511,15 @@ impl PoolBuilder {
     /// ```
     /// use std::net::Ipv4Addr;
     /// use lakebase_pool::resolve::StaticResolver;
-    /// let builder = lakebase_pool::Pool::builder()
-    ///     .resolver(StaticResolver::new().with("ep-test.db.lakebase.test", Ipv4Addr::LOCALHOST));
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .resolver(StaticResolver::new().with("ep-test.db.lakebase.test", Ipv4Addr::LOCALHOST))
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn resolver(mut self, resolver: impl Resolve) -> Self {
         self.resolver = Some(Arc::new(resolver));
@@ -429,8 +530,15 @@ impl PoolBuilder {
     /// pool is built.
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder().dangerous().accept_invalid_certificates();
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .dangerous().accept_invalid_certificates()
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn dangerous(self) -> Dangerous {
         Dangerous(self)
@@ -442,8 +550,15 @@ impl PoolBuilder {
     /// background once < 15 min left).
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder().cache_policy(lakebase_pool::CachePolicy::per_connect());
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .cache_policy(lakebase_pool::CachePolicy::per_connect())
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn cache_policy(mut self, policy: CachePolicy) -> Self {
         self.cache_policy = policy;
@@ -457,9 +572,15 @@ impl PoolBuilder {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let builder = lakebase_pool::Pool::builder()
-    ///     .retry(lakebase_pool::RetryPolicy::default().deadline(Duration::from_secs(60)));
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .retry(lakebase_pool::RetryPolicy::default().deadline(Duration::from_secs(60)))
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
@@ -471,8 +592,15 @@ impl PoolBuilder {
     /// Default: 16.
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder().max_size(32);
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .max_size(32)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn max_size(mut self, max_size: usize) -> Self {
         self.max_size = max_size;
@@ -488,8 +616,15 @@ impl PoolBuilder {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let builder = lakebase_pool::Pool::builder().max_lifetime(Duration::from_secs(30 * 60));
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .max_lifetime(Duration::from_secs(30 * 60))
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn max_lifetime(mut self, max_lifetime: Duration) -> Self {
         self.lifecycle.max_lifetime = max_lifetime;
@@ -503,8 +638,15 @@ impl PoolBuilder {
     /// Default: 0.05 (0-5 %).
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder().lifetime_jitter(0.1);
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .lifetime_jitter(0.1)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn lifetime_jitter(mut self, fraction: f64) -> Self {
         self.lifecycle.jitter = fraction;
@@ -518,8 +660,15 @@ impl PoolBuilder {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let builder = lakebase_pool::Pool::builder().idle_timeout(Duration::from_secs(300));
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .idle_timeout(Duration::from_secs(300))
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
         self.lifecycle.idle_timeout = idle_timeout;
@@ -534,8 +683,15 @@ impl PoolBuilder {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let builder = lakebase_pool::Pool::builder().validate_after_idle(Duration::from_secs(1));
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .validate_after_idle(Duration::from_secs(1))
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn validate_after_idle(mut self, idle: Duration) -> Self {
         self.lifecycle.validate_after_idle = idle;
@@ -549,8 +705,15 @@ impl PoolBuilder {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let builder = lakebase_pool::Pool::builder().wait_timeout(Duration::from_secs(5));
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .wait_timeout(Duration::from_secs(5))
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn wait_timeout(mut self, wait_timeout: Duration) -> Self {
         self.wait_timeout = wait_timeout;
@@ -737,8 +900,15 @@ impl Dangerous {
     /// Anyone who can intercept the connection can then read the token.
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder().dangerous().accept_invalid_certificates();
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .dangerous().accept_invalid_certificates()
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn accept_invalid_certificates(mut self) -> PoolBuilder {
         self.0.tls.trust.accept_invalid_certificates = true;
@@ -749,8 +919,15 @@ impl Dangerous {
     /// text: only on a network you fully trust.
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder().dangerous().allow_plaintext();
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .dangerous().allow_plaintext()
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn allow_plaintext(mut self) -> PoolBuilder {
         self.0.tls.allow_plaintext = true;
