@@ -108,8 +108,13 @@ impl StaticResolver {
     /// An empty map.
     ///
     /// ```
-    /// let resolver = lakebase_pool::resolve::StaticResolver::new();
-    /// # let _ = resolver;
+    /// use lakebase_pool::resolve::{Resolve, StaticResolver};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let resolver = StaticResolver::new();
+    /// assert!(resolver.resolve("db.internal").await.is_err());
+    /// # }
     /// ```
     pub fn new() -> Self {
         StaticResolver::default()
@@ -118,9 +123,17 @@ impl StaticResolver {
     /// Adds `address` for `host` (after any added before).
     ///
     /// ```
-    /// use std::net::Ipv6Addr;
-    /// let resolver = lakebase_pool::resolve::StaticResolver::new().with("db.internal", Ipv6Addr::LOCALHOST);
-    /// # let _ = resolver;
+    /// use std::net::{IpAddr, Ipv6Addr};
+    /// use lakebase_pool::resolve::{Resolve, StaticResolver};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let resolver = StaticResolver::new().with("db.internal", Ipv6Addr::LOCALHOST);
+    /// assert_eq!(
+    ///     resolver.resolve("db.internal").await.unwrap(),
+    ///     [IpAddr::V6(Ipv6Addr::LOCALHOST)]
+    /// );
+    /// # }
     /// ```
     #[must_use]
     pub fn with(mut self, host: &str, address: impl Into<IpAddr>) -> Self {

@@ -21,10 +21,15 @@ const CREDENTIALS_PATH: &str = "/api/2.0/postgres/credentials";
 /// use std::time::Duration;
 /// use lakebase_pool::databricks::CredentialRequest;
 ///
+/// # async fn demo(workspace: lakebase_pool::databricks::Workspace) -> Result<(), lakebase_pool::Error> {
 /// let request = CredentialRequest::default()
 ///     .ttl(Duration::from_secs(1800))
 ///     .read_only_table("main.sales.orders");
-/// # let _ = request;
+/// let endpoint = "projects/shop/branches/production/endpoints/primary".parse()?;
+/// let credential = workspace.generate_database_credential(&endpoint, &request).await?;
+/// println!("expires at {:?}", credential.expire_time());
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CredentialRequest {
@@ -39,8 +44,12 @@ impl CredentialRequest {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let r = lakebase_pool::databricks::CredentialRequest::default().ttl(Duration::from_secs(900));
-    /// # let _ = r;
+    /// # async fn demo(workspace: lakebase_pool::databricks::Workspace) -> Result<(), lakebase_pool::Error> {
+    /// let request = lakebase_pool::databricks::CredentialRequest::default().ttl(Duration::from_secs(900));
+    /// let endpoint = "projects/shop/branches/production/endpoints/primary".parse()?;
+    /// let credential = workspace.generate_database_credential(&endpoint, &request).await?;
+    /// # Ok(())
+    /// # }
     /// ```
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -54,8 +63,12 @@ impl CredentialRequest {
     /// Default: no restriction.
     ///
     /// ```
-    /// let r = lakebase_pool::databricks::CredentialRequest::default().read_only_table("main.a.b");
-    /// # let _ = r;
+    /// # async fn demo(workspace: lakebase_pool::databricks::Workspace) -> Result<(), lakebase_pool::Error> {
+    /// let request = lakebase_pool::databricks::CredentialRequest::default().read_only_table("main.a.b");
+    /// let endpoint = "projects/shop/branches/production/endpoints/primary".parse()?;
+    /// let credential = workspace.generate_database_credential(&endpoint, &request).await?;
+    /// # Ok(())
+    /// # }
     /// ```
     #[must_use]
     pub fn read_only_table(mut self, table: impl Into<String>) -> Self {

@@ -103,9 +103,13 @@ impl fmt::Debug for Workspace {
 impl Workspace {
     /// Starts configuring a workspace client.
     ///
-    /// ```
-    /// let builder = lakebase_pool::databricks::Workspace::builder();
-    /// # let _ = builder;
+    /// ```no_run
+    /// let workspace = lakebase_pool::databricks::Workspace::builder()
+    ///     .host("my-workspace.cloud.databricks.com")
+    ///     .token("dapi-example")
+    ///     .build()?;
+    /// assert_eq!(workspace.host(), "https://my-workspace.cloud.databricks.com");
+    /// # Ok::<(), lakebase_pool::Error>(())
     /// ```
     pub fn builder() -> WorkspaceBuilder {
         WorkspaceBuilder::default()

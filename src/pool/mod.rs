@@ -116,8 +116,14 @@ impl Pool {
     /// Starts configuring a pool.
     ///
     /// ```
-    /// let builder = lakebase_pool::Pool::builder();
-    /// # let _ = builder;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn builder() -> PoolBuilder {
         PoolBuilder::default()

@@ -5,11 +5,11 @@ use serde_json::json;
 
 /// A canned misbehaviour for the next matching requests; see [`MockWorkspace::inject`].
 ///
-/// ```
-/// use lakebase_pool::testing::Fault;
+/// ```no_run
+/// use lakebase_pool::testing::{Fault, MockWorkspace};
 ///
-/// let fault = Fault::rate_limited(1).times(2).on("/api/2.0/postgres/credentials");
-/// # let _ = fault;
+/// let mock = MockWorkspace::start().unwrap();
+/// mock.inject(Fault::rate_limited(1).times(2).on("/api/2.0/postgres/credentials"));
 /// ```
 #[derive(Clone, Debug)]
 pub struct Fault {
@@ -33,9 +33,9 @@ pub(super) enum FaultKind {
 impl Fault {
     /// Answer with `status` and `body` (any text: JSON, HTML, nothing).
     ///
-    /// ```
-    /// let fault = lakebase_pool::testing::Fault::status(503, "<html>maintenance</html>");
-    /// # let _ = fault;
+    /// ```no_run
+    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool::testing::Fault::status(503, "<html>maintenance</html>"));
     /// ```
     pub fn status(status: u16, body: impl Into<String>) -> Self {
         Fault {
@@ -51,9 +51,9 @@ impl Fault {
 
     /// Answer 429 with `Retry-After: seconds` and an API error body.
     ///
-    /// ```
-    /// let fault = lakebase_pool::testing::Fault::rate_limited(2);
-    /// # let _ = fault;
+    /// ```no_run
+    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool::testing::Fault::rate_limited(2));
     /// ```
     pub fn rate_limited(seconds: u64) -> Self {
         Fault {
@@ -71,9 +71,9 @@ impl Fault {
 
     /// Answer 200 with a truncated JSON document.
     ///
-    /// ```
-    /// let fault = lakebase_pool::testing::Fault::malformed_json();
-    /// # let _ = fault;
+    /// ```no_run
+    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool::testing::Fault::malformed_json());
     /// ```
     pub fn malformed_json() -> Self {
         Fault {
@@ -86,9 +86,9 @@ impl Fault {
     /// Answer 200 announcing a longer body than it sends, then close the connection: an
     /// answer cut off in transit.
     ///
-    /// ```
-    /// let fault = lakebase_pool::testing::Fault::truncated();
-    /// # let _ = fault;
+    /// ```no_run
+    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool::testing::Fault::truncated());
     /// ```
     pub fn truncated() -> Self {
         Fault {
@@ -100,9 +100,9 @@ impl Fault {
 
     /// Never answer (the connection stays open until the mock stops).
     ///
-    /// ```
-    /// let fault = lakebase_pool::testing::Fault::hang();
-    /// # let _ = fault;
+    /// ```no_run
+    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool::testing::Fault::hang());
     /// ```
     pub fn hang() -> Self {
         Fault {
@@ -114,9 +114,9 @@ impl Fault {
 
     /// Apply to the next `n` matching requests (default 1).
     ///
-    /// ```
-    /// let fault = lakebase_pool::testing::Fault::status(500, "").times(3);
-    /// # let _ = fault;
+    /// ```no_run
+    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool::testing::Fault::status(500, "").times(3));
     /// ```
     #[must_use]
     pub fn times(mut self, n: usize) -> Self {
@@ -126,9 +126,9 @@ impl Fault {
 
     /// Apply only to requests whose path starts with `prefix` (default: any request).
     ///
-    /// ```
-    /// let fault = lakebase_pool::testing::Fault::hang().on("/api/2.0/postgres/credentials");
-    /// # let _ = fault;
+    /// ```no_run
+    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool::testing::Fault::hang().on("/api/2.0/postgres/credentials"));
     /// ```
     #[must_use]
     pub fn on(mut self, prefix: impl Into<String>) -> Self {
