@@ -6,7 +6,7 @@ use crate::backoff::Backoff;
 use crate::defaults;
 use crate::error::Error;
 
-/// When the [`TokenCache`] asks its provider for a new token.
+/// When the [`TokenCache`](crate::TokenCache) asks its provider for a new token.
 ///
 /// The defaults suit Lakebase tokens, which live for an hour and are checked by Postgres only
 /// at login:

@@ -3,7 +3,7 @@
 use hyper::body::Bytes;
 use serde_json::json;
 
-/// A canned misbehaviour for the next matching requests; see [`MockWorkspace::inject`].
+/// A canned misbehaviour for the next matching requests; see [`MockWorkspace::inject`](crate::testing::MockWorkspace::inject).
 ///
 /// ```no_run
 /// use lakebase_pool::testing::{Fault, MockWorkspace};
