@@ -5,7 +5,7 @@ use std::time::Duration;
 use lakebase_pool::testing::{FaultProxy, LocalPostgres, NetworkFault, StopMode};
 use lakebase_pool::{Error, Listener, ListenerEvent, Pool, RetryPolicy};
 
-use crate::support::{ROLE, app_pool, cluster};
+use crate::support::{ROLE, app_pool, cluster, server_sessions};
 
 /// The next event, or a panic naming what was awaited after 15 s.
 async fn next(listener: &mut Listener, waiting_for: &str) -> ListenerEvent {
@@ -227,19 +227,8 @@ async fn a_listener_does_not_keep_its_pool_alive() {
     let mut listener = pool.listener(["jobs"]).await.unwrap();
     drop(pool);
 
-    let admin = pg.admin().await.unwrap();
-    let sessions = || async {
-        admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-                &[&ROLE],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while sessions().await != 1 {
+    while server_sessions(&pg).await != 1 {
         assert!(
             std::time::Instant::now() < deadline,
             "the pool's idle connection outlived the pool"

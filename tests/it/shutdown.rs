@@ -6,20 +6,7 @@ use lakebase_pool::Error;
 use lakebase_pool::testing::LocalPostgres;
 use tokio::runtime::Handle;
 
-use crate::support::{ROLE, app_pool, cluster};
-
-/// Sessions the `app` role has open on the server.
-async fn server_sessions(pg: &LocalPostgres) -> i64 {
-    let admin = pg.admin().await.unwrap();
-    admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-            &[&ROLE],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
+use crate::support::{app_pool, cluster, server_sessions};
 
 /// Waits (bounded) until the runtime runs no more tasks than `expected`; returns the count.
 async fn settle_tasks(expected: usize) -> usize {

@@ -118,3 +118,16 @@ impl LogCapture {
         self.text().matches(needle).count()
     }
 }
+
+/// Sessions the `app` role has open on the server.
+pub async fn server_sessions(pg: &LocalPostgres) -> i64 {
+    let admin = pg.admin().await.unwrap();
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+            &[&ROLE],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}

@@ -7,7 +7,7 @@ use lakebase_pool::resolve::{HickoryResolver, Resolve, StaticResolver};
 use lakebase_pool::testing::{IssuedCertificate, LocalPostgres, MockWorkspace, TestCa};
 use lakebase_pool::{Environment, Error, PoolBuilder, RetryPolicy, Secret, SslMode};
 
-use crate::support::{INITIAL_PASSWORD, ROLE, chain};
+use crate::support::{INITIAL_PASSWORD, ROLE, app_pool, chain, cluster};
 
 const HOST: &str = "ep-test.db.lakebase.test";
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -400,16 +400,8 @@ async fn the_dangerous_opt_out_accepts_an_untrusted_certificate_and_says_so() {
 /// first while the server listens on 127.0.0.1 only).
 #[tokio::test]
 async fn plain_text_to_localhost_is_resolved_checked_and_connects() {
-    let pg = LocalPostgres::start().unwrap();
-    pg.create_role(ROLE, &Secret::new(INITIAL_PASSWORD))
-        .await
-        .unwrap();
-    let pool = pg
-        .pool_builder(ROLE)
-        .host("localhost")
-        .password(INITIAL_PASSWORD)
-        .build()
-        .unwrap();
+    let pg = cluster().await;
+    let pool = app_pool(&pg).host("localhost").build().unwrap();
     let conn = pool.get().await.unwrap();
     conn.simple_query("SELECT 1").await.unwrap();
 }
