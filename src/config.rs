@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::endpoint::EndpointName;
 use crate::error::Error;
 use crate::secret::Secret;
-use crate::tls::SslMode;
+use crate::tls::{ChannelBinding, SslMode};
 
 /// A snapshot of environment variables, which configuration is read from.
 ///
@@ -99,6 +99,7 @@ pub(crate) struct PoolSettings {
     pub(crate) application_name: Option<String>,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) ssl_mode: Option<SslMode>,
+    pub(crate) channel_binding: Option<ChannelBinding>,
     pub(crate) hostaddr: Option<IpAddr>,
     pub(crate) root_certificates: Option<PathBuf>,
     pub(crate) password_source: PasswordSource,
@@ -119,6 +120,7 @@ pub(crate) fn pool_settings(env: &Environment) -> Result<PoolSettings, Error> {
     let mut port = None;
     let mut connect_timeout = None;
     let mut ssl_mode = None;
+    let mut channel_binding = None;
     let mut hostaddr = None;
     let mut root_certificates = None;
     if let Some(text) = env.get("PGPORT") {
@@ -155,6 +157,15 @@ pub(crate) fn pool_settings(env: &Environment) -> Result<PoolSettings, Error> {
             )
         })?;
         ssl_mode = Some(mode);
+    }
+    if let Some(binding) = env.get("PGCHANNELBINDING") {
+        let binding = binding.parse::<ChannelBinding>().map_err(|_| {
+            invalid(
+                "PGCHANNELBINDING",
+                format!("must be one of disable, prefer, require, not `{binding}`"),
+            )
+        })?;
+        channel_binding = Some(binding);
     }
     if let Some(address) = env.get("PGHOSTADDR") {
         let address = address.parse::<IpAddr>().map_err(|_| {
@@ -223,6 +234,7 @@ pub(crate) fn pool_settings(env: &Environment) -> Result<PoolSettings, Error> {
             .map(str::to_owned),
         connect_timeout,
         ssl_mode,
+        channel_binding,
         hostaddr,
         root_certificates,
         password_source,
@@ -237,7 +249,7 @@ mod properties {
 
     /// Variables the pool reads, given any value. (`PGSSLROOTCERT` names a file to read, so it
     /// is given a path that does not exist.)
-    const VARS: [&str; 12] = [
+    const VARS: [&str; 13] = [
         "PGHOST",
         "PGHOSTADDR",
         "PGPORT",
@@ -245,6 +257,7 @@ mod properties {
         "PGDATABASE",
         "PGAPPNAME",
         "PGSSLMODE",
+        "PGCHANNELBINDING",
         "PGCONNECT_TIMEOUT",
         "PGPASSWORD",
         "LAKEBASE_ENDPOINT",

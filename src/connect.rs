@@ -17,7 +17,7 @@ use crate::credentials::{Credential, TokenCache};
 use crate::error::{BoxError, BoxFuture, Error, error_chain};
 use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolveError};
-use crate::retry::{ErrorClass, classify};
+use crate::retry::{ErrorClass, classify, fix_for};
 use crate::retry_policy::RetryPolicy;
 use crate::target::{TlsSettings, describe_target, settle};
 
@@ -276,6 +276,7 @@ impl Connector {
                         tracing::warn!(error = %error_chain(&source), "login rejected with a fresh token");
                         return Err(Error::AuthRejected {
                             target: prepared.target.clone(),
+                            user: prepared.pg_config.get_user().unwrap_or_default().to_owned(),
                             source,
                         });
                     }
@@ -290,9 +291,11 @@ impl Connector {
                     just_refreshed = true;
                 }
                 (ErrorClass::Fatal, AttemptError::Postgres(source)) => {
-                    tracing::warn!(cause = %error_chain(&source), "connect failed with a non-retryable error");
+                    let fix = fix_for(&source);
+                    tracing::warn!(cause = %error_chain(&source), fix, "connect failed with a non-retryable error");
                     return Err(Error::Connect {
                         target: prepared.target.clone(),
+                        fix,
                         source,
                     });
                 }

@@ -103,30 +103,39 @@ pub enum Error {
     },
 
     /// Connecting failed with an error that retrying cannot fix (wrong database name, endpoint
-    /// disabled or unknown, protocol error, ...). The server's error is the
-    /// [`source`](std::error::Error::source).
+    /// disabled or unknown, no SNI, protocol error, ...). The server's error is the
+    /// [`source`](std::error::Error::source); `fix` says what to change when the crate knows
+    /// (the Lakebase proxy's configuration errors, see [`retry`](crate::retry)).
     #[error(
-        "could not connect to {target} (the error is not retryable; the cause says what to fix)"
+        "could not connect to {target}: {}",
+        fix.unwrap_or("the error is not retryable; the cause says what to fix")
     )]
     #[non_exhaustive]
     Connect {
         /// `user@host:port/dbname` of the connection that failed.
         target: String,
+        /// What to change, when known ([`retry::fix_for`](crate::retry::fix_for)).
+        fix: Option<&'static str>,
         /// The error from tokio-postgres.
         #[source]
         source: tokio_postgres::Error,
     },
 
-    /// The server rejected the login, and it rejected a freshly minted token too.
+    /// The server refused the login twice, the second time with a freshly minted token (or a
+    /// freshly read password): retrying will not help.
     #[error(
-        "{target} rejected the login even with a freshly minted token (check that the role \
-         exists, may log in, and matches the identity the tokens are minted for)"
+        "{target} refused the login as `{user}`: the token was rejected, and a freshly minted one \
+         too (check that the role exists, may log in, and matches the identity the tokens are minted for, and \
+         that the endpoint exists: Lakebase answers a token for an unknown endpoint the same way)"
     )]
     #[non_exhaustive]
     AuthRejected {
         /// `user@host:port/dbname` of the connection that failed.
         target: String,
-        /// The server's authentication error (SQLSTATE `28P01` or `28000`).
+        /// The role the login was for.
+        user: String,
+        /// The server's authentication error: SQLSTATE `28P01` or `28000` from Postgres, or
+        /// the Lakebase proxy's `XX000` "password authentication failed".
         #[source]
         source: tokio_postgres::Error,
     },

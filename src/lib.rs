@@ -44,7 +44,8 @@
 //! * [`credentials`]: the [`CredentialProvider`](credentials::CredentialProvider) trait and the
 //!   [`TokenCache`] that decides when to mint.
 //! * [`retry`]: which connection errors are retried, and the backoff schedule.
-//! * [`SslMode`]: what each `sslmode` means here; [`resolve`]: choosing the TCP address yourself.
+//! * [`SslMode`]: what each `sslmode` means here; [`ChannelBinding`]: SCRAM bound to the TLS
+//!   session; [`resolve`]: choosing the TCP address yourself.
 //! * [`databricks`]: the workspace client and the Lakebase credential provider.
 //! * [`defaults`]: every default value with the reason for it.
 //! * `testing` (feature `testing`): a throwaway local PostgreSQL, mock workspace and Lakebase
@@ -66,6 +67,8 @@
 //! output or tracing field contains one. Every connection but one to a loopback host uses TLS
 //! with the certificate chain and host name verified, whatever `sslmode` says short of
 //! `verify-ca`; see [`SslMode`] for each mode and why `require` is stricter than in libpq.
+//! SCRAM logins over TLS are bound to the session whenever the server offers it
+//! ([`ChannelBinding`]).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, rustdoc::broken_intra_doc_links)]
@@ -119,7 +122,7 @@ pub use crate::pool::{
 };
 pub use crate::retry_policy::RetryPolicy;
 pub use crate::secret::Secret;
-pub use crate::tls::SslMode;
+pub use crate::tls::{ChannelBinding, SslMode};
 
 /// The README's examples, compiled as doctests so that they stay true.
 #[cfg(doctest)]

@@ -7,16 +7,39 @@
 //! * **Transient**: the server is down, restarting, or waking from scale-to-zero. I/O errors
 //!   `ConnectionRefused`, `ConnectionReset`, `ConnectionAborted`, `TimedOut`, `UnexpectedEof`,
 //!   `BrokenPipe`, `NotConnected`; a connection closed during start-up; SQLSTATE `57P01`,
-//!   `57P02`, `57P03`, `08000`, `08001`, `08003`, `08006`; and the Lakebase proxy's own
-//!   `XX000` messages "Couldn't connect to compute node", "endpoint is idle, retry request",
-//!   "timed out while waiting for endpoint to become active".
-//! * **Rate limited**: retry, but back off longer. SQLSTATE `53300` and the proxy messages "Too
-//!   many connections attempts", "Failed to acquire permit to connect to the database", "Too
-//!   many connections to this endpoint".
-//! * **Auth**: SQLSTATE `28P01` or `28000`. The pool mints a fresh token and tries once more.
-//! * **Fatal**: everything else, including the proxy's "endpoint is disabled", "endpoint
-//!   cannot be found", "Check your quotas" and "Endpoint ID is not specified". Fails at once.
+//!   `57P02`, `57P03`, `08000`, `08001`, `08003`, `08006`.
+//! * **Rate limited**: retry, but back off longer. SQLSTATE `53300`.
+//! * **Auth**: the login was rejected, SQLSTATE `28P01` or `28000`. The pool mints a fresh
+//!   token and tries once more.
+//! * **Fatal**: everything else. Fails at once.
 //!
+//! # The Lakebase proxy's own errors
+//!
+//! The proxy in front of every Lakebase endpoint (Neon's) reports everything it decides
+//! itself as SQLSTATE `XX000`, severity `ERROR`, told apart only by the text. These are the
+//! texts recognised (as case-insensitive substrings, first match wins), each with its class
+//! and, for the fatal ones, what the error's message tells the user to fix
+//! ([`fix_for`]):
+//!
+//! | text | class | what to fix |
+//! |---|---|---|
+//! | `password authentication failed for user` | auth | the proxy's rejection of a token (not `28P01`); also what an unknown endpoint looks like |
+//! | `Couldn't connect to compute node` | transient | |
+//! | `endpoint is idle, retry request` | transient | |
+//! | `timed out while waiting for endpoint to become active` | transient | |
+//! | `Too many connections attempts` | rate limited | |
+//! | `Failed to acquire permit to connect to the database` | rate limited | |
+//! | `Too many connections to this endpoint` | rate limited | |
+//! | `endpoint is disabled` | fatal | enable the endpoint |
+//! | `endpoint cannot be found` | fatal | the host or endpoint name |
+//! | `Check your quotas` | fatal | the project's quotas |
+//! | `Endpoint ID is not specified` | fatal | connect by the endpoint's host name (SNI), or pass `options=endpoint=<id>` |
+//! | `Inconsistent project name inferred from SNI` | fatal | `options=endpoint=` names another endpoint than the host |
+//! | `must contain only alphanumeric characters and hyphen` | fatal | a malformed endpoint id in the host or options |
+//! | `connection is insecure` | fatal | TLS is required: an sslmode other than `disable` |
+//!
+//! Any other `XX000` text is fatal. Outside this table, [`fix_for`] also explains
+//! `channel_binding=require` against a server that did not offer `SCRAM-SHA-256-PLUS`.
 //!
 //! How long to wait between attempts is the [`RetryPolicy`](crate::RetryPolicy)'s business.
 
@@ -125,32 +148,133 @@ pub(crate) fn classify_server_error(code: &SqlState, message: &str) -> ErrorClas
     {
         ErrorClass::Transient
     } else if *code == SqlState::INTERNAL_ERROR {
-        classify_proxy_message(message)
+        proxy_text(message).map_or(ErrorClass::Fatal, |entry| entry.class)
     } else {
         ErrorClass::Fatal
     }
 }
 
-/// The Lakebase (Neon) proxy reports its own failures as `XX000` with these texts.
-fn classify_proxy_message(message: &str) -> ErrorClass {
-    const RATE_LIMITED: [&str; 3] = [
-        "too many connections attempts",
-        "failed to acquire permit to connect to the database",
-        "too many connections to this endpoint",
-    ];
-    const TRANSIENT: [&str; 3] = [
-        "couldn't connect to compute node",
-        "endpoint is idle, retry request",
-        "timed out while waiting for endpoint to become active",
-    ];
-    let message = message.to_ascii_lowercase();
-    if RATE_LIMITED.iter().any(|text| message.contains(text)) {
-        ErrorClass::RateLimited
-    } else if TRANSIENT.iter().any(|text| message.contains(text)) {
-        ErrorClass::Transient
-    } else {
-        ErrorClass::Fatal
+/// One of the Lakebase proxy's own `XX000` texts; see the [module docs](self).
+struct ProxyText {
+    /// Lowercase, matched as a substring of the lowercased message.
+    text: &'static str,
+    class: ErrorClass,
+    /// For fatal texts: what the user must change.
+    fix: Option<&'static str>,
+}
+
+const fn text(text: &'static str, class: ErrorClass) -> ProxyText {
+    ProxyText {
+        text,
+        class,
+        fix: None,
     }
+}
+
+const fn fatal(text: &'static str, fix: &'static str) -> ProxyText {
+    ProxyText {
+        text,
+        class: ErrorClass::Fatal,
+        fix: Some(fix),
+    }
+}
+
+/// The one table of the proxy's texts. The module docs list every entry (a test checks).
+const PROXY_TEXTS: [ProxyText; 14] = [
+    text("password authentication failed for user", ErrorClass::Auth),
+    text("couldn't connect to compute node", ErrorClass::Transient),
+    text("endpoint is idle, retry request", ErrorClass::Transient),
+    text(
+        "timed out while waiting for endpoint to become active",
+        ErrorClass::Transient,
+    ),
+    text("too many connections attempts", ErrorClass::RateLimited),
+    text(
+        "failed to acquire permit to connect to the database",
+        ErrorClass::RateLimited,
+    ),
+    text(
+        "too many connections to this endpoint",
+        ErrorClass::RateLimited,
+    ),
+    fatal(
+        "endpoint is disabled",
+        "the endpoint is disabled: enable it in the workspace, or connect to another endpoint",
+    ),
+    fatal(
+        "endpoint cannot be found",
+        "no such endpoint: check the host name (its first label is the endpoint id) and the \
+         endpoint name",
+    ),
+    fatal(
+        "check your quotas",
+        "the project is over a quota: check its limits in the workspace",
+    ),
+    fatal(
+        "endpoint id is not specified",
+        "the proxy could not tell which endpoint is meant: connect with the endpoint's own host \
+         name, which TLS sends as SNI (give an IP address as `hostaddr`, never as the host), or \
+         pass `options=endpoint=<endpoint-id>`",
+    ),
+    fatal(
+        "inconsistent project name inferred from sni",
+        "`options=endpoint=` names another endpoint than the host name does: drop the option, \
+         or make it match the host's first label",
+    ),
+    fatal(
+        "must contain only alphanumeric characters and hyphen",
+        "the endpoint id (the host's first label, or `options=endpoint=`) is malformed: use the \
+         host name the workspace gives for the endpoint",
+    ),
+    fatal(
+        "connection is insecure",
+        "the proxy accepts TLS only: use an sslmode other than `disable`",
+    ),
+];
+
+fn proxy_text(message: &str) -> Option<&'static ProxyText> {
+    let message = message.to_ascii_lowercase();
+    PROXY_TEXTS
+        .iter()
+        .find(|entry| message.contains(entry.text))
+}
+
+/// What the user must change to get past a fatal connect error, when the crate knows: the
+/// Lakebase proxy's configuration errors (see the [module docs](self)), and
+/// `channel_binding=require` against a server that did not bind.
+///
+/// ```
+/// // A connection without SNI or `options=endpoint=` never reaches a Lakebase endpoint.
+/// # fn demo(error: &tokio_postgres::Error) {
+/// if let Some(fix) = lakebase_pool::retry::fix_for(error) {
+///     eprintln!("to fix: {fix}");
+/// }
+/// # }
+/// ```
+pub fn fix_for(error: &tokio_postgres::Error) -> Option<&'static str> {
+    if let Some(db) = error.as_db_error() {
+        return (*db.code() == SqlState::INTERNAL_ERROR)
+            .then(|| proxy_text(db.message()).and_then(|entry| entry.fix))
+            .flatten();
+    }
+    // tokio-postgres's own refusal under `channel_binding=require`; it has no error kind of
+    // its own, so the text is the only way to tell.
+    error_chain_contains(error, "did not use channel binding").then_some(
+        "channel_binding is `require`, but the server did not offer SCRAM-SHA-256-PLUS (a \
+         cleartext password, as token logins use, or MD5 or plain SCRAM cannot be \
+         bound to the TLS session): use `prefer`, the default",
+    )
+}
+
+fn error_chain_contains(error: &(dyn StdError + 'static), needle: &str) -> bool {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = current {
+        if e.to_string().contains(needle) {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 fn classify_io(kind: io::ErrorKind) -> ErrorClass {
@@ -228,6 +352,41 @@ mod tests {
                 classify_server_error(&SqlState::INTERNAL_ERROR, text),
                 ErrorClass::Fatal,
                 "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_proxys_password_failure_is_a_rejected_login_not_a_fatal_error() {
+        assert_eq!(
+            classify_server_error(
+                &SqlState::INTERNAL_ERROR,
+                "password authentication failed for user 'alice'"
+            ),
+            ErrorClass::Auth
+        );
+    }
+
+    #[test]
+    fn every_fatal_proxy_text_says_what_to_fix_and_the_docs_list_every_text() {
+        let docs: String = include_str!("retry.rs")
+            .lines()
+            .filter(|line| line.starts_with("//!"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .to_ascii_lowercase();
+        for entry in &PROXY_TEXTS {
+            assert_eq!(entry.text, entry.text.to_ascii_lowercase());
+            assert_eq!(
+                entry.fix.is_some(),
+                entry.class == ErrorClass::Fatal,
+                "{}",
+                entry.text
+            );
+            assert!(
+                docs.contains(&format!("| `{}` |", entry.text)),
+                "the module docs do not list `{}`",
+                entry.text
             );
         }
     }

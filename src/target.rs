@@ -96,6 +96,7 @@ pub(crate) fn settle(
             ));
         }
     }
+    check_channel_binding(config.get_channel_binding(), mode)?;
     let _ = config.ssl_mode(if mode.uses_tls() {
         tokio_postgres::config::SslMode::Require
     } else {
@@ -104,6 +105,21 @@ pub(crate) fn settle(
     // Plain text never uses it, but the connector type wants one: a verifying one.
     let client = tls::client_config(&tls.trust, mode != SslMode::VerifyCa)?;
     Ok((mode, MakeRustlsConnect::new(client)))
+}
+
+/// `channel_binding=require` needs TLS: without it, no login could ever succeed.
+pub(crate) fn check_channel_binding(
+    binding: tokio_postgres::config::ChannelBinding,
+    mode: SslMode,
+) -> Result<(), Error> {
+    if binding == tokio_postgres::config::ChannelBinding::Require && !mode.uses_tls() {
+        return Err(Error::invalid(
+            "channel_binding",
+            "`require` binds the login to a TLS session, and the sslmode is `disable` (the \
+             default for loopback hosts): set an sslmode that uses TLS, or use `prefer`",
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn is_loopback_name(host: &str) -> bool {

@@ -119,6 +119,76 @@ impl fmt::Display for SslMode {
     }
 }
 
+/// Whether a SCRAM login is bound to the TLS session; libpq's `channel_binding`
+/// (`PGCHANNELBINDING`).
+///
+/// With channel binding (`SCRAM-SHA-256-PLUS`, `tls-server-end-point`), the server's proof of
+/// the password covers the certificate it presented, so a man in the middle holding some other
+/// certificate the client happens to trust cannot relay the login. Lakebase's proxy offers it,
+/// and so does any PostgreSQL 11+ with TLS.
+///
+/// | setting | here |
+/// |---|---|
+/// | `disable` | never bind |
+/// | `prefer` (default) | bind whenever the server offers `SCRAM-SHA-256-PLUS` over TLS; log in without it otherwise (a cleartext password over TLS, which the emulator asks for with tokens and Lakebase's token login presumably does, cannot be bound) |
+/// | `require` | refuse any login that is not bound: refused at `build()` without TLS, and fails (without retries) against a server that asks for a cleartext or MD5 password or plain SCRAM |
+///
+/// ```
+/// use lakebase_pool::ChannelBinding;
+///
+/// let binding: ChannelBinding = "require".parse()?;
+/// assert_eq!(binding, ChannelBinding::Require);
+/// assert_eq!(ChannelBinding::default(), ChannelBinding::Prefer);
+/// # Ok::<(), lakebase_pool::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ChannelBinding {
+    /// Never bind the login to the TLS session.
+    Disable,
+    /// Bind when the server offers it (the default).
+    #[default]
+    Prefer,
+    /// Refuse logins that are not bound.
+    Require,
+}
+
+impl ChannelBinding {
+    pub(crate) fn to_tokio_postgres(self) -> tokio_postgres::config::ChannelBinding {
+        match self {
+            ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+            ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+            ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
+        }
+    }
+}
+
+impl FromStr for ChannelBinding {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        match text.trim() {
+            "disable" => Ok(ChannelBinding::Disable),
+            "prefer" => Ok(ChannelBinding::Prefer),
+            "require" => Ok(ChannelBinding::Require),
+            other => Err(Error::invalid(
+                "channel_binding",
+                format!("`{other}` is not a channel_binding (use disable, prefer or require)"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ChannelBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChannelBinding::Disable => "disable",
+            ChannelBinding::Prefer => "prefer",
+            ChannelBinding::Require => "require",
+        })
+    }
+}
+
 /// Which server certificates a client accepts.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Trust {

@@ -19,8 +19,8 @@ use crate::databricks::{LakebaseCredentials, LakebaseDiscovery, Workspace, Works
 use crate::defaults;
 use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolverName};
-use crate::target::TlsSettings;
-use crate::tls::{self, SslMode};
+use crate::target::{TlsSettings, check_channel_binding};
+use crate::tls::{self, ChannelBinding, SslMode};
 use crate::{EndpointName, Environment, Error, RetryPolicy, Secret};
 
 /// Configures and builds a [`Pool`]. Start with [`Pool::builder`].
@@ -57,6 +57,8 @@ pub struct PoolBuilder {
     host: Option<String>,
     port: Option<u16>,
     hostaddr: Option<IpAddr>,
+    /// Applied to `pg_config` at `build`, replacing its own setting.
+    channel_binding: Option<ChannelBinding>,
     provider: Option<Box<dyn CredentialProvider>>,
     /// The endpoint, or the error from parsing it (returned by `build`).
     endpoint: Option<Result<EndpointName, Error>>,
@@ -79,6 +81,7 @@ impl Default for PoolBuilder {
             host: None,
             port: None,
             hostaddr: None,
+            channel_binding: None,
             provider: None,
             endpoint: None,
             workspace: None,
@@ -107,6 +110,7 @@ impl fmt::Debug for PoolBuilder {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("hostaddr", &self.hostaddr)
+            .field("channel_binding", &self.channel_binding)
             .field("has_credentials", &self.provider.is_some())
             .field("endpoint", &self.endpoint)
             .field("workspace", &self.workspace)
@@ -155,6 +159,7 @@ impl PoolBuilder {
     /// | `PGAPPNAME`, else `DATABRICKS_APP_NAME` | `application_name` |
     /// | `PGCONNECT_TIMEOUT` | seconds per connection attempt |
     /// | `PGSSLMODE` | see [`SslMode`]; every mode but `disable` verifies the certificate |
+    /// | `PGCHANNELBINDING` | see [`ChannelBinding`]: `disable`, `prefer` (default), `require` |
     /// | `PGHOSTADDR` | TCP address for the host; the host name is still used for TLS |
     /// | `PGSSLROOTCERT` | a PEM file of extra CA certificates to trust |
     ///
@@ -189,6 +194,7 @@ impl PoolBuilder {
             builder = builder.retry(RetryPolicy::default().connect_timeout(timeout));
         }
         builder.tls.mode = settings.ssl_mode;
+        builder.channel_binding = settings.channel_binding;
         if let Some(path) = settings.root_certificates {
             builder = builder.root_certificates_file(path);
         }
@@ -434,6 +440,28 @@ impl PoolBuilder {
     /// ```
     pub fn ssl_mode(mut self, mode: SslMode) -> Self {
         self.tls.mode = Some(mode);
+        self
+    }
+
+    /// Whether SCRAM logins are bound to the TLS session; see [`ChannelBinding`]. Replaces
+    /// what [`pg_config`](Self::pg_config) says.
+    ///
+    /// Default: `prefer`, which binds whenever the server offers it. `require` without TLS is
+    /// a `build` error.
+    ///
+    /// ```
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("db.example.com")
+    ///     .user("app")
+    ///     .password("a-scram-password")
+    ///     .channel_binding(lakebase_pool::ChannelBinding::Require)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn channel_binding(mut self, binding: ChannelBinding) -> Self {
+        self.channel_binding = Some(binding);
         self
     }
 
@@ -750,6 +778,9 @@ impl PoolBuilder {
             }
             let _ = config.hostaddr(address);
         }
+        if let Some(binding) = self.channel_binding {
+            let _ = config.channel_binding(binding.to_tokio_postgres());
+        }
         Ok(config)
     }
 
@@ -842,10 +873,17 @@ impl PoolBuilder {
         let counters = Arc::new(Counters::default());
         let tokens = TokenCache::labelled(provider, self.cache_policy.clone(), "database token");
         let target = match discovery {
-            Some(discovery) => Target::Lazy {
-                base: pg_config,
-                source: Box::new(discovery),
-            },
+            Some(discovery) => {
+                // Settled at the first connect, once the host is known; an explicit sslmode
+                // can be checked now.
+                if let Some(mode) = tls.mode {
+                    check_channel_binding(pg_config.get_channel_binding(), mode)?;
+                }
+                Target::Lazy {
+                    base: pg_config,
+                    source: Box::new(discovery),
+                }
+            }
             None => Target::Fixed(pg_config),
         };
         let connector = Connector::new(

@@ -53,8 +53,10 @@ async fn tokens_the_server_always_rejects_end_in_an_auth_error_after_one_refresh
     assert_eq!(
         err.to_string(),
         format!(
-            "app@127.0.0.1:{}/app rejected the login even with a freshly minted token (check \
-             that the role exists, may log in, and matches the identity the tokens are minted for)",
+            "app@127.0.0.1:{}/app refused the login as `app`: the token was rejected, and a \
+             freshly minted one too (check that the role exists, may log in, and matches the identity the tokens are \
+             minted for, and that the endpoint exists: Lakebase answers a token for an unknown \
+             endpoint the same way)",
             pg.port()
         )
     );

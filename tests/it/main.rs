@@ -8,6 +8,7 @@ mod lakebase;
 mod lifecycle;
 mod listener;
 mod network;
+mod proxy_fidelity;
 mod restart;
 mod rotation;
 mod secrets;

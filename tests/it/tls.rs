@@ -405,3 +405,202 @@ async fn plain_text_to_localhost_is_resolved_checked_and_connects() {
     let conn = pool.get().await.unwrap();
     conn.simple_query("SELECT 1").await.unwrap();
 }
+
+/// A TLS-terminating relay in front of `pg` that presents the server's own certificate (so
+/// that a channel binding to it still verifies at the server) and records the SASL mechanism
+/// each client picks. Serves `connections` clients.
+async fn mechanism_recorder(
+    pg: &LocalPostgres,
+    ca: &TestCa,
+    certificate: &IssuedCertificate,
+    connections: usize,
+) -> (u16, tokio::task::JoinHandle<Vec<String>>) {
+    use std::sync::Arc;
+
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(certificate.cert_pem().as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(certificate.key_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream_port = pg.port();
+    let recorder = tokio::spawn(async move {
+        let mut mechanisms = Vec::new();
+        for _ in 0..connections {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 8];
+            tcp.read_exact(&mut request).await.unwrap();
+            tcp.write_all(b"S").await.unwrap();
+            let mut client = acceptor.accept(tcp).await.unwrap();
+            let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port))
+                .await
+                .unwrap();
+            upstream.write_all(&request).await.unwrap();
+            assert_eq!(upstream.read_u8().await.unwrap(), b'S');
+            let name = ServerName::try_from(HOST).unwrap();
+            let mut upstream = connector.connect(name, upstream).await.unwrap();
+            // The start-up message, then typed messages until the SASL initial response.
+            let length = client.read_i32().await.unwrap();
+            let mut startup = vec![0; length as usize - 4];
+            client.read_exact(&mut startup).await.unwrap();
+            upstream.write_all(&length.to_be_bytes()).await.unwrap();
+            upstream.write_all(&startup).await.unwrap();
+            let (mut client_read, mut client_write) = tokio::io::split(client);
+            let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+            let to_client = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut upstream_read, &mut client_write).await;
+            });
+            let kind = client_read.read_u8().await.unwrap();
+            let length = client_read.read_i32().await.unwrap();
+            let mut body = vec![0; length as usize - 4];
+            client_read.read_exact(&mut body).await.unwrap();
+            assert_eq!(kind, b'p', "a SASL initial response");
+            let end = body.iter().position(|b| *b == 0).unwrap();
+            mechanisms.push(String::from_utf8_lossy(&body[..end]).into_owned());
+            upstream_write.write_all(&[kind]).await.unwrap();
+            upstream_write
+                .write_all(&length.to_be_bytes())
+                .await
+                .unwrap();
+            upstream_write.write_all(&body).await.unwrap();
+            drop(tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+            }));
+            drop(to_client);
+        }
+        mechanisms
+    });
+    (port, recorder)
+}
+
+/// Channel binding, seen from the server's side: with TLS, `prefer` (the default) and
+/// `require` log in with `SCRAM-SHA-256-PLUS`, bound to the certificate the server presented,
+/// and the server accepts the binding; `disable` picks plain `SCRAM-SHA-256`.
+#[tokio::test]
+async fn scram_logins_over_tls_are_bound_to_the_session_unless_disabled() {
+    use lakebase_pool::ChannelBinding;
+
+    let (ca, certificate, pg) = tls_cluster(&[HOST]).await;
+    let (port, recorder) = mechanism_recorder(&pg, &ca, &certificate, 4).await;
+    for binding in [
+        None,
+        Some(ChannelBinding::Prefer),
+        Some(ChannelBinding::Require),
+        Some(ChannelBinding::Disable),
+    ] {
+        let mut builder = pool_for(&pg, HOST)
+            .port(port)
+            .root_certificates_pem(ca.cert_pem());
+        if let Some(binding) = binding {
+            builder = builder.channel_binding(binding);
+        }
+        let pool = builder.build().unwrap();
+        let conn = pool
+            .get()
+            .await
+            .unwrap_or_else(|e| panic!("{binding:?}: {e:?}"));
+        assert!(session_is_encrypted(&conn).await);
+    }
+    assert_eq!(
+        recorder.await.unwrap(),
+        [
+            "SCRAM-SHA-256-PLUS",
+            "SCRAM-SHA-256-PLUS",
+            "SCRAM-SHA-256-PLUS",
+            "SCRAM-SHA-256"
+        ]
+    );
+}
+
+/// `require` fails at once, saying why, against a server that does not offer a bound login
+/// (the emulator asks for the token as a cleartext password); and it is refused at `build`
+/// where no TLS is used, for a fixed target and for one discovered later alike.
+#[tokio::test]
+async fn channel_binding_require_fails_clearly_without_a_bound_login_and_without_tls() {
+    use lakebase_pool::ChannelBinding;
+
+    let lakebase = lakebase_pool::testing::LocalLakebase::start()
+        .await
+        .unwrap();
+    let pool = lakebase
+        .pool_builder()
+        .unwrap()
+        .channel_binding(ChannelBinding::Require)
+        .retry(RetryPolicy::default())
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = pool.get().await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2), "not retried");
+    assert!(
+        matches!(err, Error::Connect { fix: Some(_), .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("did not offer SCRAM-SHA-256-PLUS"),
+        "{err}"
+    );
+    assert_eq!(pool.stats().connect_attempts_failed, 1);
+
+    let setting = |result: Result<lakebase_pool::Pool, Error>| match result {
+        Err(Error::InvalidConfig { setting, .. }) => setting,
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    };
+    // A loopback host defaults to `disable`.
+    let pg_free = PoolBuilder::default()
+        .host("127.0.0.1")
+        .user(ROLE)
+        .password(INITIAL_PASSWORD)
+        .channel_binding(ChannelBinding::Require);
+    assert_eq!(setting(pg_free.build()), "channel_binding");
+    let discovered = lakebase
+        .pool_builder()
+        .unwrap()
+        .ssl_mode(SslMode::Disable)
+        .channel_binding(ChannelBinding::Require);
+    assert_eq!(setting(discovered.build()), "channel_binding");
+    // From the environment, as libpq reads it.
+    let env = Environment::from_vars([
+        ("PGHOST", "127.0.0.1"),
+        ("PGUSER", ROLE),
+        ("PGPASSWORD", INITIAL_PASSWORD),
+        ("PGCHANNELBINDING", "require"),
+    ]);
+    assert_eq!(
+        setting(PoolBuilder::from_environment(&env).unwrap().build()),
+        "channel_binding"
+    );
+    let env = Environment::from_vars([
+        ("PGHOST", "127.0.0.1"),
+        ("PGPASSWORD", INITIAL_PASSWORD),
+        ("PGCHANNELBINDING", "sometimes"),
+    ]);
+    assert!(matches!(
+        PoolBuilder::from_environment(&env),
+        Err(Error::InvalidEnv {
+            var: "PGCHANNELBINDING",
+            ..
+        })
+    ));
+}

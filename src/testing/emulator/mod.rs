@@ -1,20 +1,7 @@
 //! `LakebaseEmulator`: a token-checking, SNI-routing, scale-to-zero Postgres front on loopback.
 //!
-//! What a client of Lakebase sees, reproduced in front of a [`LocalPostgres`]:
-//!
-//! 1. TLS (only): the certificate names `*.<domain>`, signed by a CA generated at start
-//!    ([`LakebaseEmulator::ca_cert_pem`]). The endpoint id is the first label of the SNI, or
-//!    `options=endpoint=<id>`; both given and different is refused.
-//! 2. A cleartext password, checked against the tokens [`MockWorkspace`] minted: for this
-//!    endpoint, for this user, not expired. Otherwise `28P01`.
-//! 3. The compute: an `IDLE` endpoint wakes on connect, after a delay during which the
-//!    connection is held, or the first few attempts are refused with the proxy's wake-up texts.
-//!    Suspending sends every open session `57P01` and closes it.
-//! 4. Then the session is the upstream's, relayed byte for byte (the upstream is reached over
-//!    its Unix socket with trust authentication, as the same role and database).
-//!
-//! Errors use the proxy's texts (`XX000`): "endpoint cannot be found", "endpoint is disabled",
-//! "Endpoint ID is not specified...", "Couldn't connect to compute node", ...
+//! What a client of Lakebase sees, reproduced in front of a [`LocalPostgres`]; see
+//! [`LakebaseEmulator`] for the steps and the texts it answers with.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -39,7 +26,8 @@ mod wire;
 use self::relay::relay;
 use self::wire::{
     CANCEL_REQUEST, FORWARDED_PARAMS, GSSENC_REQUEST, PROTOCOL_3, SSL_REQUEST, error_response,
-    first_duplicate, parse_params, read_message, read_startup, refuse, split_endpoint_option,
+    first_duplicate, is_endpoint_id, parse_params, read_message, read_startup, refuse,
+    split_endpoint_option, split_endpoint_password,
 };
 
 /// How long a client may take over each step of its handshake (start-up request, TLS,
@@ -85,8 +73,8 @@ struct Settings {
     wake_delay: Duration,
     refuse_while_waking: u32,
     suspend_after_idle: Option<Duration>,
-    /// Errors to answer the next connections with (for rate-limit texts and the like).
-    scripted_errors: Vec<(String, String)>,
+    /// `XX000` texts to answer the next connections with (rate limits and the like).
+    scripted_errors: Vec<String>,
 }
 
 struct Shared {
@@ -104,21 +92,40 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A local, token-checking, scale-to-zero stand-in for a Lakebase endpoint, in front of a
-/// [`LocalPostgres`]:
+/// [`LocalPostgres`], answering as Lakebase's proxy (Neon's) does:
 ///
 /// 1. TLS only: the certificate names `*.<domain>`, signed by a CA generated at start
-///    ([`ca_cert_pem`](Self::ca_cert_pem)). The endpoint id is the first label of the SNI, or
-///    `options=endpoint=<id>`; both given and different is refused.
-/// 2. A cleartext password, checked against the tokens [`MockWorkspace`] minted: for this
-///    endpoint, for this user, not expired. Otherwise `28P01`.
-/// 3. The compute: an `IDLE` endpoint wakes on connect after a delay, holding the connection
+///    ([`ca_cert_pem`](Self::ca_cert_pem)). A plain-text start-up is refused.
+/// 2. The endpoint id is the first label of the SNI (an SNI outside `<domain>` counts as
+///    none), or `options=endpoint=<id>`, or a password field of the form
+///    `endpoint=<id>;<password>`. Given in several places, they must agree; ids are ASCII
+///    letters, digits and hyphens.
+/// 3. A cleartext password, asked for before the endpoint must be known, checked against the
+///    tokens [`MockWorkspace`] minted: for this endpoint, for this user, not expired.
+/// 4. The compute: an `IDLE` endpoint wakes on connect after a delay, holding the connection
 ///    or refusing the first attempts with the proxy's wake-up texts. Suspending sends every
 ///    open session `57P01` and closes it.
-/// 4. Then the session is the upstream's, relayed as is (over its Unix socket, as the same
+/// 5. Then the session is the upstream's, relayed as is (over its Unix socket, as the same
 ///    role and database).
 ///
-/// Errors use the proxy's `XX000` texts: "endpoint cannot be found", "endpoint is disabled",
-/// "Endpoint ID is not specified...", "Couldn't connect to compute node", ...
+/// Every refusal is the proxy's: an `ErrorResponse` with severity `ERROR`, SQLSTATE `XX000`
+/// and its text:
+///
+/// | situation | text |
+/// |---|---|
+/// | plain text | ``connection is insecure (try using `sslmode=require`)`` |
+/// | no endpoint named | `Endpoint ID is not specified. Either please upgrade the postgres client library (libpq) for SNI support or pass the endpoint ID ...` |
+/// | SNI and options disagree | `Inconsistent project name inferred from SNI ('ep-a') and project option ('ep-b').` |
+/// | malformed id | `Project name ('ep_a!') must contain only alphanumeric characters and hyphen.` |
+/// | wrong, expired or foreign token; unknown endpoint | `password authentication failed for user 'alice'` (not `28P01`) |
+/// | disabled endpoint | `Control plane request failed: endpoint is disabled` |
+/// | waking | `Couldn't connect to compute node`, `endpoint is idle, retry request`, ... ([`set_refusals_while_waking`](Self::set_refusals_while_waking)) |
+///
+/// **Where it differs from the open-source proxy:** with a known endpoint, Neon's proxy asks
+/// for SCRAM (`SCRAM-SHA-256-PLUS` or `SCRAM-SHA-256`), which cannot check an OAuth token.
+/// Lakebase's token login needs the token itself, so the emulator asks for a cleartext
+/// password over TLS, as Lakebase presumably does. Channel binding therefore never applies to
+/// token logins here, and `channel_binding=require` fails against the emulator.
 ///
 /// ```no_run
 /// use lakebase_pool::Secret;
@@ -483,7 +490,7 @@ impl LakebaseEmulator {
     pub fn refuse_next(&self, message: &str) {
         lock(&self.shared.settings)
             .scripted_errors
-            .push((String::from("XX000"), message.to_owned()));
+            .push(message.to_owned());
     }
 }
 
@@ -542,7 +549,7 @@ async fn serve(
                 let Ok((mut stream, _)) = accepted else { continue };
                 let Some(slot) = ConnectionSlot::take(&shared) else {
                     // Refused without reading anything: an error a client can show.
-                    let message = error_response("53300", "too many connections to the emulator");
+                    let message = error_response("ERROR", "53300", "too many connections to the emulator");
                     drop(tokio::spawn(async move {
                         let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_all(&message)).await;
                     }));
@@ -559,6 +566,14 @@ async fn serve(
         }
     }
 }
+
+/// The proxy's answer to a plain-text start-up.
+const INSECURE: &str = "connection is insecure (try using `sslmode=require`)";
+/// The proxy's answer when neither SNI, `options` nor the password names the endpoint.
+const NO_ENDPOINT: &str = "Endpoint ID is not specified. Either please upgrade the postgres \
+                           client library (libpq) for SNI support or pass the endpoint ID (first \
+                           part of the domain name) as a parameter: \
+                           '?options=endpoint%3D<endpoint-id>'. See more at https://neon.tech/sni";
 
 async fn serve_client(shared: &Arc<Shared>, mut tcp: TcpStream) -> std::io::Result<()> {
     // Small protocol messages must not wait for delayed ACKs (Nagle): 40 ms per round trip.
@@ -582,28 +597,21 @@ async fn serve_client(shared: &Arc<Shared>, mut tcp: TcpStream) -> std::io::Resu
             upstream.write_all(&CANCEL_REQUEST.to_be_bytes()).await?;
             return upstream.write_all(&body).await;
         }
-        _ => {
-            return refuse(
-                &mut tcp,
-                "08P01",
-                "connection is insecure (try using `sslmode=require`)",
-            )
-            .await;
-        }
+        _ => return refuse(&mut tcp, INSECURE).await,
     }
     tcp.write_all(b"S").await?;
     let mut client = tokio::time::timeout(handshake, shared.tls.accept(tcp)).await??;
     let sni = client.get_ref().1.server_name().map(str::to_owned);
     let (code, body) = tokio::time::timeout(handshake, read_startup(&mut client)).await??;
     if code != PROTOCOL_3 {
-        return refuse(&mut client, "08P01", "unsupported frontend protocol").await;
+        return refuse(&mut client, "unsupported frontend protocol").await;
     }
     let mut params = parse_params(&body);
     // One value per parameter: with two `user`s, a check of the first and an upstream that
     // takes the last would log a token's holder in as someone else.
     if let Some(duplicate) = first_duplicate(&params) {
         let message = format!("duplicate start-up parameter `{duplicate}`");
-        return refuse(&mut client, "08P01", &message).await;
+        return refuse(&mut client, &message).await;
     }
     params.retain(|(key, _)| FORWARDED_PARAMS.contains(&key.as_str()));
 
@@ -611,11 +619,12 @@ async fn serve_client(shared: &Arc<Shared>, mut tcp: TcpStream) -> std::io::Resu
         let mut settings = lock(&shared.settings);
         (!settings.scripted_errors.is_empty()).then(|| settings.scripted_errors.remove(0))
     };
-    if let Some((code, message)) = scripted {
-        return refuse(&mut client, &code, &message).await;
+    if let Some(message) = scripted {
+        return refuse(&mut client, &message).await;
     }
 
-    // Which endpoint: the SNI's first label under our domain, or options=endpoint=<id>.
+    // Which endpoint: the SNI's first label under our domain (an SNI outside it counts as
+    // none, as at the proxy), or options=endpoint=<id>, or the password's endpoint=<id>;.
     let from_sni = sni
         .as_deref()
         .and_then(|name| name.strip_suffix(&format!(".{}", shared.domain)))
@@ -630,30 +639,21 @@ async fn serve_client(shared: &Arc<Shared>, mut tcp: TcpStream) -> std::io::Resu
     if !other_options.is_empty() {
         params.push((String::from("options"), other_options));
     }
-    let id = match (from_sni, from_options) {
-        (Some(a), Some(b)) if a != b => {
-            let message = format!("inconsistent endpoint id: `{a}` in SNI and `{b}` in options");
-            return refuse(&mut client, "XX000", &message).await;
-        }
-        (Some(id), _) | (None, Some(id)) => id,
-        (None, None) => {
-            let message = "Endpoint ID is not specified. Either please upgrade the postgres client \
-                           library (libpq) for SNI support or pass the endpoint ID (first part of \
-                           the domain name) as a parameter: '?options=endpoint%3D<endpoint-id>'.";
-            return refuse(&mut client, "XX000", message).await;
-        }
-    };
-    let found = lock(&shared.endpoints)
-        .get(&id)
-        .map(|endpoint| (endpoint.name.clone(), endpoint.disabled));
-    let Some((name, disabled)) = found else {
-        return refuse(&mut client, "XX000", "endpoint cannot be found").await;
-    };
-    if disabled {
-        return refuse(&mut client, "XX000", "endpoint is disabled").await;
+    if let Some(id) = [&from_sni, &from_options]
+        .into_iter()
+        .flatten()
+        .find(|id| !is_endpoint_id(id))
+    {
+        return refuse(&mut client, &malformed_id(id)).await;
+    }
+    if let (Some(a), Some(b)) = (&from_sni, &from_options)
+        && a != b
+    {
+        return refuse(&mut client, &inconsistent_ids(a, b)).await;
     }
 
-    // A cleartext password, checked against the minted tokens.
+    // A cleartext password (the token), asked for before the endpoint must be known: the
+    // password may name it. (Lakebase's token login; the open-source proxy asks for SCRAM.)
     client.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await?;
     client.flush().await?;
     let (kind, message) = tokio::time::timeout(handshake, read_message(&mut client)).await??;
@@ -662,22 +662,61 @@ async fn serve_client(shared: &Arc<Shared>, mut tcp: TcpStream) -> std::io::Resu
         .find(|(k, _)| k == "user")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let password = if kind == b'p' {
+    let field = if kind == b'p' {
         String::from_utf8_lossy(message[5..].split(|b| *b == 0).next().unwrap_or_default())
             .into_owned()
     } else {
         String::new()
     };
-    if !shared.workspace.accepts(&password, &name, &user) {
-        let message = format!("password authentication failed for user \"{user}\"");
-        return refuse(&mut client, "28P01", &message).await;
+    let (from_password, password) = split_endpoint_password(&field);
+    let id = match (from_sni.or(from_options), from_password) {
+        (Some(a), Some(b)) if a != b => return refuse(&mut client, &inconsistent_ids(&a, b)).await,
+        (Some(id), _) => id,
+        (None, Some(id)) if !is_endpoint_id(id) => {
+            return refuse(&mut client, &malformed_id(id)).await;
+        }
+        (None, Some(id)) => id.to_owned(),
+        (None, None) => return refuse(&mut client, NO_ENDPOINT).await,
+    };
+    let refused = password_failed(&user);
+    let found = lock(&shared.endpoints)
+        .get(&id)
+        .map(|endpoint| (endpoint.name.clone(), endpoint.disabled));
+    // An unknown endpoint reads as a wrong password, as with the proxy's production backend.
+    let Some((name, disabled)) = found else {
+        return refuse(&mut client, &refused).await;
+    };
+    if disabled {
+        return refuse(
+            &mut client,
+            "Control plane request failed: endpoint is disabled",
+        )
+        .await;
+    }
+    if !shared.workspace.accepts(password, &name, &user) {
+        return refuse(&mut client, &refused).await;
     }
 
     // The compute must be running.
     if let Err(text) = wake(shared, &id).await {
-        return refuse(&mut client, "XX000", text).await;
+        return refuse(&mut client, text).await;
     }
     relay(shared, &id, client, &params).await
+}
+
+fn password_failed(user: &str) -> String {
+    format!("password authentication failed for user '{user}'")
+}
+
+fn malformed_id(id: &str) -> String {
+    format!("Project name ('{id}') must contain only alphanumeric characters and hyphen.")
+}
+
+fn inconsistent_ids(from_sni: &str, from_option: &str) -> String {
+    format!(
+        "Inconsistent project name inferred from SNI ('{from_sni}') and project option \
+         ('{from_option}')."
+    )
 }
 
 /// Waits for the compute to be active, waking it if needed; or the text to refuse with.

@@ -83,7 +83,7 @@ pub(super) async fn relay(
                     }
                 }
                 _ = suspended.changed() => {
-                    let notice = error_response("57P01", "terminating connection due to administrator command");
+                    let notice = error_response("FATAL", "57P01", "terminating connection due to administrator command");
                     client_write.write_all(&notice).await?;
                     client_write.flush().await?;
                     return Ok::<(), std::io::Error>(());

@@ -8,12 +8,13 @@ pub(super) const CANCEL_REQUEST: i32 = 80_877_102;
 pub(super) const GSSENC_REQUEST: i32 = 80_877_104;
 pub(super) const PROTOCOL_3: i32 = 196_608;
 
-/// A Postgres `ErrorResponse` (severity FATAL).
-pub(super) fn error_response(code: &str, message: &str) -> Vec<u8> {
+/// A Postgres `ErrorResponse`: `severity` is `ERROR` for the proxy's own errors, `FATAL` for
+/// what Postgres itself would send.
+pub(super) fn error_response(severity: &str, code: &str, message: &str) -> Vec<u8> {
     let mut body = Vec::new();
     for (field, value) in [
-        (b'S', "FATAL"),
-        (b'V', "FATAL"),
+        (b'S', severity),
+        (b'V', severity),
         (b'C', code),
         (b'M', message),
     ] {
@@ -111,6 +112,22 @@ pub(super) fn parse_params(body: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A password field that carries the endpoint, as the proxy accepts from clients without SNI:
+/// `endpoint=<id>;<password>` (or `$` for `;`): `(Some(id), password)`; otherwise
+/// `(None, field)`.
+pub(super) fn split_endpoint_password(field: &str) -> (Option<&str>, &str) {
+    field
+        .strip_prefix("endpoint=")
+        .and_then(|rest| rest.split_once([';', '$']))
+        .map_or((None, field), |(id, password)| (Some(id), password))
+}
+
+/// Whether `id` is a well-formed endpoint id, as the proxy checks: ASCII letters, digits and
+/// hyphens.
+pub(super) fn is_endpoint_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// The `endpoint=<id>` part of an `options` parameter, and the rest of it.
 pub(super) fn split_endpoint_option(options: &str) -> (Option<String>, String) {
     let mut endpoint = None;
@@ -127,12 +144,15 @@ pub(super) fn split_endpoint_option(options: &str) -> (Option<String>, String) {
     (endpoint, rest.join(" "))
 }
 
+/// Refuses a connection as the Lakebase proxy does with everything it decides itself:
+/// severity `ERROR`, SQLSTATE `XX000`, the text telling what is wrong.
 pub(super) async fn refuse<S: AsyncWrite + Unpin>(
     stream: &mut S,
-    code: &str,
     message: &str,
 ) -> std::io::Result<()> {
-    stream.write_all(&error_response(code, message)).await?;
+    stream
+        .write_all(&error_response("ERROR", "XX000", message))
+        .await?;
     stream.flush().await
 }
 
@@ -157,6 +177,16 @@ mod tests {
         assert_eq!(parse_params(b"user\0app"), Vec::<(String, String)>::new());
         assert_eq!(parse_params(b""), Vec::<(String, String)>::new());
         assert_eq!(
+            split_endpoint_password("endpoint=ep-1;secret;with;semicolons"),
+            (Some("ep-1"), "secret;with;semicolons")
+        );
+        assert_eq!(
+            split_endpoint_password("endpoint=ep-1$pw"),
+            (Some("ep-1"), "pw")
+        );
+        assert_eq!(split_endpoint_password("plain"), (None, "plain"));
+        assert!(is_endpoint_id("ep-a1") && !is_endpoint_id("ep_test!") && !is_endpoint_id(""));
+        assert_eq!(
             parse_params(b"\0user\0app\0"),
             Vec::<(String, String)>::new()
         );
@@ -164,7 +194,7 @@ mod tests {
 
     #[test]
     fn error_responses_are_well_formed() {
-        let message = error_response("28P01", "no");
+        let message = error_response("ERROR", "XX000", "no");
         assert_eq!(message[0], b'E');
         let length = i32::from_be_bytes([message[1], message[2], message[3], message[4]]);
         assert_eq!(length as usize, message.len() - 1);

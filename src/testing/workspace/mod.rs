@@ -60,6 +60,8 @@ pub(super) struct State {
     pub(super) access_tokens: HashMap<String, (String, SystemTime)>,
     pub(super) endpoints: BTreeMap<String, MockEndpoint>,
     pub(super) minted: Vec<MintedToken>,
+    /// Tokens minted before this index are revoked: logins with them are refused.
+    pub(super) revoked_before: usize,
     pub(super) token_lifetime: Duration,
     pub(super) fractional: bool,
     pub(super) discovery: MockDiscovery,
@@ -152,6 +154,7 @@ impl MockWorkspace {
             access_tokens: HashMap::new(),
             endpoints: BTreeMap::new(),
             minted: Vec::new(),
+            revoked_before: 0,
             token_lifetime: Duration::from_secs(3600),
             fractional: false,
             discovery: MockDiscovery::DatabricksConfig,
@@ -340,6 +343,19 @@ impl MockWorkspace {
             .count()
     }
 
+    /// Revokes every database token minted so far, as changing the role's password behind a
+    /// pool's back would: the emulator refuses logins with them, and sessions already open go
+    /// on. Tokens minted afterwards work.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.revoke_minted();
+    /// ```
+    pub fn revoke_minted(&self) {
+        let mut state = lock(&self.state);
+        state.revoked_before = state.minted.len();
+    }
+
     /// Every database token minted so far.
     ///
     /// ```no_run
@@ -377,7 +393,8 @@ impl WorkspaceHandle {
     /// checks at login.
     pub(crate) fn accepts(&self, token: &str, endpoint: &str, user: &str) -> bool {
         let now = SystemTime::now();
-        lock(&self.0).minted.iter().any(|minted| {
+        let state = lock(&self.0);
+        state.minted[state.revoked_before..].iter().any(|minted| {
             minted.token.expose() == token
                 && minted.endpoint == endpoint
                 && minted.identity == user
