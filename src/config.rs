@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::endpoint::EndpointName;
 use crate::error::Error;
 use crate::secret::Secret;
-use crate::tls::{ChannelBinding, SslMode};
+use crate::tls::{ChannelBinding, SslMode, SslNegotiation};
 
 /// A snapshot of environment variables, which configuration is read from.
 ///
@@ -100,6 +100,7 @@ pub(crate) struct PoolSettings {
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) ssl_mode: Option<SslMode>,
     pub(crate) channel_binding: Option<ChannelBinding>,
+    pub(crate) ssl_negotiation: Option<SslNegotiation>,
     pub(crate) hostaddr: Option<IpAddr>,
     pub(crate) root_certificates: Option<PathBuf>,
     pub(crate) password_source: PasswordSource,
@@ -121,6 +122,7 @@ pub(crate) fn pool_settings(env: &Environment) -> Result<PoolSettings, Error> {
     let mut connect_timeout = None;
     let mut ssl_mode = None;
     let mut channel_binding = None;
+    let mut ssl_negotiation = None;
     let mut hostaddr = None;
     let mut root_certificates = None;
     if let Some(text) = env.get("PGPORT") {
@@ -166,6 +168,15 @@ pub(crate) fn pool_settings(env: &Environment) -> Result<PoolSettings, Error> {
             )
         })?;
         channel_binding = Some(binding);
+    }
+    if let Some(negotiation) = env.get("PGSSLNEGOTIATION") {
+        let negotiation = negotiation.parse::<SslNegotiation>().map_err(|_| {
+            invalid(
+                "PGSSLNEGOTIATION",
+                format!("must be postgres or direct, not `{negotiation}`"),
+            )
+        })?;
+        ssl_negotiation = Some(negotiation);
     }
     if let Some(address) = env.get("PGHOSTADDR") {
         let address = address.parse::<IpAddr>().map_err(|_| {
@@ -235,6 +246,7 @@ pub(crate) fn pool_settings(env: &Environment) -> Result<PoolSettings, Error> {
         connect_timeout,
         ssl_mode,
         channel_binding,
+        ssl_negotiation,
         hostaddr,
         root_certificates,
         password_source,
@@ -249,7 +261,7 @@ mod properties {
 
     /// Variables the pool reads, given any value. (`PGSSLROOTCERT` names a file to read, so it
     /// is given a path that does not exist.)
-    const VARS: [&str; 13] = [
+    const VARS: [&str; 14] = [
         "PGHOST",
         "PGHOSTADDR",
         "PGPORT",
@@ -258,6 +270,7 @@ mod properties {
         "PGAPPNAME",
         "PGSSLMODE",
         "PGCHANNELBINDING",
+        "PGSSLNEGOTIATION",
         "PGCONNECT_TIMEOUT",
         "PGPASSWORD",
         "LAKEBASE_ENDPOINT",

@@ -208,10 +208,17 @@ impl Connector {
 
     /// Opens one connection, or explains why it could not.
     pub(crate) async fn connect(&self) -> Result<Opened, Error> {
-        // The target source runs once; if it fails, the next checkout tries again.
-        let prepared = self.prepared.get_or_try_init(|| self.prepare()).await?;
+        // The target source runs once (if it fails, the next checkout tries again), beside
+        // the token: on a cold start the look-ups and the mint are round trips to the same
+        // workspace, and neither needs the other.
+        let (prepared, credential) = tokio::try_join!(
+            self.prepared.get_or_try_init(|| self.prepare()),
+            self.tokens.token()
+        )?;
         let span = tracing::info_span!("lakebase.connect", target = %prepared.target);
-        self.connect_with_retries(prepared).instrument(span).await
+        self.connect_with_retries(prepared, credential)
+            .instrument(span)
+            .await
     }
 
     /// Runs the target source, if any, and settles the result.
@@ -228,10 +235,13 @@ impl Connector {
         complete(pg_config, &self.tls)
     }
 
-    async fn connect_with_retries(&self, prepared: &Prepared) -> Result<Opened, Error> {
+    async fn connect_with_retries(
+        &self,
+        prepared: &Prepared,
+        mut credential: Arc<Credential>,
+    ) -> Result<Opened, Error> {
         let started = Instant::now();
         let deadline = deadline_after(started, self.retry.total_deadline());
-        let mut credential = self.tokens.token().await?;
         let mut refreshed_after_rejection = false;
         let mut just_refreshed = false;
         let mut attempts: u32 = 0;

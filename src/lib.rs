@@ -45,7 +45,8 @@
 //!   [`TokenCache`] that decides when to mint.
 //! * [`retry`]: which connection errors are retried, and the backoff schedule.
 //! * [`SslMode`]: what each `sslmode` means here; [`ChannelBinding`]: SCRAM bound to the TLS
-//!   session; [`resolve`]: choosing the TCP address yourself.
+//!   session; [`SslNegotiation`]: TLS from the first byte; [`resolve`]: choosing the TCP
+//!   address yourself.
 //! * [`databricks`]: the workspace client and the Lakebase credential provider.
 //! * [`defaults`]: every default value with the reason for it.
 //! * `testing` (feature `testing`): a throwaway local PostgreSQL, mock workspace and Lakebase
@@ -122,7 +123,7 @@ pub use crate::pool::{
 };
 pub use crate::retry_policy::RetryPolicy;
 pub use crate::secret::Secret;
-pub use crate::tls::{ChannelBinding, SslMode};
+pub use crate::tls::{ChannelBinding, SslMode, SslNegotiation};
 
 /// The README's examples, compiled as doctests so that they stay true.
 #[cfg(doctest)]

@@ -96,27 +96,36 @@ pub(crate) fn settle(
             ));
         }
     }
-    check_channel_binding(config.get_channel_binding(), mode)?;
+    check_needs_tls(config, mode)?;
     let _ = config.ssl_mode(if mode.uses_tls() {
         tokio_postgres::config::SslMode::Require
     } else {
         tokio_postgres::config::SslMode::Disable
     });
     // Plain text never uses it, but the connector type wants one: a verifying one.
-    let client = tls::client_config(&tls.trust, mode != SslMode::VerifyCa)?;
+    let client = tls::postgres_client_config(&tls.trust, mode != SslMode::VerifyCa)?;
     Ok((mode, MakeRustlsConnect::new(client)))
 }
 
-/// `channel_binding=require` needs TLS: without it, no login could ever succeed.
-pub(crate) fn check_channel_binding(
-    binding: tokio_postgres::config::ChannelBinding,
-    mode: SslMode,
-) -> Result<(), Error> {
-    if binding == tokio_postgres::config::ChannelBinding::Require && !mode.uses_tls() {
+/// Settings that only mean something with TLS: refused with a mode that does not use it,
+/// since no connection could ever succeed (`channel_binding=require`) or the first byte
+/// would be a TLS handshake to a server expecting none (`sslnegotiation=direct`).
+pub(crate) fn check_needs_tls(config: &tokio_postgres::Config, mode: SslMode) -> Result<(), Error> {
+    if mode.uses_tls() {
+        return Ok(());
+    }
+    if config.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require {
         return Err(Error::invalid(
             "channel_binding",
             "`require` binds the login to a TLS session, and the sslmode is `disable` (the \
              default for loopback hosts): set an sslmode that uses TLS, or use `prefer`",
+        ));
+    }
+    if config.get_ssl_negotiation() == tokio_postgres::config::SslNegotiation::Direct {
+        return Err(Error::invalid(
+            "ssl_negotiation",
+            "`direct` starts TLS with the first byte, and the sslmode is `disable` (the default \
+             for loopback hosts): set an sslmode that uses TLS, or use `postgres`",
         ));
     }
     Ok(())

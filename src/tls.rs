@@ -189,6 +189,85 @@ impl fmt::Display for ChannelBinding {
     }
 }
 
+/// How TLS is started on a Postgres connection; libpq's `sslnegotiation`
+/// (`PGSSLNEGOTIATION`, PostgreSQL 17).
+///
+/// | setting | here |
+/// |---|---|
+/// | `postgres` (default) | the client asks with an `SSLRequest` and waits for the server's yes before the TLS handshake: one round trip more per connection, understood by every PostgreSQL |
+/// | `direct` | the TLS handshake starts with the first byte (ALPN `postgresql`), saving that round trip; needs PostgreSQL 17+ or a proxy that supports it, such as Neon's under Lakebase. Never with `sslmode=disable` (refused at `build()`) |
+///
+/// The default stays `postgres` because servers before PostgreSQL 17 do not understand a
+/// direct handshake (they see garbage and close), and whether every Lakebase region's proxy
+/// accepts it is not verified. Where it does, `direct` makes each new connection one round
+/// trip faster: worth it for a WAN link and for cold starts. The ALPN protocol `postgresql`
+/// is offered either way, as libpq 17 does.
+///
+/// ```
+/// use lakebase_pool::SslNegotiation;
+///
+/// let negotiation: SslNegotiation = "direct".parse()?;
+/// assert_eq!(negotiation, SslNegotiation::Direct);
+/// assert_eq!(SslNegotiation::default(), SslNegotiation::Postgres);
+/// # Ok::<(), lakebase_pool::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SslNegotiation {
+    /// `SSLRequest` first, then TLS (the default).
+    #[default]
+    Postgres,
+    /// TLS from the first byte.
+    Direct,
+}
+
+impl SslNegotiation {
+    pub(crate) fn to_tokio_postgres(self) -> tokio_postgres::config::SslNegotiation {
+        match self {
+            SslNegotiation::Postgres => tokio_postgres::config::SslNegotiation::Postgres,
+            SslNegotiation::Direct => tokio_postgres::config::SslNegotiation::Direct,
+        }
+    }
+}
+
+impl FromStr for SslNegotiation {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        match text.trim() {
+            "postgres" => Ok(SslNegotiation::Postgres),
+            "direct" => Ok(SslNegotiation::Direct),
+            other => Err(Error::invalid(
+                "ssl_negotiation",
+                format!("`{other}` is not an sslnegotiation (use postgres or direct)"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for SslNegotiation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SslNegotiation::Postgres => "postgres",
+            SslNegotiation::Direct => "direct",
+        })
+    }
+}
+
+/// The ALPN protocol of Postgres over TLS (PostgreSQL 17), required for direct negotiation.
+pub(crate) const POSTGRES_ALPN: &[u8] = b"postgresql";
+
+/// A client config for Postgres connections: as [`client_config`], offering ALPN
+/// `postgresql` (never for the HTTP client, whose servers speak HTTP).
+pub(crate) fn postgres_client_config(
+    trust: &Trust,
+    verify_name: bool,
+) -> Result<ClientConfig, Error> {
+    let mut config = client_config(trust, verify_name)?;
+    config.alpn_protocols = vec![POSTGRES_ALPN.to_vec()];
+    Ok(config)
+}
+
 /// Which server certificates a client accepts.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Trust {

@@ -66,35 +66,63 @@ impl OAuthM2M {
     /// Finds the token endpoint the way the SDKs do, newest style first, then falls back to
     /// the conventional path. Discovery failures are not errors: the fallback is tried.
     ///
+    /// Both styles' documents are fetched at once (one round trip where the SDKs take two or
+    /// three): `/.well-known/databricks-config`, and the metadata of the workspace's own
+    /// `/oidc`, which is what `databricks-config` names on a workspace. The choice keeps the
+    /// SDKs' order: a token endpoint under the `oidc_endpoint` `databricks-config` names, else
+    /// the one `/oidc`'s metadata names, else `/oidc/v1/token`.
+    ///
     /// The token endpoint receives the client secret, so a discovered URL is used only when
     /// it is as trustworthy as the workspace host: https (plain http only on loopback, for a
     /// loopback workspace), and on the workspace's own origin or the origin the metadata
     /// document itself came from over https.
     async fn discover(&self) -> Url {
-        let get = |url: Url| async move {
-            let answer = self.http.send(&Call::get(url, Auth::None)).await.ok()?;
-            (answer.status == 200).then_some(answer.body)
-        };
-        let well_known = self.host.join("/.well-known/databricks-config");
-        if let Some(body) = get(well_known).await
-            && let Ok(config) = decode::<DatabricksConfig>(&body)
-            && let Some(oidc) = config.oidc_endpoint
-            && let Ok(oidc) = Url::parse(oidc.trim_end_matches('/'))
-        {
-            if !self.host.permits(&oidc) {
-                tracing::warn!(
-                    scheme = oidc.scheme(),
-                    "ignoring a discovered oidc_endpoint that is not https"
-                );
-            } else if let Some(endpoint) = self.token_endpoint_from(&oidc).await {
+        let workspace_oidc = self.host.join("/oidc");
+        let (named, from_workspace_oidc) = tokio::join!(
+            self.oidc_endpoint_named(),
+            self.token_endpoint_from(&workspace_oidc)
+        );
+        if let Some(oidc) = named {
+            let same = |a: &Url, b: &Url| {
+                a.as_str().trim_end_matches('/') == b.as_str().trim_end_matches('/')
+            };
+            if !same(&oidc, &workspace_oidc)
+                && let Some(endpoint) = self.token_endpoint_from(&oidc).await
+            {
                 return endpoint;
             }
         }
-        let oidc = self.host.join("/oidc");
-        if let Some(endpoint) = self.token_endpoint_from(&oidc).await {
-            return endpoint;
-        }
+        from_workspace_oidc.unwrap_or_else(|| self.conventional_token_endpoint())
+    }
+
+    /// The conventional token endpoint, on the workspace's own host.
+    fn conventional_token_endpoint(&self) -> Url {
         self.host.join("/oidc/v1/token")
+    }
+
+    /// The `oidc_endpoint` that `/.well-known/databricks-config` names, if it answers with
+    /// one the workspace host's rule permits.
+    async fn oidc_endpoint_named(&self) -> Option<Url> {
+        let well_known = self.host.join("/.well-known/databricks-config");
+        let answer = self
+            .http
+            .send(&Call::get(well_known, Auth::None))
+            .await
+            .ok()?;
+        if answer.status != 200 {
+            return None;
+        }
+        let config: DatabricksConfig = decode(&answer.body).ok()?;
+        let oidc = Url::parse(config.oidc_endpoint?.trim_end_matches('/')).ok()?;
+        if self.host.permits(&oidc) {
+            Some(oidc)
+        } else {
+            tracing::warn!(
+                scheme = oidc.scheme(),
+                "ignoring a discovered oidc_endpoint that is not https"
+            );
+            None
+        }
     }
 
     async fn token_endpoint_from(&self, oidc: &Url) -> Option<Url> {
@@ -129,11 +157,36 @@ impl OAuthM2M {
     }
 
     async fn fetch(&self) -> Result<Credential, Error> {
-        let endpoint = self
-            .token_endpoint
-            .get_or_init(|| self.discover())
-            .await
-            .clone();
+        if let Some(endpoint) = self.token_endpoint.get() {
+            return self.request_token(endpoint.clone()).await;
+        }
+        // The first token: discovery, and beside it the request to the conventional endpoint
+        // on the workspace's own host (the secret goes nowhere else). Its answer is used only
+        // if discovery settles on that endpoint, so the SDKs' order holds, one round trip
+        // sooner; otherwise it is dropped and the discovered endpoint asked.
+        let conventional = self.conventional_token_endpoint();
+        let discovery = self.token_endpoint.get_or_init(|| self.discover());
+        let early = self.request_token(conventional.clone());
+        tokio::pin!(discovery, early);
+        let mut answered = None;
+        let endpoint = loop {
+            tokio::select! {
+                endpoint = &mut discovery => break endpoint,
+                result = &mut early, if answered.is_none() => answered = Some(result),
+            }
+        };
+        if *endpoint == conventional {
+            match answered {
+                Some(result) => result,
+                None => early.await,
+            }
+        } else {
+            tracing::debug!("the token endpoint is not the conventional one; asking it");
+            self.request_token(endpoint.clone()).await
+        }
+    }
+
+    async fn request_token(&self, endpoint: Url) -> Result<Credential, Error> {
         let call = Call::post(
             endpoint,
             Auth::Basic {

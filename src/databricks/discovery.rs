@@ -17,31 +17,48 @@ pub(crate) struct LakebaseDiscovery {
 }
 
 impl LakebaseDiscovery {
+    /// Both look-ups at once: each is a round trip to the workspace, and neither needs the
+    /// other.
     async fn discover(
         &self,
         mut pg_config: tokio_postgres::Config,
     ) -> Result<tokio_postgres::Config, Error> {
-        if self.host {
-            let endpoint = self.workspace.get_endpoint(&self.endpoint).await?;
-            let host = endpoint.host.ok_or_else(|| {
-                Error::workspace_config(format!(
-                    "endpoint {} reports no host yet (state {:?}); set the host explicitly \
-                     or retry once the endpoint is ready",
-                    self.endpoint, endpoint.state
-                ))
-            })?;
-            tracing::debug!(endpoint = %self.endpoint, %host, "discovered the endpoint's host");
+        let (host, user) = tokio::try_join!(self.host(), self.user())?;
+        if let Some(host) = host {
             let _ = pg_config.host(&host);
         }
-        if self.user {
-            let user = match self.workspace.client_id() {
-                Some(client_id) => client_id.to_owned(),
-                None => self.workspace.current_user().await?.user_name,
-            };
-            tracing::debug!(%user, "resolved the Postgres user from the workspace identity");
+        if let Some(user) = user {
             let _ = pg_config.user(&user);
         }
         Ok(pg_config)
+    }
+
+    async fn host(&self) -> Result<Option<String>, Error> {
+        if !self.host {
+            return Ok(None);
+        }
+        let endpoint = self.workspace.get_endpoint(&self.endpoint).await?;
+        let host = endpoint.host.ok_or_else(|| {
+            Error::workspace_config(format!(
+                "endpoint {} reports no host yet (state {:?}); set the host explicitly or retry \
+                 once the endpoint is ready",
+                self.endpoint, endpoint.state
+            ))
+        })?;
+        tracing::debug!(endpoint = %self.endpoint, %host, "discovered the endpoint's host");
+        Ok(Some(host))
+    }
+
+    async fn user(&self) -> Result<Option<String>, Error> {
+        if !self.user {
+            return Ok(None);
+        }
+        let user = match self.workspace.client_id() {
+            Some(client_id) => client_id.to_owned(),
+            None => self.workspace.current_user().await?.user_name,
+        };
+        tracing::debug!(%user, "resolved the Postgres user from the workspace identity");
+        Ok(Some(user))
     }
 }
 

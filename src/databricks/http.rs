@@ -10,7 +10,9 @@
 //! | answer size cap | 1 MiB | the API's answers are a few KiB; a larger one is not what we asked for |
 //!
 //! Retried: connection errors, timeouts, and HTTP 429 and 503 (waiting `Retry-After` seconds,
-//! or the body's `RetryInfo`, or 1 s, plus up to 250 ms of jitter). Never retried: other 4xx
+//! or the body's `RetryInfo`, or 1 s, then a random part of as long again, twice as long from
+//! the second refusal on, within the budget: a fleet of clients told the same `Retry-After`
+//! comes back spread out, not in one wave). Never retried: other 4xx
 //! (a bad request or missing permission does not fix itself) and 504 (the request may have
 //! been carried out). Redirects are not followed, so a bearer token cannot be carried to
 //! another host. Tokens travel in headers and secrets in bodies, never in URLs, so an error
@@ -224,6 +226,19 @@ impl std::fmt::Debug for HttpClient {
     }
 }
 
+/// How long to wait after a server asked for `server_wait`: that, plus a random part of as
+/// long again (twice as long from the second refusal on), so that clients refused together
+/// come back spread out; never past `deadline`.
+fn spread_after(server_wait: Duration, attempt: u32, deadline: Instant) -> Duration {
+    let factor = f64::from(attempt.min(2)) * fastrand::f64();
+    let spread =
+        Duration::try_from_secs_f64(server_wait.as_secs_f64() * factor).unwrap_or(Duration::MAX);
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .saturating_sub(server_wait);
+    server_wait.saturating_add(spread.min(left))
+}
+
 impl HttpClient {
     /// A client trusting the webpki roots plus `trust`'s extra CA certificates, with the
     /// crate's crypto provider; host names are always verified. It uses `proxy` and no
@@ -281,8 +296,7 @@ impl HttpClient {
                             None,
                         ));
                     }
-                    let jitter = Duration::from_millis(fastrand::u64(0..=250));
-                    (Ok(answer), server_wait.saturating_add(jitter))
+                    (Ok(answer), spread_after(server_wait, attempt, deadline))
                 }
                 Attempt::Answer(answer) => return Ok(answer),
                 Attempt::Failed(error) if error.is_transient() => {
@@ -410,6 +424,27 @@ pub(crate) fn api_error(method: &reqwest::Method, path: String, answer: &Answer)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn waits_after_a_refusal_are_spread_within_bounds_and_the_budget() {
+        let second = Duration::from_secs(1);
+        let far = Instant::now() + Duration::from_secs(60);
+        let first: Vec<Duration> = (0..200).map(|_| spread_after(second, 1, far)).collect();
+        assert!(first.iter().all(|w| *w >= second && *w <= 2 * second));
+        let later: Vec<Duration> = (0..200).map(|_| spread_after(second, 5, far)).collect();
+        assert!(later.iter().all(|w| *w >= second && *w <= 3 * second));
+        // Spread, not one wave: the middle 80 % of 200 draws covers most of the window.
+        let mut sorted = first.clone();
+        sorted.sort();
+        assert!(
+            sorted[180] - sorted[20] > Duration::from_millis(500),
+            "{sorted:?}"
+        );
+        // Never past the deadline, and no overflow with absurd numbers.
+        let near = Instant::now() + Duration::from_millis(1500);
+        assert!(spread_after(second, 2, near) <= Duration::from_millis(1500));
+        let _ = spread_after(Duration::MAX, 2, far);
+    }
 
     #[test]
     fn answers_and_clients_never_show_tokens_or_proxy_passwords_in_debug() {

@@ -19,8 +19,8 @@ use crate::databricks::{LakebaseCredentials, LakebaseDiscovery, Workspace, Works
 use crate::defaults;
 use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolverName};
-use crate::target::{TlsSettings, check_channel_binding};
-use crate::tls::{self, ChannelBinding, SslMode};
+use crate::target::{TlsSettings, check_needs_tls};
+use crate::tls::{self, ChannelBinding, SslMode, SslNegotiation};
 use crate::{EndpointName, Environment, Error, RetryPolicy, Secret};
 
 /// Configures and builds a [`Pool`]. Start with [`Pool::builder`].
@@ -59,6 +59,7 @@ pub struct PoolBuilder {
     hostaddr: Option<IpAddr>,
     /// Applied to `pg_config` at `build`, replacing its own setting.
     channel_binding: Option<ChannelBinding>,
+    ssl_negotiation: Option<SslNegotiation>,
     provider: Option<Box<dyn CredentialProvider>>,
     /// The endpoint, or the error from parsing it (returned by `build`).
     endpoint: Option<Result<EndpointName, Error>>,
@@ -82,6 +83,7 @@ impl Default for PoolBuilder {
             port: None,
             hostaddr: None,
             channel_binding: None,
+            ssl_negotiation: None,
             provider: None,
             endpoint: None,
             workspace: None,
@@ -111,6 +113,7 @@ impl fmt::Debug for PoolBuilder {
             .field("port", &self.port)
             .field("hostaddr", &self.hostaddr)
             .field("channel_binding", &self.channel_binding)
+            .field("ssl_negotiation", &self.ssl_negotiation)
             .field("has_credentials", &self.provider.is_some())
             .field("endpoint", &self.endpoint)
             .field("workspace", &self.workspace)
@@ -160,6 +163,7 @@ impl PoolBuilder {
     /// | `PGCONNECT_TIMEOUT` | seconds per connection attempt |
     /// | `PGSSLMODE` | see [`SslMode`]; every mode but `disable` verifies the certificate |
     /// | `PGCHANNELBINDING` | see [`ChannelBinding`]: `disable`, `prefer` (default), `require` |
+    /// | `PGSSLNEGOTIATION` | see [`SslNegotiation`]: `postgres` (default), `direct` |
     /// | `PGHOSTADDR` | TCP address for the host; the host name is still used for TLS |
     /// | `PGSSLROOTCERT` | a PEM file of extra CA certificates to trust |
     ///
@@ -195,6 +199,7 @@ impl PoolBuilder {
         }
         builder.tls.mode = settings.ssl_mode;
         builder.channel_binding = settings.channel_binding;
+        builder.ssl_negotiation = settings.ssl_negotiation;
         if let Some(path) = settings.root_certificates {
             builder = builder.root_certificates_file(path);
         }
@@ -462,6 +467,29 @@ impl PoolBuilder {
     /// ```
     pub fn channel_binding(mut self, binding: ChannelBinding) -> Self {
         self.channel_binding = Some(binding);
+        self
+    }
+
+    /// How TLS is started; see [`SslNegotiation`]. `direct` saves a round trip on every new
+    /// connection where the server supports it (PostgreSQL 17+, the Neon proxy under
+    /// Lakebase). Replaces what [`pg_config`](Self::pg_config) says.
+    ///
+    /// Default: `postgres`, which every server understands. `direct` without TLS is a
+    /// `build` error.
+    ///
+    /// ```
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("ep-example.database.us-east-1.cloud.databricks.com")
+    ///     .user("app")
+    ///     .password("a-token")
+    ///     .ssl_negotiation(lakebase_pool::SslNegotiation::Direct)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn ssl_negotiation(mut self, negotiation: SslNegotiation) -> Self {
+        self.ssl_negotiation = Some(negotiation);
         self
     }
 
@@ -781,6 +809,9 @@ impl PoolBuilder {
         if let Some(binding) = self.channel_binding {
             let _ = config.channel_binding(binding.to_tokio_postgres());
         }
+        if let Some(negotiation) = self.ssl_negotiation {
+            let _ = config.ssl_negotiation(negotiation.to_tokio_postgres());
+        }
         Ok(config)
     }
 
@@ -877,7 +908,7 @@ impl PoolBuilder {
                 // Settled at the first connect, once the host is known; an explicit sslmode
                 // can be checked now.
                 if let Some(mode) = tls.mode {
-                    check_channel_binding(pg_config.get_channel_binding(), mode)?;
+                    check_needs_tls(&pg_config, mode)?;
                 }
                 Target::Lazy {
                     base: pg_config,

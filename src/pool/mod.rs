@@ -199,6 +199,94 @@ impl Pool {
         self.inner.pool.timeout_get(&timeouts).await
     }
 
+    /// Opens up to `connections` connections ahead of the first request, all at once: the
+    /// token is minted (once) and the endpoint looked up as for any first checkout, and the
+    /// connections go back to the pool idle. Call it at start-up, before taking traffic, so
+    /// that the first requests do not pay the cold path; see also [`is_ready`](Self::is_ready).
+    ///
+    /// It is one-shot and sends no query of its own: warm connections are subject to the
+    /// idle timeout like any other, so a compute that sees no traffic can still scale to
+    /// zero. `connections` is capped at the pool's max size; connections checked out by
+    /// others meanwhile are not waited for.
+    ///
+    /// Returns how many connections were ready (idle in the pool) at the end.
+    ///
+    /// # Errors
+    ///
+    /// When not one connection could be opened: the error of the first failure (as
+    /// [`get`](Self::get) would return it). Partial failures are logged and counted out.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::from_env()?;
+    /// let warm = pool.warm_up(4).await?;
+    /// println!("{warm} connections ready; serving");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn warm_up(&self, connections: usize) -> Result<usize, Error> {
+        let wanted = connections.min(self.inner.pool.status().max_size);
+        let mut timeouts = self.inner.pool.timeouts();
+        // Free slots only: a connection someone else holds is not worth waiting for.
+        timeouts.wait = Some(Duration::ZERO);
+        let started = Instant::now();
+        let mut attempts = tokio::task::JoinSet::new();
+        for _ in 0..wanted {
+            let pool = self.inner.pool.clone();
+            // Each holds its connection until all are opened, so that each opens its own.
+            let _ = attempts.spawn(async move { pool.timeout_get(&timeouts).await });
+        }
+        let mut first_error = None;
+        let mut opened = Vec::with_capacity(wanted);
+        while let Some(result) = attempts.join_next().await {
+            match result.unwrap_or(Err(PoolError::Closed)) {
+                Ok(connection) => opened.push(connection),
+                // Everything else was in use: nothing to warm up.
+                Err(PoolError::Timeout(TimeoutType::Wait)) => {}
+                Err(error) => {
+                    let error = self.checkout_error(error);
+                    tracing::warn!(error = %crate::error::error_chain(&error), "warm-up: a connection could not be opened");
+                    let _ = first_error.get_or_insert(error);
+                }
+            }
+        }
+        let warm = opened.len();
+        drop(opened);
+        tracing::info!(
+            warm,
+            wanted,
+            elapsed_ms = millis(started.elapsed()),
+            "warm-up done"
+        );
+        match first_error {
+            Some(error) if warm == 0 => Err(error),
+            _ => Ok(warm),
+        }
+    }
+
+    /// Whether a login has worked since the pool was built (and it is not closed): what a
+    /// readiness probe should report, so that a load balancer holds traffic until the
+    /// endpoint, the token and the credentials are known to work. It stays true while the
+    /// compute scales to zero, since the next checkout wakes it; it checks nothing itself
+    /// and sends nothing.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) {
+    /// let status = if pool.is_ready() { 200 } else { 503 };
+    /// # let _ = status;
+    /// # }
+    /// ```
+    pub fn is_ready(&self) -> bool {
+        !self.is_closed()
+            && self
+                .inner
+                .counters
+                .connections_opened
+                .load(Ordering::Relaxed)
+                > 0
+    }
+
     /// A snapshot of the pool's state and counters.
     ///
     /// ```no_run

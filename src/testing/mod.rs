@@ -38,4 +38,4 @@ pub use self::lakebase::LocalLakebase;
 pub use self::postgres::{HarnessError, LocalPostgres, StopMode};
 pub use self::rotating::RotatingPassword;
 pub use self::tls::{IssuedCertificate, TestCa};
-pub use self::workspace::{Fault, MintedToken, MockDiscovery, MockWorkspace};
+pub use self::workspace::{Fault, MintedToken, MockDiscovery, MockWorkspace, RecordedRequest};

@@ -164,7 +164,7 @@ async fn from_env_with_an_apps_like_environment_connects() {
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "app-sp-id");
     assert_eq!(row.get::<_, String>(1), "orders-app");
-    assert_eq!(mock.count("POST", "/oidc2/v1/token"), 1);
+    assert_eq!(mock.count("POST", "/oidc/v1/token"), 1);
     assert_eq!(
         mock.count("GET", "/api/2.0/postgres/projects"),
         0,

@@ -148,7 +148,17 @@ async fn m2m_token_requests(discovery: MockDiscovery, token_path: &str) {
         1,
         "one workspace token served both calls"
     );
-    assert_eq!(mock.count("POST", "/oidc"), 1);
+    // Besides it, at most the early request to the conventional endpoint, made while
+    // discovery ran (and, where that is not the token endpoint, refused and dropped).
+    assert_eq!(
+        mock.count("POST", "/oidc"),
+        if token_path == "/oidc/v1/token" { 1 } else { 2 }
+    );
+}
+
+#[tokio::test]
+async fn oauth_m2m_uses_the_workspaces_own_oidc_endpoint_named_by_databricks_config() {
+    m2m_token_requests(MockDiscovery::Workspace, "/oidc/v1/token").await;
 }
 
 #[tokio::test]

@@ -73,6 +73,8 @@ struct Settings {
     wake_delay: Duration,
     refuse_while_waking: u32,
     suspend_after_idle: Option<Duration>,
+    /// Refuse `SSLRequest`: TLS only from the first byte.
+    direct_tls_only: bool,
     /// `XX000` texts to answer the next connections with (rate limits and the like).
     scripted_errors: Vec<String>,
 }
@@ -95,7 +97,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// [`LocalPostgres`], answering as Lakebase's proxy (Neon's) does:
 ///
 /// 1. TLS only: the certificate names `*.<domain>`, signed by a CA generated at start
-///    ([`ca_cert_pem`](Self::ca_cert_pem)). A plain-text start-up is refused.
+///    ([`ca_cert_pem`](Self::ca_cert_pem)). A plain-text start-up is refused. TLS starts
+///    after an `SSLRequest` or from the first byte (direct negotiation, ALPN `postgresql`
+///    required; [`set_direct_tls_only`](Self::set_direct_tls_only) refuses the former).
 /// 2. The endpoint id is the first label of the SNI (an SNI outside `<domain>` counts as
 ///    none), or `options=endpoint=<id>`, or a password field of the form
 ///    `endpoint=<id>;<password>`. Given in several places, they must agree; ids are ASCII
@@ -215,12 +219,14 @@ impl LakebaseEmulator {
             .map_err(|e| HarnessError::Certificate(e.to_string()))?;
         let key = PrivateKeyDer::from_pem_slice(issued.key_pem().as_bytes())
             .map_err(|e| HarnessError::Certificate(e.to_string()))?;
-        let tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        let mut tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| HarnessError::Certificate(e.to_string()))?
             .with_no_client_auth()
             .with_single_cert(vec![certificate], key)
             .map_err(|e| HarnessError::Certificate(e.to_string()))?;
+        // Offered ALPN must be `postgresql`; none offered is accepted after an SSLRequest.
+        tls.alpn_protocols = vec![crate::tls::POSTGRES_ALPN.to_vec()];
         let listener = std::net::TcpListener::bind(addr).map_err(io("bind the emulator's port"))?;
         listener
             .set_nonblocking(true)
@@ -241,6 +247,7 @@ impl LakebaseEmulator {
                 wake_delay: Duration::from_millis(300),
                 refuse_while_waking: 0,
                 suspend_after_idle: None,
+                direct_tls_only: false,
                 scripted_errors: Vec::new(),
             }),
         });
@@ -477,6 +484,21 @@ impl LakebaseEmulator {
         lock(&self.shared.settings).suspend_after_idle = idle;
     }
 
+    /// Speak TLS only from the first byte (direct negotiation, PostgreSQL 17's
+    /// `sslnegotiation=direct`), refusing `SSLRequest`, as a front that supports nothing else
+    /// would (default: both are accepted).
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// lakebase.set_direct_tls_only(true);
+    /// ```
+    pub fn set_direct_tls_only(&self, direct_only: bool) {
+        lock(&self.shared.settings).direct_tls_only = direct_only;
+    }
+
     /// Answers the next connection with `XX000` and `message` (e.g. "Too many connections
     /// attempts"), before any check.
     ///
@@ -578,7 +600,19 @@ const NO_ENDPOINT: &str = "Endpoint ID is not specified. Either please upgrade t
 async fn serve_client(shared: &Arc<Shared>, mut tcp: TcpStream) -> std::io::Result<()> {
     // Small protocol messages must not wait for delayed ACKs (Nagle): 40 ms per round trip.
     tcp.set_nodelay(true)?;
-    let handshake = lock(&shared.settings).handshake_timeout;
+    let (handshake, direct_only) = {
+        let settings = lock(&shared.settings);
+        (settings.handshake_timeout, settings.direct_tls_only)
+    };
+    // Direct TLS negotiation (PostgreSQL 17): the first byte is a TLS record's.
+    let mut first = [0u8; 1];
+    if tokio::time::timeout(handshake, tcp.peek(&mut first)).await?? == 0 {
+        return Ok(());
+    }
+    if first[0] == TLS_HANDSHAKE_RECORD {
+        let client = tokio::time::timeout(handshake, shared.tls.accept(tcp)).await??;
+        return serve_tls_client(shared, client, true).await;
+    }
     let (code, body) = tokio::time::timeout(handshake, read_startup(&mut tcp)).await??;
     let code = if code == GSSENC_REQUEST {
         tcp.write_all(b"N").await?;
@@ -589,6 +623,11 @@ async fn serve_client(shared: &Arc<Shared>, mut tcp: TcpStream) -> std::io::Resu
         code
     };
     match code {
+        SSL_REQUEST if direct_only => {
+            // A front that speaks TLS only from the first byte: no TLS this way.
+            tcp.write_all(b"N").await?;
+            return refuse(&mut tcp, INSECURE).await;
+        }
         SSL_REQUEST => {}
         CANCEL_REQUEST => {
             // Pass the cancel key on to the upstream, which issued it.
@@ -600,7 +639,29 @@ async fn serve_client(shared: &Arc<Shared>, mut tcp: TcpStream) -> std::io::Resu
         _ => return refuse(&mut tcp, INSECURE).await,
     }
     tcp.write_all(b"S").await?;
-    let mut client = tokio::time::timeout(handshake, shared.tls.accept(tcp)).await??;
+    let client = tokio::time::timeout(handshake, shared.tls.accept(tcp)).await??;
+    serve_tls_client(shared, client, false).await
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Serves a client once TLS is up, reached by `SSLRequest` or, when `direct`, from the first
+/// byte, which needs ALPN `postgresql` as PostgreSQL 17 requires (against cross-protocol
+/// attacks).
+async fn serve_tls_client(
+    shared: &Arc<Shared>,
+    mut client: tokio_rustls::server::TlsStream<TcpStream>,
+    direct: bool,
+) -> std::io::Result<()> {
+    let handshake = lock(&shared.settings).handshake_timeout;
+    if direct && client.get_ref().1.alpn_protocol() != Some(crate::tls::POSTGRES_ALPN) {
+        return refuse(
+            &mut client,
+            "received direct SSL connection request without ALPN protocol negotiation extension",
+        )
+        .await;
+    }
     let sni = client.get_ref().1.server_name().map(str::to_owned);
     let (code, body) = tokio::time::timeout(handshake, read_startup(&mut client)).await??;
     if code != PROTOCOL_3 {

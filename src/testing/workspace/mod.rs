@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use hyper_util::rt::TokioIo;
 
@@ -23,13 +23,41 @@ use self::routes::handle;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MockDiscovery {
-    /// Newer SDKs: `/.well-known/databricks-config` names an OIDC endpoint (`/oidc2`) whose
-    /// metadata names the token endpoint `/oidc2/v1/token`.
+    /// As a workspace answers (the default): `/.well-known/databricks-config` names the
+    /// workspace's `/oidc`, whose metadata names the token endpoint `/oidc/v1/token`.
+    Workspace,
+    /// Newer SDKs with an OIDC endpoint of its own: `/.well-known/databricks-config` names
+    /// `/oidc2`, whose metadata names the token endpoint `/oidc2/v1/token`. (The conventional
+    /// `/oidc/v1/token` still answers, as the fallback.)
     DatabricksConfig,
     /// Older SDKs: only `/oidc/.well-known/oauth-authorization-server` answers.
     OidcOnly,
     /// No discovery document answers; clients must fall back to `/oidc/v1/token`.
     None,
+}
+
+/// A request the mock received, with when it arrived and when it was answered.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RecordedRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// When its head arrived.
+    pub started: Instant,
+    /// When its answer was ready (`None` while it is served, or for a hang).
+    pub answered: Option<Instant>,
+    /// The answer's HTTP status, once answered.
+    pub status: Option<u16>,
+}
+
+/// A cap on requests per second to paths under a prefix; beyond it, `429` with `Retry-After`.
+pub(super) struct RateLimit {
+    pub(super) path_prefix: String,
+    pub(super) per_second: usize,
+    /// When the requests served in the last second were served.
+    pub(super) served: std::collections::VecDeque<Instant>,
 }
 
 /// A token the mock minted, as the Lakebase token service would have recorded it.
@@ -67,7 +95,8 @@ pub(super) struct State {
     pub(super) discovery: MockDiscovery,
     pub(super) faults: Vec<Fault>,
     pub(super) latency: Duration,
-    pub(super) requests: Vec<(String, String)>,
+    pub(super) rate_limit: Option<RateLimit>,
+    pub(super) requests: Vec<RecordedRequest>,
     pub(super) apply_to: Option<(LocalPostgres, String)>,
 }
 
@@ -157,9 +186,10 @@ impl MockWorkspace {
             revoked_before: 0,
             token_lifetime: Duration::from_secs(3600),
             fractional: false,
-            discovery: MockDiscovery::DatabricksConfig,
+            discovery: MockDiscovery::Workspace,
             faults: Vec::new(),
             latency: Duration::ZERO,
+            rate_limit: None,
             requests: Vec::new(),
             apply_to: None,
         }));
@@ -275,7 +305,7 @@ impl MockWorkspace {
         lock(&self.state).fractional = fractional;
     }
 
-    /// How token-endpoint discovery answers (default: [`MockDiscovery::DatabricksConfig`]).
+    /// How token-endpoint discovery answers (default: [`MockDiscovery::Workspace`]).
     ///
     /// ```no_run
     /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
@@ -296,6 +326,23 @@ impl MockWorkspace {
     /// ```
     pub fn apply_tokens_to(&self, pg: &LocalPostgres, role: &str) {
         lock(&self.state).apply_to = Some((pg.clone(), role.to_owned()));
+    }
+
+    /// Serves at most `per_second` requests to paths starting with `path_prefix` in any one
+    /// second, and answers the others `429` with `Retry-After` (the whole seconds until a
+    /// slot frees, at least 1), as the workspace's rate limits do. `per_second` of 0 removes
+    /// the limit.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.set_rate_limit("/api/2.0/postgres/credentials", 10);
+    /// ```
+    pub fn set_rate_limit(&self, path_prefix: &str, per_second: usize) {
+        lock(&self.state).rate_limit = (per_second > 0).then(|| RateLimit {
+            path_prefix: path_prefix.to_owned(),
+            per_second,
+            served: std::collections::VecDeque::new(),
+        });
     }
 
     /// Delays every answer by `latency`.
@@ -339,8 +386,47 @@ impl MockWorkspace {
         lock(&self.state)
             .requests
             .iter()
-            .filter(|(m, p)| m == method && p.starts_with(path_prefix))
+            .filter(|r| r.method == method && r.path.starts_with(path_prefix))
             .count()
+    }
+
+    /// Every request so far, in the order they arrived.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// for request in mock.requests() {
+    ///     println!("{} {} at {:?}", request.method, request.path, request.started);
+    /// }
+    /// ```
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.state).requests.clone()
+    }
+
+    /// How many round trips a client made one after the other: the longest chain of
+    /// requests in which each arrived after the one before it was answered. Requests that
+    /// arrive while another is served ran beside it and add none. With a latency set
+    /// ([`set_latency`](Self::set_latency)), this is what a cold start costs in WAN round
+    /// trips.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// assert_eq!(mock.sequential_round_trips(), 0, "nothing asked yet");
+    /// ```
+    pub fn sequential_round_trips(&self) -> usize {
+        let requests = self.requests();
+        // Chain length ending at each request; they are in arrival order.
+        let mut chains: Vec<usize> = Vec::with_capacity(requests.len());
+        for (i, request) in requests.iter().enumerate() {
+            let before = requests[..i]
+                .iter()
+                .zip(&chains)
+                .filter(|(earlier, _)| earlier.answered.is_some_and(|at| at <= request.started))
+                .map(|(_, chain)| *chain)
+                .max()
+                .unwrap_or(0);
+            chains.push(before + 1);
+        }
+        chains.into_iter().max().unwrap_or(0)
     }
 
     /// Revokes every database token minted so far, as changing the role's password behind a

@@ -1,6 +1,6 @@
 //! The mock workspace's routes: OAuth discovery and token endpoint, and the Lakebase API.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::codec::{base64_decode, parse_form};
 use super::faults::{CutOff, FaultKind};
-use super::{MintedToken, MockDiscovery, MockEndpoint, Shared, lock};
+use super::{MintedToken, MockDiscovery, MockEndpoint, RecordedRequest, Shared, lock};
 use crate::databricks::time::format_rfc3339;
 use crate::testing::rotating::random_token;
 
@@ -42,7 +42,59 @@ fn ok(value: Value) -> Answer {
     answer(200, value.to_string())
 }
 
+/// Answers `request`, recording when it arrived and when its answer was ready.
 pub(super) async fn handle(state: &Shared, request: Request<Incoming>) -> Answer {
+    let index = {
+        let mut state = lock(state);
+        state.requests.push(RecordedRequest {
+            method: request.method().as_str().to_owned(),
+            path: request.uri().path().to_owned(),
+            started: Instant::now(),
+            answered: None,
+            status: None,
+        });
+        state.requests.len() - 1
+    };
+    let answer = respond(state, request).await;
+    let record = &mut lock(state).requests[index];
+    record.answered = Some(Instant::now());
+    record.status = Some(answer.status().as_u16());
+    answer
+}
+
+/// `429` if `path` is over the rate limit now; otherwise counts it as served.
+fn over_rate_limit(state: &Shared, path: &str) -> Option<Answer> {
+    let mut state = lock(state);
+    let limit = state.rate_limit.as_mut()?;
+    if !path.starts_with(&limit.path_prefix) {
+        return None;
+    }
+    let now = Instant::now();
+    let second = Duration::from_secs(1);
+    while limit
+        .served
+        .front()
+        .is_some_and(|at| now.duration_since(*at) >= second)
+    {
+        let _ = limit.served.pop_front();
+    }
+    if limit.served.len() < limit.per_second {
+        limit.served.push_back(now);
+        return None;
+    }
+    let frees_in = limit
+        .served
+        .front()
+        .map_or(second, |at| second.saturating_sub(now.duration_since(*at)));
+    let seconds = frees_in.as_secs_f64().ceil().max(1.0) as u64;
+    let mut response = api_error(429, "REQUEST_LIMIT_EXCEEDED", "Too many requests");
+    let _ = response
+        .headers_mut()
+        .insert(hyper::header::RETRY_AFTER, seconds.into());
+    Some(response)
+}
+
+async fn respond(state: &Shared, request: Request<Incoming>) -> Answer {
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
@@ -64,7 +116,6 @@ pub(super) async fn handle(state: &Shared, request: Request<Incoming>) -> Answer
 
     let (fault, latency) = {
         let mut state = lock(state);
-        state.requests.push((method.clone(), path.clone()));
         let index = state.faults.iter().position(|f| {
             f.times > 0 && f.path.as_ref().is_none_or(|p| path.starts_with(p.as_str()))
         });
@@ -77,6 +128,9 @@ pub(super) async fn handle(state: &Shared, request: Request<Incoming>) -> Answer
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
+    }
+    if let Some(refused) = over_rate_limit(state, &path) {
+        return refused;
     }
     match fault {
         Some(FaultKind::Hang) => std::future::pending().await,
@@ -112,11 +166,13 @@ pub(super) async fn handle(state: &Shared, request: Request<Incoming>) -> Answer
         .map(str::to_owned);
     match (method.as_str(), path.as_str()) {
         ("GET", "/.well-known/databricks-config") => discovery_config(state),
-        ("GET", "/oidc/.well-known/oauth-authorization-server") => {
-            oidc_metadata(state, "/oidc", MockDiscovery::OidcOnly)
-        }
+        ("GET", "/oidc/.well-known/oauth-authorization-server") => oidc_metadata(
+            state,
+            "/oidc",
+            &[MockDiscovery::Workspace, MockDiscovery::OidcOnly],
+        ),
         ("GET", "/oidc2/.well-known/oauth-authorization-server") => {
-            oidc_metadata(state, "/oidc2", MockDiscovery::DatabricksConfig)
+            oidc_metadata(state, "/oidc2", &[MockDiscovery::DatabricksConfig])
         }
         ("POST", "/oidc/v1/token" | "/oidc2/v1/token") => oauth_token(state, &headers, &body),
         _ => {
@@ -169,19 +225,23 @@ fn identity_of(state: &Shared, token: &str) -> Option<String> {
 
 fn discovery_config(state: &Shared) -> Answer {
     let state = lock(state);
-    if state.discovery != MockDiscovery::DatabricksConfig {
-        return api_error(
-            404,
-            "ENDPOINT_NOT_FOUND",
-            "No API found for '/.well-known/databricks-config'",
-        );
-    }
-    ok(json!({"oidc_endpoint": format!("{}/oidc2", state.base_url), "workspace_id": "1234567890"}))
+    let oidc = match state.discovery {
+        MockDiscovery::Workspace => "/oidc",
+        MockDiscovery::DatabricksConfig => "/oidc2",
+        MockDiscovery::OidcOnly | MockDiscovery::None => {
+            return api_error(
+                404,
+                "ENDPOINT_NOT_FOUND",
+                "No API found for '/.well-known/databricks-config'",
+            );
+        }
+    };
+    ok(json!({"oidc_endpoint": format!("{}{oidc}", state.base_url), "workspace_id": "1234567890"}))
 }
 
-fn oidc_metadata(state: &Shared, prefix: &str, serves_in: MockDiscovery) -> Answer {
+fn oidc_metadata(state: &Shared, prefix: &str, serves_in: &[MockDiscovery]) -> Answer {
     let state = lock(state);
-    if state.discovery != serves_in {
+    if !serves_in.contains(&state.discovery) {
         return answer(404, "");
     }
     let base = format!("{}{prefix}", state.base_url);
