@@ -38,4 +38,6 @@ pub use self::lakebase::LocalLakebase;
 pub use self::postgres::{HarnessError, LocalPostgres, StopMode};
 pub use self::rotating::RotatingPassword;
 pub use self::tls::{IssuedCertificate, TestCa};
-pub use self::workspace::{Fault, MintedToken, MockDiscovery, MockWorkspace, RecordedRequest};
+pub use self::workspace::{
+    Fault, MintedToken, MockDiscovery, MockWorkspace, RecordedRequest, sequential_round_trips,
+};

@@ -52,6 +52,32 @@ pub struct RecordedRequest {
     pub status: Option<u16>,
 }
 
+/// How many round trips `requests` (in arrival order) took one after the other: the longest
+/// chain in which each request arrived after the one before it was answered; see
+/// [`MockWorkspace::sequential_round_trips`]. For a part of a log, such as the requests of
+/// one cold start among several.
+///
+/// ```
+/// use lakebase_pool::testing::sequential_round_trips;
+///
+/// assert_eq!(sequential_round_trips(&[]), 0);
+/// ```
+pub fn sequential_round_trips(requests: &[RecordedRequest]) -> usize {
+    // Chain length ending at each request.
+    let mut chains: Vec<usize> = Vec::with_capacity(requests.len());
+    for (i, request) in requests.iter().enumerate() {
+        let before = requests[..i]
+            .iter()
+            .zip(&chains)
+            .filter(|(earlier, _)| earlier.answered.is_some_and(|at| at <= request.started))
+            .map(|(_, chain)| *chain)
+            .max()
+            .unwrap_or(0);
+        chains.push(before + 1);
+    }
+    chains.into_iter().max().unwrap_or(0)
+}
+
 /// A cap on requests per second to paths under a prefix; beyond it, `429` with `Retry-After`.
 pub(super) struct RateLimit {
     pub(super) path_prefix: String,
@@ -413,20 +439,7 @@ impl MockWorkspace {
     /// assert_eq!(mock.sequential_round_trips(), 0, "nothing asked yet");
     /// ```
     pub fn sequential_round_trips(&self) -> usize {
-        let requests = self.requests();
-        // Chain length ending at each request; they are in arrival order.
-        let mut chains: Vec<usize> = Vec::with_capacity(requests.len());
-        for (i, request) in requests.iter().enumerate() {
-            let before = requests[..i]
-                .iter()
-                .zip(&chains)
-                .filter(|(earlier, _)| earlier.answered.is_some_and(|at| at <= request.started))
-                .map(|(_, chain)| *chain)
-                .max()
-                .unwrap_or(0);
-            chains.push(before + 1);
-        }
-        chains.into_iter().max().unwrap_or(0)
+        sequential_round_trips(&self.requests())
     }
 
     /// Revokes every database token minted so far, as changing the role's password behind a
