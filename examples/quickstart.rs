@@ -65,6 +65,10 @@ async fn run() -> Result<(), lakebase_pool::BoxError> {
         }
     }
     let pool = builder.max_lifetime(DEMO_LIFETIME).build()?;
+    // Mint, discover and log in before taking traffic, as a service would at start-up; a
+    // readiness probe would report `pool.is_ready()`.
+    let warm = pool.warm_up(2).await?;
+    println!("warmed up {warm} connections; ready: {}", pool.is_ready());
 
     let conn = pool.get().await?;
     let row = conn
