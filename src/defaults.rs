@@ -24,6 +24,8 @@
 //! | TLS | `disable` (plain) for loopback hosts, `verify-full` for any other; `require` verifies too | a bearer token must never cross an unverified channel |
 //! | database (Lakebase) | `databricks_postgres` | the database every new Lakebase project has |
 //! | cold-start deadline | 30 s | the Lakebase proxy's own wake-up budget is about 13 s; twice that and more is an outage |
+//! | read replica catch-up (`get_read_at`) | 2 s, polled from 5 ms doubling to 100 ms | replicas usually replay within milliseconds; past seconds, the read-write endpoint answers sooner than the replica will |
+//! | unhealthy read replica | skipped for 1 s doubling to 30 s between probe connects, run in the background | reads never wait for a replica that is down, and one that comes back is used within 30 s |
 
 use std::time::Duration;
 
@@ -45,6 +47,9 @@ pub(crate) const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on each statement the pool sends itself (validation, `BEGIN`/`COMMIT`/`ROLLBACK`,
 /// `LISTEN`).
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long `get_read_at` waits for a replica to replay a write position.
+pub(crate) const REPLICA_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The database a new Lakebase project starts with.
 pub(crate) const LAKEBASE_DATABASE: &str = "databricks_postgres";

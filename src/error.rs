@@ -240,6 +240,67 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A statement the pool sends itself for a read replica feature
+    /// ([`Connection::write_position`](crate::Connection::write_position), the replay check
+    /// of [`Pool::get_read_at`](crate::Pool::get_read_at)) failed or got no answer.
+    #[error("`{statement}` failed (the cause says why)")]
+    #[non_exhaustive]
+    Statement {
+        /// The statement.
+        statement: &'static str,
+        /// The server's error (a [`tokio_postgres::Error`]), or a [`StatementTimedOut`].
+        #[source]
+        source: BoxError,
+    },
+
+    /// No read replica could serve a read, and the pool's
+    /// [`ReadFallback`](crate::ReadFallback) is `Fail`.
+    #[error(
+        "no read replica could serve the read ({replicas} configured, {problem}), and the read \
+         fallback is `Fail` (use `ReadFallback::Primary` to read from the read-write endpoint)"
+    )]
+    #[non_exhaustive]
+    ReplicaUnavailable {
+        /// How many replicas the pool has.
+        replicas: usize,
+        /// Why none served: all unhealthy, none discovered, ...
+        problem: String,
+        /// The last replica's error, if one was tried.
+        #[source]
+        source: Option<Box<Error>>,
+    },
+
+    /// No read replica had replayed the requested write position within the catch-up
+    /// timeout ([`Pool::get_read_at`](crate::Pool::get_read_at)), and the pool's
+    /// [`ReadFallback`](crate::ReadFallback) is `Fail`.
+    #[error(
+        "the read replica had not replayed up to {position} after {waited:.1?} (see \
+         `PoolBuilder::replica_catch_up_timeout`), and the read fallback is `Fail`"
+    )]
+    #[non_exhaustive]
+    ReplicaBehind {
+        /// The write position asked for (`pg_lsn` text, such as `0/16B3748`).
+        position: String,
+        /// How long the pool waited for the replica to catch up.
+        waited: Duration,
+    },
+
+    /// A write was sent to a read-only replica (SQLSTATE `25006`) in
+    /// [`Pool::retry_read_transaction`](crate::Pool::retry_read_transaction). Not retried: it
+    /// would fail the same way.
+    #[error(
+        "{target} is a read-only replica and refused a write (SQLSTATE 25006); run writes with \
+         `Pool::get` or `Pool::retry_transaction`"
+    )]
+    #[non_exhaustive]
+    ReadOnly {
+        /// `user@host:port/dbname` of the replica.
+        target: String,
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
     /// The pool has been closed with [`Pool::close`](crate::Pool::close) or
     /// [`Pool::shutdown`](crate::Pool::shutdown).
     #[error("the pool is closed")]
@@ -462,7 +523,9 @@ impl Error {
             | Error::PoolTimeout { .. }
             | Error::ConnectTimeout { .. }
             | Error::Credentials { .. }
-            | Error::ConnectionLost { .. } => true,
+            | Error::ConnectionLost { .. }
+            | Error::ReplicaUnavailable { .. }
+            | Error::ReplicaBehind { .. } => true,
             Error::Transaction { source, .. } => {
                 if source.is::<StatementTimedOut>() {
                     return true;

@@ -119,7 +119,8 @@ pub use crate::error::{
 };
 pub use crate::listener::{Listener, ListenerEvent};
 pub use crate::pool::{
-    Connection, Dangerous, Pool, PoolBuilder, ShutdownReport, Stats, TransactionHandle,
+    Connection, Dangerous, Pool, PoolBuilder, ReadFallback, ReplicaStats, ShutdownReport, Stats,
+    TransactionHandle,
 };
 pub use crate::retry_policy::RetryPolicy;
 pub use crate::secret::Secret;

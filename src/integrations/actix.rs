@@ -8,7 +8,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
 
-use super::HttpError;
+use super::{HttpError, ReadConnection};
 use crate::{Connection, Error, Pool};
 
 /// Checks a connection out of the [`Pool`] registered as app data (`web::Data<Pool>`, or a
@@ -38,21 +38,54 @@ impl FromRequest for Connection {
     type Future = Pin<Box<dyn Future<Output = Result<Self, HttpError>>>>;
 
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
-        let pool = req
-            .app_data::<web::Data<Pool>>()
-            .map(|data| Pool::clone(data))
-            .or_else(|| req.app_data::<Pool>().cloned());
-        Box::pin(async move {
-            let pool = pool.ok_or_else(|| {
-                Error::invalid(
-                    "app_data",
-                    "no lakebase_pool::Pool is registered; add it with \
-                     `App::app_data(web::Data::new(pool))`",
-                )
-            })?;
-            Ok(pool.get().await?)
-        })
+        let pool = registered_pool(req);
+        Box::pin(async move { Ok(pool?.get().await?) })
     }
+}
+
+/// Checks a connection for reading out of the registered [`Pool`], with
+/// [`Pool::get_read`]: a read replica's, or the read-write endpoint's as the pool's
+/// [`ReadFallback`](crate::ReadFallback) says. Errors as for [`Connection`].
+///
+/// ```no_run
+/// use actix_web::{App, web};
+/// use lakebase_pool::Pool;
+/// use lakebase_pool::integrations::{HttpError, ReadConnection};
+///
+/// async fn count(conn: ReadConnection) -> Result<String, HttpError> {
+///     let row = conn.query_one("SELECT count(*) FROM todos", &[]).await?;
+///     Ok(row.get::<_, i64>(0).to_string())
+/// }
+///
+/// # fn demo(pool: Pool) {
+/// let app = App::new()
+///     .app_data(web::Data::new(pool))
+///     .route("/count", web::get().to(count));
+/// # let _ = app;
+/// # }
+/// ```
+impl FromRequest for ReadConnection {
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, HttpError>>>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let pool = registered_pool(req);
+        Box::pin(async move { Ok(ReadConnection(pool?.get_read().await?)) })
+    }
+}
+
+/// The pool registered as app data (`web::Data<Pool>`, or a plain `Pool`).
+fn registered_pool(req: &HttpRequest) -> Result<Pool, Error> {
+    req.app_data::<web::Data<Pool>>()
+        .map(|data| Pool::clone(data))
+        .or_else(|| req.app_data::<Pool>().cloned())
+        .ok_or_else(|| {
+            Error::invalid(
+                "app_data",
+                "no lakebase_pool::Pool is registered; add it with \
+                 `App::app_data(web::Data::new(pool))`",
+            )
+        })
 }
 
 /// The status, `Retry-After` for a 503, and the short reason as a plain-text body; the

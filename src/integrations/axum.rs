@@ -5,7 +5,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::HttpError;
+use super::{HttpError, ReadConnection};
 use crate::{Connection, Pool};
 
 /// Checks a connection out of the [`Pool`] in the router's state (the state itself, or a
@@ -37,6 +37,37 @@ where
 
     async fn from_request_parts(_parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
         Ok(Pool::from_ref(state).get().await?)
+    }
+}
+
+/// Checks a connection for reading out of the [`Pool`] in the router's state, with
+/// [`Pool::get_read`]: a read replica's, or the read-write endpoint's as the pool's
+/// [`ReadFallback`](crate::ReadFallback) says. Rejections as for [`Connection`].
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use lakebase_pool::Pool;
+/// use lakebase_pool::integrations::{HttpError, ReadConnection};
+///
+/// async fn count(conn: ReadConnection) -> Result<String, HttpError> {
+///     let row = conn.query_one("SELECT count(*) FROM todos", &[]).await?;
+///     Ok(row.get::<_, i64>(0).to_string())
+/// }
+///
+/// # fn demo(pool: Pool) {
+/// let app: Router = Router::new().route("/count", get(count)).with_state(pool);
+/// # let _ = app;
+/// # }
+/// ```
+impl<S> FromRequestParts<S> for ReadConnection
+where
+    Pool: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(_parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
+        Ok(ReadConnection(Pool::from_ref(state).get_read().await?))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Web framework integrations: a [`Connection`](crate::Connection) extractor for Axum
-//! (feature `axum`) and Actix Web (feature `actix-web`), and [`HttpError`], which turns the
-//! pool's errors into fitting HTTP responses.
+//! (feature `axum`) and Actix Web (feature `actix-web`), a [`ReadConnection`] extractor for
+//! reads on a replica, and [`HttpError`], which turns the pool's errors into fitting HTTP
+//! responses.
 //!
 //! | error | status | `Retry-After` |
 //! |---|---|---|
@@ -9,6 +10,7 @@
 //! | database unreachable or still waking up when the retry deadline passed ([`Error::ConnectRetriesExhausted`], [`Error::ConnectTimeout`]) | 503 | 5 s |
 //! | no valid token ([`Error::Credentials`]) | 503 | when the pool asks the provider again, at least 1 s |
 //! | a transaction that kept failing with transient errors, or a lost connection | 503 | 1 s |
+//! | no read replica could serve, or none caught up, with `ReadFallback::Fail` ([`Error::ReplicaUnavailable`], [`Error::ReplicaBehind`]) | 503 | 1 s |
 //! | any other error | 500 | |
 //!
 //! The body is a short fixed reason in plain text. It never carries the error itself: the
@@ -27,6 +29,51 @@ use crate::Error;
 use crate::error::BoxError;
 use crate::error::error_chain;
 use crate::retry::{ErrorClass, classify_in_transaction};
+
+/// A connection for reading, from [`Pool::get_read`](crate::Pool::get_read): on a read
+/// replica, or on the read-write endpoint when none can serve (per the pool's
+/// [`ReadFallback`](crate::ReadFallback)). As an extractor it works like
+/// [`Connection`](crate::Connection)'s; it dereferences to it.
+///
+/// ```no_run
+/// use lakebase_pool::integrations::{HttpError, ReadConnection};
+///
+/// async fn count(conn: ReadConnection) -> Result<String, HttpError> {
+///     let row = conn.query_one("SELECT count(*) FROM todos", &[]).await?;
+///     Ok(row.get::<_, i64>(0).to_string())
+/// }
+/// # let _ = count;
+/// ```
+#[derive(Debug)]
+pub struct ReadConnection(pub crate::Connection);
+
+impl ReadConnection {
+    /// The connection itself.
+    ///
+    /// ```no_run
+    /// # fn demo(conn: lakebase_pool::integrations::ReadConnection) {
+    /// let conn: lakebase_pool::Connection = conn.into_inner();
+    /// # let _ = conn;
+    /// # }
+    /// ```
+    pub fn into_inner(self) -> crate::Connection {
+        self.0
+    }
+}
+
+impl std::ops::Deref for ReadConnection {
+    type Target = crate::Connection;
+
+    fn deref(&self) -> &crate::Connection {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ReadConnection {
+    fn deref_mut(&mut self) -> &mut crate::Connection {
+        &mut self.0
+    }
+}
 
 /// A database error as an HTTP response: status 503 with `Retry-After` when trying again
 /// later may work, 500 otherwise; see the [module docs](self) for the table.

@@ -11,6 +11,7 @@ use deadpool::Runtime;
 use deadpool::managed;
 
 use super::lifecycle::{Lifecycle, Manager, spawn_housekeeper};
+use super::replicas::{ReadFallback, ReplicaSet, ReplicaSettings, ReplicaSpec};
 use super::{Pool, PoolInner};
 use crate::config::{self, PasswordSource};
 use crate::connect::{Connector, Target};
@@ -73,6 +74,7 @@ pub struct PoolBuilder {
     max_size: usize,
     lifecycle: Lifecycle,
     wait_timeout: Duration,
+    replicas: ReplicaSettings,
 }
 
 impl Default for PoolBuilder {
@@ -100,6 +102,7 @@ impl Default for PoolBuilder {
                 validate_after_idle: defaults::VALIDATE_AFTER_IDLE,
             },
             wait_timeout: defaults::WAIT_TIMEOUT,
+            replicas: ReplicaSettings::default(),
         }
     }
 }
@@ -125,6 +128,7 @@ impl fmt::Debug for PoolBuilder {
             .field("max_size", &self.max_size)
             .field("lifecycle", &self.lifecycle)
             .field("wait_timeout", &self.wait_timeout)
+            .field("replicas", &self.replicas)
             .finish()
     }
 }
@@ -776,10 +780,125 @@ impl PoolBuilder {
         self
     }
 
-    /// Checks every setting and builds the pool. No connection is opened until the first
-    /// [`Pool::get`].
+    /// Read replicas for [`Pool::get_read`]: Lakebase read-only endpoints by name
+    /// (`projects/../branches/../endpoints/..`, each with its own host looked up and its own
+    /// tokens, minted through the pool's workspace), or plain Postgres hosts (`host` or
+    /// `host:port`, logging in as the read-write endpoint does). Each replica has a pool of
+    /// its own, with this pool's settings and [`replica_max_size`](Self::replica_max_size)
+    /// connections.
     ///
-    /// `pg_config` with the builder's host, port and address applied.
+    /// ```
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("primary.internal")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .read_replicas(["replica-1.internal", "replica-2.internal:5433"])
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn read_replicas<I, S>(mut self, replicas: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.replicas.specs = replicas
+            .into_iter()
+            .map(|replica| ReplicaSpec::parse(replica.as_ref()))
+            .collect();
+        self
+    }
+
+    /// Use the read-only endpoints of the read-write endpoint's branch as read replicas:
+    /// at the first [`Pool::get_read`], the branch's endpoints are listed, and those of type
+    /// `ENDPOINT_TYPE_READ_ONLY` that are not disabled kept. Needs
+    /// [`lakebase_endpoint`](Self::lakebase_endpoint). Until the look-up succeeds (it is
+    /// retried every 10 s after a failure), reads go to the [`ReadFallback`].
+    ///
+    /// ```
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .workspace(lakebase_pool::databricks::Workspace::builder().host("https://example.cloud.databricks.com").token("dapi-example").build()?)
+    ///     .lakebase_endpoint("projects/shop/branches/production/endpoints/ep-primary")
+    ///     .read_replicas_of_branch()
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn read_replicas_of_branch(mut self) -> Self {
+        self.replicas.of_branch = true;
+        self
+    }
+
+    /// What [`Pool::get_read`] does when no replica can serve, and
+    /// [`Pool::get_read_at`] when none has caught up; see [`ReadFallback`].
+    ///
+    /// Default: [`ReadFallback::Primary`], read from the read-write endpoint.
+    ///
+    /// ```
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("primary.internal")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .read_replicas(["replica.internal"])
+    ///     .read_fallback(lakebase_pool::ReadFallback::Fail)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn read_fallback(mut self, fallback: ReadFallback) -> Self {
+        self.replicas.fallback = fallback;
+        self
+    }
+
+    /// The size limit of each replica's pool.
+    ///
+    /// Default: the pool's [`max_size`](Self::max_size).
+    ///
+    /// ```
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("primary.internal")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .read_replicas(["replica.internal"])
+    ///     .replica_max_size(32)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn replica_max_size(mut self, max_size: usize) -> Self {
+        self.replicas.max_size = Some(max_size);
+        self
+    }
+
+    /// How long [`Pool::get_read_at`] waits for a replica to replay the position asked for,
+    /// before the [`ReadFallback`] decides.
+    ///
+    /// Default: 2 seconds.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("primary.internal")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .read_replicas(["replica.internal"])
+    ///     .replica_catch_up_timeout(Duration::from_millis(500))
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn replica_catch_up_timeout(mut self, timeout: Duration) -> Self {
+        self.replicas.catch_up_timeout = timeout;
+        self
+    }
+
+    /// `pg_config` with the builder's host, port, address, channel binding and TLS
+    /// negotiation applied.
     fn target_config(&self) -> Result<tokio_postgres::Config, Error> {
         let mut config = self.pg_config.clone();
         let twice = |setting: &'static str| {
@@ -815,6 +934,9 @@ impl PoolBuilder {
         Ok(config)
     }
 
+    /// Checks every setting and builds the pool. No connection is opened until the first
+    /// [`Pool::get`].
+    ///
     /// Must be called within a Tokio runtime: the pool starts a background task that closes
     /// idle connections past their lifetime (it ends when the pool is dropped or closed).
     ///
@@ -833,12 +955,19 @@ impl PoolBuilder {
     pub fn build(self) -> Result<Pool, Error> {
         let mut pg_config = self.target_config()?;
         let mut provider = self.provider;
-        let discovery = match self.endpoint.transpose()? {
+        let primary_endpoint = self.endpoint.transpose()?;
+        // Replicas by endpoint name mint through the same workspace: one authentication.
+        let mut primary_workspace = self.workspace;
+        let discovery = match primary_endpoint.clone() {
             None => None,
             Some(endpoint) => {
-                let workspace = match self.workspace {
+                let workspace = match primary_workspace.clone() {
                     Some(workspace) => workspace,
-                    None => Workspace::from_env()?,
+                    None => {
+                        let workspace = Workspace::from_env()?;
+                        primary_workspace = Some(workspace.clone());
+                        workspace
+                    }
                 };
                 if provider.is_none() {
                     let minted = LakebaseCredentials::new(workspace.clone(), endpoint.clone());
@@ -901,7 +1030,6 @@ impl PoolBuilder {
             // query sent to a vanished server) only this ends the wait in the same minute.
             .tcp_user_timeout(defaults::TCP_USER_TIMEOUT);
 
-        let counters = Arc::new(Counters::default());
         let tokens = TokenCache::labelled(provider, self.cache_policy.clone(), "database token");
         let target = match discovery {
             Some(discovery) => {
@@ -911,51 +1039,89 @@ impl PoolBuilder {
                     check_needs_tls(&pg_config, mode)?;
                 }
                 Target::Lazy {
-                    base: pg_config,
+                    base: pg_config.clone(),
                     source: Box::new(discovery),
                 }
             }
-            None => Target::Fixed(pg_config),
+            None => Target::Fixed(pg_config.clone()),
         };
-        let connector = Connector::new(
-            target,
+        let parts = EndpointParts {
             tls,
-            self.resolver,
-            tokens,
-            self.retry.clone(),
-            Arc::clone(&counters),
+            resolver: self.resolver,
+            retry: self.retry,
+            lifecycle: self.lifecycle,
+            wait_timeout: self.wait_timeout,
+            cache_policy: self.cache_policy,
+        };
+        let replicas = self.replicas.build(
+            &parts,
+            &pg_config,
+            self.max_size,
+            primary_workspace,
+            primary_endpoint.as_ref(),
+            &tokens,
         )?;
-        let interval = self.lifecycle.housekeeping_interval();
-        let manager = Manager::new(connector, self.lifecycle, Arc::clone(&counters));
-        // Opening a connection is already bounded by the retry deadline and the token mint
-        // timeout (a forced refresh can add a second mint); this is deadpool's backstop.
-        let create_bound = self
-            .retry
-            .total_deadline()
-            .saturating_add(self.retry.attempt_timeout())
-            .saturating_add(self.cache_policy.mint_timeout_value().saturating_mul(2));
-        let pool = managed::Pool::builder(manager)
-            .max_size(self.max_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(self.wait_timeout))
-            .create_timeout(Some(create_bound))
-            // No recycle timeout: recycling bounds its one await (the validation round trip)
-            // itself, and a deadpool timeout would cost a timer on every checkout.
-            .recycle_timeout(None)
-            .build()
-            .map_err(|e| {
-                Error::invalid_because("build", "deadpool refused the pool settings", e)
-            })?;
-        let housekeeper = spawn_housekeeper(pool.weak(), interval);
-        Ok(Pool {
-            inner: Arc::new(PoolInner {
-                pool,
-                counters,
-                housekeeper: Mutex::new(Some(housekeeper)),
-                waiters: AtomicUsize::new(0),
-            }),
-        })
+        endpoint_pool(&parts, target, tokens, self.max_size, replicas)
     }
+}
+
+/// What every endpoint pool of a [`Pool`] shares: the primary's and each replica's.
+#[derive(Clone)]
+pub(super) struct EndpointParts {
+    pub(super) tls: TlsSettings,
+    pub(super) resolver: Option<Arc<dyn Resolve>>,
+    pub(super) retry: RetryPolicy,
+    pub(super) lifecycle: Lifecycle,
+    pub(super) wait_timeout: Duration,
+    pub(super) cache_policy: CachePolicy,
+}
+
+/// The pool of one endpoint: its connector, deadpool pool, counters and housekeeper.
+pub(super) fn endpoint_pool(
+    parts: &EndpointParts,
+    target: Target,
+    tokens: TokenCache,
+    max_size: usize,
+    replicas: Option<Arc<ReplicaSet>>,
+) -> Result<Pool, Error> {
+    let counters = Arc::new(Counters::default());
+    let connector = Connector::new(
+        target,
+        parts.tls.clone(),
+        parts.resolver.clone(),
+        tokens,
+        parts.retry.clone(),
+        Arc::clone(&counters),
+    )?;
+    let interval = parts.lifecycle.housekeeping_interval();
+    let manager = Manager::new(connector, parts.lifecycle.clone(), Arc::clone(&counters));
+    // Opening a connection is already bounded by the retry deadline and the token mint
+    // timeout (a forced refresh can add a second mint); this is deadpool's backstop.
+    let create_bound = parts
+        .retry
+        .total_deadline()
+        .saturating_add(parts.retry.attempt_timeout())
+        .saturating_add(parts.cache_policy.mint_timeout_value().saturating_mul(2));
+    let pool = managed::Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(parts.wait_timeout))
+        .create_timeout(Some(create_bound))
+        // No recycle timeout: recycling bounds its one await (the validation round trip)
+        // itself, and a deadpool timeout would cost a timer on every checkout.
+        .recycle_timeout(None)
+        .build()
+        .map_err(|e| Error::invalid_because("build", "deadpool refused the pool settings", e))?;
+    let housekeeper = spawn_housekeeper(pool.weak(), interval);
+    Ok(Pool {
+        inner: Arc::new(PoolInner {
+            pool,
+            counters,
+            housekeeper: Mutex::new(Some(housekeeper)),
+            waiters: AtomicUsize::new(0),
+            replicas,
+        }),
+    })
 }
 
 /// Settings that weaken the protection of the token, from [`PoolBuilder::dangerous`]. Each

@@ -72,6 +72,8 @@ pub(crate) struct PooledClient {
     /// The task that drives the socket: aborting it closes the session at once (the server
     /// then rolls back whatever was open and releases its locks).
     pub(crate) driver: tokio::task::AbortHandle,
+    /// The bound on each statement the pool sends itself on it.
+    pub(crate) command_timeout: Duration,
 }
 
 /// The deadpool manager: opens connections through the [`Connector`] and applies the
@@ -165,6 +167,7 @@ impl managed::Manager for Manager {
             idle_since: now,
             in_transaction: AtomicBool::new(false),
             driver,
+            command_timeout: self.connector.retry_policy().command_timeout_value(),
         })
     }
 

@@ -2,6 +2,7 @@
 
 mod builder;
 mod lifecycle;
+mod replicas;
 mod stats;
 mod transaction;
 pub use self::transaction::TransactionHandle;
@@ -14,9 +15,12 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, PoolError, TimeoutType};
 use deadpool_postgres::ClientWrapper;
+use tokio_postgres::types::PgLsn;
 
 pub use self::builder::{Dangerous, PoolBuilder};
 use self::lifecycle::Manager;
+pub use self::replicas::{ReadFallback, ReplicaStats};
+use self::replicas::{ReplicaSet, Served};
 pub use self::stats::Stats;
 use crate::Error;
 use crate::backoff::millis;
@@ -61,6 +65,8 @@ struct PoolInner {
     housekeeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Checkouts waiting for a free connection.
     waiters: AtomicUsize,
+    /// The read replicas, if any: each a pool of its own.
+    replicas: Option<Arc<ReplicaSet>>,
 }
 
 /// Counts a waiting checkout for as long as it waits (also when its future is dropped).
@@ -298,7 +304,80 @@ impl Pool {
     pub fn stats(&self) -> Stats {
         let status = self.inner.pool.status();
         let tokens = self.token_cache().stats();
-        Stats::new(&self.inner.counters, status, tokens)
+        let reads = self
+            .inner
+            .replicas
+            .as_ref()
+            .map(|set| (&set.counters, set.stats()));
+        Stats::new(&self.inner.counters, status, tokens, reads)
+    }
+
+    /// Checks out a connection for reading: to a healthy read replica, the least in use
+    /// (equally loaded ones in turn, so that the load spreads and a replica's slow queries
+    /// push reads to the others), or, when none can serve, per the pool's
+    /// [`ReadFallback`]: from the read-write endpoint (the default) or an error. Without
+    /// replicas configured it is [`get`](Self::get).
+    ///
+    /// A replica whose connect fails is marked unhealthy and skipped, for 1 s doubling to
+    /// 30 s; then a probe connect runs in the background, and the replica serves again once
+    /// one succeeds. A replica that is down never slows [`get`](Self::get), which has its
+    /// own pool. Replicas lag behind: to read a write of your own, use
+    /// [`get_read_at`](Self::get_read_at).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`get`](Self::get); [`Error::PoolTimeout`] when the chosen replica's
+    /// connections all stayed in use; [`Error::ReplicaUnavailable`] with
+    /// [`ReadFallback::Fail`].
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
+    /// let conn = pool.get_read().await?;
+    /// let rows = conn.query("SELECT id, title FROM todos", &[]).await;
+    /// # let _ = rows;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_read(&self) -> Result<Connection, Error> {
+        match &self.inner.replicas {
+            None => self.get().await,
+            Some(replicas) => replicas.get(self).await.map(Served::into_connection),
+        }
+    }
+
+    /// Checks out a connection for reading that has replayed at least `position`, the
+    /// [`write_position`](Connection::write_position) of a write: a read of your own writes.
+    /// The replica chosen as by [`get_read`](Self::get_read) is asked
+    /// `pg_last_wal_replay_lsn()` until it has caught up, for up to the catch-up timeout
+    /// ([`PoolBuilder::replica_catch_up_timeout`], default 2 s); then the
+    /// [`ReadFallback`] decides. The read-write endpoint has every write, so a fallback to it
+    /// always satisfies the position.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`get_read`](Self::get_read); [`Error::Statement`] when the replay check
+    /// fails; [`Error::ReplicaBehind`] with [`ReadFallback::Fail`].
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
+    /// let writer = pool.get().await?;
+    /// writer.execute("INSERT INTO todos (title) VALUES ('milk')", &[]).await.ok();
+    /// let position = writer.write_position().await?;
+    /// drop(writer);
+    /// let reader = pool.get_read_at(position).await?;
+    /// let row = reader.query_one("SELECT count(*) FROM todos WHERE title = 'milk'", &[]).await;
+    /// # let _ = row;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_read_at(&self, position: PgLsn) -> Result<Connection, Error> {
+        match &self.inner.replicas {
+            None => self.get().await,
+            Some(replicas) => replicas
+                .get_at(self, position)
+                .await
+                .map(Served::into_connection),
+        }
     }
 
     /// The token cache in front of the pool's credential provider.
@@ -325,6 +404,9 @@ impl Pool {
     pub fn close(&self) {
         self.inner.pool.close();
         let _ = self.inner.take_housekeeper();
+        if let Some(replicas) = &self.inner.replicas {
+            replicas.close();
+        }
     }
 
     /// Shuts the pool down gracefully: [`close`](Self::close)s it, waits up to `grace` for
@@ -464,6 +546,39 @@ impl Connection {
     /// ```
     pub fn retire_at(&self) -> Option<Instant> {
         self.object.retire_at
+    }
+
+    /// The server's current write position (`pg_current_wal_lsn()`), taken after a write
+    /// has committed: pass it to [`Pool::get_read_at`] to read from a replica that has
+    /// replayed the write. On the read-write endpoint only (a replica refuses it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Statement`] when the server refuses it (a replica) or does not answer within
+    /// the command timeout.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
+    /// let conn = pool.get().await?;
+    /// let position = conn.write_position().await?;
+    /// println!("written up to {position}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn write_position(&self) -> Result<PgLsn, Error> {
+        const STATEMENT: &str = "SELECT pg_current_wal_lsn()";
+        let timeout = self.object.command_timeout;
+        let failed = |source: crate::BoxError| Error::Statement {
+            statement: STATEMENT,
+            source,
+        };
+        match tokio::time::timeout(timeout, self.query_one(STATEMENT, &[])).await {
+            Ok(Ok(row)) => row.try_get(0).map_err(|e| failed(Box::new(e))),
+            Ok(Err(error)) => Err(failed(Box::new(error))),
+            Err(_) => Err(failed(Box::new(crate::StatementTimedOut::new(
+                STATEMENT, timeout,
+            )))),
+        }
     }
 
     /// How long ago this physical connection was opened.

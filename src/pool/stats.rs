@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::replicas::{ReadCounters, ReplicaStats};
 use crate::credentials::TokenStats;
 use crate::metrics::{Counters, WAIT_BUCKETS};
 
@@ -60,12 +61,34 @@ pub struct Stats {
     /// How long `get()` took, successful or not, as a histogram: `(upper bound, count)`
     /// buckets from 100 µs to 5 s, the last (bound `None`) counting longer waits.
     pub checkout_wait: Vec<(Option<Duration>, u64)>,
+    /// Each read replica's pool (empty without replicas, and before the branch's replicas
+    /// are looked up).
+    pub replicas: Vec<ReplicaStats>,
+    /// Reads served by the read-write endpoint because no replica could serve (or none had
+    /// caught up), with [`ReadFallback::Primary`](crate::ReadFallback::Primary).
+    pub read_fallbacks: u64,
+    /// [`Pool::get_read_at`](crate::Pool::get_read_at) calls that had to wait for a replica
+    /// to replay the position.
+    pub lag_waits: u64,
+    /// Of those, the ones whose replica did not catch up within the catch-up timeout.
+    pub lag_fallbacks: u64,
 }
 
 impl Stats {
     /// Reads `counters` beside the pool's `status` and its cache's `tokens`.
-    pub(crate) fn new(counters: &Counters, status: deadpool::Status, tokens: TokenStats) -> Stats {
+    pub(crate) fn new(
+        counters: &Counters,
+        status: deadpool::Status,
+        tokens: TokenStats,
+        reads: Option<(&ReadCounters, Vec<ReplicaStats>)>,
+    ) -> Stats {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let (read, replicas) = match reads {
+            Some((read, replicas)) => (Some(read), replicas),
+            None => (None, Vec::new()),
+        };
+        let read_load =
+            |counter: fn(&ReadCounters) -> &AtomicU64| read.map_or(0, |r| load(counter(r)));
         Stats {
             max_size: status.max_size,
             size: status.size,
@@ -88,6 +111,10 @@ impl Stats {
                 .chain([None])
                 .zip(counters.checkout_wait.iter().map(load))
                 .collect(),
+            replicas,
+            read_fallbacks: read_load(|r| &r.fallbacks),
+            lag_waits: read_load(|r| &r.lag_waits),
+            lag_fallbacks: read_load(|r| &r.lag_fallbacks),
         }
     }
 
@@ -140,6 +167,7 @@ mod tests {
                 waiting: 0,
             },
             TokenStats::default(),
+            None,
         );
         assert_eq!((stats.checkouts, stats.checkout_failures), (99, 1));
         assert_eq!(

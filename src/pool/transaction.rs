@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use deadpool_postgres::ClientWrapper;
 use tokio::time::Instant;
-use tokio_postgres::error::Severity;
+use tokio_postgres::error::{Severity, SqlState};
 
 use super::lifecycle::PooledClient;
 use super::{Connection, Pool};
@@ -138,7 +138,50 @@ impl Pool {
     // `work` takes an owned handle, not a `&Transaction`: a closure over a borrowed
     // transaction needs a higher-ranked bound, and rustc then cannot prove the caller's future
     // `Send` (as Axum and `tokio::spawn` require) when the closure borrows anything.
-    pub async fn retry_transaction<T, F, Fut>(&self, mut work: F) -> Result<T, Error>
+    pub async fn retry_transaction<T, F, Fut>(&self, work: F) -> Result<T, Error>
+    where
+        F: FnMut(TransactionHandle) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        self.run_transaction(Access::ReadWrite, work).await
+    }
+
+    /// [`retry_transaction`](Self::retry_transaction) for a read-only unit of work, on a
+    /// read replica ([`get_read`](Self::get_read), with its fallback): the transaction is
+    /// `BEGIN READ ONLY`, and runs again on a fresh connection after transient failures
+    /// (a replica restarting or being suspended, or a query canceled by a conflict with
+    /// replay, `40001`).
+    ///
+    /// A write in it fails at once, without retries, with [`Error::ReadOnly`] (SQLSTATE
+    /// `25006`), on a replica and on the read-write endpoint alike.
+    ///
+    /// # Errors
+    ///
+    /// As for [`retry_transaction`](Self::retry_transaction), plus [`Error::ReadOnly`] and
+    /// those of [`get_read`](Self::get_read).
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
+    /// let (orders, revenue) = pool
+    ///     .retry_read_transaction(|tx| async move {
+    ///         let orders: i64 = tx.query_one("SELECT count(*) FROM orders", &[]).await?.get(0);
+    ///         let revenue: i64 = tx.query_one("SELECT coalesce(sum(total), 0)::int8 FROM orders", &[]).await?.get(0);
+    ///         Ok((orders, revenue))
+    ///     })
+    ///     .await?;
+    /// # let _ = (orders, revenue);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn retry_read_transaction<T, F, Fut>(&self, work: F) -> Result<T, Error>
+    where
+        F: FnMut(TransactionHandle) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        self.run_transaction(Access::ReadOnly, work).await
+    }
+
+    async fn run_transaction<T, F, Fut>(&self, access: Access, mut work: F) -> Result<T, Error>
     where
         F: FnMut(TransactionHandle) -> Fut,
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
@@ -149,19 +192,40 @@ impl Pool {
         let mut attempts: u32 = 0;
         loop {
             attempts += 1;
-            let conn = Arc::new(self.get().await?);
-            let (error, class) =
-                match attempt(&conn, &mut work, policy.command_timeout_value()).await {
-                    Ok(value) => return Ok(value),
-                    Err(Failure::CommitUnknown(source)) => {
-                        tracing::warn!(
-                            cause = %error_chain(&*source),
-                            "connection failed during COMMIT; the outcome is unknown, not retrying"
+            let conn = Arc::new(match access {
+                Access::ReadWrite => self.get().await?,
+                Access::ReadOnly => self.get_read().await?,
+            });
+            let timeout = policy.command_timeout_value();
+            let (error, class) = match attempt(&conn, &mut work, timeout, access.begin()).await {
+                Ok(value) => return Ok(value),
+                Err(Failure::CommitUnknown(source)) => {
+                    tracing::warn!(
+                        cause = %error_chain(&*source),
+                        "connection failed during COMMIT; the outcome is unknown, not retrying"
+                    );
+                    return Err(Error::CommitOutcomeUnknown { source });
+                }
+                Err(Failure::RolledBack(error, class)) => (error, class),
+            };
+            let error = match access {
+                Access::ReadWrite => error,
+                // A write refused by a replica: retrying would fail the same way.
+                Access::ReadOnly => match error.downcast::<tokio_postgres::Error>() {
+                    Ok(source) if source.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) => {
+                        let target = deadpool::managed::Object::pool(&conn.object).map_or_else(
+                            || String::from("the replica"),
+                            |pool| pool.manager().connector().target().to_owned(),
                         );
-                        return Err(Error::CommitOutcomeUnknown { source });
+                        return Err(Error::ReadOnly {
+                            target,
+                            source: *source,
+                        });
                     }
-                    Err(Failure::RolledBack(error, class)) => (error, class),
-                };
+                    Ok(source) => source,
+                    Err(other) => other,
+                },
+            };
             drop(conn);
             let wait = match class {
                 ErrorClass::Fatal => None,
@@ -184,12 +248,31 @@ impl Pool {
     }
 }
 
+/// Whether a unit of work may write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// On the read-write endpoint.
+    ReadWrite,
+    /// On a read replica, in a `READ ONLY` transaction.
+    ReadOnly,
+}
+
+impl Access {
+    fn begin(self) -> &'static str {
+        match self {
+            Access::ReadWrite => "BEGIN",
+            Access::ReadOnly => "BEGIN READ ONLY",
+        }
+    }
+}
+
 /// One run of `work` between `BEGIN` and `COMMIT`, each of the pool's own statements under
 /// `command_timeout`.
 async fn attempt<T, F, Fut>(
     conn: &Arc<Connection>,
     work: &mut F,
     command_timeout: Duration,
+    begin: &'static str,
 ) -> Result<T, Failure>
 where
     F: FnMut(TransactionHandle) -> Fut,
@@ -204,7 +287,7 @@ where
             .await
             .map_err(|_| StatementTimedOut::new(statement, command_timeout))
     };
-    match bounded("BEGIN").await {
+    match bounded(begin).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => return Err(Failure::rolled_back(error)),
         // Like a lost connection: the session is closed, and the work may run again.

@@ -31,6 +31,8 @@ pub struct LocalLakebase {
     // Field order is drop order: the emulator before its upstream.
     emulator: LakebaseEmulator,
     workspace: MockWorkspace,
+    /// Hot standbys behind the read-only endpoints.
+    replicas: Vec<LocalPostgres>,
     postgres: LocalPostgres,
 }
 
@@ -59,6 +61,26 @@ impl LocalLakebase {
     /// # }
     /// ```
     pub async fn start() -> Result<Self, HarnessError> {
+        Self::start_with_replicas(0).await
+    }
+
+    /// Like [`start`](Self::start), plus `replicas` read-only endpoints on the same branch
+    /// ([`replica_endpoint`](Self::replica_endpoint)), each served by a hot standby of the
+    /// server ([`LocalPostgres::start_standby`]) with real replication lag.
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start), and when a standby cannot be copied or started.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// let lakebase = lakebase_pool::testing::LocalLakebase::start_with_replicas(2).await?;
+    /// assert_eq!(lakebase.replica_endpoint(1), "projects/local/branches/main/endpoints/ep-local-replica-2");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn start_with_replicas(replicas: usize) -> Result<Self, HarnessError> {
         let postgres = LocalPostgres::start()?;
         // Never used for a login: the emulator checks tokens and logs in upstream itself.
         postgres
@@ -74,9 +96,17 @@ impl LocalLakebase {
         workspace.add_pat(Self::PAT, Self::USER);
         let emulator = LakebaseEmulator::start(&postgres, &workspace)?;
         emulator.add_endpoint(Self::ENDPOINT);
+        let replicas = (0..replicas)
+            .map(|i| {
+                let standby = postgres.start_standby()?;
+                emulator.add_read_only_endpoint(&Self::replica_endpoint_name(i), &standby);
+                Ok(standby)
+            })
+            .collect::<Result<Vec<_>, HarnessError>>()?;
         Ok(LocalLakebase {
             emulator,
             workspace,
+            replicas,
             postgres,
         })
     }
@@ -201,6 +231,39 @@ impl LocalLakebase {
     /// ```
     pub fn postgres(&self) -> &LocalPostgres {
         &self.postgres
+    }
+
+    /// The name of the `index`-th read-only endpoint (from 0):
+    /// `projects/local/branches/main/endpoints/ep-local-replica-<index + 1>`.
+    ///
+    /// ```
+    /// use lakebase_pool::testing::LocalLakebase;
+    /// # fn demo(lakebase: LocalLakebase) {
+    /// assert!(lakebase.replica_endpoint(0).ends_with("/ep-local-replica-1"));
+    /// # }
+    /// ```
+    pub fn replica_endpoint(&self, index: usize) -> String {
+        Self::replica_endpoint_name(index)
+    }
+
+    fn replica_endpoint_name(index: usize) -> String {
+        format!("{}-replica-{}", Self::ENDPOINT, index + 1)
+    }
+
+    /// The standby behind the `index`-th read-only endpoint, to pause its replay, stop and
+    /// resume it; `None` past the replicas started
+    /// ([`start_with_replicas`](Self::start_with_replicas)).
+    ///
+    /// ```no_run
+    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// if let Some(standby) = lakebase.replica(0) {
+    ///     standby.pause_replay().await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn replica(&self, index: usize) -> Option<&LocalPostgres> {
+        self.replicas.get(index)
     }
 }
 

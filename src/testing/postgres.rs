@@ -16,7 +16,11 @@ use crate::{PoolBuilder, Secret};
 
 /// How long a starting server may take before the harness gives up.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const READY_LINE: &str = "database system is ready to accept connections";
+/// What the server logs once it takes connections; a standby says "read-only connections".
+const READY_LINES: [&str; 2] = [
+    "database system is ready to accept connections",
+    "database system is ready to accept read-only connections",
+];
 const SUPERUSER: &str = "postgres";
 
 /// Why the local cluster could not be set up or driven.
@@ -183,47 +187,95 @@ impl LocalPostgres {
     }
 
     fn start_inner(certificate: Option<&IssuedCertificate>) -> Result<Self, HarnessError> {
-        let bin_dir = find_bin_dir()?;
-        let run_as = unprivileged_user()?;
-        let root = tempfile::Builder::new()
-            .prefix("lakebase-pg-")
-            .tempdir()
-            .map_err(io_error("create a temporary directory"))?;
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(root.path(), Some(uid), Some(gid)).map_err(io_error(
-                "hand the temporary directory to the postgres user",
-            ))?;
-        }
-        let mut pg = Inner {
-            root,
-            bin_dir,
-            port: 0,
-            run_as,
-            server: Mutex::new(None),
-            tls: false,
-            role_changes: tokio::sync::Mutex::new(()),
-        };
+        let mut pg = Inner::new(find_bin_dir()?)?;
         pg.initdb()?;
         if let Some(certificate) = certificate {
             pg.install_certificate(certificate)?;
         }
-        // A port found free can be taken by someone else before the server binds it.
-        let mut last_error = None;
-        for _ in 0..3 {
-            pg.port = free_port()?;
-            match pg.spawn_server() {
-                Ok(()) => {
-                    return Ok(LocalPostgres {
-                        inner: Arc::new(pg),
-                    });
-                }
-                Err(error) => last_error = Some(error),
-            }
-        }
-        Err(last_error.unwrap_or(HarnessError::NotReady {
-            waited: READY_TIMEOUT,
-            log: String::new(),
-        }))
+        pg.launch()
+    }
+
+    /// Starts a hot standby of this server: a copy taken with `pg_basebackup -R` that streams
+    /// and replays its WAL, on its own port, taking read-only sessions (the roles, databases
+    /// and TLS settings are the primary's, copied). Replication lag is real; see
+    /// [`pause_replay`](Self::pause_replay). Both are independent servers: either can be
+    /// stopped and resumed.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::CommandFailed`] when the copy fails (the primary must be running);
+    /// [`HarnessError::NotReady`] when the standby does not come up.
+    ///
+    /// ```no_run
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// let standby = pg.start_standby()?;
+    /// assert_ne!(standby.port(), pg.port());
+    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// ```
+    pub fn start_standby(&self) -> Result<LocalPostgres, HarnessError> {
+        let mut standby = Inner::new(self.inner.bin_dir.clone())?;
+        standby.tls = self.inner.tls;
+        let mut command = standby.command("pg_basebackup");
+        let _ = command
+            .arg("-h")
+            .arg(self.inner.socket_dir())
+            .arg("-p")
+            .arg(self.inner.port.to_string())
+            .args(["-U", SUPERUSER, "-D"])
+            .arg(standby.data_dir())
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+        run(command)?;
+        standby.launch()
+    }
+
+    /// Pauses WAL replay on a standby (`pg_wal_replay_pause()`): writes on the primary stop
+    /// showing on it until [`resume_replay`](Self::resume_replay).
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Sql`] when the server is down or is not a standby.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// let standby = pg.start_standby()?;
+    /// standby.pause_replay().await?;
+    /// standby.resume_replay().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn pause_replay(&self) -> Result<(), HarnessError> {
+        let _ = self
+            .admin()
+            .await?
+            .execute("SELECT pg_wal_replay_pause()", &[])
+            .await?;
+        Ok(())
+    }
+
+    /// Resumes WAL replay after [`pause_replay`](Self::pause_replay).
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Sql`] when the server is down or is not a standby.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # let standby = pg.start_standby()?;
+    /// standby.resume_replay().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn resume_replay(&self) -> Result<(), HarnessError> {
+        let _ = self
+            .admin()
+            .await?
+            .execute("SELECT pg_wal_replay_resume()", &[])
+            .await?;
+        Ok(())
     }
 
     /// The host to connect to: `127.0.0.1`.
@@ -486,6 +538,51 @@ impl LocalPostgres {
 }
 
 impl Inner {
+    /// A server-to-be in a new temporary directory (owned by the unprivileged user when
+    /// running as root); nothing is started.
+    fn new(bin_dir: PathBuf) -> Result<Self, HarnessError> {
+        let run_as = unprivileged_user()?;
+        let root = tempfile::Builder::new()
+            .prefix("lakebase-pg-")
+            .tempdir()
+            .map_err(io_error("create a temporary directory"))?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(root.path(), Some(uid), Some(gid)).map_err(io_error(
+                "hand the temporary directory to the postgres user",
+            ))?;
+        }
+        Ok(Inner {
+            root,
+            bin_dir,
+            port: 0,
+            run_as,
+            server: Mutex::new(None),
+            tls: false,
+            role_changes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Starts the server on a free port. A port found free can be taken by someone else
+    /// before the server binds it, so up to three are tried.
+    fn launch(mut self) -> Result<LocalPostgres, HarnessError> {
+        let mut last_error = None;
+        for _ in 0..3 {
+            self.port = free_port()?;
+            match self.spawn_server() {
+                Ok(()) => {
+                    return Ok(LocalPostgres {
+                        inner: Arc::new(self),
+                    });
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or(HarnessError::NotReady {
+            waited: READY_TIMEOUT,
+            log: String::new(),
+        }))
+    }
+
     /// The server child process, if running. No code panics while holding the lock, so a
     /// poisoned lock is recovered rather than propagated.
     fn server(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
@@ -506,7 +603,7 @@ impl Inner {
 
     /// A command for one of the server binaries, run as the unprivileged user if needed.
     fn command(&self, program: &str) -> Command {
-        let mut command = Command::new(self.bin_dir.join(program));
+        let mut command = Command::new(tool_path(&self.bin_dir, program));
         if let Some((uid, gid)) = self.run_as {
             let _ = command.uid(uid).gid(gid);
         }
@@ -581,7 +678,8 @@ impl Inner {
     fn wait_until_ready(&self, log_start: u64) -> Result<(), HarnessError> {
         let started = Instant::now();
         while started.elapsed() < READY_TIMEOUT {
-            if read_log_from(&self.log_path(), log_start).contains(READY_LINE) {
+            let log = read_log_from(&self.log_path(), log_start);
+            if READY_LINES.iter().any(|line| log.contains(line)) {
                 return Ok(());
             }
             let exited = {
@@ -679,6 +777,21 @@ fn free_port() -> Result<u16, HarnessError> {
         .map_err(io_error("find a free port"))?
         .port();
     Ok(port)
+}
+
+/// `program` in `bin_dir`, or beside the real `postgres` binary when `bin_dir` only links
+/// to some of the tools (a `/usr/local/bin` with links to `initdb`, `pg_ctl` and `postgres`
+/// alone, while `pg_basebackup` lives in `/usr/lib/postgresql/<version>/bin`).
+fn tool_path(bin_dir: &Path, program: &str) -> PathBuf {
+    let direct = bin_dir.join(program);
+    if direct.is_file() {
+        return direct;
+    }
+    fs::canonicalize(bin_dir.join("postgres"))
+        .ok()
+        .and_then(|postgres| postgres.parent().map(|dir| dir.join(program)))
+        .filter(|beside| beside.is_file())
+        .unwrap_or(direct)
 }
 
 /// The directory holding `initdb`, `postgres` and `pg_ctl`.

@@ -10,6 +10,7 @@ mod lifecycle;
 mod listener;
 mod network;
 mod proxy_fidelity;
+mod replicas;
 mod restart;
 mod rotation;
 mod secrets;

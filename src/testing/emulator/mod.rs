@@ -57,6 +57,8 @@ pub enum ComputeState {
 
 struct Endpoint {
     name: String,
+    /// The Unix socket of the server behind it: the upstream, or a standby of it.
+    upstream: PathBuf,
     state: ComputeState,
     disabled: bool,
     sessions: usize,
@@ -339,12 +341,35 @@ impl LakebaseEmulator {
     /// lakebase.add_endpoint("projects/p/branches/b/endpoints/ep-test");
     /// ```
     pub fn add_endpoint(&self, name: &str) {
+        self.add(name, self.shared.upstream.clone(), false);
+    }
+
+    /// Adds an active read-only endpoint (a read replica) served by `standby` (see
+    /// [`LocalPostgres::start_standby`]), registering it with the mock workspace as
+    /// `ENDPOINT_TYPE_READ_ONLY`, with host `<id>.<domain>`. Tokens are checked for it as
+    /// for any endpoint, and it scales to zero on its own.
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// let standby = pg.start_standby()?;
+    /// lakebase.add_read_only_endpoint("projects/p/branches/b/endpoints/ep-replica", &standby);
+    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// ```
+    pub fn add_read_only_endpoint(&self, name: &str, standby: &LocalPostgres) {
+        self.add(name, standby.socket_path(), true);
+    }
+
+    fn add(&self, name: &str, upstream: PathBuf, read_only: bool) {
         let id = endpoint_id(name).to_owned();
         self.shared
             .workspace
-            .add_endpoint(name, &self.host_of(name));
+            .add_endpoint(name, &self.host_of(name), read_only);
         let endpoint = Endpoint {
             name: name.to_owned(),
+            upstream,
             state: ComputeState::Active,
             disabled: false,
             sessions: 0,
@@ -630,11 +655,22 @@ async fn serve_client(shared: &Arc<Shared>, mut tcp: TcpStream) -> std::io::Resu
         }
         SSL_REQUEST => {}
         CANCEL_REQUEST => {
-            // Pass the cancel key on to the upstream, which issued it.
-            let mut upstream = UnixStream::connect(&shared.upstream).await?;
-            upstream.write_all(&16i32.to_be_bytes()).await?;
-            upstream.write_all(&CANCEL_REQUEST.to_be_bytes()).await?;
-            return upstream.write_all(&body).await;
+            // Pass the cancel key on to the servers; the one that issued it acts on it, the
+            // others ignore it (the request does not say which endpoint it is for).
+            let mut upstreams: Vec<PathBuf> = lock(&shared.endpoints)
+                .values()
+                .map(|e| e.upstream.clone())
+                .collect();
+            upstreams.sort();
+            upstreams.dedup();
+            for path in upstreams {
+                if let Ok(mut upstream) = UnixStream::connect(&path).await {
+                    upstream.write_all(&16i32.to_be_bytes()).await?;
+                    upstream.write_all(&CANCEL_REQUEST.to_be_bytes()).await?;
+                    upstream.write_all(&body).await?;
+                }
+            }
+            return Ok(());
         }
         _ => return refuse(&mut tcp, INSECURE).await,
     }
@@ -740,11 +776,15 @@ async fn serve_tls_client(
         (None, None) => return refuse(&mut client, NO_ENDPOINT).await,
     };
     let refused = password_failed(&user);
-    let found = lock(&shared.endpoints)
-        .get(&id)
-        .map(|endpoint| (endpoint.name.clone(), endpoint.disabled));
+    let found = lock(&shared.endpoints).get(&id).map(|endpoint| {
+        (
+            endpoint.name.clone(),
+            endpoint.disabled,
+            endpoint.upstream.clone(),
+        )
+    });
     // An unknown endpoint reads as a wrong password, as with the proxy's production backend.
-    let Some((name, disabled)) = found else {
+    let Some((name, disabled, upstream)) = found else {
         return refuse(&mut client, &refused).await;
     };
     if disabled {
@@ -762,7 +802,7 @@ async fn serve_tls_client(
     if let Err(text) = wake(shared, &id).await {
         return refuse(&mut client, text).await;
     }
-    relay(shared, &id, client, &params).await
+    relay(shared, &id, &upstream, client, &params).await
 }
 
 fn password_failed(user: &str) -> String {

@@ -28,10 +28,11 @@ impl Drop for SessionGuard<'_> {
 pub(super) async fn relay(
     shared: &Arc<Shared>,
     id: &str,
+    upstream: &std::path::Path,
     mut client: tokio_rustls::server::TlsStream<TcpStream>,
     params: &[(String, String)],
 ) -> std::io::Result<()> {
-    let mut upstream = UnixStream::connect(&shared.upstream).await?;
+    let mut upstream = UnixStream::connect(upstream).await?;
     let mut startup = Vec::new();
     startup.extend_from_slice(&PROTOCOL_3.to_be_bytes());
     for (key, value) in params {

@@ -105,6 +105,8 @@ pub(super) struct MockEndpoint {
     pub(super) host: String,
     pub(super) state: String,
     pub(super) disabled: bool,
+    /// `ENDPOINT_TYPE_READ_ONLY` rather than `ENDPOINT_TYPE_READ_WRITE`.
+    pub(super) read_only: bool,
 }
 
 pub(super) struct State {
@@ -281,7 +283,18 @@ impl MockWorkspace {
     /// mock.add_endpoint("projects/p/branches/b/endpoints/ep-test", "127.0.0.1");
     /// ```
     pub fn add_endpoint(&self, name: &str, host: &str) {
-        self.handle().add_endpoint(name, host);
+        self.handle().add_endpoint(name, host, false);
+    }
+
+    /// Registers a read-only endpoint (`ENDPOINT_TYPE_READ_ONLY`, a read replica) with its
+    /// host; it is listed and minted for like any other.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.add_read_only_endpoint("projects/p/branches/b/endpoints/ep-replica", "ep-replica.db.test");
+    /// ```
+    pub fn add_read_only_endpoint(&self, name: &str, host: &str) {
+        self.handle().add_endpoint(name, host, true);
     }
 
     /// Sets an endpoint's reported state (`ACTIVE`, `IDLE`, `INIT`, `DEGRADED`).
@@ -473,11 +486,12 @@ impl MockWorkspace {
 pub(crate) struct WorkspaceHandle(Shared);
 
 impl WorkspaceHandle {
-    pub(crate) fn add_endpoint(&self, name: &str, host: &str) {
+    pub(crate) fn add_endpoint(&self, name: &str, host: &str, read_only: bool) {
         let endpoint = MockEndpoint {
             host: host.to_owned(),
             state: String::from("ACTIVE"),
             disabled: false,
+            read_only,
         };
         let _ = lock(&self.0).endpoints.insert(name.to_owned(), endpoint);
     }

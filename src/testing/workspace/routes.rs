@@ -375,6 +375,11 @@ async fn mint(state: &Shared, identity: &str, body: &[u8]) -> Answer {
 
 fn endpoint_json(name: &str, endpoint: &MockEndpoint) -> Value {
     let (parent, id) = name.rsplit_once("/endpoints/").unwrap_or((name, name));
+    let endpoint_type = if endpoint.read_only {
+        "ENDPOINT_TYPE_READ_ONLY"
+    } else {
+        "ENDPOINT_TYPE_READ_WRITE"
+    };
     json!({
         "name": name,
         "parent": parent,
@@ -382,11 +387,11 @@ fn endpoint_json(name: &str, endpoint: &MockEndpoint) -> Value {
         "uid": format!("uid-{id}"),
         "create_time": "2026-01-01T00:00:00Z",
         "update_time": "2026-01-01T00:00:00Z",
-        "spec": {"endpoint_type": "ENDPOINT_TYPE_READ_WRITE"},
+        "spec": {"endpoint_type": endpoint_type, "disabled": endpoint.disabled},
         "status": {
             "hosts": {"host": endpoint.host},
             "current_state": endpoint.state,
-            "endpoint_type": "ENDPOINT_TYPE_READ_WRITE",
+            "endpoint_type": endpoint_type,
             "disabled": endpoint.disabled,
         },
     })

@@ -1,0 +1,706 @@
+//! Read replicas: the read-only endpoints beside a pool's read-write one, each with a pool of
+//! its own, chosen per read by health and load.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
+use tokio_postgres::types::PgLsn;
+
+use super::builder::{EndpointParts, endpoint_pool};
+use super::{Connection, Pool};
+use crate::backoff::millis;
+use crate::connect::Target;
+use crate::credentials::TokenCache;
+use crate::databricks::{LakebaseCredentials, LakebaseDiscovery, Workspace};
+use crate::error::error_chain;
+use crate::{EndpointName, Error, StatementTimedOut, defaults};
+
+/// What [`Pool::get_read`] does when no read replica can serve: none is healthy, none was
+/// found, or (for [`Pool::get_read_at`]) none has caught up in time.
+///
+/// ```
+/// # fn demo() -> Result<(), lakebase_pool::Error> {
+/// let pool = lakebase_pool::Pool::builder()
+///     .host("127.0.0.1")
+///     .user("app")
+///     .password("local-dev-password")
+///     .read_replicas(["127.0.0.1:5433"])
+///     .read_fallback(lakebase_pool::ReadFallback::Fail)
+///     .build()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReadFallback {
+    /// Serve the read from the read-write endpoint (the default), counted in
+    /// [`Stats::read_fallbacks`](crate::Stats::read_fallbacks).
+    #[default]
+    Primary,
+    /// Fail with [`Error::ReplicaUnavailable`] or [`Error::ReplicaBehind`].
+    Fail,
+}
+
+/// One replica's share of [`Stats`](crate::Stats).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplicaStats {
+    /// The endpoint name, or `host:port` for a plain Postgres replica.
+    pub endpoint: String,
+    /// Whether reads go to it now (it is skipped while unhealthy, until a probe connects).
+    pub healthy: bool,
+    /// Open connections.
+    pub size: usize,
+    /// Connections checked out.
+    pub in_use: usize,
+    /// Physical connections opened.
+    pub connections_opened: u64,
+    /// Connections closed by the pool (lifetime, idle, broken).
+    pub retired: u64,
+    /// How many times it was marked unhealthy.
+    pub unhealthy_periods: u64,
+}
+
+/// A replica as configured: a Lakebase read-only endpoint, or a plain Postgres host.
+#[derive(Clone, Debug)]
+pub(crate) enum ReplicaSpec {
+    Endpoint(EndpointName),
+    Host { host: String, port: Option<u16> },
+}
+
+impl ReplicaSpec {
+    /// `projects/.../endpoints/...` is an endpoint; anything else a host, optionally with
+    /// `:port`.
+    pub(crate) fn parse(text: &str) -> Result<Self, Error> {
+        let text = text.trim();
+        if text.starts_with("projects/") {
+            return EndpointName::parse(text).map(ReplicaSpec::Endpoint);
+        }
+        if text.is_empty() {
+            return Err(Error::invalid(
+                "read_replicas",
+                "an empty replica: give an endpoint name or a host",
+            ));
+        }
+        match text.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => {
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "read_replicas",
+                            format!("`{text}`: the port must be 1-65535"),
+                        )
+                    })?;
+                Ok(ReplicaSpec::Host {
+                    host: host.to_owned(),
+                    port: Some(port),
+                })
+            }
+            _ => Ok(ReplicaSpec::Host {
+                host: text.to_owned(),
+                port: None,
+            }),
+        }
+    }
+
+    fn label(&self, primary_port: Option<u16>) -> String {
+        match self {
+            ReplicaSpec::Endpoint(name) => name.to_string(),
+            ReplicaSpec::Host { host, port } => match port.or(primary_port) {
+                Some(port) => format!("{host}:{port}"),
+                None => host.clone(),
+            },
+        }
+    }
+}
+
+/// The read replica settings of a [`PoolBuilder`](crate::PoolBuilder).
+#[derive(Debug)]
+pub(crate) struct ReplicaSettings {
+    /// Each replica, or the error from parsing it (returned by `build`).
+    pub(crate) specs: Vec<Result<ReplicaSpec, Error>>,
+    pub(crate) of_branch: bool,
+    pub(crate) fallback: ReadFallback,
+    pub(crate) max_size: Option<usize>,
+    pub(crate) catch_up_timeout: Duration,
+}
+
+impl Default for ReplicaSettings {
+    fn default() -> Self {
+        ReplicaSettings {
+            specs: Vec::new(),
+            of_branch: false,
+            fallback: ReadFallback::Primary,
+            max_size: None,
+            catch_up_timeout: defaults::REPLICA_CATCH_UP_TIMEOUT,
+        }
+    }
+}
+
+impl ReplicaSettings {
+    /// The replica set, if any replica is configured; checked as a whole.
+    pub(super) fn build(
+        self,
+        parts: &EndpointParts,
+        primary: &tokio_postgres::Config,
+        primary_max_size: usize,
+        workspace: Option<Workspace>,
+        primary_endpoint: Option<&EndpointName>,
+        primary_tokens: &TokenCache,
+    ) -> Result<Option<Arc<ReplicaSet>>, Error> {
+        let specs = self.specs.into_iter().collect::<Result<Vec<_>, Error>>()?;
+        if specs.is_empty() && !self.of_branch {
+            return Ok(None);
+        }
+        let max_size = self.max_size.unwrap_or(primary_max_size);
+        if max_size == 0 {
+            return Err(Error::invalid("replica_max_size", "must be at least 1"));
+        }
+        let branch = match (self.of_branch, primary_endpoint) {
+            (false, _) => None,
+            (true, Some(endpoint)) => Some(endpoint.clone()),
+            (true, None) => {
+                return Err(Error::invalid(
+                    "read_replicas_of_branch",
+                    "needs the read-write endpoint's name to find its branch: call \
+                     `.lakebase_endpoint(..)` (or set LAKEBASE_ENDPOINT)",
+                ));
+            }
+        };
+        let factory = ReplicaFactory {
+            parts: parts.clone(),
+            base: primary.clone(),
+            workspace,
+            primary_tokens: primary_tokens.clone(),
+            max_size,
+        };
+        let members = specs
+            .iter()
+            .map(|spec| factory.member(spec))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let members = if branch.is_some() && members.is_empty() {
+            OnceCell::new()
+        } else {
+            OnceCell::new_with(Some(members))
+        };
+        Ok(Some(Arc::new(ReplicaSet {
+            members,
+            branch,
+            factory,
+            discovery_failed: Mutex::new(None),
+            fallback: self.fallback,
+            catch_up_timeout: self.catch_up_timeout,
+            next: AtomicUsize::new(0),
+            counters: ReadCounters::default(),
+        })))
+    }
+}
+
+/// Builds the pool of one replica with the primary's settings.
+struct ReplicaFactory {
+    parts: EndpointParts,
+    /// The primary's configuration; a replica's is this without its hosts.
+    base: tokio_postgres::Config,
+    workspace: Option<Workspace>,
+    /// For plain Postgres replicas, which share the primary's roles and so its password.
+    primary_tokens: TokenCache,
+    max_size: usize,
+}
+
+impl ReplicaFactory {
+    fn member(&self, spec: &ReplicaSpec) -> Result<Arc<Member>, Error> {
+        let primary_port = self.base.get_ports().first().copied();
+        let (target, tokens) = match spec {
+            ReplicaSpec::Host { host, port } => {
+                let mut config = without_hosts(&self.base, port.or(primary_port));
+                let _ = config.host(host);
+                (Target::Fixed(config), self.primary_tokens.clone())
+            }
+            ReplicaSpec::Endpoint(endpoint) => {
+                let workspace = self.workspace.clone().ok_or_else(|| {
+                    Error::invalid(
+                        "read_replicas",
+                        "replicas given by endpoint name mint their tokens through the \
+                         workspace: call `.lakebase_endpoint(..)` or `.workspace(..)`",
+                    )
+                })?;
+                let credentials = LakebaseCredentials::new(workspace.clone(), endpoint.clone());
+                // A token is minted for the endpoint it is used on.
+                let tokens = TokenCache::labelled(
+                    Box::new(credentials),
+                    self.parts.cache_policy.clone(),
+                    "database token",
+                );
+                let base = without_hosts(&self.base, primary_port);
+                let source = LakebaseDiscovery {
+                    host: true,
+                    user: base.get_user().is_none(),
+                    workspace,
+                    endpoint: endpoint.clone(),
+                };
+                let target = Target::Lazy {
+                    base,
+                    source: Box::new(source),
+                };
+                (target, tokens)
+            }
+        };
+        let pool = endpoint_pool(&self.parts, target, tokens, self.max_size, None)?;
+        Ok(Arc::new(Member {
+            name: spec.label(primary_port),
+            pool,
+            health: Mutex::new(Health::default()),
+        }))
+    }
+}
+
+/// `config` without its hosts and addresses, with `port`: a replica's settings from the
+/// primary's (tokio-postgres's setters only append hosts).
+fn without_hosts(config: &tokio_postgres::Config, port: Option<u16>) -> tokio_postgres::Config {
+    let mut copy = tokio_postgres::Config::new();
+    if let Some(user) = config.get_user() {
+        let _ = copy.user(user);
+    }
+    if let Some(dbname) = config.get_dbname() {
+        let _ = copy.dbname(dbname);
+    }
+    if let Some(options) = config.get_options() {
+        let _ = copy.options(options);
+    }
+    if let Some(name) = config.get_application_name() {
+        let _ = copy.application_name(name);
+    }
+    if let Some(port) = port {
+        let _ = copy.port(port);
+    }
+    if let Some(timeout) = config.get_connect_timeout() {
+        let _ = copy.connect_timeout(*timeout);
+    }
+    if let Some(timeout) = config.get_tcp_user_timeout() {
+        let _ = copy.tcp_user_timeout(*timeout);
+    }
+    let _ = copy
+        .keepalives(config.get_keepalives())
+        .keepalives_idle(config.get_keepalives_idle())
+        .channel_binding(config.get_channel_binding())
+        .ssl_negotiation(config.get_ssl_negotiation());
+    if let Some(interval) = config.get_keepalives_interval() {
+        let _ = copy.keepalives_interval(interval);
+    }
+    if let Some(retries) = config.get_keepalives_retries() {
+        let _ = copy.keepalives_retries(retries);
+    }
+    copy
+}
+
+/// A replica, its pool and its health.
+struct Member {
+    name: String,
+    pool: Pool,
+    health: Mutex<Health>,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    /// Skipped until then; `None` while healthy.
+    unhealthy_until: Option<Instant>,
+    /// Consecutive failed connects (for the backoff).
+    failures: u32,
+    /// A background probe connect is running.
+    probing: bool,
+    unhealthy_periods: u64,
+}
+
+/// How long an unhealthy replica is skipped before a probe: 1 s, doubling per failed probe,
+/// at most 30 s.
+fn unhealthy_for(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+}
+
+impl Member {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.health().unhealthy_until.is_none()
+    }
+
+    fn in_use(&self) -> usize {
+        let stats = self.pool.inner.pool.status();
+        stats.size.saturating_sub(stats.available)
+    }
+
+    fn mark_healthy(&self) {
+        let mut health = self.health();
+        if health.unhealthy_until.is_some() {
+            tracing::info!(replica = %self.name, "read replica is back");
+        }
+        health.unhealthy_until = None;
+        health.failures = 0;
+    }
+
+    fn mark_unhealthy(&self, error: &Error) {
+        let mut health = self.health();
+        if health.unhealthy_until.is_none() {
+            health.unhealthy_periods += 1;
+        }
+        health.failures = health.failures.saturating_add(1);
+        let skip = unhealthy_for(health.failures);
+        health.unhealthy_until = Some(Instant::now() + skip);
+        tracing::warn!(
+            replica = %self.name,
+            skip_ms = millis(skip),
+            cause = %error_chain(error),
+            "read replica failed to connect; skipping it until a probe connects"
+        );
+    }
+
+    /// Starts a probe connect in the background if the replica is unhealthy and its
+    /// backoff has passed: reads never wait for a replica that is down.
+    fn probe_if_due(self: &Arc<Self>) {
+        {
+            let mut health = self.health();
+            match health.unhealthy_until {
+                Some(until) if until <= Instant::now() && !health.probing => health.probing = true,
+                _ => return,
+            }
+        }
+        let member = Arc::clone(self);
+        drop(tokio::spawn(async move {
+            match member.pool.get().await {
+                Ok(connection) => {
+                    drop(connection);
+                    member.mark_healthy();
+                }
+                Err(error) => member.mark_unhealthy(&error),
+            }
+            member.health().probing = false;
+        }));
+    }
+
+    fn stats(&self) -> ReplicaStats {
+        let stats = self.pool.stats();
+        let health = self.health();
+        ReplicaStats {
+            endpoint: self.name.clone(),
+            healthy: health.unhealthy_until.is_none(),
+            size: stats.size,
+            in_use: stats.size.saturating_sub(stats.available),
+            connections_opened: stats.connections_opened,
+            retired: stats.retired_lifetime + stats.retired_idle + stats.retired_broken,
+            unhealthy_periods: health.unhealthy_periods,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ReadCounters {
+    pub(crate) fallbacks: AtomicU64,
+    pub(crate) lag_waits: AtomicU64,
+    pub(crate) lag_fallbacks: AtomicU64,
+}
+
+/// The replicas of a pool.
+pub(crate) struct ReplicaSet {
+    /// Set at build for replicas given explicitly, at the first read for those of the branch.
+    members: OnceCell<Vec<Arc<Member>>>,
+    /// The read-write endpoint whose branch's read-only endpoints are looked up.
+    branch: Option<EndpointName>,
+    factory: ReplicaFactory,
+    /// When the last look-up failed: not repeated for a while, so that a workspace outage
+    /// does not slow every read down.
+    discovery_failed: Mutex<Option<Instant>>,
+    fallback: ReadFallback,
+    catch_up_timeout: Duration,
+    /// Rotates the starting point among equally loaded replicas.
+    next: AtomicUsize,
+    pub(crate) counters: ReadCounters,
+}
+
+impl fmt::Debug for ReplicaSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicaSet")
+            .field("replicas", &self.members.get().map(Vec::len))
+            .field("fallback", &self.fallback)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a failed look-up of the branch's replicas is not repeated.
+const DISCOVERY_RETRY: Duration = Duration::from_secs(10);
+
+/// Where a read was served.
+pub(crate) enum Served {
+    Replica(Connection),
+    /// By the read-write endpoint, after a fallback.
+    Primary(Connection),
+}
+
+impl Served {
+    pub(crate) fn into_connection(self) -> Connection {
+        match self {
+            Served::Replica(connection) | Served::Primary(connection) => connection,
+        }
+    }
+}
+
+impl ReplicaSet {
+    /// The replicas, looking those of the branch up the first time.
+    async fn members(&self) -> Result<&[Arc<Member>], Error> {
+        if let Some(members) = self.members.get() {
+            return Ok(members);
+        }
+        let Some(endpoint) = &self.branch else {
+            return Ok(&[]);
+        };
+        let failed_at = *self
+            .discovery_failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if failed_at.is_some_and(|at| at.elapsed() < DISCOVERY_RETRY) {
+            return Err(Error::workspace_config(String::from(
+                "looking up the branch's read replicas failed moments ago",
+            )));
+        }
+        let result = self
+            .members
+            .get_or_try_init(|| self.discover(endpoint))
+            .await;
+        if let Err(error) = &result {
+            tracing::warn!(cause = %error_chain(error), "could not look up the branch's read replicas");
+            *self
+                .discovery_failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        }
+        result.map(Vec::as_slice)
+    }
+
+    async fn discover(&self, endpoint: &EndpointName) -> Result<Vec<Arc<Member>>, Error> {
+        let workspace = self.factory.workspace.as_ref().ok_or_else(|| {
+            Error::workspace_config(String::from("no workspace to look the replicas up in"))
+        })?;
+        let endpoints = workspace
+            .list_endpoints(endpoint.project(), endpoint.branch())
+            .await?;
+        let members = endpoints
+            .into_iter()
+            .filter(|e| {
+                e.endpoint_type.as_deref() == Some("ENDPOINT_TYPE_READ_ONLY") && !e.disabled
+            })
+            .map(|e| self.factory.member(&ReplicaSpec::Endpoint(e.name)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        tracing::info!(
+            branch = %endpoint.branch_path(),
+            replicas = members.len(),
+            "looked up the branch's read replicas"
+        );
+        Ok(members)
+    }
+
+    /// A connection to a healthy replica, the least in use (ties taken in turn), or the
+    /// fallback.
+    pub(crate) async fn get(&self, primary: &Pool) -> Result<Served, Error> {
+        let members = match self.members().await {
+            Ok(members) => members,
+            Err(error) => return self.fall_back(primary, 0, "none found", Some(error)).await,
+        };
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut candidates: Vec<&Arc<Member>> = (0..members.len())
+            .map(|i| &members[(start + i) % members.len()])
+            .filter(|member| member.is_healthy())
+            .collect();
+        // Stable: among equally loaded replicas, the rotated order stands.
+        candidates.sort_by_key(|member| member.in_use());
+        let mut last_error = None;
+        for member in candidates {
+            match member.pool.get().await {
+                Ok(connection) => return Ok(Served::Replica(connection)),
+                // Busy is not broken: the caller waited its wait timeout, as with any pool.
+                Err(error @ Error::PoolTimeout { .. }) => return Err(error),
+                Err(error) => {
+                    member.mark_unhealthy(&error);
+                    last_error = Some(error);
+                }
+            }
+        }
+        members.iter().for_each(Member::probe_if_due);
+        let problem = if members.is_empty() {
+            "none found"
+        } else {
+            "none healthy"
+        };
+        self.fall_back(primary, members.len(), problem, last_error)
+            .await
+    }
+
+    async fn fall_back(
+        &self,
+        primary: &Pool,
+        replicas: usize,
+        problem: &str,
+        error: Option<Error>,
+    ) -> Result<Served, Error> {
+        match self.fallback {
+            ReadFallback::Primary => {
+                let _ = self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    problem,
+                    "no read replica can serve; reading from the read-write endpoint"
+                );
+                primary.get().await.map(Served::Primary)
+            }
+            ReadFallback::Fail => Err(Error::ReplicaUnavailable {
+                replicas,
+                problem: problem.to_owned(),
+                source: error.map(Box::new),
+            }),
+        }
+    }
+
+    /// A connection that has replayed `position`: a replica once it has caught up (polled
+    /// until the catch-up timeout), or the fallback.
+    pub(crate) async fn get_at(&self, primary: &Pool, position: PgLsn) -> Result<Served, Error> {
+        let connection = match self.get(primary).await? {
+            Served::Replica(connection) => connection,
+            // The read-write endpoint has every write.
+            served @ Served::Primary(_) => return Ok(served),
+        };
+        let started = Instant::now();
+        let mut poll = Duration::from_millis(5);
+        let mut waited = false;
+        loop {
+            if has_replayed(&connection, position).await? {
+                return Ok(Served::Replica(connection));
+            }
+            if !waited {
+                waited = true;
+                let _ = self.counters.lag_waits.fetch_add(1, Ordering::Relaxed);
+            }
+            let left = self.catch_up_timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            tokio::time::sleep(poll.min(left)).await;
+            poll = (poll * 2).min(Duration::from_millis(100));
+        }
+        drop(connection);
+        let _ = self.counters.lag_fallbacks.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            %position,
+            waited_ms = millis(started.elapsed()),
+            "the replica has not caught up; falling back"
+        );
+        match self.fallback {
+            ReadFallback::Primary => {
+                let _ = self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                primary.get().await.map(Served::Primary)
+            }
+            ReadFallback::Fail => Err(Error::ReplicaBehind {
+                position: position.to_string(),
+                waited: started.elapsed(),
+            }),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Vec<ReplicaStats> {
+        self.members
+            .get()
+            .map(|members| members.iter().map(|m| m.stats()).collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn close(&self) {
+        if let Some(members) = self.members.get() {
+            members.iter().for_each(|member| member.pool.close());
+        }
+    }
+}
+
+const REPLAY_CHECK: &str = "SELECT coalesce(pg_last_wal_replay_lsn() >= $1, true)";
+
+/// Whether the server behind `connection` has replayed `position` (a server that is not in
+/// recovery, where the function gives NULL, has everything).
+async fn has_replayed(connection: &Connection, position: PgLsn) -> Result<bool, Error> {
+    let timeout = connection.object.command_timeout;
+    let statement_error = |source: crate::BoxError| Error::Statement {
+        statement: REPLAY_CHECK,
+        source,
+    };
+    match tokio::time::timeout(timeout, connection.query_one(REPLAY_CHECK, &[&position])).await {
+        Ok(Ok(row)) => Ok(row.get(0)),
+        Ok(Err(error)) => Err(statement_error(Box::new(error))),
+        Err(_) => Err(statement_error(Box::new(StatementTimedOut::new(
+            REPLAY_CHECK,
+            timeout,
+        )))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_parse_as_endpoints_or_hosts_with_ports() {
+        assert!(matches!(
+            ReplicaSpec::parse("projects/p/branches/b/endpoints/ep-ro").unwrap(),
+            ReplicaSpec::Endpoint(_)
+        ));
+        assert!(matches!(
+            ReplicaSpec::parse("replica.internal:5433").unwrap(),
+            ReplicaSpec::Host {
+                port: Some(5433),
+                ..
+            }
+        ));
+        assert!(matches!(
+            ReplicaSpec::parse("replica.internal").unwrap(),
+            ReplicaSpec::Host { port: None, .. }
+        ));
+        for bad in ["", "projects/p", "host:0", "host:99999", "host:x"] {
+            assert!(
+                matches!(
+                    ReplicaSpec::parse(bad),
+                    Err(Error::InvalidConfig { .. } | Error::InvalidEndpointName { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn unhealthy_replicas_are_skipped_longer_after_each_failure_up_to_30_s() {
+        assert_eq!(unhealthy_for(1), Duration::from_secs(1));
+        assert_eq!(unhealthy_for(2), Duration::from_secs(2));
+        assert_eq!(unhealthy_for(6), Duration::from_secs(30));
+        assert_eq!(unhealthy_for(u32::MAX), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_replicas_settings_are_the_primarys_without_its_hosts() {
+        let mut primary = tokio_postgres::Config::new();
+        let _ = primary
+            .host("primary.example.com")
+            .hostaddr([10, 0, 0, 1].into())
+            .port(6543)
+            .user("app")
+            .dbname("shop")
+            .application_name("orders")
+            .connect_timeout(Duration::from_secs(3));
+        let replica = without_hosts(&primary, Some(6544));
+        assert!(replica.get_hosts().is_empty() && replica.get_hostaddrs().is_empty());
+        assert_eq!(replica.get_ports(), [6544]);
+        assert_eq!(replica.get_user(), Some("app"));
+        assert_eq!(replica.get_dbname(), Some("shop"));
+        assert_eq!(replica.get_application_name(), Some("orders"));
+        assert_eq!(replica.get_connect_timeout(), Some(&Duration::from_secs(3)));
+    }
+}
