@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
-use lakebase_pool::integrations::HttpError;
+use lakebase_pool::integrations::{HttpError, ReadConnection};
 use lakebase_pool::testing::LocalLakebase;
 use lakebase_pool::{Connection, Environment, Pool};
 use serde::{Deserialize, Serialize};
@@ -76,7 +76,10 @@ async fn create(conn: Connection, todo: web::Json<NewTodo>) -> Result<HttpRespon
     Ok(HttpResponse::Created().json(Todo::from(row)))
 }
 
-async fn list(conn: Connection) -> Result<HttpResponse, HttpError> {
+/// A read that may lag a moment behind the writes: on a read replica when the pool has
+/// them (`read_replicas`), on the read-write endpoint otherwise. To read a write of your
+/// own, take its `write_position()` and use `Pool::get_read_at`.
+async fn list(conn: ReadConnection) -> Result<HttpResponse, HttpError> {
     let rows = conn
         .query("SELECT id, title, done FROM todos ORDER BY id", &[])
         .await?;

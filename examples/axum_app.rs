@@ -18,7 +18,7 @@ use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use lakebase_pool::integrations::HttpError;
+use lakebase_pool::integrations::{HttpError, ReadConnection};
 use lakebase_pool::testing::LocalLakebase;
 use lakebase_pool::{Connection, Environment, Pool};
 use serde::{Deserialize, Serialize};
@@ -82,7 +82,10 @@ async fn create(
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
-async fn list(conn: Connection) -> Result<Json<Vec<Todo>>, HttpError> {
+/// A read that may lag a moment behind the writes: on a read replica when the pool has
+/// them (`read_replicas`), on the read-write endpoint otherwise. To read a write of your
+/// own, take its `write_position()` and use `Pool::get_read_at`.
+async fn list(conn: ReadConnection) -> Result<Json<Vec<Todo>>, HttpError> {
     let rows = conn
         .query("SELECT id, title, done FROM todos ORDER BY id", &[])
         .await?;

@@ -368,3 +368,60 @@ async fn bad_replica_settings_fail_build_naming_the_setting() {
     assert!(!on_replica(&plain.get_read().await.unwrap()).await);
     assert!(plain.stats().replicas.is_empty());
 }
+
+/// The `ReadConnection` extractor serves a handler from the replica, over real HTTP; the
+/// `Connection` extractor beside it from the read-write endpoint.
+#[tokio::test]
+async fn the_read_connection_extractor_reads_from_the_replica() {
+    use axum::routing::get;
+    use lakebase_pool::integrations::{HttpError, ReadConnection};
+
+    async fn read(conn: ReadConnection) -> Result<String, HttpError> {
+        let row = conn.query_one("SELECT pg_is_in_recovery()", &[]).await?;
+        Ok(row.get::<_, bool>(0).to_string())
+    }
+    async fn write(conn: Connection) -> Result<String, HttpError> {
+        let row = conn.query_one("SELECT pg_is_in_recovery()", &[]).await?;
+        Ok(row.get::<_, bool>(0).to_string())
+    }
+
+    let lakebase = lakebase(1).await;
+    let pool = apps_pool(&lakebase)
+        .read_replicas([lakebase.replica_endpoint(0)])
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .route("/read", get(read))
+        .route("/write", get(write))
+        .with_state(pool);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let body = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(body("/read").await, "true", "on the standby");
+    assert_eq!(body("/write").await, "false", "on the primary");
+    server.abort();
+}
