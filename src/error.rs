@@ -301,6 +301,46 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// A long-running workspace operation (creating or deleting a branch or an endpoint)
+    /// ended in error.
+    #[error("operation {name} failed: [{code}] {message}")]
+    #[non_exhaustive]
+    Operation {
+        /// `projects/<p>/operations/<id>`.
+        name: String,
+        /// The service's error code, such as `FAILED_PRECONDITION`.
+        code: String,
+        /// The service's message.
+        message: String,
+    },
+
+    /// A long-running workspace operation was not done within the deadline given to
+    /// [`Workspace::wait_for`](crate::databricks::Workspace::wait_for). It may still finish.
+    #[error(
+        "operation {name} was not done after {waited:.1?} (it may still finish; wait longer \
+         or check it in the workspace)"
+    )]
+    #[non_exhaustive]
+    OperationTimedOut {
+        /// `projects/<p>/operations/<id>`.
+        name: String,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+
+    /// The project has as many branches as the service allows (10 unarchived ones).
+    #[error(
+        "project {project} has reached its branch limit: {message} (delete branches that are \
+         no longer needed, or let their TTL expire; CI branches should always have one)"
+    )]
+    #[non_exhaustive]
+    BranchLimit {
+        /// The project id.
+        project: String,
+        /// The service's message.
+        message: String,
+    },
+
     /// The pool has been closed with [`Pool::close`](crate::Pool::close) or
     /// [`Pool::shutdown`](crate::Pool::shutdown).
     #[error("the pool is closed")]

@@ -83,6 +83,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;
+pub mod branch;
 mod config;
 mod connect;
 pub mod credentials;

@@ -97,11 +97,14 @@ impl ResolveError {
     }
 }
 
-/// A fixed map of host names to addresses, for tests and pinned set-ups. Names are matched
-/// case-insensitively; a name not in the map is a [`ResolveError`].
+/// A fixed map of host names (and whole domains) to addresses, for tests and pinned
+/// set-ups. Names are matched case-insensitively; a name not in the map is a
+/// [`ResolveError`].
 #[derive(Clone, Debug, Default)]
 pub struct StaticResolver {
     addresses: HashMap<String, Vec<IpAddr>>,
+    /// `(.domain, addresses)`: every name under the domain.
+    domains: Vec<(String, Vec<IpAddr>)>,
 }
 
 impl StaticResolver {
@@ -145,9 +148,42 @@ impl StaticResolver {
     }
 }
 
+impl StaticResolver {
+    /// Adds `address` for every host under `domain` (`ep-1.lakebase.test` for
+    /// `lakebase.test`), those added later to a server included; exact hosts from
+    /// [`with`](Self::with) are looked up first.
+    ///
+    /// ```
+    /// use std::net::{IpAddr, Ipv4Addr};
+    /// use lakebase_pool::resolve::{Resolve, StaticResolver};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let resolver = StaticResolver::new().with_domain("lakebase.test", Ipv4Addr::LOCALHOST);
+    /// assert!(resolver.resolve("ep-any.lakebase.test").await.is_ok());
+    /// assert!(resolver.resolve("lakebase.test.example.com").await.is_err());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_domain(mut self, domain: &str, address: impl Into<IpAddr>) -> Self {
+        let suffix = format!(".{}", domain.trim_start_matches('.').to_ascii_lowercase());
+        match self.domains.iter_mut().find(|(known, _)| *known == suffix) {
+            Some((_, addresses)) => addresses.push(address.into()),
+            None => self.domains.push((suffix, vec![address.into()])),
+        }
+        self
+    }
+}
+
 impl Resolve for StaticResolver {
     fn resolve<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, ResolveError>> {
-        let found = self.addresses.get(&host.to_ascii_lowercase()).cloned();
+        let name = host.to_ascii_lowercase();
+        let found = self.addresses.get(&name).cloned().or_else(|| {
+            self.domains
+                .iter()
+                .find(|(suffix, _)| name.ends_with(suffix.as_str()))
+                .map(|(_, addresses)| addresses.clone())
+        });
         Box::pin(async move {
             match found {
                 Some(addresses) if !addresses.is_empty() => Ok(addresses),

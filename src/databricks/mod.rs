@@ -27,6 +27,7 @@
 pub(crate) mod answers;
 mod api;
 mod auth;
+mod branches;
 mod config_file;
 mod discovery;
 mod host;
@@ -37,6 +38,10 @@ pub(crate) mod time;
 mod workspace;
 
 pub use self::api::{CredentialRequest, CurrentUser, DatabaseCredential, Endpoint, EndpointState};
+pub use self::branches::{
+    Branch, BranchSpec, BranchState, EndpointType, Expiry, MAX_BRANCH_TTL, Operation, Project,
+};
 pub(crate) use self::discovery::LakebaseDiscovery;
 pub use self::provider::LakebaseCredentials;
+pub(crate) use self::time::format_rfc3339;
 pub use self::workspace::{AuthMethod, Workspace, WorkspaceBuilder};

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use super::branching::{Branching, LocalBranch};
 use super::{HarnessError, LakebaseEmulator, LocalPostgres, MockWorkspace};
 use crate::{BoxError, Environment, Error, PoolBuilder, Secret};
 
@@ -33,6 +34,7 @@ pub struct LocalLakebase {
     workspace: MockWorkspace,
     /// Hot standbys behind the read-only endpoints.
     replicas: Vec<LocalPostgres>,
+    branching: Branching,
     postgres: LocalPostgres,
 }
 
@@ -103,10 +105,14 @@ impl LocalLakebase {
                 Ok(standby)
             })
             .collect::<Result<Vec<_>, HarnessError>>()?;
+        // The workspace's branch API makes real branches: database copies behind endpoints.
+        let branching = Branching::new(postgres.clone(), emulator.handle());
+        workspace.handle().set_branch_hook(branching.hook());
         Ok(LocalLakebase {
             emulator,
             workspace,
             replicas,
+            branching,
             postgres,
         })
     }
@@ -231,6 +237,45 @@ impl LocalLakebase {
     /// ```
     pub fn postgres(&self) -> &LocalPostgres {
         &self.postgres
+    }
+
+    /// A branch of the database (`projects/local/branches/<name>`): a copy of it, made in
+    /// milliseconds (`CREATE DATABASE ... TEMPLATE`), with an endpoint of its own. Give each
+    /// test of a suite its own branch of a seeded database, and the tests cannot see each
+    /// other's writes. Idle sessions on the database are ended to copy it (PostgreSQL
+    /// copies only a database nobody uses); pools replace them.
+    ///
+    /// The same branches can be made through the workspace's branch API
+    /// ([`Workspace::create_branch`](crate::databricks::Workspace::create_branch), or
+    /// [`EphemeralBranch`](crate::branch::EphemeralBranch)), which this mock serves.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::InvalidName`] for a name that is not a valid branch id;
+    /// [`HarnessError::Sql`] when the copy fails (a session on the database stayed busy).
+    ///
+    /// ```no_run
+    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) -> Result<(), Box<dyn std::error::Error>> {
+    /// let branch = lakebase.branch("test-signup").await?;
+    /// let pool = branch.pool_builder()?.build()?;
+    /// pool.get().await?.batch_execute("INSERT INTO users (name) VALUES ('a')").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn branch(&self, name: &str) -> Result<LocalBranch, HarnessError> {
+        crate::endpoint::check_id("branch", name).map_err(HarnessError::InvalidName)?;
+        let branch = format!("projects/local/branches/{name}");
+        let endpoint = format!("{branch}/endpoints/primary");
+        let main = Self::ENDPOINT
+            .rsplit_once("/endpoints/")
+            .map_or(Self::ENDPOINT, |(branch, _)| branch);
+        let _ = self.branching.create(&branch, main, &endpoint).await?;
+        Ok(LocalBranch::new(
+            self.branching.clone(),
+            self,
+            branch,
+            endpoint,
+        ))
     }
 
     /// The name of the `index`-th read-only endpoint (from 0):

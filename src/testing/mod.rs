@@ -23,6 +23,7 @@
 //! # }
 //! ```
 
+mod branching;
 mod emulator;
 mod fault_proxy;
 mod lakebase;
@@ -32,6 +33,7 @@ mod server_thread;
 mod tls;
 mod workspace;
 
+pub use self::branching::LocalBranch;
 pub use self::emulator::{ComputeState, LakebaseEmulator};
 pub use self::fault_proxy::{FaultProxy, NetworkFault};
 pub use self::lakebase::LocalLakebase;

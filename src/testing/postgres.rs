@@ -83,6 +83,10 @@ pub enum HarnessError {
     /// A test certificate could not be generated.
     #[error("could not generate a test certificate: {0}")]
     Certificate(String),
+
+    /// A name given to the harness is not valid for what it names.
+    #[error("{0}")]
+    InvalidName(String),
 }
 
 fn io_error(action: &'static str) -> impl FnOnce(io::Error) -> HarnessError {
@@ -425,6 +429,88 @@ impl LocalPostgres {
                 "CREATE DATABASE {} OWNER {}",
                 quote_ident(name),
                 quote_ident(owner)
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Creates database `target` as a copy of `source` (`CREATE DATABASE ... TEMPLATE`), as a
+    /// branch of it, owned by `source`'s owner. PostgreSQL copies only a database nobody is connected to, so idle
+    /// sessions on `source` (pooled connections waiting for work) are ended first; their
+    /// pools replace them. A session busy in a query makes it fail after a few tries.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Sql`]: `target` exists, `source` does not (or has no row to read its
+    /// owner from), or `source` stayed busy.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// pg.copy_database("app", "app_branch_1").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn copy_database(&self, source: &str, target: &str) -> Result<(), HarnessError> {
+        let admin = self.admin().await?;
+        // The copy belongs to the source's owner, as a branch does.
+        let owner: String = admin
+            .query_one(
+                "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
+                &[&source],
+            )
+            .await?
+            .get(0);
+        let statement = format!(
+            "CREATE DATABASE {} TEMPLATE {} OWNER {}",
+            quote_ident(target),
+            quote_ident(source),
+            quote_ident(&owner)
+        );
+        let mut tries = 0;
+        loop {
+            match admin.batch_execute(&statement).await {
+                Ok(()) => return Ok(()),
+                Err(error)
+                    if error.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                        && tries < 20 =>
+                {
+                    tries += 1;
+                    let _ = admin
+                        .execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                             WHERE datname = $1 AND state = 'idle' AND pid <> pg_backend_pid()",
+                            &[&source],
+                        )
+                        .await?;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Drops database `name`, ending its sessions (`WITH (FORCE)`); nothing if it is gone.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Sql`] when the server is down.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// pg.drop_database("app_branch_1").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn drop_database(&self, name: &str) -> Result<(), HarnessError> {
+        let admin = self.admin().await?;
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(name)
             ))
             .await?;
         Ok(())

@@ -2,6 +2,7 @@
 //! PostgreSQL cluster started by `LocalPostgres`.
 
 mod auth;
+mod branches;
 mod cold_path;
 mod cold_start;
 mod emulator;

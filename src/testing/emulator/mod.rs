@@ -59,6 +59,8 @@ struct Endpoint {
     name: String,
     /// The Unix socket of the server behind it: the upstream, or a standby of it.
     upstream: PathBuf,
+    /// `(database asked for, database served)`: a branch's copy of a database.
+    database_rename: Option<(String, String)>,
     state: ComputeState,
     disabled: bool,
     sessions: usize,
@@ -304,10 +306,11 @@ impl LakebaseEmulator {
     /// assert_eq!(lakebase.host_of("projects/p/branches/b/endpoints/ep-a"), "ep-a.lakebase.test");
     /// ```
     pub fn host_of(&self, endpoint: &str) -> String {
-        format!("{}.{}", endpoint_id(endpoint), self.shared.domain)
+        format!("{}.{}", self.shared.label_of(endpoint), self.shared.domain)
     }
 
-    /// A resolver mapping every endpoint host added so far to the emulator's address.
+    /// A resolver mapping every endpoint host (`*.<domain>`, endpoints added later and
+    /// branches' endpoints included) to the emulator's address.
     ///
     /// ```no_run
     /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
@@ -323,11 +326,7 @@ impl LakebaseEmulator {
         } else {
             self.addr.ip()
         };
-        lock(&self.shared.endpoints)
-            .keys()
-            .fold(StaticResolver::new(), |resolver, id| {
-                resolver.with(&format!("{id}.{}", self.shared.domain), ip)
-            })
+        StaticResolver::new().with_domain(&self.shared.domain, ip)
     }
 
     /// Adds an active endpoint (`projects/../branches/../endpoints/<id>`), registering it with
@@ -363,22 +362,13 @@ impl LakebaseEmulator {
     }
 
     fn add(&self, name: &str, upstream: PathBuf, read_only: bool) {
-        let id = endpoint_id(name).to_owned();
         self.shared
-            .workspace
-            .add_endpoint(name, &self.host_of(name), read_only);
-        let endpoint = Endpoint {
-            name: name.to_owned(),
-            upstream,
-            state: ComputeState::Active,
-            disabled: false,
-            sessions: 0,
-            idle_since: Instant::now(),
-            wake_until: None,
-            refusals_left: 0,
-            generation: watch::channel(0).0,
-        };
-        let _ = lock(&self.shared.endpoints).insert(id, endpoint);
+            .add(name, endpoint_id(name), upstream, read_only, None);
+    }
+
+    /// A handle for the harness (branches add and remove endpoints from another thread).
+    pub(crate) fn handle(&self) -> EmulatorHandle {
+        EmulatorHandle(Arc::clone(&self.shared))
     }
 
     /// Suspends an endpoint now: open sessions get `57P01` and are closed; the next connection
@@ -392,7 +382,7 @@ impl LakebaseEmulator {
     /// lakebase.suspend("projects/p/branches/b/endpoints/ep-test");
     /// ```
     pub fn suspend(&self, endpoint: &str) {
-        self.shared.suspend(endpoint_id(endpoint));
+        self.shared.suspend(&self.shared.label_of(endpoint));
     }
 
     /// Disables (or enables) an endpoint: connections are refused with "endpoint is disabled".
@@ -405,7 +395,8 @@ impl LakebaseEmulator {
     /// lakebase.set_disabled("projects/p/branches/b/endpoints/ep-test", true);
     /// ```
     pub fn set_disabled(&self, endpoint: &str, disabled: bool) {
-        if let Some(e) = lock(&self.shared.endpoints).get_mut(endpoint_id(endpoint)) {
+        let label = self.shared.label_of(endpoint);
+        if let Some(e) = lock(&self.shared.endpoints).get_mut(&label) {
             e.disabled = disabled;
         }
     }
@@ -421,7 +412,7 @@ impl LakebaseEmulator {
     /// ```
     pub fn state(&self, endpoint: &str) -> Option<ComputeState> {
         lock(&self.shared.endpoints)
-            .get(endpoint_id(endpoint))
+            .get(&self.shared.label_of(endpoint))
             .map(|e| e.state)
     }
 
@@ -436,7 +427,7 @@ impl LakebaseEmulator {
     /// ```
     pub fn sessions(&self, endpoint: &str) -> usize {
         lock(&self.shared.endpoints)
-            .get(endpoint_id(endpoint))
+            .get(&self.shared.label_of(endpoint))
             .map_or(0, |e| e.sessions)
     }
 
@@ -545,7 +536,74 @@ fn endpoint_id(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
+/// The emulator's endpoints, for the harness: what a branch adds and removes.
+#[derive(Clone)]
+pub(crate) struct EmulatorHandle(Arc<Shared>);
+
+impl EmulatorHandle {
+    /// Adds the endpoint of a branch: host `<label>.<domain>`, served by the upstream with
+    /// `database` in place of `renamed_from` (the branch's copy of that database).
+    pub(crate) fn add_branch_endpoint(
+        &self,
+        name: &str,
+        label: &str,
+        renamed_from: &str,
+        database: &str,
+    ) {
+        let rename = Some((renamed_from.to_owned(), database.to_owned()));
+        self.0
+            .add(name, label, self.0.upstream.clone(), false, rename);
+    }
+
+    /// Removes an endpoint; its sessions are ended as by a suspend.
+    pub(crate) fn remove_endpoint(&self, name: &str) {
+        let label = self.0.label_of(name);
+        self.0.suspend(&label);
+        let _ = lock(&self.0.endpoints).remove(&label);
+    }
+
+    pub(crate) fn host_of(&self, name: &str) -> String {
+        format!("{}.{}", self.0.label_of(name), self.0.domain)
+    }
+}
+
 impl Shared {
+    /// Registers an endpoint under `label` (its host's first label), with the mock workspace
+    /// too.
+    fn add(
+        &self,
+        name: &str,
+        label: &str,
+        upstream: PathBuf,
+        read_only: bool,
+        rename: Option<(String, String)>,
+    ) {
+        self.workspace
+            .add_endpoint(name, &format!("{label}.{}", self.domain), read_only);
+        let endpoint = Endpoint {
+            name: name.to_owned(),
+            upstream,
+            database_rename: rename,
+            state: ComputeState::Active,
+            disabled: false,
+            sessions: 0,
+            idle_since: Instant::now(),
+            wake_until: None,
+            refusals_left: 0,
+            generation: watch::channel(0).0,
+        };
+        let _ = lock(&self.endpoints).insert(label.to_owned(), endpoint);
+    }
+
+    /// The host label of the endpoint named `name`: its id, unless it was added under
+    /// another label (a branch's endpoint, whose id may repeat across branches).
+    fn label_of(&self, name: &str) -> String {
+        lock(&self.endpoints)
+            .iter()
+            .find(|(_, endpoint)| endpoint.name == name)
+            .map_or_else(|| endpoint_id(name).to_owned(), |(label, _)| label.clone())
+    }
+
     fn suspend(&self, id: &str) {
         let mut endpoints = lock(&self.endpoints);
         let refusals = lock(&self.settings).refuse_while_waking;
@@ -781,10 +839,11 @@ async fn serve_tls_client(
             endpoint.name.clone(),
             endpoint.disabled,
             endpoint.upstream.clone(),
+            endpoint.database_rename.clone(),
         )
     });
     // An unknown endpoint reads as a wrong password, as with the proxy's production backend.
-    let Some((name, disabled, upstream)) = found else {
+    let Some((name, disabled, upstream, rename)) = found else {
         return refuse(&mut client, &refused).await;
     };
     if disabled {
@@ -801,6 +860,13 @@ async fn serve_tls_client(
     // The compute must be running.
     if let Err(text) = wake(shared, &id).await {
         return refuse(&mut client, text).await;
+    }
+    if let Some((from, to)) = rename {
+        for (key, value) in &mut params {
+            if key == "database" && *value == from {
+                value.clone_from(&to);
+            }
+        }
     }
     relay(shared, &id, &upstream, client, &params).await
 }

@@ -12,10 +12,12 @@ use super::LocalPostgres;
 use super::server_thread::ServerThread;
 use crate::Secret;
 
+mod branches;
 mod codec;
 mod faults;
 mod routes;
 
+pub(crate) use self::branches::{BranchEvent, BranchHook};
 pub use self::faults::Fault;
 use self::routes::handle;
 
@@ -50,6 +52,11 @@ pub struct RecordedRequest {
     pub answered: Option<Instant>,
     /// The answer's HTTP status, once answered.
     pub status: Option<u16>,
+    /// The query string.
+    pub query: String,
+    /// The body, for the Lakebase API's JSON calls (`/api/2.0/postgres/...`, which carry no
+    /// secret); `None` for the others (the OAuth token request carries the client secret).
+    pub body: Option<String>,
 }
 
 /// How many round trips `requests` (in arrival order) took one after the other: the longest
@@ -124,6 +131,7 @@ pub(super) struct State {
     pub(super) faults: Vec<Fault>,
     pub(super) latency: Duration,
     pub(super) rate_limit: Option<RateLimit>,
+    pub(super) branches: branches::Branches,
     pub(super) requests: Vec<RecordedRequest>,
     pub(super) apply_to: Option<(LocalPostgres, String)>,
 }
@@ -218,6 +226,10 @@ impl MockWorkspace {
             faults: Vec::new(),
             latency: Duration::ZERO,
             rate_limit: None,
+            branches: branches::Branches {
+                polls: 2,
+                ..branches::Branches::default()
+            },
             requests: Vec::new(),
             apply_to: None,
         }));
@@ -468,6 +480,29 @@ impl MockWorkspace {
         state.revoked_before = state.minted.len();
     }
 
+    /// How many polls a long-running operation of the branch API (creating or deleting a
+    /// branch or an endpoint) takes to finish (default 2, at least 1), so that clients must
+    /// poll it as the real service makes them.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.set_operation_polls(5);
+    /// ```
+    pub fn set_operation_polls(&self, polls: u32) {
+        lock(&self.state).branches.polls = polls.max(1);
+    }
+
+    /// Ends the next long-running operation to finish with this error, as the service
+    /// reports one: `{"error": {"error_code": code, "message": message}}`.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.fail_next_operation("INTERNAL_ERROR", "compute provisioning failed");
+    /// ```
+    pub fn fail_next_operation(&self, code: &str, message: &str) {
+        lock(&self.state).branches.fail_next = Some((code.to_owned(), message.to_owned()));
+    }
+
     /// Every database token minted so far.
     ///
     /// ```no_run
@@ -493,7 +528,14 @@ impl WorkspaceHandle {
             disabled: false,
             read_only,
         };
-        let _ = lock(&self.0).endpoints.insert(name.to_owned(), endpoint);
+        let mut state = lock(&self.0);
+        let _ = state.endpoints.insert(name.to_owned(), endpoint);
+        branches::ensure_branch(&mut state.branches, name);
+    }
+
+    /// Makes branches real: called when the branch API creates or deletes one.
+    pub(crate) fn set_branch_hook(&self, hook: BranchHook) {
+        lock(&self.0).branches.hook = Some(hook);
     }
 
     pub(crate) fn set_endpoint_state(&self, name: &str, state: &str) {

@@ -14,7 +14,7 @@ use super::{MintedToken, MockDiscovery, MockEndpoint, RecordedRequest, Shared, l
 use crate::databricks::time::format_rfc3339;
 use crate::testing::rotating::random_token;
 
-type Answer = Response<BoxBody<Bytes, std::io::Error>>;
+pub(super) type Answer = Response<BoxBody<Bytes, std::io::Error>>;
 
 /// The largest request body the mock reads.
 const MAX_REQUEST_BODY: usize = 1024 * 1024;
@@ -31,14 +31,14 @@ fn answer(status: u16, body: impl Into<Bytes>) -> Answer {
     response
 }
 
-fn api_error(status: u16, code: &str, message: &str) -> Answer {
+pub(super) fn api_error(status: u16, code: &str, message: &str) -> Answer {
     answer(
         status,
         json!({"error_code": code, "message": message}).to_string(),
     )
 }
 
-fn ok(value: Value) -> Answer {
+pub(super) fn ok(value: Value) -> Answer {
     answer(200, value.to_string())
 }
 
@@ -52,10 +52,12 @@ pub(super) async fn handle(state: &Shared, request: Request<Incoming>) -> Answer
             started: Instant::now(),
             answered: None,
             status: None,
+            query: request.uri().query().unwrap_or_default().to_owned(),
+            body: None,
         });
         state.requests.len() - 1
     };
-    let answer = respond(state, request).await;
+    let answer = respond(state, index, request).await;
     let record = &mut lock(state).requests[index];
     record.answered = Some(Instant::now());
     record.status = Some(answer.status().as_u16());
@@ -94,7 +96,7 @@ fn over_rate_limit(state: &Shared, path: &str) -> Option<Answer> {
     Some(response)
 }
 
-async fn respond(state: &Shared, request: Request<Incoming>) -> Answer {
+async fn respond(state: &Shared, index: usize, request: Request<Incoming>) -> Answer {
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
@@ -104,7 +106,14 @@ async fn respond(state: &Shared, request: Request<Incoming>) -> Answer {
         .collect()
         .await
     {
-        Ok(body) => body.to_bytes(),
+        Ok(body) => {
+            let body = body.to_bytes();
+            if path.starts_with("/api/2.0/postgres/") {
+                lock(state).requests[index].body =
+                    Some(String::from_utf8_lossy(&body).into_owned());
+            }
+            body
+        }
         Err(_) => {
             return api_error(
                 413,
@@ -182,6 +191,11 @@ async fn respond(state: &Shared, request: Request<Incoming>) -> Answer {
             let Some(identity) = identity else {
                 return api_error(401, "UNAUTHENTICATED", "Invalid access token.");
             };
+            if let Some(answer) =
+                super::branches::handle(state, &method, &path, &query, &body).await
+            {
+                return answer;
+            }
             match (method.as_str(), path.as_str()) {
                 ("POST", "/api/2.0/postgres/credentials") => mint(state, &identity, &body).await,
                 ("GET", "/api/2.0/preview/scim/v2/Me") => {
