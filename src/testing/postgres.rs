@@ -363,12 +363,31 @@ impl LocalPostgres {
     /// # }
     /// ```
     pub async fn admin(&self) -> Result<tokio_postgres::Client, HarnessError> {
+        self.admin_of("postgres").await
+    }
+
+    /// A superuser session on `database`, over the server's Unix socket.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Sql`] when the server is down or the database does not exist.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// let admin = pg.admin_of("databricks_postgres").await?;
+    /// admin.batch_execute("CREATE TABLE seed (id int)").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn admin_of(&self, database: &str) -> Result<tokio_postgres::Client, HarnessError> {
         let mut config = tokio_postgres::Config::new();
         let _ = config
             .host_path(self.inner.socket_dir())
             .port(self.inner.port)
             .user(SUPERUSER)
-            .dbname("postgres")
+            .dbname(database)
             .connect_timeout(Duration::from_secs(10));
         let (client, connection) = config.connect(NoTls).await?;
         drop(tokio::spawn(async move {

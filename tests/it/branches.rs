@@ -383,3 +383,65 @@ async fn local_branches_of_one_seeded_database_are_isolated() {
         Err(lakebase_pool::testing::HarnessError::InvalidName(_))
     ));
 }
+
+#[allow(dead_code)]
+#[path = "../../examples/branch_per_run.rs"]
+mod branch_per_run;
+
+/// `examples/branch_per_run.rs` with no configuration (its own local stack), and against a
+/// mock workspace through the environment as a CI job would run it; a failed step still
+/// deletes the branch.
+#[tokio::test]
+async fn the_branch_per_run_example_works_locally_and_through_the_environment() {
+    let report = branch_per_run::run(&Environment::default()).await.unwrap();
+    assert_eq!(report.rows, 100);
+
+    let lakebase = LocalLakebase::start().await.unwrap();
+    lakebase.workspace().set_operation_polls(1);
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), lakebase.emulator().ca_cert_pem()).unwrap();
+    let env = Environment::from_vars([
+        ("DATABRICKS_HOST", lakebase.workspace().url()),
+        ("DATABRICKS_TOKEN", LocalLakebase::PAT.to_owned()),
+        ("LAKEBASE_PROJECT", String::from("projects/local")),
+        ("PGPORT", lakebase.emulator().port().to_string()),
+        ("PGHOSTADDR", String::from("127.0.0.1")),
+        ("PGSSLROOTCERT", ca.path().to_str().unwrap().to_owned()),
+    ]);
+    let branches = || async {
+        local_workspace(&lakebase)
+            .list_branches("local")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| b.name)
+            .collect::<Vec<_>>()
+    };
+    let report = branch_per_run::run(&env).await.unwrap();
+    assert!(report.branch.starts_with("projects/local/branches/ci-"));
+    assert_eq!(
+        branches().await,
+        ["projects/local/branches/main"],
+        "deleted"
+    );
+
+    // The migration fails on a source that already has its table: the branch goes anyway.
+    let main = lakebase.pool_builder().unwrap().build().unwrap();
+    main.get()
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE demo_items (id int)")
+        .await
+        .unwrap();
+    main.close();
+    let err = branch_per_run::run(&env).await.unwrap_err();
+    assert!(
+        err.to_string().contains("db error") || err.to_string().contains("exists"),
+        "{err}"
+    );
+    assert_eq!(
+        branches().await,
+        ["projects/local/branches/main"],
+        "deleted after the failure"
+    );
+}
