@@ -395,10 +395,9 @@ impl LakebaseEmulator {
     /// lakebase.set_disabled("projects/p/branches/b/endpoints/ep-test", true);
     /// ```
     pub fn set_disabled(&self, endpoint: &str, disabled: bool) {
-        let label = self.shared.label_of(endpoint);
-        if let Some(e) = lock(&self.shared.endpoints).get_mut(&label) {
-            e.disabled = disabled;
-        }
+        let _ = self
+            .shared
+            .with_endpoint(endpoint, |e| e.disabled = disabled);
     }
 
     /// The state of an endpoint's compute.
@@ -411,9 +410,7 @@ impl LakebaseEmulator {
     /// println!("{:?}", lakebase.state("projects/p/branches/b/endpoints/ep-test"));
     /// ```
     pub fn state(&self, endpoint: &str) -> Option<ComputeState> {
-        lock(&self.shared.endpoints)
-            .get(&self.shared.label_of(endpoint))
-            .map(|e| e.state)
+        self.shared.with_endpoint(endpoint, |e| e.state)
     }
 
     /// Open client sessions of an endpoint.
@@ -426,9 +423,9 @@ impl LakebaseEmulator {
     /// assert_eq!(lakebase.sessions("projects/p/branches/b/endpoints/ep-test"), 0);
     /// ```
     pub fn sessions(&self, endpoint: &str) -> usize {
-        lock(&self.shared.endpoints)
-            .get(&self.shared.label_of(endpoint))
-            .map_or(0, |e| e.sessions)
+        self.shared
+            .with_endpoint(endpoint, |e| e.sessions)
+            .unwrap_or(0)
     }
 
     /// How long waking a suspended compute takes (default 300 ms).
@@ -532,6 +529,14 @@ impl LakebaseEmulator {
     }
 }
 
+/// The label `name` is registered under in `endpoints`.
+fn label_in(endpoints: &HashMap<String, Endpoint>, name: &str) -> String {
+    endpoints
+        .iter()
+        .find(|(_, endpoint)| endpoint.name == name)
+        .map_or_else(|| endpoint_id(name).to_owned(), |(label, _)| label.clone())
+}
+
 fn endpoint_id(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
@@ -598,10 +603,15 @@ impl Shared {
     /// The host label of the endpoint named `name`: its id, unless it was added under
     /// another label (a branch's endpoint, whose id may repeat across branches).
     fn label_of(&self, name: &str) -> String {
-        lock(&self.endpoints)
-            .iter()
-            .find(|(_, endpoint)| endpoint.name == name)
-            .map_or_else(|| endpoint_id(name).to_owned(), |(label, _)| label.clone())
+        label_in(&lock(&self.endpoints), name)
+    }
+
+    /// `f` on the endpoint named `name`, under one lock (the endpoints' lock is not
+    /// reentrant, so nothing inside may take it again).
+    fn with_endpoint<T>(&self, name: &str, f: impl FnOnce(&mut Endpoint) -> T) -> Option<T> {
+        let mut endpoints = lock(&self.endpoints);
+        let label = label_in(&endpoints, name);
+        endpoints.get_mut(&label).map(f)
     }
 
     fn suspend(&self, id: &str) {
