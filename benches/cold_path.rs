@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use lakebase_pool::testing::{
     FaultProxy, LocalLakebase, NetworkFault, RecordedRequest, sequential_round_trips,
 };
-use lakebase_pool::{Environment, PoolBuilder, Secret, SslNegotiation};
+use lakebase_pool::{Environment, PoolBuilder, SslNegotiation};
 use rustls_pki_types::pem::PemObject;
 
 const ROUNDS: usize = 5;
@@ -55,11 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let network_delay = millis_from_env("COLD_BENCH_NETWORK_MS", 10);
     let lakebase = LocalLakebase::start().await?;
     lakebase
-        .workspace()
-        .add_service_principal(CLIENT_ID, CLIENT_SECRET);
-    lakebase
-        .postgres()
-        .create_role(CLIENT_ID, &Secret::new("unused"))
+        .add_service_principal(CLIENT_ID, CLIENT_SECRET)
         .await?;
     lakebase.workspace().set_latency(workspace_delay);
     let network = FaultProxy::start(([127, 0, 0, 1], lakebase.emulator().port()).into())?;

@@ -278,6 +278,33 @@ impl LocalLakebase {
         ))
     }
 
+    /// Adds a service principal, as a Databricks App has: the mock workspace accepts its
+    /// OAuth client credentials, and a Postgres role named after its client id exists (the
+    /// role tokens minted for it log in as). Grant it what it needs on the database.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Sql`] when the role cannot be created (it exists).
+    ///
+    /// ```no_run
+    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// lakebase.add_service_principal("app-client-id", "app-client-secret").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn add_service_principal(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<(), HarnessError> {
+        self.workspace
+            .add_service_principal(client_id, client_secret);
+        // Never used for a login: tokens are.
+        self.postgres
+            .create_role(client_id, &Secret::new("unused-local-password"))
+            .await
+    }
+
     /// The name of the `index`-th read-only endpoint (from 0):
     /// `projects/local/branches/main/endpoints/ep-local-replica-<index + 1>`.
     ///

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use lakebase_pool::credentials::{Credential, from_fn};
 use lakebase_pool::testing::{LocalLakebase, RecordedRequest};
-use lakebase_pool::{Environment, Error, Pool, PoolBuilder, Secret};
+use lakebase_pool::{Environment, Error, Pool, PoolBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{INITIAL_PASSWORD, ROLE, app_pool, cluster};
@@ -20,11 +20,7 @@ const CLIENT_SECRET: &str = "app-service-principal-secret";
 async fn apps_lakebase() -> (LocalLakebase, tempfile::NamedTempFile) {
     let lakebase = LocalLakebase::start().await.unwrap();
     lakebase
-        .workspace()
-        .add_service_principal(CLIENT_ID, CLIENT_SECRET);
-    lakebase
-        .postgres()
-        .create_role(CLIENT_ID, &Secret::new("unused"))
+        .add_service_principal(CLIENT_ID, CLIENT_SECRET)
         .await
         .unwrap();
     let ca = tempfile::NamedTempFile::new().unwrap();
@@ -217,10 +213,7 @@ async fn direct_handshake(lakebase: &LocalLakebase, alpn: &[Vec<u8>]) -> String 
         .connect(name, tcp)
         .await
         .unwrap();
-    let mut body = 196_608_i32.to_be_bytes().to_vec();
-    body.extend_from_slice(b"user\0developer@example.com\0\0");
-    let mut packet = (body.len() as i32 + 4).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
+    let packet = crate::support::startup_packet(&[("user", LocalLakebase::USER)]);
     tls.write_all(&packet).await.unwrap();
     tls.flush().await.unwrap();
     let mut answer = vec![0; 512];

@@ -580,20 +580,11 @@ async fn a_start_up_packet_naming_two_users_is_refused() {
         .await
         .unwrap();
     let mut client = raw_tls_client(&lakebase).await;
-    let mut body = 196_608_i32.to_be_bytes().to_vec();
-    for (key, value) in [
+    let packet = crate::support::startup_packet(&[
         ("user", lakebase_pool::testing::LocalLakebase::USER),
         ("database", "databricks_postgres"),
         ("user", "postgres"),
-    ] {
-        body.extend_from_slice(key.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = (body.len() as i32 + 4).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
+    ]);
     client.write_all(&packet).await.unwrap();
     client.flush().await.unwrap();
     let mut answer = Vec::new();

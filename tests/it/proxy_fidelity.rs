@@ -265,7 +265,7 @@ async fn without_sni_the_password_is_asked_for_before_the_refusal() {
     let lakebase = lakebase().await;
     let mut client = tls_without_sni(lakebase.emulator().port()).await;
     client
-        .write_all(&startup(&[
+        .write_all(&crate::support::startup_packet(&[
             ("user", LocalLakebase::USER),
             ("database", "databricks_postgres"),
         ]))
@@ -314,9 +314,12 @@ async fn without_sni_the_password_is_asked_for_before_the_refusal() {
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", lakebase.emulator().port()))
         .await
         .unwrap();
-    tcp.write_all(&startup(&[("user", LocalLakebase::USER)]))
-        .await
-        .unwrap();
+    tcp.write_all(&crate::support::startup_packet(&[(
+        "user",
+        LocalLakebase::USER,
+    )]))
+    .await
+    .unwrap();
     let (kind, body) = read_message(&mut tcp).await;
     assert_eq!(kind, b'E');
     let fields = error_fields(&body);
@@ -326,21 +329,6 @@ async fn without_sni_the_password_is_asked_for_before_the_refusal() {
         fields.get(&b'M').map(String::as_str),
         Some("connection is insecure (try using `sslmode=require`)")
     );
-}
-
-/// A start-up message (protocol 3.0) with these parameters.
-fn startup(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = 196_608_i32.to_be_bytes().to_vec();
-    for (key, value) in params {
-        body.extend_from_slice(key.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = (body.len() as i32 + 4).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
-    packet
 }
 
 /// One typed message: its type and body, within 5 s.

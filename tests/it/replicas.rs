@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use lakebase_pool::testing::{LocalLakebase, StopMode};
-use lakebase_pool::{
-    Connection, Environment, Error, Pool, PoolBuilder, ReadFallback, RetryPolicy, Secret,
-};
+use lakebase_pool::{Connection, Environment, Error, Pool, PoolBuilder, ReadFallback, RetryPolicy};
 
 use crate::support::{app_pool, cluster};
 
@@ -38,11 +36,7 @@ async fn notes(conn: &Connection) -> Vec<String> {
 async fn lakebase(replicas: usize) -> LocalLakebase {
     let lakebase = LocalLakebase::start_with_replicas(replicas).await.unwrap();
     lakebase
-        .workspace()
-        .add_service_principal(CLIENT_ID, CLIENT_SECRET);
-    lakebase
-        .postgres()
-        .create_role(CLIENT_ID, &Secret::new("unused"))
+        .add_service_principal(CLIENT_ID, CLIENT_SECRET)
         .await
         .unwrap();
     let owner = lakebase.pool_builder().unwrap().build().unwrap();
@@ -397,18 +391,7 @@ async fn the_read_connection_extractor_reads_from_the_replica() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let http = crate::support::http_client();
     let body = |path: &'static str| {
         let http = http.clone();
         async move {

@@ -34,19 +34,7 @@ async fn local_lakebase_pool() -> (LocalLakebase, Pool) {
 
 /// The scenario both frameworks must pass, against the service at `addr`.
 async fn exercise(addr: SocketAddr, lakebase: &LocalLakebase) {
-    // Plain HTTP on loopback; reqwest still wants a TLS configuration (with a crypto provider).
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let http = crate::support::http_client();
     let url = |path: &str| format!("http://{addr}{path}");
 
     // Happy path: create, list, get, and a 404.
