@@ -339,6 +339,15 @@ impl LocalLakebase {
     }
 }
 
+impl Drop for LocalLakebase {
+    fn drop(&mut self) {
+        // The workspace's branch hook holds the emulator and the server, and the emulator
+        // holds the workspace: without this, none of the three would ever be freed, and the
+        // server would outlive the test.
+        self.workspace.handle().clear_branch_hook();
+    }
+}
+
 impl fmt::Debug for LocalLakebase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalLakebase")

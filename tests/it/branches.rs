@@ -445,3 +445,29 @@ async fn the_branch_per_run_example_works_locally_and_through_the_environment() 
         "deleted after the failure"
     );
 }
+
+/// A `LocalLakebase` stops its servers when dropped, branches and replicas included (the
+/// branch API's hook once kept the server alive through a reference cycle).
+#[tokio::test]
+async fn a_local_lakebase_stops_its_servers_when_dropped() {
+    let lakebase = LocalLakebase::start_with_replicas(1).await.unwrap();
+    let branch = lakebase.branch("short-lived").await.unwrap();
+    let ports = [
+        lakebase.postgres().port(),
+        lakebase.replica(0).unwrap().port(),
+        lakebase.emulator().port(),
+        lakebase.workspace().addr().port(),
+    ];
+    drop(branch);
+    drop(lakebase);
+    for port in ports {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            assert!(
+                std::time::Instant::now() < until,
+                "port {port} still answers"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

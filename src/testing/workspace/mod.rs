@@ -538,6 +538,12 @@ impl WorkspaceHandle {
         lock(&self.0).branches.hook = Some(hook);
     }
 
+    /// Drops the hook (and what it holds).
+    pub(crate) fn clear_branch_hook(&self) {
+        let hook = lock(&self.0).branches.hook.take();
+        drop(hook);
+    }
+
     pub(crate) fn set_endpoint_state(&self, name: &str, state: &str) {
         if let Some(endpoint) = lock(&self.0).endpoints.get_mut(name) {
             endpoint.state = state.to_owned();
