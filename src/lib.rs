@@ -37,17 +37,20 @@
 //!
 //! * [`Pool`], [`PoolBuilder`], [`Connection`], [`Stats`]: the pool and its settings;
 //!   [`Pool::retry_transaction`] for units of work that survive a suspend or restart;
-//!   [`Pool::shutdown`] for a graceful stop.
+//!   [`Pool::shutdown`] for a graceful stop; [`Pool::warm_up`] and [`Pool::is_ready`] for
+//!   start-up; [`Pool::get_read`] and [`Pool::get_read_at`] for read replicas.
 //! * [`Listener`]: `LISTEN`/`NOTIFY` on a dedicated connection that reconnects by itself.
-//! * `integrations` (features `axum`, `actix-web`): `Connection` as an extractor, and
-//!   `HttpError`, which makes errors into 503-with-`Retry-After` or 500 responses.
+//! * `integrations` (features `axum`, `actix-web`): `Connection` and `ReadConnection` as
+//!   extractors, and `HttpError`, which makes errors into 503-with-`Retry-After` or 500
+//!   responses.
 //! * [`credentials`]: the [`CredentialProvider`](credentials::CredentialProvider) trait and the
 //!   [`TokenCache`] that decides when to mint.
 //! * [`retry`]: which connection errors are retried, and the backoff schedule.
 //! * [`SslMode`]: what each `sslmode` means here; [`ChannelBinding`]: SCRAM bound to the TLS
 //!   session; [`SslNegotiation`]: TLS from the first byte; [`resolve`]: choosing the TCP
 //!   address yourself.
-//! * [`databricks`]: the workspace client and the Lakebase credential provider.
+//! * [`databricks`]: the workspace client, the Lakebase credential provider, and the branch
+//!   API; [`branch`]: a branch per CI run ([`EphemeralBranch`](branch::EphemeralBranch)).
 //! * [`defaults`]: every default value with the reason for it.
 //! * `testing` (feature `testing`): a throwaway local PostgreSQL, mock workspace and Lakebase
 //!   emulator for tests and demos (`LocalLakebase` starts all three).

@@ -160,6 +160,8 @@ async fn workspace_secrets_never_appear_in_debug_errors_or_trace_logs() {
         format!("{credential:?} {second:?}"),
         format!("{refused} {refused:?} {forbidden} {forbidden:?}"),
         format!("{:?}", mock.minted()),
+        // The request log: the OAuth call's form (with the client secret) is never kept.
+        format!("{:?}", mock.requests()),
         format!(
             "{:?}",
             Environment::from_vars([("DATABRICKS_TOKEN", "dapi-pat-secret-value")])
