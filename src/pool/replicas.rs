@@ -62,6 +62,10 @@ pub struct ReplicaStats {
     pub retired: u64,
     /// How many times it was marked unhealthy.
     pub unhealthy_periods: u64,
+    /// [`Pool::get_read_at`](crate::Pool::get_read_at) calls that waited for it to replay.
+    pub lag_waits: u64,
+    /// Of those, the ones it did not catch up in time (served by the fallback).
+    pub lag_fallbacks: u64,
 }
 
 /// A replica as configured: a Lakebase read-only endpoint, or a plain Postgres host.
@@ -256,6 +260,8 @@ impl ReplicaFactory {
             name: spec.label(primary_port),
             pool,
             health: Mutex::new(Health::default()),
+            lag_waits: AtomicU64::new(0),
+            lag_fallbacks: AtomicU64::new(0),
         }))
     }
 }
@@ -300,10 +306,14 @@ fn without_hosts(config: &tokio_postgres::Config, port: Option<u16>) -> tokio_po
 }
 
 /// A replica, its pool and its health.
-struct Member {
+pub(crate) struct Member {
     name: String,
     pool: Pool,
     health: Mutex<Health>,
+    /// `get_read_at` calls that waited for it to replay, and of those the ones it did not
+    /// catch up in time.
+    lag_waits: AtomicU64,
+    lag_fallbacks: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -396,6 +406,8 @@ impl Member {
             connections_opened: stats.connections_opened,
             retired: stats.retired_lifetime + stats.retired_idle + stats.retired_broken,
             unhealthy_periods: health.unhealthy_periods,
+            lag_waits: self.lag_waits.load(Ordering::Relaxed),
+            lag_fallbacks: self.lag_fallbacks.load(Ordering::Relaxed),
         }
     }
 }
@@ -438,7 +450,8 @@ const DISCOVERY_RETRY: Duration = Duration::from_secs(10);
 
 /// Where a read was served.
 pub(crate) enum Served {
-    Replica(Connection),
+    /// By a replica, which counts what `get_read_at` waited on it.
+    Replica(Connection, Arc<Member>),
     /// By the read-write endpoint, after a fallback.
     Primary(Connection),
 }
@@ -446,7 +459,7 @@ pub(crate) enum Served {
 impl Served {
     pub(crate) fn into_connection(self) -> Connection {
         match self {
-            Served::Replica(connection) | Served::Primary(connection) => connection,
+            Served::Replica(connection, _) | Served::Primary(connection) => connection,
         }
     }
 }
@@ -522,7 +535,7 @@ impl ReplicaSet {
         let mut last_error = None;
         for member in candidates {
             match member.pool.get().await {
-                Ok(connection) => return Ok(Served::Replica(connection)),
+                Ok(connection) => return Ok(Served::Replica(connection, Arc::clone(member))),
                 // Busy is not broken: the caller waited its wait timeout, as with any pool.
                 Err(error @ Error::PoolTimeout { .. }) => return Err(error),
                 Err(error) => {
@@ -568,8 +581,8 @@ impl ReplicaSet {
     /// A connection that has replayed `position`: a replica once it has caught up (polled
     /// until the catch-up timeout), or the fallback.
     pub(crate) async fn get_at(&self, primary: &Pool, position: PgLsn) -> Result<Served, Error> {
-        let connection = match self.get(primary).await? {
-            Served::Replica(connection) => connection,
+        let (connection, member) = match self.get(primary).await? {
+            Served::Replica(connection, member) => (connection, member),
             // The read-write endpoint has every write.
             served @ Served::Primary(_) => return Ok(served),
         };
@@ -578,11 +591,12 @@ impl ReplicaSet {
         let mut waited = false;
         loop {
             if has_replayed(&connection, position).await? {
-                return Ok(Served::Replica(connection));
+                return Ok(Served::Replica(connection, member));
             }
             if !waited {
                 waited = true;
                 let _ = self.counters.lag_waits.fetch_add(1, Ordering::Relaxed);
+                let _ = member.lag_waits.fetch_add(1, Ordering::Relaxed);
             }
             let left = self.catch_up_timeout.saturating_sub(started.elapsed());
             if left.is_zero() {
@@ -593,6 +607,7 @@ impl ReplicaSet {
         }
         drop(connection);
         let _ = self.counters.lag_fallbacks.fetch_add(1, Ordering::Relaxed);
+        let _ = member.lag_fallbacks.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             %position,
             waited_ms = millis(started.elapsed()),

@@ -120,6 +120,12 @@ async fn reads_of_your_own_writes_wait_for_replay_then_fall_back_per_the_setting
     drop(reader);
     let stats = pool.stats();
     assert_eq!((stats.lag_waits, stats.lag_fallbacks), (1, 1), "{stats:?}");
+    let replica_stats = &stats.replicas[0];
+    assert_eq!(
+        (replica_stats.lag_waits, replica_stats.lag_fallbacks),
+        (1, 1),
+        "counted on the replica waited on"
+    );
     assert_eq!(stats.read_fallbacks, 1);
 
     let strict = apps_pool(&lakebase)
