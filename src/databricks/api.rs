@@ -366,38 +366,60 @@ impl Workspace {
             })?;
         }
         let base = format!("/api/2.0/postgres/projects/{project}/branches/{branch}/endpoints");
-        let mut endpoints = Vec::new();
+        self.list_pages(&base, |page: EndpointPage| {
+            let endpoints = page
+                .endpoints
+                .into_iter()
+                .map(|answer| {
+                    // A listing names its entries; one without a valid name is not usable.
+                    let name = answer
+                        .name
+                        .as_deref()
+                        .and_then(|name| name.parse::<EndpointName>().ok())
+                        .ok_or_else(|| Error::WorkspaceRequest {
+                            method: String::from("GET"),
+                            path: base.clone(),
+                            problem: RequestProblem::InvalidResponse(String::from(
+                                "a listed endpoint has no valid `name`",
+                            )),
+                            source: None,
+                        })?;
+                    Ok(answer.into_endpoint(name))
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            Ok((endpoints, page.next_page_token))
+        })
+        .await
+    }
+
+    /// Every entry of a paginated listing at `path`: pages of 100, each turned by `page` into
+    /// its entries and the next page's token, until there is none (at most [`MAX_PAGES`]).
+    pub(super) async fn list_pages<P, T>(
+        &self,
+        path: &str,
+        mut page: impl FnMut(P) -> Result<(Vec<T>, Option<String>), Error>,
+    ) -> Result<Vec<T>, Error>
+    where
+        P: serde::de::DeserializeOwned,
+    {
+        let mut entries = Vec::new();
         let mut page_token: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let mut query = vec![("page_size", "100")];
             if let Some(token) = &page_token {
                 query.push(("page_token", token));
             }
-            let page: EndpointPage = self.call(reqwest::Method::GET, &base, &query, None).await?;
-            for answer in page.endpoints {
-                // A listing names its entries; one without a valid name is not usable.
-                let name = answer
-                    .name
-                    .as_deref()
-                    .and_then(|name| name.parse::<EndpointName>().ok())
-                    .ok_or_else(|| Error::WorkspaceRequest {
-                        method: String::from("GET"),
-                        path: base.clone(),
-                        problem: RequestProblem::InvalidResponse(String::from(
-                            "a listed endpoint has no valid `name`",
-                        )),
-                        source: None,
-                    })?;
-                endpoints.push(answer.into_endpoint(name));
-            }
-            match page.next_page_token.filter(|t| !t.is_empty()) {
+            let answer: P = self.call(reqwest::Method::GET, path, &query, None).await?;
+            let (more, next) = page(answer)?;
+            entries.extend(more);
+            match next.filter(|t| !t.is_empty()) {
                 Some(next) => page_token = Some(next),
-                None => return Ok(endpoints),
+                None => return Ok(entries),
             }
         }
         Err(Error::WorkspaceRequest {
             method: String::from("GET"),
-            path: base,
+            path: path.to_owned(),
             problem: RequestProblem::InvalidResponse(format!(
                 "still paginating after {MAX_PAGES} pages"
             )),

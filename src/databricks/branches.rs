@@ -310,9 +310,6 @@ impl BranchAnswer {
     }
 }
 
-/// The most pages a listing follows.
-const MAX_PAGES: usize = 100;
-
 /// The error codes the service answers a branch limit with.
 const LIMIT_CODES: [&str; 3] = [
     "RESOURCE_EXHAUSTED",
@@ -477,23 +474,15 @@ impl Workspace {
     pub async fn list_branches(&self, project: &str) -> Result<Vec<Branch>, Error> {
         check_id("project", project).map_err(|p| Error::invalid("project", p))?;
         let path = format!("/api/2.0/postgres/projects/{project}/branches");
-        let mut branches = Vec::new();
-        let mut page_token: Option<String> = None;
-        for _ in 0..MAX_PAGES {
-            let mut query = vec![("page_size", "100")];
-            if let Some(token) = &page_token {
-                query.push(("page_token", token));
-            }
-            let page: BranchPage = self.call(reqwest::Method::GET, &path, &query, None).await?;
-            branches.extend(page.branches.into_iter().map(|b| b.into_branch("")));
-            match page.next_page_token.filter(|t| !t.is_empty()) {
-                Some(token) => page_token = Some(token),
-                None => return Ok(branches),
-            }
-        }
-        Err(Error::workspace_config(format!(
-            "listing the branches of {project} did not end after {MAX_PAGES} pages"
-        )))
+        self.list_pages(&path, |page: BranchPage| {
+            let branches = page
+                .branches
+                .into_iter()
+                .map(|b| b.into_branch(""))
+                .collect();
+            Ok((branches, page.next_page_token))
+        })
+        .await
     }
 
     /// The project `project`, with its default branch.

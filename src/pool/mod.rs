@@ -567,16 +567,26 @@ impl Connection {
     /// ```
     pub async fn write_position(&self) -> Result<PgLsn, Error> {
         const STATEMENT: &str = "SELECT pg_current_wal_lsn()";
-        let timeout = self.object.command_timeout;
-        let failed = |source: crate::BoxError| Error::Statement {
+        let row = self.query_one_bounded(STATEMENT, &[]).await?;
+        row.try_get(0).map_err(|e| Error::Statement {
             statement: STATEMENT,
-            source,
-        };
-        match tokio::time::timeout(timeout, self.query_one(STATEMENT, &[])).await {
-            Ok(Ok(row)) => row.try_get(0).map_err(|e| failed(Box::new(e))),
+            source: Box::new(e),
+        })
+    }
+
+    /// One row of a statement the pool sends itself, under the command timeout.
+    pub(crate) async fn query_one_bounded(
+        &self,
+        statement: &'static str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, Error> {
+        let timeout = self.object.command_timeout;
+        let failed = |source: crate::BoxError| Error::Statement { statement, source };
+        match tokio::time::timeout(timeout, self.query_one(statement, params)).await {
+            Ok(Ok(row)) => Ok(row),
             Ok(Err(error)) => Err(failed(Box::new(error))),
             Err(_) => Err(failed(Box::new(crate::StatementTimedOut::new(
-                STATEMENT, timeout,
+                statement, timeout,
             )))),
         }
     }

@@ -16,7 +16,7 @@ use crate::connect::Target;
 use crate::credentials::TokenCache;
 use crate::databricks::{LakebaseCredentials, LakebaseDiscovery, Workspace};
 use crate::error::error_chain;
-use crate::{EndpointName, Error, StatementTimedOut, defaults};
+use crate::{EndpointName, Error, defaults};
 
 /// What [`Pool::get_read`] does when no read replica can serve: none is healthy, none was
 /// found, or (for [`Pool::get_read_at`]) none has caught up in time.
@@ -561,20 +561,28 @@ impl ReplicaSet {
         problem: &str,
         error: Option<Error>,
     ) -> Result<Served, Error> {
+        tracing::debug!(problem, "no read replica can serve");
+        self.fall_back_or(primary, || Error::ReplicaUnavailable {
+            replicas,
+            problem: problem.to_owned(),
+            source: error.map(Box::new),
+        })
+        .await
+    }
+
+    /// The read-write endpoint's connection (counted) with [`ReadFallback::Primary`], or
+    /// `failure` with [`ReadFallback::Fail`].
+    async fn fall_back_or(
+        &self,
+        primary: &Pool,
+        failure: impl FnOnce() -> Error,
+    ) -> Result<Served, Error> {
         match self.fallback {
             ReadFallback::Primary => {
                 let _ = self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    problem,
-                    "no read replica can serve; reading from the read-write endpoint"
-                );
                 primary.get().await.map(Served::Primary)
             }
-            ReadFallback::Fail => Err(Error::ReplicaUnavailable {
-                replicas,
-                problem: problem.to_owned(),
-                source: error.map(Box::new),
-            }),
+            ReadFallback::Fail => Err(failure()),
         }
     }
 
@@ -613,16 +621,12 @@ impl ReplicaSet {
             waited_ms = millis(started.elapsed()),
             "the replica has not caught up; falling back"
         );
-        match self.fallback {
-            ReadFallback::Primary => {
-                let _ = self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
-                primary.get().await.map(Served::Primary)
-            }
-            ReadFallback::Fail => Err(Error::ReplicaBehind {
-                position: position.to_string(),
-                waited: started.elapsed(),
-            }),
-        }
+        let waited = started.elapsed();
+        self.fall_back_or(primary, || Error::ReplicaBehind {
+            position: position.to_string(),
+            waited,
+        })
+        .await
     }
 
     pub(crate) fn stats(&self) -> Vec<ReplicaStats> {
@@ -644,19 +648,13 @@ const REPLAY_CHECK: &str = "SELECT coalesce(pg_last_wal_replay_lsn() >= $1, true
 /// Whether the server behind `connection` has replayed `position` (a server that is not in
 /// recovery, where the function gives NULL, has everything).
 async fn has_replayed(connection: &Connection, position: PgLsn) -> Result<bool, Error> {
-    let timeout = connection.object.command_timeout;
-    let statement_error = |source: crate::BoxError| Error::Statement {
+    let row = connection
+        .query_one_bounded(REPLAY_CHECK, &[&position])
+        .await?;
+    row.try_get(0).map_err(|e| Error::Statement {
         statement: REPLAY_CHECK,
-        source,
-    };
-    match tokio::time::timeout(timeout, connection.query_one(REPLAY_CHECK, &[&position])).await {
-        Ok(Ok(row)) => Ok(row.get(0)),
-        Ok(Err(error)) => Err(statement_error(Box::new(error))),
-        Err(_) => Err(statement_error(Box::new(StatementTimedOut::new(
-            REPLAY_CHECK,
-            timeout,
-        )))),
-    }
+        source: Box::new(e),
+    })
 }
 
 #[cfg(test)]

@@ -185,11 +185,6 @@ fn get_project(state: &Shared, project: &str) -> Option<Answer> {
     }
 }
 
-fn parse_ttl(text: &str) -> Option<Duration> {
-    let seconds: f64 = text.strip_suffix('s')?.parse().ok()?;
-    (seconds.is_finite() && seconds > 0.0).then(|| Duration::from_secs_f64(seconds))
-}
-
 fn create_branch(state: &Shared, project: &str, query: &str, body: &[u8]) -> Option<Answer> {
     let form = parse_form(query.as_bytes());
     let Some(id) = form
@@ -218,7 +213,9 @@ fn create_branch(state: &Shared, project: &str, query: &str, body: &[u8]) -> Opt
         );
     }
     let expire_time = if let Some(ttl) = spec["ttl"].as_str() {
-        match parse_ttl(ttl).filter(|ttl| *ttl <= MAX_TTL) {
+        match crate::databricks::answers::parse_proto_duration(ttl)
+            .filter(|ttl| !ttl.is_zero() && *ttl <= MAX_TTL)
+        {
             Some(ttl) => Some(SystemTime::now() + ttl),
             None => {
                 return api_error(
