@@ -25,7 +25,7 @@
 //! | database (Lakebase) | `databricks_postgres` | the database every new Lakebase project has |
 //! | cold-start deadline | 30 s | the Lakebase proxy's own wake-up budget is about 13 s; twice that and more is an outage |
 //! | read replica catch-up (`get_read_at`) | 2 s, polled from 5 ms doubling to 100 ms | replicas usually replay within milliseconds; past seconds, the read-write endpoint answers sooner than the replica will |
-//! | unhealthy read replica | skipped for 1 s doubling to 30 s between probe connects, run in the background | reads never wait for a replica that is down, and one that comes back is used within 30 s |
+//! | unhealthy read replica | skipped for 1 s doubling to 30 s between probe connects, run in the background | once a replica is known to be down, no read waits for it (only the read that found it down paid its connect deadline), and one that comes back is used within about 30 s |
 
 use std::time::Duration;
 

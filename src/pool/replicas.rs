@@ -373,7 +373,7 @@ impl Member {
     }
 
     /// Starts a probe connect in the background if the replica is unhealthy and its
-    /// backoff has passed: reads never wait for a replica that is down.
+    /// backoff has passed: once a replica is known to be down, no read waits for it.
     fn probe_if_due(self: &Arc<Self>) {
         {
             let mut health = self.health();
