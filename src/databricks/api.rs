@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::Workspace;
 use super::time::parse_rfc3339;
+use super::workspace::Caller;
 use crate::endpoint::check_id;
 use crate::error::RequestProblem;
 use crate::{EndpointName, Error, Secret};
@@ -286,9 +287,27 @@ impl Workspace {
         endpoint: &EndpointName,
         request: &CredentialRequest,
     ) -> Result<DatabaseCredential, Error> {
+        self.generate_database_credential_as(Caller::Workspace, endpoint, request)
+            .await
+    }
+
+    /// [`generate_database_credential`](Self::generate_database_credential) as `caller`: with
+    /// a signed-in user's token, the credential logs in as that user's role.
+    pub(crate) async fn generate_database_credential_as(
+        &self,
+        caller: Caller<'_>,
+        endpoint: &EndpointName,
+        request: &CredentialRequest,
+    ) -> Result<DatabaseCredential, Error> {
         let body = request.body(endpoint)?;
         let answer: CredentialAnswer = self
-            .call(reqwest::Method::POST, CREDENTIALS_PATH, &[], Some(body))
+            .call_as(
+                caller,
+                reqwest::Method::POST,
+                CREDENTIALS_PATH,
+                &[],
+                Some(body),
+            )
             .await?;
         let unusable = |problem: String| Error::WorkspaceRequest {
             method: String::from("POST"),
@@ -440,8 +459,14 @@ impl Workspace {
     /// # }
     /// ```
     pub async fn current_user(&self) -> Result<CurrentUser, Error> {
+        self.current_user_as(Caller::Workspace).await
+    }
+
+    /// [`current_user`](Self::current_user) as `caller`.
+    pub(crate) async fn current_user_as(&self, caller: Caller<'_>) -> Result<CurrentUser, Error> {
         let me: MeAnswer = self
-            .call(
+            .call_as(
+                caller,
                 reqwest::Method::GET,
                 "/api/2.0/preview/scim/v2/Me",
                 &[],

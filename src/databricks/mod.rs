@@ -44,4 +44,5 @@ pub use self::branches::{
 pub(crate) use self::discovery::LakebaseDiscovery;
 pub use self::provider::LakebaseCredentials;
 pub(crate) use self::time::format_rfc3339;
+pub(crate) use self::workspace::Caller;
 pub use self::workspace::{AuthMethod, Workspace, WorkspaceBuilder};

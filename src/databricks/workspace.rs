@@ -166,20 +166,35 @@ impl Workspace {
         query: &[(&str, &str)],
         body: Option<serde_json::Value>,
     ) -> Result<T, Error> {
+        self.call_as(Caller::Workspace, method, path, query, body)
+            .await
+    }
+
+    /// [`call`](Self::call), as `caller`. A signed-in user's token is sent as it is: only the
+    /// Apps proxy can refresh it, so a 401 is final.
+    pub(crate) async fn call_as<T: DeserializeOwned>(
+        &self,
+        caller: Caller<'_>,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<serde_json::Value>,
+    ) -> Result<T, Error> {
         let mut url = self.inner.host.join(path);
         if !query.is_empty() {
             let _ = url.query_pairs_mut().extend_pairs(query);
         }
+        if let Caller::User(token) = caller {
+            return self
+                .inner
+                .http
+                .json(&self.request(&method, &url, body.as_ref(), token))
+                .await;
+        }
         let mut token = self.inner.tokens.token().await?;
         let mut retried = false;
         loop {
-            let auth = Auth::Bearer(token.secret());
-            let mut call = match &body {
-                Some(json) => Call::post(url.clone(), auth, Body::Json(json.clone())),
-                None => Call::get(url.clone(), auth),
-            };
-            call.method = method.clone();
-            call.workspace_id = self.inner.workspace_id.as_deref();
+            let call = self.request(&method, &url, body.as_ref(), token.secret());
             match self.inner.http.json(&call).await {
                 Err(Error::WorkspaceApi { status: 401, .. })
                     if !retried && self.inner.method != AuthMethod::Pat =>
@@ -191,6 +206,34 @@ impl Workspace {
             }
         }
     }
+}
+
+impl Workspace {
+    fn request<'a>(
+        &'a self,
+        method: &reqwest::Method,
+        url: &reqwest::Url,
+        body: Option<&serde_json::Value>,
+        token: &'a Secret,
+    ) -> Call<'a> {
+        let auth = Auth::Bearer(token);
+        let mut call = match body {
+            Some(json) => Call::post(url.clone(), auth, Body::Json(json.clone())),
+            None => Call::get(url.clone(), auth),
+        };
+        call.method = method.clone();
+        call.workspace_id = self.inner.workspace_id.as_deref();
+        call
+    }
+}
+
+/// Whose token a workspace call carries.
+#[derive(Clone, Copy)]
+pub(crate) enum Caller<'a> {
+    /// The client's own authentication (refreshed and cached).
+    Workspace,
+    /// A signed-in user's OAuth token, as the Databricks Apps proxy forwards it.
+    User(&'a Secret),
 }
 
 /// Configures a [`Workspace`].
