@@ -19,7 +19,7 @@ use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolveError};
 use crate::retry::{ErrorClass, classify, fix_for};
 use crate::retry_policy::RetryPolicy;
-use crate::target::{TlsSettings, describe_target, settle};
+use crate::target::{HIDDEN_USER, TlsSettings, describe_target, settle};
 
 /// The connection half of an opened session: the future that drives its socket.
 pub(crate) type Driver =
@@ -75,6 +75,8 @@ pub(crate) struct Connector {
     /// Notified whenever a connection opens: proof that the server is back, so attempts
     /// waiting out a transient error's backoff go again at once.
     opened: Notify,
+    /// Keep the user name out of errors and logs (a signed-in user's role is their email).
+    hide_user: bool,
 }
 
 struct Prepared {
@@ -88,10 +90,14 @@ struct Prepared {
 }
 
 /// Settles a complete configuration: its sslmode, TLS connector and description.
-fn complete(mut pg_config: tokio_postgres::Config, tls: &TlsSettings) -> Result<Prepared, Error> {
+fn complete(
+    mut pg_config: tokio_postgres::Config,
+    tls: &TlsSettings,
+    hide_user: bool,
+) -> Result<Prepared, Error> {
     let loopback_only = !tls.allow_plaintext;
     let (mode, tls) = settle(&mut pg_config, tls)?;
-    let target = describe_target(&pg_config);
+    let target = describe_target(&pg_config, hide_user);
     tracing::debug!(%target, sslmode = %mode, "connection target settled");
     Ok(Prepared {
         pg_config,
@@ -164,13 +170,14 @@ impl Connector {
         tokens: TokenCache,
         retry: RetryPolicy,
         counters: Arc<Counters>,
+        hide_user: bool,
     ) -> Result<Self, Error> {
         // A complete target is settled now, so that its problems are `build` errors; one that
         // needs a look-up is settled at the first connect.
         let (lazy, prepared, placeholder) = match target {
             Target::Fixed(config) => {
-                let placeholder = describe_target(&config);
-                let prepared = OnceCell::new_with(Some(complete(config, &tls)?));
+                let placeholder = describe_target(&config, hide_user);
+                let prepared = OnceCell::new_with(Some(complete(config, &tls, hide_user)?));
                 (None, prepared, placeholder)
             }
             Target::Lazy { base, source } => {
@@ -188,6 +195,7 @@ impl Connector {
             retry,
             counters,
             opened: Notify::new(),
+            hide_user,
         })
     }
 
@@ -232,7 +240,16 @@ impl Connector {
                 ));
             }
         };
-        complete(pg_config, &self.tls)
+        complete(pg_config, &self.tls, self.hide_user)
+    }
+
+    /// `error`'s chain for a log line, with the user name hidden when it must be (servers
+    /// name the user in their refusals).
+    fn log_text(&self, prepared: &Prepared, text: String) -> String {
+        match prepared.pg_config.get_user() {
+            Some(user) if self.hide_user && !user.is_empty() => text.replace(user, HIDDEN_USER),
+            _ => text,
+        }
     }
 
     async fn connect_with_retries(
@@ -283,10 +300,14 @@ impl Connector {
                 }
                 (ErrorClass::Auth, AttemptError::Postgres(source)) => {
                     if refreshed_after_rejection {
-                        tracing::warn!(error = %error_chain(&source), "login rejected with a fresh token");
+                        tracing::warn!(
+                            error = %self.log_text(prepared, error_chain(&source)),
+                            "login rejected with a fresh token"
+                        );
+                        let user = prepared.pg_config.get_user().unwrap_or_default();
                         return Err(Error::AuthRejected {
                             target: prepared.target.clone(),
-                            user: prepared.pg_config.get_user().unwrap_or_default().to_owned(),
+                            user: if self.hide_user { HIDDEN_USER } else { user }.to_owned(),
                             source,
                         });
                     }
@@ -294,7 +315,7 @@ impl Connector {
                     self.counters.auth_refresh();
                     tracing::info!(
                         attempt = attempts,
-                        cause = %error_chain(&source),
+                        cause = %self.log_text(prepared, error_chain(&source)),
                         "login rejected; minting a fresh token and retrying once"
                     );
                     credential = self.tokens.force_refresh(&credential).await?;
@@ -302,7 +323,11 @@ impl Connector {
                 }
                 (ErrorClass::Fatal, AttemptError::Postgres(source)) => {
                     let fix = fix_for(&source);
-                    tracing::warn!(cause = %error_chain(&source), fix, "connect failed with a non-retryable error");
+                    tracing::warn!(
+                        cause = %self.log_text(prepared, error_chain(&source)),
+                        fix,
+                        "connect failed with a non-retryable error"
+                    );
                     return Err(Error::Connect {
                         target: prepared.target.clone(),
                         fix,
@@ -314,7 +339,7 @@ impl Connector {
                     let Some(delay) = self.retry.wait_before(attempts, class, deadline) else {
                         tracing::warn!(
                             attempts,
-                            cause = %error.describe(),
+                            cause = %self.log_text(prepared, error.describe()),
                             "giving up: the retry deadline has passed"
                         );
                         return Err(Error::ConnectRetriesExhausted {
@@ -329,7 +354,7 @@ impl Connector {
                         attempt = attempts,
                         delay_ms = millis(delay),
                         rate_limited = class == ErrorClass::RateLimited,
-                        cause = %error.describe(),
+                        cause = %self.log_text(prepared, error.describe()),
                         "connect failed with a transient error; retrying"
                     );
                     // A connection opening elsewhere in the pool means the server is back: no

@@ -142,8 +142,12 @@ pub(crate) fn is_loopback_name(host: &str) -> bool {
     }
 }
 
-/// `user@host:port/dbname`, as used in errors and tracing.
-pub(crate) fn describe_target(config: &tokio_postgres::Config) -> String {
+/// What errors and logs show instead of a hidden user name.
+pub(crate) const HIDDEN_USER: &str = "<user>";
+
+/// `user@host:port/dbname`, as used in errors and tracing; with `hide_user`, the user is
+/// shown as `<user>` (a signed-in user's role is their email, which logs must not carry).
+pub(crate) fn describe_target(config: &tokio_postgres::Config, hide_user: bool) -> String {
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(name)) => name.clone(),
         #[cfg(unix)]
@@ -153,6 +157,7 @@ pub(crate) fn describe_target(config: &tokio_postgres::Config) -> String {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let user = config.get_user().unwrap_or("?");
     let dbname = config.get_dbname().unwrap_or(user);
+    let user = if hide_user { HIDDEN_USER } else { user };
     format!("{user}@{host}:{port}/{dbname}")
 }
 
@@ -227,7 +232,7 @@ mod tests {
     #[test]
     fn target_names_user_host_port_and_database() {
         assert_eq!(
-            describe_target(&config("host=127.0.0.1 port=5433 user=app")),
+            describe_target(&config("host=127.0.0.1 port=5433 user=app"), false),
             "app@127.0.0.1:5433/app"
         );
     }

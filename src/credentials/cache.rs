@@ -377,6 +377,14 @@ impl TokenCache {
         }
     }
 
+    /// Lets the next request mint at once, whatever the backoff after a failure says: for
+    /// when what made the mint fail has changed (a signed-in user came back with a new token).
+    pub(crate) fn forget_failures(&self) {
+        let mut state = lock(&self.inner.state);
+        state.retry_at = None;
+        state.consecutive_failures = 0;
+    }
+
     fn freshness(&self, credential: &Credential) -> Freshness {
         let Some(expires_at) = credential.expiry() else {
             return Freshness::Fresh { refresh_due: false };

@@ -953,6 +953,12 @@ impl PoolBuilder {
     /// # }
     /// ```
     pub fn build(self) -> Result<Pool, Error> {
+        self.build_with_template().map(|(pool, _)| pool)
+    }
+
+    /// [`build`](Self::build), also returning what pools of other identities on the same
+    /// endpoint share with this one (per-user pools).
+    pub(crate) fn build_with_template(self) -> Result<(Pool, PoolTemplate), Error> {
         let mut pg_config = self.target_config()?;
         let mut provider = self.provider;
         let primary_endpoint = self.endpoint.transpose()?;
@@ -1052,16 +1058,57 @@ impl PoolBuilder {
             lifecycle: self.lifecycle,
             wait_timeout: self.wait_timeout,
             cache_policy: self.cache_policy,
+            hide_user: false,
         };
         let replicas = self.replicas.build(
             &parts,
             &pg_config,
             self.max_size,
-            primary_workspace,
+            primary_workspace.clone(),
             primary_endpoint.as_ref(),
             &tokens,
         )?;
-        endpoint_pool(&parts, target, tokens, self.max_size, replicas)
+        let pool = endpoint_pool(&parts, target, tokens, self.max_size, replicas)?;
+        let template = PoolTemplate {
+            parts,
+            base: pg_config,
+            workspace: primary_workspace,
+            endpoint: primary_endpoint,
+        };
+        Ok((pool, template))
+    }
+}
+
+/// What a pool built by [`PoolBuilder::build_with_template`] shares with pools of other
+/// identities on the same endpoint: every setting, the workspace, the endpoint.
+pub(crate) struct PoolTemplate {
+    parts: EndpointParts,
+    /// The connection settings, timeouts included; the host unless it is discovered.
+    pub(crate) base: tokio_postgres::Config,
+    pub(crate) workspace: Option<Workspace>,
+    pub(crate) endpoint: Option<EndpointName>,
+}
+
+impl PoolTemplate {
+    /// A pool of up to `max_size` connections to `target` with `tokens`, closing idle
+    /// connections after `idle_timeout`, and naming no user in its errors and logs.
+    pub(crate) fn pool(
+        &self,
+        target: Target,
+        tokens: TokenCache,
+        max_size: usize,
+        idle_timeout: Duration,
+    ) -> Result<Pool, Error> {
+        let mut parts = self.parts.clone();
+        parts.lifecycle.idle_timeout = idle_timeout;
+        parts.hide_user = true;
+        validate_lifecycle(&parts.lifecycle)?;
+        endpoint_pool(&parts, target, tokens, max_size, None)
+    }
+
+    /// The token cache policy every pool of the endpoint uses.
+    pub(crate) fn cache_policy(&self) -> &CachePolicy {
+        &self.parts.cache_policy
     }
 }
 
@@ -1074,6 +1121,8 @@ pub(super) struct EndpointParts {
     pub(super) lifecycle: Lifecycle,
     pub(super) wait_timeout: Duration,
     pub(super) cache_policy: CachePolicy,
+    /// Keep the user name out of errors and logs (per-user pools: the role is an email).
+    pub(super) hide_user: bool,
 }
 
 /// The pool of one endpoint: its connector, deadpool pool, counters and housekeeper.
@@ -1092,6 +1141,7 @@ pub(super) fn endpoint_pool(
         tokens,
         parts.retry.clone(),
         Arc::clone(&counters),
+        parts.hide_user,
     )?;
     let interval = parts.lifecycle.housekeeping_interval();
     let manager = Manager::new(connector, parts.lifecycle.clone(), Arc::clone(&counters));

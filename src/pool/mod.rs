@@ -17,6 +17,7 @@ use deadpool::managed::{self, PoolError, TimeoutType};
 use deadpool_postgres::ClientWrapper;
 use tokio_postgres::types::PgLsn;
 
+pub(crate) use self::builder::PoolTemplate;
 pub use self::builder::{Dangerous, PoolBuilder};
 use self::lifecycle::Manager;
 pub use self::replicas::{ReadFallback, ReplicaStats};
