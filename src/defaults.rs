@@ -26,6 +26,11 @@
 //! | cold-start deadline | 30 s | the Lakebase proxy's own wake-up budget is about 13 s; twice that and more is an outage |
 //! | read replica catch-up (`get_read_at`) | 2 s, polled from 5 ms doubling to 100 ms | replicas usually replay within milliseconds; past seconds, the read-write endpoint answers sooner than the replica will |
 //! | unhealthy read replica | skipped for 1 s doubling to 30 s between probe connects, run in the background | once a replica is known to be down, no read waits for it (only the read that found it down paid its connect deadline), and one that comes back is used within about 30 s |
+//! | users with a pool (`UserPools`) | 32 | with 2 connections each, 64 sessions: with the app's own pool, within the ~104 connections of the smallest Lakebase compute |
+//! | connections per user | 2 | one person's requests rarely overlap more; the Node AppKit uses 3 |
+//! | a user's idle connection | closed after 30 s | users come and go; their sessions should not hold the compute awake |
+//! | a user without requests | dropped after 5 min, pool, tokens and all | what is not kept cannot leak or pile up |
+//! | a checked user token | checked again after 5 min | the Apps proxy replaces tokens well before they expire |
 
 use std::time::Duration;
 
@@ -65,3 +70,9 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(4);
 pub(crate) const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
+
+pub(crate) const MAX_USERS: usize = 32;
+pub(crate) const USER_MAX_SIZE: usize = 2;
+pub(crate) const USER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const USER_EVICT_AFTER: Duration = Duration::from_secs(5 * 60);
+pub(crate) const USER_TOKEN_RECHECK: Duration = Duration::from_secs(5 * 60);

@@ -341,6 +341,30 @@ pub enum Error {
         message: String,
     },
 
+    /// A connection on behalf of a signed-in user ([`UserPools::for_user`](crate::users::UserPools::for_user)
+    /// and the `UserConnection` extractors) was refused: the request names no user the app
+    /// may trust, or the user's own token or login was refused. Never retried, and never
+    /// answered with the app's own identity. The web integrations answer 401 (403 for
+    /// [`UserProblem::Forbidden`]). Names no user and no token.
+    #[error("{problem}")]
+    #[non_exhaustive]
+    UserUnauthorized {
+        /// What was refused, and what to do about it.
+        problem: UserProblem,
+    },
+
+    /// A request for a user who has no pool yet came while every per-user pool was busy
+    /// (each has a checkout in progress), so none could be evicted to make room.
+    #[error(
+        "all {max_users} per-user pools are busy (raise `UserPoolsBuilder::max_users`, or \
+         return connections sooner)"
+    )]
+    #[non_exhaustive]
+    UserPoolsFull {
+        /// The configured limit on users with a pool.
+        max_users: usize,
+    },
+
     /// The pool has been closed with [`Pool::close`](crate::Pool::close) or
     /// [`Pool::shutdown`](crate::Pool::shutdown).
     #[error("the pool is closed")]
@@ -477,6 +501,81 @@ impl StatementTimedOut {
     }
 }
 
+/// Why a connection on behalf of a signed-in user was refused; see
+/// [`Error::UserUnauthorized`]. `Display` says what to do about it, and never names the user.
+///
+/// ```
+/// use lakebase_pool::UserProblem;
+///
+/// assert!(UserProblem::TokenRejected.to_string().contains("sign in again"));
+/// assert_eq!(UserProblem::Forbidden.http_status(), 403);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UserProblem {
+    /// The request carries no signed-in user: no `X-Forwarded-Email` and
+    /// `X-Forwarded-Access-Token`, or the app does not trust forwarded headers.
+    NotForwarded,
+    /// A forwarded header is not valid text, empty, or too long.
+    InvalidHeaders,
+    /// The workspace refused the user's token (HTTP 401): expired, revoked, or not a token.
+    TokenRejected,
+    /// The workspace refused to mint a database credential with the user's token (HTTP 403):
+    /// the token lacks the scope for it, or the user may not use the endpoint.
+    Forbidden,
+    /// The forwarded email is not the identity of the forwarded token.
+    IdentityMismatch,
+    /// The database refused the login with a credential freshly minted for the user.
+    LoginRefused,
+}
+
+impl UserProblem {
+    /// The HTTP status a web service answers with: 403 for [`Forbidden`](Self::Forbidden)
+    /// (the user is known but may not do this), 401 for the rest.
+    ///
+    /// ```
+    /// assert_eq!(lakebase_pool::UserProblem::TokenRejected.http_status(), 401);
+    /// ```
+    pub fn http_status(self) -> u16 {
+        match self {
+            UserProblem::Forbidden => 403,
+            _ => 401,
+        }
+    }
+}
+
+impl std::fmt::Display for UserProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UserProblem::NotForwarded => {
+                "the request carries no signed-in user (the Databricks Apps proxy sets \
+                 X-Forwarded-Email and X-Forwarded-Access-Token when the app has user \
+                 authorization; forwarded headers are read only when trusted, see \
+                 `UserPoolsBuilder::forwarded_headers`)"
+            }
+            UserProblem::InvalidHeaders => {
+                "a forwarded user header is empty, not valid text, or too long"
+            }
+            UserProblem::TokenRejected => {
+                "the workspace refused the signed-in user's token (HTTP 401: expired, revoked or \
+                 not a token); the user must sign in again"
+            }
+            UserProblem::Forbidden => {
+                "the workspace refused to mint a database credential with the signed-in user's \
+                 token (HTTP 403): add the Lakebase database scope to the app's user \
+                 authorization, and give the user access to the endpoint"
+            }
+            UserProblem::IdentityMismatch => {
+                "the forwarded email is not the identity of the forwarded token; refused"
+            }
+            UserProblem::LoginRefused => {
+                "the database refused the signed-in user's login with a freshly minted \
+                 credential (check that the user's Postgres role exists and may log in)"
+            }
+        })
+    }
+}
+
 /// How a workspace request failed without an API error answer; see
 /// [`Error::WorkspaceRequest`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -565,7 +664,8 @@ impl Error {
             | Error::Credentials { .. }
             | Error::ConnectionLost { .. }
             | Error::ReplicaUnavailable { .. }
-            | Error::ReplicaBehind { .. } => true,
+            | Error::ReplicaBehind { .. }
+            | Error::UserPoolsFull { .. } => true,
             Error::Transaction { source, .. } => {
                 if source.is::<StatementTimedOut>() {
                     return true;
@@ -602,7 +702,9 @@ impl Error {
     /// ```
     pub fn is_auth(&self) -> bool {
         match self {
-            Error::AuthRejected { .. } | Error::WorkspaceAuth { .. } => true,
+            Error::AuthRejected { .. }
+            | Error::WorkspaceAuth { .. }
+            | Error::UserUnauthorized { .. } => true,
             Error::WorkspaceApi { status, .. } => *status == 401 || *status == 403,
             _ => false,
         }

@@ -51,6 +51,8 @@
 //!   address yourself.
 //! * [`databricks`]: the workspace client, the Lakebase credential provider, and the branch
 //!   API; [`branch`]: a branch per CI run ([`EphemeralBranch`](branch::EphemeralBranch)).
+//! * [`users`]: connections as the signed-in user of a Databricks App
+//!   ([`UserPools`](users::UserPools)), and the `UserConnection` extractor in `integrations`.
 //! * [`defaults`]: every default value with the reason for it.
 //! * `testing` (feature `testing`): a throwaway local PostgreSQL, mock workspace and Lakebase
 //!   emulator for tests and demos (`LocalLakebase` starts all three).
@@ -110,6 +112,7 @@ mod target;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 mod tls;
+pub mod users;
 
 pub use deadpool_postgres;
 pub use tokio_postgres;
@@ -119,7 +122,7 @@ pub use crate::credentials::cache::{TokenCache, TokenStats};
 pub use crate::credentials::policy::CachePolicy;
 pub use crate::endpoint::EndpointName;
 pub use crate::error::{
-    BoxError, BoxFuture, Error, RequestProblem, SharedError, StatementTimedOut,
+    BoxError, BoxFuture, Error, RequestProblem, SharedError, StatementTimedOut, UserProblem,
 };
 pub use crate::listener::{Listener, ListenerEvent};
 pub use crate::pool::{

@@ -1,0 +1,944 @@
+//! Connections on behalf of the signed-in user of a Databricks App.
+//!
+//! With user authorization, the Databricks Apps proxy forwards each request's signed-in user:
+//! their email (`X-Forwarded-Email`) and an OAuth token (`X-Forwarded-Access-Token`). A
+//! Lakebase credential minted with that token logs in as the user's own Postgres role, so
+//! grants and row-level security apply per person rather than to the app's service
+//! principal. [`UserPools`] keeps a small pool per user for that, next to the app's own pool.
+//!
+//! # Security model
+//!
+//! * **Trust.** Forwarded headers are read only when [`ForwardedHeaders`] says so: by default
+//!   only when the process runs as a Databricks App, whose proxy sets them. Elsewhere a
+//!   request without a trusted user is refused ([`UserProblem::NotForwarded`]), or served as
+//!   the app when [`UserPoolsBuilder::fall_back_to_app`] asks for that.
+//! * **Every token is checked before it gets a connection.** A token the pool has not seen
+//!   for the user (or not in the last five minutes) is checked with the workspace (`GET
+//!   /api/2.0/preview/scim/v2/Me` with that token): it must be valid and belong to the
+//!   forwarded email. A connection already open for the user is never handed to a request
+//!   whose token failed that check.
+//! * **Nothing is shared between users:** each has their own pool, token cache and
+//!   credentials, minted with their own newest token. Refusals (401 from the workspace: an
+//!   expired, revoked or forged token; 403: the token lacks the scope; a login the database
+//!   refused) are errors at once: never retried, never answered with the app's identity.
+//! * **Bounded:** at most [`max_users`](UserPoolsBuilder::max_users) users have a pool, each
+//!   of at most [`max_size_per_user`](UserPoolsBuilder::max_size_per_user) connections; the
+//!   least recently used idle user makes room for a new one, and users idle for
+//!   [`evict_idle_after`](UserPoolsBuilder::evict_idle_after) are dropped. An evicted user's
+//!   connections are closed.
+//! * **No user is named** in errors, `Debug` output or logs: per-user targets show the user
+//!   as `<user>`, and server texts that name the user are redacted.
+//!
+//! The check of each token needs the user authorization's `iam.current-user:read` scope
+//! (added to every Databricks App by default); minting needs the Lakebase database scope.
+//!
+//! ```no_run
+//! use lakebase_pool::Pool;
+//! use lakebase_pool::users::{ForwardedUser, UserPools};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let users = UserPools::builder(
+//!     Pool::builder().lakebase_endpoint("projects/shop/branches/production/endpoints/ep-primary"),
+//! )
+//! .build()?;
+//! let alice = ForwardedUser::new("alice@example.com", "token-from-x-forwarded-access-token");
+//! let conn = users.for_user(&alice).await?;
+//! let row = conn.query_one("SELECT current_user", &[]).await?;
+//! assert_eq!(row.get::<_, String>(0), "alice@example.com");
+//! # Ok(())
+//! # }
+//! ```
+
+mod forwarded;
+mod provider;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
+
+pub use self::forwarded::{ACCESS_TOKEN_HEADER, EMAIL_HEADER, ForwardedHeaders, ForwardedUser};
+use self::provider::{
+    LatestToken, Refused, SharedHost, UserCredentials, UserTarget, redact, refusal_or_redacted,
+};
+use crate::connect::Target;
+use crate::credentials::TokenCache;
+use crate::databricks::{Caller, Workspace};
+use crate::pool::PoolTemplate;
+use crate::{Connection, EndpointName, Environment, Error, Pool, PoolBuilder, Secret, UserProblem};
+
+/// How long a checked token stays checked: the Apps proxy replaces tokens well before they
+/// expire, so a token seen again after this is checked again (one round trip).
+const TOKEN_RECHECK: Duration = crate::defaults::USER_TOKEN_RECHECK;
+/// Checked tokens remembered per user: only the newest. A token the proxy has replaced may
+/// have been revoked, so one seen again is checked again (a round trip, then remembered).
+const CHECKED_TOKENS: usize = 1;
+
+/// Pools of connections on behalf of signed-in users, one small pool per user, beside the
+/// app's own pool; see the [module docs](self) for the security model.
+///
+/// Built from the app's [`PoolBuilder`]: every user pool shares its endpoint, TLS, resolver,
+/// retry and lifecycle settings and its workspace client, and the endpoint's host is looked
+/// up once for all of them. Cloning is cheap and shares the pools.
+///
+/// ```no_run
+/// use lakebase_pool::Pool;
+/// use lakebase_pool::users::UserPools;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lakebase_pool::Error> {
+/// let users = UserPools::builder(Pool::builder().lakebase_endpoint("projects/p/branches/b/endpoints/e"))
+///     .max_users(50)
+///     .build()?;
+/// let app_pool: lakebase_pool::Pool = users.app_pool().clone(); // the service principal's
+/// # let _ = app_pool;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct UserPools {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    app: Pool,
+    template: PoolTemplate,
+    workspace: Workspace,
+    endpoint: EndpointName,
+    host: Option<Arc<SharedHost>>,
+    settings: Settings,
+    trusted: bool,
+    users: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Live entries, in the map or not (an evicted user's checkout can still be running).
+    live: Arc<AtomicUsize>,
+    counters: Counters,
+    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Clone, Debug)]
+struct Settings {
+    max_users: usize,
+    max_size: usize,
+    idle_timeout: Duration,
+    evict_idle_after: Duration,
+    fall_back_to_app: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    created: AtomicU64,
+    evicted_lru: AtomicU64,
+    evicted_idle: AtomicU64,
+    refused: AtomicU64,
+    token_checks: AtomicU64,
+    /// Mints of users no longer cached (the cached ones are read from their caches).
+    mints_of_evicted: AtomicU64,
+    mint_failures_of_evicted: AtomicU64,
+}
+
+/// One user's pool and what it needs.
+struct Entry {
+    pool: Pool,
+    tokens: TokenCache,
+    latest: LatestToken,
+    /// Tokens checked for this user, with when.
+    checked: Mutex<Vec<(Secret, Instant)>>,
+    last_used: Mutex<Instant>,
+    /// Checkouts under way: an entry with one is never evicted.
+    busy: AtomicUsize,
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.pool.close();
+        let _ = self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Entry {
+    fn knows(&self, token: &Secret, now: Instant) -> bool {
+        lock(&self.checked).iter().any(|(checked, at)| {
+            now.saturating_duration_since(*at) < TOKEN_RECHECK
+                && same_secret(checked.expose(), token.expose())
+        })
+    }
+
+    fn remember(&self, token: &Secret, now: Instant) {
+        let mut checked = lock(&self.checked);
+        checked.retain(|(known, _)| !same_secret(known.expose(), token.expose()));
+        checked.insert(0, (token.clone(), now));
+        checked.truncate(CHECKED_TOKENS);
+    }
+
+    /// Marks a checkout under way and the entry used now; the mark ends with the guard.
+    fn start_checkout(self: &Arc<Self>, token: &Secret, now: Instant) -> Busy {
+        let _ = self.busy.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.last_used) = now;
+        if self.latest.replace(token) {
+            // A mint that failed with the user's previous token says nothing about this one.
+            self.tokens.forget_failures();
+        }
+        Busy(Arc::clone(self))
+    }
+
+    fn idle(&self) -> bool {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        let stats = self.pool.stats();
+        stats.size == stats.available
+    }
+}
+
+/// A checkout under way on an entry.
+struct Busy(Arc<Entry>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; recover the data rather than propagate.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+            == 0
+}
+
+impl fmt::Debug for UserPools {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserPools")
+            .field("users", &lock(&self.inner.users).len())
+            .field("settings", &self.inner.settings)
+            .field("trusts_forwarded_headers", &self.inner.trusted)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot of a [`UserPools`]' state and counters, from [`UserPools::stats`]. Names no
+/// user.
+///
+/// ```no_run
+/// # fn demo(users: lakebase_pool::users::UserPools) {
+/// let stats = users.stats();
+/// println!("{} users with a pool, {} evicted", stats.users, stats.evicted_lru + stats.evicted_idle);
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UserPoolStats {
+    /// Users with a pool now.
+    pub users: usize,
+    /// The limit on users with a pool.
+    pub max_users: usize,
+    /// User pools still alive: the cached ones, plus evicted ones whose last checkout has
+    /// not ended yet.
+    pub live_pools: usize,
+    /// User pools created so far.
+    pub created: u64,
+    /// Users evicted to make room for another (least recently used first).
+    pub evicted_lru: u64,
+    /// Users evicted after sitting idle past the idle eviction time.
+    pub evicted_idle: u64,
+    /// Requests refused with [`Error::UserUnauthorized`].
+    pub refused: u64,
+    /// Forwarded tokens checked with the workspace.
+    pub token_checks: u64,
+    /// Database credentials minted for users, all users together.
+    pub mints: u64,
+    /// Failed mints for users, all users together.
+    pub mint_failures: u64,
+    /// Each cached user's pool: `(open connections, of which in use)`, largest first.
+    pub pool_sizes: Vec<(usize, usize)>,
+}
+
+impl UserPools {
+    /// Starts configuring per-user pools on the endpoint of `app`, the app's own pool
+    /// settings (which must name a Lakebase endpoint).
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let users = lakebase_pool::users::UserPools::builder(lakebase_pool::PoolBuilder::from_env()?).build()?;
+    /// # let _ = users;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(app: PoolBuilder) -> UserPoolsBuilder {
+        UserPoolsBuilder {
+            app,
+            settings: Settings {
+                max_users: crate::defaults::MAX_USERS,
+                max_size: crate::defaults::USER_MAX_SIZE,
+                idle_timeout: crate::defaults::USER_IDLE_TIMEOUT,
+                evict_idle_after: crate::defaults::USER_EVICT_AFTER,
+                fall_back_to_app: false,
+            },
+            forwarded_headers: ForwardedHeaders::default(),
+            environment: None,
+        }
+    }
+
+    /// The app's own pool (its service principal), built from the same settings.
+    ///
+    /// ```no_run
+    /// # async fn demo(users: lakebase_pool::users::UserPools) -> Result<(), lakebase_pool::Error> {
+    /// let conn = users.app_pool().get().await?;
+    /// # let _ = conn;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn app_pool(&self) -> &Pool {
+        &self.inner.app
+    }
+
+    /// Whether forwarded user headers are read (see [`ForwardedHeaders`]).
+    ///
+    /// ```no_run
+    /// # fn demo(users: lakebase_pool::users::UserPools) {
+    /// if !users.trusts_forwarded_headers() {
+    ///     eprintln!("not running as a Databricks App: per-user routes answer 401");
+    /// }
+    /// # }
+    /// ```
+    pub fn trusts_forwarded_headers(&self) -> bool {
+        self.inner.trusted
+    }
+
+    /// A connection logged in as `user`: from their pool, made on first use. The user's token
+    /// is checked with the workspace the first time it is seen (and every five minutes), and
+    /// their database credentials are minted with their newest token.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UserUnauthorized`] when the workspace refuses the token, the token is not the
+    /// email's, a mint is refused, or the database refuses the login; nothing of that is
+    /// retried. [`Error::UserPoolsFull`] when a new user finds every pool busy. Otherwise the
+    /// errors of [`Pool::get`] (outages are transient and answered 503 by the web
+    /// integrations).
+    ///
+    /// ```no_run
+    /// # async fn demo(users: lakebase_pool::users::UserPools) -> Result<(), Box<dyn std::error::Error>> {
+    /// use lakebase_pool::users::ForwardedUser;
+    /// let conn = users.for_user(&ForwardedUser::new("alice@example.com", "token")).await?;
+    /// let rows = conn.query("SELECT * FROM my_orders", &[]).await?; // row-level security applies
+    /// # let _ = rows;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn for_user(&self, user: &ForwardedUser) -> Result<Connection, Error> {
+        let result = self.checkout(user).await;
+        if let Err(Error::UserUnauthorized { problem }) = &result {
+            let _ = self.inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%problem, "refused a request on behalf of a user");
+        }
+        result
+    }
+
+    /// A connection for a request with these headers (`header` gives a value by lower-case
+    /// name): as its signed-in user when forwarded headers are trusted and carry one, else as
+    /// the app if [`fall_back_to_app`](UserPoolsBuilder::fall_back_to_app) is set. Returns
+    /// whether the connection is the user's. The web integrations' `UserConnection` calls it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UserUnauthorized`] with [`UserProblem::NotForwarded`] for a request without a
+    /// trusted user (and no fallback), or with bad forwarded headers; those of
+    /// [`for_user`](Self::for_user) and [`Pool::get`].
+    ///
+    /// ```no_run
+    /// # async fn demo(users: lakebase_pool::users::UserPools) -> Result<(), lakebase_pool::Error> {
+    /// let headers = [("x-forwarded-email", "alice@example.com"), ("x-forwarded-access-token", "t")];
+    /// let (conn, as_user) = users
+    ///     .for_request(|name| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_bytes()))
+    ///     .await?;
+    /// assert!(as_user);
+    /// # let _ = conn;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn for_request<'h>(
+        &self,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+    ) -> Result<(Connection, bool), Error> {
+        let user = if self.inner.trusted {
+            ForwardedUser::from_headers(header).map_err(|problem| self.refuse(problem))?
+        } else {
+            None
+        };
+        match user {
+            Some(user) => Ok((self.for_user(&user).await?, true)),
+            None if self.inner.settings.fall_back_to_app => {
+                Ok((self.inner.app.get().await?, false))
+            }
+            None => Err(self.refuse(UserProblem::NotForwarded)),
+        }
+    }
+
+    fn refuse(&self, problem: UserProblem) -> Error {
+        let _ = self.inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%problem, "refused a request on behalf of a user");
+        Error::UserUnauthorized { problem }
+    }
+
+    async fn checkout(&self, user: &ForwardedUser) -> Result<Connection, Error> {
+        let token = user.access_token();
+        let known = lock(&self.inner.users)
+            .get(user.email())
+            .filter(|entry| entry.knows(token, Instant::now()))
+            .map(|entry| entry.start_checkout(token, Instant::now()));
+        let busy = match known {
+            Some(busy) => busy,
+            None => {
+                self.check_token(user).await?;
+                self.entry_for(user)?
+            }
+        };
+        let entry = &busy.0;
+        let result = entry.pool.get().await;
+        result.map_err(|error| user_error(error, user.email()))
+    }
+
+    /// Checks with the workspace that `user`'s token is valid and is the email's.
+    async fn check_token(&self, user: &ForwardedUser) -> Result<(), Error> {
+        let _ = self
+            .inner
+            .counters
+            .token_checks
+            .fetch_add(1, Ordering::Relaxed);
+        let me = self
+            .inner
+            .workspace
+            .current_user_as(Caller::User(user.access_token()))
+            .await
+            .map_err(|error| user_error_boxed(refusal_or_redacted(error, user.email())))?;
+        if me.user_name != user.email() {
+            return Err(Error::UserUnauthorized {
+                problem: UserProblem::IdentityMismatch,
+            });
+        }
+        Ok(())
+    }
+
+    /// The user's entry (made now if there is none, evicting the least recently used idle
+    /// user when full), with their checked token remembered and a checkout marked.
+    fn entry_for(&self, user: &ForwardedUser) -> Result<Busy, Error> {
+        let now = Instant::now();
+        let token = user.access_token();
+        let mut users = lock(&self.inner.users);
+        if let Some(entry) = users.get(user.email()) {
+            entry.remember(token, now);
+            return Ok(entry.start_checkout(token, now));
+        }
+        if users.len() >= self.inner.settings.max_users {
+            let victim = users
+                .iter()
+                .filter(|(_, entry)| entry.idle())
+                .min_by_key(|(_, entry)| *lock(&entry.last_used))
+                .map(|(email, _)| email.clone());
+            let Some(victim) = victim else {
+                return Err(Error::UserPoolsFull {
+                    max_users: self.inner.settings.max_users,
+                });
+            };
+            if let Some(evicted) = users.remove(&victim) {
+                self.retire(&evicted);
+                let _ = self
+                    .inner
+                    .counters
+                    .evicted_lru
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("evicted the least recently used user's pool to make room");
+            }
+        }
+        let entry = Arc::new(self.new_entry(user)?);
+        entry.remember(token, now);
+        let busy = entry.start_checkout(token, now);
+        let _ = users.insert(user.email().to_owned(), entry);
+        Ok(busy)
+    }
+
+    fn new_entry(&self, user: &ForwardedUser) -> Result<Entry, Error> {
+        let inner = &self.inner;
+        let latest = LatestToken::new(user.access_token().clone());
+        let provider = UserCredentials {
+            workspace: inner.workspace.clone(),
+            endpoint: inner.endpoint.clone(),
+            email: user.email().to_owned(),
+            token: latest.clone(),
+        };
+        let tokens = TokenCache::labelled(
+            Box::new(provider),
+            inner.template.cache_policy().clone(),
+            "user database token",
+        );
+        let target = match &inner.host {
+            Some(host) => Target::Lazy {
+                base: inner.template.base.clone(),
+                source: Box::new(UserTarget {
+                    host: Arc::clone(host),
+                    role: user.email().to_owned(),
+                }),
+            },
+            None => {
+                let mut config = inner.template.base.clone();
+                let _ = config.user(user.email());
+                Target::Fixed(config)
+            }
+        };
+        let pool = inner.template.pool(
+            target,
+            tokens.clone(),
+            inner.settings.max_size,
+            inner.settings.idle_timeout,
+        )?;
+        let _ = inner.counters.created.fetch_add(1, Ordering::Relaxed);
+        let _ = inner.live.fetch_add(1, Ordering::Relaxed);
+        Ok(Entry {
+            pool,
+            tokens,
+            latest,
+            checked: Mutex::new(Vec::new()),
+            last_used: Mutex::new(Instant::now()),
+            busy: AtomicUsize::new(0),
+            live: Arc::clone(&inner.live),
+        })
+    }
+
+    /// Closes an evicted user's pool (idle connections close now; one still checked out
+    /// closes when returned) and keeps its counts.
+    fn retire(&self, entry: &Entry) {
+        entry.pool.close();
+        let tokens = entry.tokens.stats();
+        let counters = &self.inner.counters;
+        let _ = counters
+            .mints_of_evicted
+            .fetch_add(tokens.minted, Ordering::Relaxed);
+        let _ = counters
+            .mint_failures_of_evicted
+            .fetch_add(tokens.mint_failures, Ordering::Relaxed);
+    }
+
+    /// Drops the users idle past the idle eviction time.
+    fn evict_idle(&self) {
+        let now = Instant::now();
+        let after = self.inner.settings.evict_idle_after;
+        let mut users = lock(&self.inner.users);
+        let stale: Vec<String> = users
+            .iter()
+            .filter(|(_, entry)| {
+                entry.idle() && now.saturating_duration_since(*lock(&entry.last_used)) >= after
+            })
+            .map(|(email, _)| email.clone())
+            .collect();
+        for email in stale {
+            if let Some(entry) = users.remove(&email) {
+                self.retire(&entry);
+                let _ = self
+                    .inner
+                    .counters
+                    .evicted_idle
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The state and counters of the per-user pools.
+    ///
+    /// ```no_run
+    /// # fn demo(users: lakebase_pool::users::UserPools) {
+    /// assert!(users.stats().users <= users.stats().max_users);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> UserPoolStats {
+        let counters = &self.inner.counters;
+        let users = lock(&self.inner.users);
+        let mut mints = counters.mints_of_evicted.load(Ordering::Relaxed);
+        let mut mint_failures = counters.mint_failures_of_evicted.load(Ordering::Relaxed);
+        let mut pool_sizes = Vec::with_capacity(users.len());
+        for entry in users.values() {
+            let tokens = entry.tokens.stats();
+            mints += tokens.minted;
+            mint_failures += tokens.mint_failures;
+            let stats = entry.pool.stats();
+            pool_sizes.push((stats.size, stats.size.saturating_sub(stats.available)));
+        }
+        pool_sizes.sort_unstable_by(|a, b| b.cmp(a));
+        UserPoolStats {
+            users: users.len(),
+            max_users: self.inner.settings.max_users,
+            live_pools: self.inner.live.load(Ordering::Relaxed),
+            created: counters.created.load(Ordering::Relaxed),
+            evicted_lru: counters.evicted_lru.load(Ordering::Relaxed),
+            evicted_idle: counters.evicted_idle.load(Ordering::Relaxed),
+            refused: counters.refused.load(Ordering::Relaxed),
+            token_checks: counters.token_checks.load(Ordering::Relaxed),
+            mints,
+            mint_failures,
+            pool_sizes,
+        }
+    }
+
+    /// Closes every user's pool and the app's: see [`Pool::close`].
+    ///
+    /// ```no_run
+    /// # fn demo(users: lakebase_pool::users::UserPools) {
+    /// users.close();
+    /// # }
+    /// ```
+    pub fn close(&self) {
+        let drained: Vec<Arc<Entry>> = lock(&self.inner.users).drain().map(|(_, e)| e).collect();
+        for entry in &drained {
+            self.retire(entry);
+        }
+        self.inner.app.close();
+        if let Some(sweeper) = lock(&self.inner.sweeper).take() {
+            sweeper.abort();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(sweeper) = lock(&self.sweeper).take() {
+            sweeper.abort();
+        }
+    }
+}
+
+/// A user pool's error as the caller sees it: refusals as [`Error::UserUnauthorized`], and
+/// no error text that names the user.
+fn user_error(error: Error, email: &str) -> Error {
+    match error {
+        Error::AuthRejected { .. } => Error::UserUnauthorized {
+            problem: UserProblem::LoginRefused,
+        },
+        Error::Credentials {
+            ref source,
+            kind: _,
+            retry_in: _,
+        } => match refusal_in(source.as_ref()) {
+            Some(problem) => Error::UserUnauthorized { problem },
+            None => error,
+        },
+        Error::WorkspaceApi {
+            method,
+            path,
+            status,
+            error_code,
+            message,
+        } => Error::WorkspaceApi {
+            method,
+            path,
+            status,
+            error_code,
+            message: redact(&message, email),
+        },
+        other => other,
+    }
+}
+
+/// The error of a call made with a user's token (already redacted), as the caller sees it.
+fn user_error_boxed(error: crate::BoxError) -> Error {
+    if let Some(problem) = refusal_in(error.as_ref()) {
+        return Error::UserUnauthorized { problem };
+    }
+    match error.downcast::<Error>() {
+        Ok(error) => *error,
+        Err(other) => Error::Credentials {
+            kind: "user token check",
+            retry_in: None,
+            source: Arc::from(other),
+        },
+    }
+}
+
+/// The user refusal somewhere in `error`'s chain, if any.
+fn refusal_in(error: &(dyn std::error::Error + 'static)) -> Option<UserProblem> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(Refused(problem)) = error.downcast_ref::<Refused>() {
+            return Some(*problem);
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// Configures [`UserPools`]; from [`UserPools::builder`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use lakebase_pool::users::{ForwardedHeaders, UserPools};
+///
+/// # fn demo() -> Result<(), lakebase_pool::Error> {
+/// let users = UserPools::builder(lakebase_pool::PoolBuilder::from_env()?)
+///     .max_users(100)
+///     .max_size_per_user(2)
+///     .idle_timeout(Duration::from_secs(30))
+///     .forwarded_headers(ForwardedHeaders::WhenInDatabricksApps)
+///     .build()?;
+/// # let _ = users;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a builder does nothing until `.build()` is called"]
+#[derive(Debug)]
+pub struct UserPoolsBuilder {
+    app: PoolBuilder,
+    settings: Settings,
+    forwarded_headers: ForwardedHeaders,
+    environment: Option<Environment>,
+}
+
+impl UserPoolsBuilder {
+    /// Most users with a pool at once; the least recently used idle one makes room for a new
+    /// one. With [`max_size_per_user`](Self::max_size_per_user), this bounds the connections
+    /// the users hold.
+    ///
+    /// Default: 32 (see [`defaults`](crate::defaults)).
+    ///
+    /// ```no_run
+    /// # fn demo(builder: lakebase_pool::users::UserPoolsBuilder) {
+    /// let builder = builder.max_users(200);
+    /// # let _ = builder;
+    /// # }
+    /// ```
+    pub fn max_users(mut self, max_users: usize) -> Self {
+        self.settings.max_users = max_users;
+        self
+    }
+
+    /// Most connections in one user's pool.
+    ///
+    /// Default: 2.
+    ///
+    /// ```no_run
+    /// # fn demo(builder: lakebase_pool::users::UserPoolsBuilder) {
+    /// let builder = builder.max_size_per_user(3);
+    /// # let _ = builder;
+    /// # }
+    /// ```
+    pub fn max_size_per_user(mut self, max_size: usize) -> Self {
+        self.settings.max_size = max_size;
+        self
+    }
+
+    /// How long a user's connection may sit idle before it is closed (users come and go;
+    /// their sessions should not linger on the server).
+    ///
+    /// Default: 30 seconds.
+    ///
+    /// ```no_run
+    /// # fn demo(builder: lakebase_pool::users::UserPoolsBuilder) {
+    /// let builder = builder.idle_timeout(std::time::Duration::from_secs(10));
+    /// # let _ = builder;
+    /// # }
+    /// ```
+    pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.settings.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// How long a user may go without a request before their pool, cached credentials and
+    /// tokens are dropped.
+    ///
+    /// Default: 5 minutes.
+    ///
+    /// ```no_run
+    /// # fn demo(builder: lakebase_pool::users::UserPoolsBuilder) {
+    /// let builder = builder.evict_idle_after(std::time::Duration::from_secs(600));
+    /// # let _ = builder;
+    /// # }
+    /// ```
+    pub fn evict_idle_after(mut self, after: Duration) -> Self {
+        self.settings.evict_idle_after = after;
+        self
+    }
+
+    /// Whether to read the forwarded user headers; see [`ForwardedHeaders`].
+    ///
+    /// Default: [`ForwardedHeaders::WhenInDatabricksApps`].
+    ///
+    /// ```no_run
+    /// # fn demo(builder: lakebase_pool::users::UserPoolsBuilder) {
+    /// use lakebase_pool::users::ForwardedHeaders;
+    /// let builder = builder.forwarded_headers(ForwardedHeaders::Ignored);
+    /// # let _ = builder;
+    /// # }
+    /// ```
+    pub fn forwarded_headers(mut self, trust: ForwardedHeaders) -> Self {
+        self.forwarded_headers = trust;
+        self
+    }
+
+    /// Serve requests without a (trusted) signed-in user with the app's own pool, instead of
+    /// refusing them. Requests whose user is refused are refused all the same.
+    ///
+    /// Default: `false`.
+    ///
+    /// ```no_run
+    /// # fn demo(builder: lakebase_pool::users::UserPoolsBuilder) {
+    /// let builder = builder.fall_back_to_app(true);
+    /// # let _ = builder;
+    /// # }
+    /// ```
+    pub fn fall_back_to_app(mut self, fall_back: bool) -> Self {
+        self.settings.fall_back_to_app = fall_back;
+        self
+    }
+
+    /// Reads whether the process runs as a Databricks App from `env` rather than the process
+    /// environment (for [`ForwardedHeaders::WhenInDatabricksApps`]).
+    ///
+    /// ```no_run
+    /// # fn demo(builder: lakebase_pool::users::UserPoolsBuilder) {
+    /// let env = lakebase_pool::Environment::from_vars([("DATABRICKS_APP_NAME", "shop")]);
+    /// let builder = builder.environment(&env);
+    /// # let _ = builder;
+    /// # }
+    /// ```
+    pub fn environment(mut self, env: &Environment) -> Self {
+        self.environment = Some(env.clone());
+        self
+    }
+
+    /// Builds the app's pool and the (empty) user pools.
+    ///
+    /// Must be called within a Tokio runtime, like [`PoolBuilder::build`].
+    ///
+    /// # Errors
+    ///
+    /// Those of [`PoolBuilder::build`]; [`Error::InvalidConfig`] when the app's settings name
+    /// no Lakebase endpoint (user credentials are minted for one) or a limit is zero.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::Error> {
+    /// let users = lakebase_pool::users::UserPools::builder(lakebase_pool::PoolBuilder::from_env()?).build()?;
+    /// # let _ = users;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn build(self) -> Result<UserPools, Error> {
+        let settings = self.settings;
+        for (setting, value) in [
+            ("max_users", settings.max_users),
+            ("max_size_per_user", settings.max_size),
+        ] {
+            if value == 0 {
+                return Err(Error::invalid(setting, "must be at least 1"));
+            }
+        }
+        if settings.evict_idle_after.is_zero() {
+            return Err(Error::invalid(
+                "evict_idle_after",
+                "must be greater than zero",
+            ));
+        }
+        let (app, template) = self.app.build_with_template()?;
+        let (Some(workspace), Some(endpoint)) =
+            (template.workspace.clone(), template.endpoint.clone())
+        else {
+            return Err(Error::invalid(
+                "lakebase_endpoint",
+                "per-user pools mint each user's credentials for a Lakebase endpoint; set \
+                 `.lakebase_endpoint(..)` (or LAKEBASE_ENDPOINT) on the app's pool builder",
+            ));
+        };
+        let host = template.base.get_hosts().is_empty().then(|| {
+            Arc::new(SharedHost {
+                workspace: workspace.clone(),
+                endpoint: endpoint.clone(),
+                host: OnceCell::new(),
+            })
+        });
+        let env = self.environment.unwrap_or_else(Environment::from_process);
+        let trusted = self.forwarded_headers.trusted_in(&env);
+        tracing::info!(
+            trusted,
+            max_users = settings.max_users,
+            "per-user pools ready; forwarded user headers are {}",
+            if trusted { "trusted" } else { "ignored" }
+        );
+        let sweep_every = (settings.evict_idle_after / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let pools = UserPools {
+            inner: Arc::new(Inner {
+                app,
+                template,
+                workspace,
+                endpoint,
+                host,
+                settings,
+                trusted,
+                users: Mutex::new(HashMap::new()),
+                live: Arc::new(AtomicUsize::new(0)),
+                counters: Counters::default(),
+                sweeper: Mutex::new(None),
+            }),
+        };
+        let sweeper = tokio::spawn(sweep(Arc::downgrade(&pools.inner), sweep_every));
+        *lock(&pools.inner.sweeper) = Some(sweeper);
+        Ok(pools)
+    }
+}
+
+/// Evicts idle users every `every`, for as long as the pools exist.
+async fn sweep(pools: Weak<Inner>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let _ = ticks.tick().await;
+        let Some(inner) = pools.upgrade() else { return };
+        UserPools { inner }.evict_idle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_content() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "abcd"));
+    }
+
+    #[test]
+    fn refusals_are_found_anywhere_in_the_chain() {
+        let error = Error::Credentials {
+            kind: "user database token",
+            retry_in: None,
+            source: Arc::new(Refused(UserProblem::Forbidden)),
+        };
+        assert!(matches!(
+            user_error(error, "alice@example.com"),
+            Error::UserUnauthorized {
+                problem: UserProblem::Forbidden
+            }
+        ));
+        let other = Error::Credentials {
+            kind: "user database token",
+            retry_in: None,
+            source: Arc::new(std::io::Error::other("down")),
+        };
+        assert!(matches!(
+            user_error(other, "alice@example.com"),
+            Error::Credentials { .. }
+        ));
+    }
+}
