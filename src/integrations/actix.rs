@@ -8,11 +8,12 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
 
-use super::{HttpError, ReadConnection};
+use super::{HttpError, ReadConnection, UserConnection};
+use crate::users::UserPools;
 use crate::{Connection, Error, Pool};
 
 /// Checks a connection out of the [`Pool`] registered as app data (`web::Data<Pool>`, or a
-/// plain `Pool`). The connection returns to the pool when the handler ends. A failed
+/// plain `Pool`; else the app's pool of registered [`UserPools`]). The connection returns to the pool when the handler ends. A failed
 /// checkout fails the request with an [`HttpError`]: 503 with `Retry-After` when the pool is
 /// exhausted or the database is waking up past the deadline; 500 when no pool is registered.
 ///
@@ -74,11 +75,63 @@ impl FromRequest for ReadConnection {
     }
 }
 
-/// The pool registered as app data (`web::Data<Pool>`, or a plain `Pool`).
+/// Checks a connection out of the [`UserPools`] registered as app data
+/// (`web::Data<UserPools>`, or a plain `UserPools`), as the request's signed-in user (see
+/// [`UserConnection`]). Errors: 401 without a trusted user or when the user's token is
+/// refused, 403 when it may not mint, otherwise as for [`Connection`].
+///
+/// ```no_run
+/// use actix_web::{App, web};
+/// use lakebase_pool::integrations::{HttpError, UserConnection};
+/// use lakebase_pool::users::UserPools;
+///
+/// async fn whoami(conn: UserConnection) -> Result<String, HttpError> {
+///     Ok(conn.query_one("SELECT current_user::text", &[]).await?.get(0))
+/// }
+///
+/// # fn demo(users: UserPools) {
+/// let app = App::new()
+///     .app_data(web::Data::new(users))
+///     .route("/me", web::get().to(whoami));
+/// # let _ = app;
+/// # }
+/// ```
+impl FromRequest for UserConnection {
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, HttpError>>>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let users = registered_users(req).ok_or_else(|| {
+            Error::invalid(
+                "app_data",
+                "no lakebase_pool::users::UserPools is registered; add it with \
+                     `App::app_data(web::Data::new(users))`",
+            )
+        });
+        let headers = req.headers().clone();
+        Box::pin(async move {
+            let found = users?
+                .for_request(|name| headers.get(name).map(|value| value.as_bytes()))
+                .await?;
+            Ok(UserConnection::new(found))
+        })
+    }
+}
+
+/// The user pools registered as app data (`web::Data<UserPools>`, or plain).
+fn registered_users(req: &HttpRequest) -> Option<UserPools> {
+    req.app_data::<web::Data<UserPools>>()
+        .map(|data| UserPools::clone(data))
+        .or_else(|| req.app_data::<UserPools>().cloned())
+}
+
+/// The pool registered as app data (`web::Data<Pool>`, or a plain `Pool`), else the app's
+/// own pool of registered [`UserPools`].
 fn registered_pool(req: &HttpRequest) -> Result<Pool, Error> {
     req.app_data::<web::Data<Pool>>()
         .map(|data| Pool::clone(data))
         .or_else(|| req.app_data::<Pool>().cloned())
+        .or_else(|| registered_users(req).map(|users| users.app_pool().clone()))
         .ok_or_else(|| {
             Error::invalid(
                 "app_data",

@@ -5,7 +5,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{HttpError, ReadConnection};
+use super::{HttpError, ReadConnection, UserConnection};
+use crate::users::UserPools;
 use crate::{Connection, Pool};
 
 /// Checks a connection out of the [`Pool`] in the router's state (the state itself, or a
@@ -68,6 +69,60 @@ where
 
     async fn from_request_parts(_parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
         Ok(ReadConnection(Pool::from_ref(state).get_read().await?))
+    }
+}
+
+/// Checks a connection out of the [`UserPools`] in the router's state, as the request's
+/// signed-in user (see [`UserConnection`]). Rejections: 401 without a trusted user or when
+/// the user's token is refused, 403 when it may not mint, otherwise as for [`Connection`].
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use lakebase_pool::integrations::{HttpError, UserConnection};
+/// use lakebase_pool::users::UserPools;
+///
+/// async fn whoami(conn: UserConnection) -> Result<String, HttpError> {
+///     Ok(conn.query_one("SELECT current_user::text", &[]).await?.get(0))
+/// }
+///
+/// # fn demo(users: UserPools) {
+/// let app: Router = Router::new().route("/me", get(whoami)).with_state(users);
+/// # let _ = app;
+/// # }
+/// ```
+impl<S> FromRequestParts<S> for UserConnection
+where
+    UserPools: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
+        let users = UserPools::from_ref(state);
+        let headers = &parts.headers;
+        let found = users
+            .for_request(|name| headers.get(name).map(|value| value.as_bytes()))
+            .await?;
+        Ok(UserConnection::new(found))
+    }
+}
+
+/// With [`UserPools`] as the router's state, [`Connection`] extractors get the app's own
+/// pool ([`UserPools::app_pool`]): app routes and per-user routes on one state.
+///
+/// ```no_run
+/// use axum::extract::FromRef;
+/// use lakebase_pool::Pool;
+/// use lakebase_pool::users::UserPools;
+///
+/// # fn demo(users: UserPools) {
+/// let app_pool = Pool::from_ref(&users);
+/// # let _ = app_pool;
+/// # }
+/// ```
+impl FromRef<UserPools> for Pool {
+    fn from_ref(users: &UserPools) -> Pool {
+        users.app_pool().clone()
     }
 }
 

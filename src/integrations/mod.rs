@@ -1,7 +1,8 @@
 //! Web framework integrations: a [`Connection`](crate::Connection) extractor for Axum
 //! (feature `axum`) and Actix Web (feature `actix-web`), a [`ReadConnection`] extractor for
-//! reads on a replica, and [`HttpError`], which turns the pool's errors into fitting HTTP
-//! responses.
+//! reads on a replica, a [`UserConnection`] extractor for connections as the signed-in user
+//! of a Databricks App ([`UserPools`](crate::users::UserPools)), and [`HttpError`], which
+//! turns the pool's errors into fitting HTTP responses.
 //!
 //! | error | status | `Retry-After` |
 //! |---|---|---|
@@ -11,6 +12,9 @@
 //! | no valid token ([`Error::Credentials`]) | 503 | when the pool asks the provider again, at least 1 s |
 //! | a transaction that kept failing with transient errors, or a lost connection | 503 | 1 s |
 //! | no read replica could serve, or none caught up, with `ReadFallback::Fail` ([`Error::ReplicaUnavailable`], [`Error::ReplicaBehind`]) | 503 | 1 s |
+//! | no trusted signed-in user, or the user's token or login refused ([`Error::UserUnauthorized`]) | 401 | |
+//! | the user's token may not mint database credentials ([`UserProblem::Forbidden`](crate::UserProblem::Forbidden)) | 403 | |
+//! | every per-user pool busy ([`Error::UserPoolsFull`]) | 503 | 1 s |
 //! | any other error | 500 | |
 //!
 //! The body is a short fixed reason in plain text. It never carries the error itself: the
@@ -75,6 +79,78 @@ impl std::ops::DerefMut for ReadConnection {
     }
 }
 
+/// A connection logged in as the request's signed-in user, from the
+/// [`UserPools`](crate::users::UserPools) in the app's state (Axum: through `FromRef`;
+/// Actix Web: as `web::Data<UserPools>`), with
+/// [`UserPools::for_request`](crate::users::UserPools::for_request): the forwarded headers
+/// are read only when trusted, and a request without a trusted user is answered 401 unless
+/// the pools fall back to the app's identity. It dereferences to the
+/// [`Connection`](crate::Connection).
+///
+/// ```no_run
+/// use lakebase_pool::integrations::{HttpError, UserConnection};
+///
+/// async fn my_orders(conn: UserConnection) -> Result<String, HttpError> {
+///     // Row-level security sees the signed-in user as `current_user`.
+///     let row = conn.query_one("SELECT count(*) FROM orders", &[]).await?;
+///     Ok(row.get::<_, i64>(0).to_string())
+/// }
+/// # let _ = my_orders;
+/// ```
+#[derive(Debug)]
+pub struct UserConnection {
+    connection: crate::Connection,
+    as_user: bool,
+}
+
+impl UserConnection {
+    /// Whether the connection is the signed-in user's (`false`: the app's, when the pools
+    /// fall back to it for requests without a user).
+    ///
+    /// ```no_run
+    /// # fn demo(conn: lakebase_pool::integrations::UserConnection) {
+    /// assert!(conn.is_as_user());
+    /// # }
+    /// ```
+    pub fn is_as_user(&self) -> bool {
+        self.as_user
+    }
+
+    /// The connection itself.
+    ///
+    /// ```no_run
+    /// # fn demo(conn: lakebase_pool::integrations::UserConnection) {
+    /// let conn: lakebase_pool::Connection = conn.into_inner();
+    /// # let _ = conn;
+    /// # }
+    /// ```
+    pub fn into_inner(self) -> crate::Connection {
+        self.connection
+    }
+
+    #[cfg(any(feature = "axum", feature = "actix-web"))]
+    fn new((connection, as_user): (crate::Connection, bool)) -> Self {
+        UserConnection {
+            connection,
+            as_user,
+        }
+    }
+}
+
+impl std::ops::Deref for UserConnection {
+    type Target = crate::Connection;
+
+    fn deref(&self) -> &crate::Connection {
+        &self.connection
+    }
+}
+
+impl std::ops::DerefMut for UserConnection {
+    fn deref_mut(&mut self) -> &mut crate::Connection {
+        &mut self.connection
+    }
+}
+
 /// A database error as an HTTP response: status 503 with `Retry-After` when trying again
 /// later may work, 500 otherwise; see the [module docs](self) for the table.
 ///
@@ -106,7 +182,7 @@ const SHORT_WAIT: Duration = Duration::from_secs(1);
 const OUTAGE_WAIT: Duration = Duration::from_secs(5);
 
 impl HttpError {
-    /// The HTTP status: 503 or 500.
+    /// The HTTP status: 503, 500, or for requests on behalf of a user 401 or 403.
     ///
     /// ```
     /// # use lakebase_pool::integrations::HttpError;
@@ -174,6 +250,18 @@ impl HttpError {
 
 impl From<Error> for HttpError {
     fn from(error: Error) -> Self {
+        if let Error::UserUnauthorized { problem } = &error {
+            let (status, reason) = match problem.http_status() {
+                403 => (403, "not allowed for the signed-in user"),
+                _ => (401, "sign-in required"),
+            };
+            return HttpError {
+                status,
+                retry_after: None,
+                reason,
+                source: Box::new(error),
+            };
+        }
         let wait = match &error {
             Error::PoolTimeout { .. } => Some((BUSY, SHORT_WAIT)),
             Error::PoolClosed => Some(("the service is shutting down; retry shortly", SHORT_WAIT)),
@@ -251,6 +339,27 @@ mod tests {
             source: Arc::new(std::io::Error::other("down")),
         });
         assert_eq!(err.retry_after_secs(), Some(1));
+    }
+
+    #[test]
+    fn user_refusals_are_401_or_403_without_retry_after() {
+        use crate::UserProblem;
+        for (problem, status) in [
+            (UserProblem::NotForwarded, 401),
+            (UserProblem::TokenRejected, 401),
+            (UserProblem::IdentityMismatch, 401),
+            (UserProblem::LoginRefused, 401),
+            (UserProblem::Forbidden, 403),
+        ] {
+            let err = HttpError::from(Error::UserUnauthorized { problem });
+            assert_eq!(
+                (err.status(), err.retry_after()),
+                (status, None),
+                "{problem:?}"
+            );
+        }
+        let full = HttpError::from(Error::UserPoolsFull { max_users: 3 });
+        assert_eq!((full.status(), full.retry_after_secs()), (503, Some(1)));
     }
 
     #[test]
