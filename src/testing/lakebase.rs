@@ -305,6 +305,30 @@ impl LocalLakebase {
             .await
     }
 
+    /// Adds signed-in users of a Databricks App with user authorization: a Postgres role
+    /// named after each email (no password: their tokens are checked at login), and for each
+    /// the OAuth token the Apps proxy would forward
+    /// ([`MockWorkspace::issue_user_token`]), in order. Grant the roles what they need.
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Sql`] when a role cannot be created (it exists).
+    ///
+    /// ```no_run
+    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// let tokens = lakebase.add_users(&["alice@example.com", "bob@example.com"]).await?;
+    /// assert_eq!(tokens.len(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn add_users(&self, emails: &[&str]) -> Result<Vec<Secret>, HarnessError> {
+        self.postgres.create_login_roles(emails).await?;
+        Ok(emails
+            .iter()
+            .map(|email| self.workspace.issue_user_token(email))
+            .collect())
+    }
+
     /// The name of the `index`-th read-only endpoint (from 0):
     /// `projects/local/branches/main/endpoints/ep-local-replica-<index + 1>`.
     ///

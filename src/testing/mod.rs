@@ -23,6 +23,7 @@
 //! # }
 //! ```
 
+mod apps;
 mod branching;
 mod emulator;
 mod fault_proxy;
@@ -33,6 +34,7 @@ mod server_thread;
 mod tls;
 mod workspace;
 
+pub use self::apps::apps_proxy_headers;
 pub use self::branching::LocalBranch;
 pub use self::emulator::{ComputeState, LakebaseEmulator};
 pub use self::fault_proxy::{FaultProxy, NetworkFault};

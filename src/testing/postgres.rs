@@ -426,6 +426,33 @@ impl LocalPostgres {
         Ok(())
     }
 
+    /// Creates login roles without a password or a database of their own, all in one
+    /// statement: for many users (the emulator logs them in; no password is checked here).
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Sql`], e.g. when one exists.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// pg.create_login_roles(&["alice@example.com", "bob@example.com"]).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn create_login_roles(&self, roles: &[&str]) -> Result<(), HarnessError> {
+        if roles.is_empty() {
+            return Ok(());
+        }
+        let statements: String = roles
+            .iter()
+            .map(|role| format!("CREATE ROLE {} LOGIN;", quote_ident(role)))
+            .collect();
+        self.admin().await?.batch_execute(&statements).await?;
+        Ok(())
+    }
+
     /// Creates a database owned by `owner` (e.g. `databricks_postgres`, the database a new
     /// Lakebase project has).
     ///

@@ -107,6 +107,17 @@ pub struct MintedToken {
     pub expire_time: SystemTime,
 }
 
+/// An OAuth access token the mock issued: a service principal's, or a signed-in user's as
+/// the Databricks Apps proxy forwards it.
+#[derive(Clone, Debug)]
+pub(super) struct AccessToken {
+    pub(super) identity: String,
+    pub(super) expiry: SystemTime,
+    /// Whether it may mint database credentials (users' tokens carry only the scopes the
+    /// app's user authorization asked for).
+    pub(super) database_scope: bool,
+}
+
 #[derive(Clone, Debug)]
 pub(super) struct MockEndpoint {
     pub(super) host: String,
@@ -120,7 +131,7 @@ pub(super) struct State {
     pub(super) base_url: String,
     pub(super) pats: HashMap<String, String>,
     pub(super) clients: HashMap<String, String>,
-    pub(super) access_tokens: HashMap<String, (String, SystemTime)>,
+    pub(super) access_tokens: HashMap<String, AccessToken>,
     pub(super) endpoints: BTreeMap<String, MockEndpoint>,
     pub(super) minted: Vec<MintedToken>,
     /// Tokens minted before this index are revoked: logins with them are refused.
@@ -286,6 +297,73 @@ impl MockWorkspace {
         let _ = lock(&self.state)
             .clients
             .insert(client_id.to_owned(), client_secret.to_owned());
+    }
+
+    /// Issues an OAuth token of the signed-in user `user` (an email), as the Databricks Apps
+    /// proxy forwards it in `X-Forwarded-Access-Token`: valid for an hour, with the scope to
+    /// mint database credentials. Credentials minted with it are `user`'s: they log in as the
+    /// Postgres role `user`. Call it again for the refreshed token the proxy would send next.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// let token = mock.issue_user_token("alice@example.com");
+    /// # let _ = token;
+    /// ```
+    pub fn issue_user_token(&self, user: &str) -> Secret {
+        self.issue_access_token(user, Duration::from_secs(3600), true)
+    }
+
+    /// A token of `user` that has already expired: the workspace answers 401 to it.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// let stale = mock.issue_expired_user_token("alice@example.com");
+    /// # let _ = stale;
+    /// ```
+    pub fn issue_expired_user_token(&self, user: &str) -> Secret {
+        self.issue_access_token(user, Duration::ZERO, false)
+    }
+
+    /// A valid token of `user` without the scope to mint database credentials (an app whose
+    /// user authorization lacks it): the credential call answers 403.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// let unscoped = mock.issue_user_token_without_database_scope("alice@example.com");
+    /// # let _ = unscoped;
+    /// ```
+    pub fn issue_user_token_without_database_scope(&self, user: &str) -> Secret {
+        self.issue_access_token(user, Duration::from_secs(3600), false)
+    }
+
+    /// Revokes every token issued for `user`: the workspace answers 401 to them.
+    ///
+    /// ```no_run
+    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.revoke_user_tokens("alice@example.com");
+    /// ```
+    pub fn revoke_user_tokens(&self, user: &str) {
+        lock(&self.state)
+            .access_tokens
+            .retain(|_, token| token.identity != user);
+    }
+
+    fn issue_access_token(
+        &self,
+        identity: &str,
+        lifetime: Duration,
+        database_scope: bool,
+    ) -> Secret {
+        let token = crate::testing::rotating::random_token();
+        let _ = lock(&self.state).access_tokens.insert(
+            token.expose().to_owned(),
+            AccessToken {
+                identity: identity.to_owned(),
+                expiry: SystemTime::now() + lifetime,
+                database_scope,
+            },
+        );
+        token
     }
 
     /// Adds an active endpoint (`projects/../branches/../endpoints/..`) served at `host`.

@@ -188,7 +188,7 @@ async fn respond(state: &Shared, index: usize, request: Request<Incoming>) -> An
             let identity = bearer
                 .as_deref()
                 .and_then(|token| identity_of(state, token));
-            let Some(identity) = identity else {
+            let Some((identity, database_scope)) = identity else {
                 return api_error(401, "UNAUTHENTICATED", "Invalid access token.");
             };
             if let Some(answer) =
@@ -197,6 +197,11 @@ async fn respond(state: &Shared, index: usize, request: Request<Incoming>) -> An
                 return answer;
             }
             match (method.as_str(), path.as_str()) {
+                ("POST", "/api/2.0/postgres/credentials") if !database_scope => api_error(
+                    403,
+                    "PERMISSION_DENIED",
+                    "Provided OAuth token does not have required scopes",
+                ),
                 ("POST", "/api/2.0/postgres/credentials") => mint(state, &identity, &body).await,
                 ("GET", "/api/2.0/preview/scim/v2/Me") => {
                     ok(json!({"userName": identity, "id": "1234"}))
@@ -225,16 +230,17 @@ async fn respond(state: &Shared, index: usize, request: Request<Incoming>) -> An
     }
 }
 
-fn identity_of(state: &Shared, token: &str) -> Option<String> {
+/// Who `token` is, and whether it may mint database credentials.
+fn identity_of(state: &Shared, token: &str) -> Option<(String, bool)> {
     let state = lock(state);
     if let Some(user) = state.pats.get(token) {
-        return Some(user.clone());
+        return Some((user.clone(), true));
     }
     state
         .access_tokens
         .get(token)
-        .filter(|(_, expiry)| *expiry > SystemTime::now())
-        .map(|(identity, _)| identity.clone())
+        .filter(|access| access.expiry > SystemTime::now())
+        .map(|access| (access.identity.clone(), access.database_scope))
 }
 
 fn discovery_config(state: &Shared) -> Answer {
@@ -300,9 +306,14 @@ fn oauth_token(state: &Shared, headers: &hyper::HeaderMap, body: &[u8]) -> Answe
     let token = random_token().expose().to_owned();
     let lifetime = 3600;
     let expiry = SystemTime::now() + Duration::from_secs(lifetime);
-    let _ = state
-        .access_tokens
-        .insert(token.clone(), (client_id.to_owned(), expiry));
+    let _ = state.access_tokens.insert(
+        token.clone(),
+        super::AccessToken {
+            identity: client_id.to_owned(),
+            expiry,
+            database_scope: true,
+        },
+    );
     ok(
         json!({"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": "all-apis"}),
     )
