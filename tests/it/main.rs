@@ -21,6 +21,7 @@ mod support;
 mod tls;
 mod token_faults;
 mod transaction;
+mod users;
 mod web;
 mod worker;
 mod workspace;

@@ -240,3 +240,74 @@ async fn listener_transaction_and_http_types_never_show_a_token() {
         "the workspace token leaked into:\n{everything}"
     );
 }
+
+/// Per-user pools never show a user's token, and never their email, in errors, `Debug`
+/// output or logs: a success, each kind of refusal (expired, forged, someone else's, no
+/// database scope, no role), the HTTP errors made of them, and everything logged at TRACE.
+#[tokio::test]
+async fn user_tokens_and_emails_never_appear_in_errors_debug_or_logs() {
+    use lakebase_pool::integrations::HttpError;
+    use lakebase_pool::users::{ForwardedHeaders, ForwardedUser, UserPools};
+
+    use crate::users::{ALICE, BOB, apps_stack};
+
+    let (logs, _guard) = LogCapture::install();
+    let (lakebase, builder) = apps_stack().await;
+    let carol = "carol@example.com";
+    let tokens = lakebase.add_users(&[ALICE, BOB]).await.unwrap();
+    let mock = lakebase.workspace();
+    let expired = mock.issue_expired_user_token(ALICE);
+    let unscoped = mock.issue_user_token_without_database_scope(BOB);
+    let carol_token = mock.issue_user_token(carol);
+    let users = UserPools::builder(builder)
+        .forwarded_headers(ForwardedHeaders::Trusted)
+        .build()
+        .unwrap();
+
+    let alice = ForwardedUser::new(ALICE, tokens[0].clone());
+    let conn = users.for_user(&alice).await.unwrap();
+    let mut shown = vec![
+        format!("{alice:?} {conn:?} {users:?} {:?}", users.stats()),
+        format!("{:?}", users.app_pool().stats()),
+    ];
+    for user in [
+        ForwardedUser::new(ALICE, expired.clone()),
+        ForwardedUser::new(ALICE, Secret::new("forged-user-token-value")),
+        ForwardedUser::new(ALICE, tokens[1].clone()),
+        ForwardedUser::new(BOB, unscoped.clone()),
+        ForwardedUser::new(carol, carol_token.clone()),
+    ] {
+        let error = users.for_user(&user).await.unwrap_err();
+        assert!(error.is_auth(), "{error:?}");
+        let http = HttpError::from(error);
+        assert!(matches!(http.status(), 401 | 403));
+        shown.push(format!(
+            "{user:?} {http} {http:?} {}",
+            crate::support::chain(&http)
+        ));
+    }
+    // The refusal was logged with the server's text, which names the user: redacted.
+    assert!(
+        logs.text().contains("<user>"),
+        "the login refusal was logged"
+    );
+    shown.push(format!("{:?}", users.stats()));
+    shown.push(logs.text());
+    let everything = shown.join("\n");
+    for secret in [
+        tokens[0].expose(),
+        tokens[1].expose(),
+        expired.expose(),
+        unscoped.expose(),
+        carol_token.expose(),
+        "forged-user-token-value",
+        ALICE,
+        BOB,
+        carol,
+    ] {
+        assert!(
+            !everything.contains(secret),
+            "`{secret}` leaked into:\n{everything}"
+        );
+    }
+}
