@@ -37,16 +37,9 @@ impl LakebaseDiscovery {
         if !self.host {
             return Ok(None);
         }
-        let endpoint = self.workspace.get_endpoint(&self.endpoint).await?;
-        let host = endpoint.host.ok_or_else(|| {
-            Error::workspace_config(format!(
-                "endpoint {} reports no host yet (state {:?}); set the host explicitly or retry \
-                 once the endpoint is ready",
-                self.endpoint, endpoint.state
-            ))
-        })?;
-        tracing::debug!(endpoint = %self.endpoint, %host, "discovered the endpoint's host");
-        Ok(Some(host))
+        endpoint_host(&self.workspace, &self.endpoint)
+            .await
+            .map(Some)
     }
 
     async fn user(&self) -> Result<Option<String>, Error> {
@@ -60,6 +53,23 @@ impl LakebaseDiscovery {
         tracing::debug!(%user, "resolved the Postgres user from the workspace identity");
         Ok(Some(user))
     }
+}
+
+/// The host `endpoint` is served at, looked up with get-endpoint.
+pub(crate) async fn endpoint_host(
+    workspace: &Workspace,
+    endpoint: &EndpointName,
+) -> Result<String, Error> {
+    let answer = workspace.get_endpoint(endpoint).await?;
+    let host = answer.host.ok_or_else(|| {
+        Error::workspace_config(format!(
+            "endpoint {endpoint} reports no host yet (state {:?}); set the host explicitly or \
+             retry once the endpoint is ready",
+            answer.state
+        ))
+    })?;
+    tracing::debug!(%endpoint, %host, "discovered the endpoint's host");
+    Ok(host)
 }
 
 impl TargetSource for LakebaseDiscovery {

@@ -63,7 +63,7 @@ use tokio::sync::OnceCell;
 
 pub use self::forwarded::{ACCESS_TOKEN_HEADER, EMAIL_HEADER, ForwardedHeaders, ForwardedUser};
 use self::provider::{
-    LatestToken, Refused, SharedHost, UserCredentials, UserTarget, redact, refusal_or_redacted,
+    LatestToken, Refused, SharedHost, UserCredentials, UserTarget, refusal, without_email,
 };
 use crate::connect::Target;
 use crate::credentials::TokenCache;
@@ -423,7 +423,10 @@ impl UserPools {
             .workspace
             .current_user_as(Caller::User(user.access_token()))
             .await
-            .map_err(|error| user_error_boxed(refusal_or_redacted(error, user.email())))?;
+            .map_err(|error| match refusal(&error) {
+                Some(problem) => Error::UserUnauthorized { problem },
+                None => without_email(error, user.email()),
+            })?;
         if me.user_name != user.email() {
             return Err(Error::UserUnauthorized {
                 problem: UserProblem::IdentityMismatch,
@@ -633,35 +636,7 @@ fn user_error(error: Error, email: &str) -> Error {
             Some(problem) => Error::UserUnauthorized { problem },
             None => error,
         },
-        Error::WorkspaceApi {
-            method,
-            path,
-            status,
-            error_code,
-            message,
-        } => Error::WorkspaceApi {
-            method,
-            path,
-            status,
-            error_code,
-            message: redact(&message, email),
-        },
-        other => other,
-    }
-}
-
-/// The error of a call made with a user's token (already redacted), as the caller sees it.
-fn user_error_boxed(error: crate::BoxError) -> Error {
-    if let Some(problem) = refusal_in(error.as_ref()) {
-        return Error::UserUnauthorized { problem };
-    }
-    match error.downcast::<Error>() {
-        Ok(error) => *error,
-        Err(other) => Error::Credentials {
-            kind: "user token check",
-            retry_in: None,
-            source: Arc::from(other),
-        },
+        other => without_email(other, email),
     }
 }
 

@@ -7,7 +7,7 @@ use tokio::sync::OnceCell;
 
 use crate::connect::TargetSource;
 use crate::credentials::{Credential, CredentialProvider};
-use crate::databricks::{Caller, CredentialRequest, Workspace};
+use crate::databricks::{Caller, CredentialRequest, Workspace, endpoint_host};
 use crate::error::BoxFuture;
 use crate::target::HIDDEN_USER;
 use crate::{BoxError, EndpointName, Error, Secret, UserProblem};
@@ -66,37 +66,49 @@ impl CredentialProvider for UserCredentials {
                     &CredentialRequest::default(),
                 )
                 .await
-                .map_err(|error| refusal_or_redacted(error, &self.email))?;
+                .map_err(|error| -> BoxError {
+                    match refusal(&error) {
+                        Some(problem) => Box::new(Refused(problem)),
+                        None => Box::new(without_email(error, &self.email)),
+                    }
+                })?;
             Ok(Credential::new(minted.token().clone()).expires_at(minted.expire_time()))
         })
     }
 }
 
-/// A workspace error for a call made with a user's token: 401 and 403 as the user's refusal
-/// (never retried), anything else without the user's email in its text.
-pub(super) fn refusal_or_redacted(error: Error, email: &str) -> BoxError {
+/// The refusal a workspace error for a call made with a user's token means: 401 and 403
+/// are the user's (never retried).
+pub(super) fn refusal(error: &Error) -> Option<UserProblem> {
     match error {
-        Error::WorkspaceApi { status: 401, .. } => Box::new(Refused(UserProblem::TokenRejected)),
-        Error::WorkspaceApi { status: 403, .. } => Box::new(Refused(UserProblem::Forbidden)),
+        Error::WorkspaceApi { status: 401, .. } => Some(UserProblem::TokenRejected),
+        Error::WorkspaceApi { status: 403, .. } => Some(UserProblem::Forbidden),
+        _ => None,
+    }
+}
+
+/// `error` without the user's email in an API message (messages may name the user).
+pub(super) fn without_email(error: Error, email: &str) -> Error {
+    match error {
         Error::WorkspaceApi {
             method,
             path,
             status,
             error_code,
             message,
-        } => Box::new(Error::WorkspaceApi {
+        } => Error::WorkspaceApi {
             method,
             path,
             status,
             error_code,
             message: redact(&message, email),
-        }),
-        other => Box::new(other),
+        },
+        other => other,
     }
 }
 
 /// `text` with every occurrence of `email` (in any letter case) shown as `<user>`.
-pub(super) fn redact(text: &str, email: &str) -> String {
+fn redact(text: &str, email: &str) -> String {
     if email.is_empty() {
         return text.to_owned();
     }
@@ -123,16 +135,7 @@ pub(super) struct SharedHost {
 impl SharedHost {
     async fn host(&self) -> Result<&str, Error> {
         self.host
-            .get_or_try_init(|| async {
-                let endpoint = self.workspace.get_endpoint(&self.endpoint).await?;
-                endpoint.host.ok_or_else(|| {
-                    Error::workspace_config(format!(
-                        "endpoint {} reports no host yet (state {:?}); set the host explicitly \
-                         or retry once the endpoint is ready",
-                        self.endpoint, endpoint.state
-                    ))
-                })
-            })
+            .get_or_try_init(|| endpoint_host(&self.workspace, &self.endpoint))
             .await
             .map(String::as_str)
     }
