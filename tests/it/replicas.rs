@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use lakebase_pool::testing::{LocalLakebase, StopMode};
-use lakebase_pool::{Connection, Environment, Error, Pool, PoolBuilder, ReadFallback, RetryPolicy};
+use lakebase_pool::{Connection, Error, Pool, PoolBuilder, ReadFallback, RetryPolicy};
 
 use crate::support::{app_pool, cluster};
 
@@ -69,17 +69,7 @@ async fn lakebase(replicas: usize) -> LocalLakebase {
 
 /// An App's pool (OAuth M2M) for the read-write endpoint.
 fn apps_pool(lakebase: &LocalLakebase) -> PoolBuilder {
-    let env = Environment::from_vars([
-        ("DATABRICKS_HOST", lakebase.workspace().url()),
-        ("DATABRICKS_CLIENT_ID", CLIENT_ID.to_owned()),
-        ("DATABRICKS_CLIENT_SECRET", CLIENT_SECRET.to_owned()),
-        ("LAKEBASE_ENDPOINT", LocalLakebase::ENDPOINT.to_owned()),
-        ("PGPORT", lakebase.emulator().port().to_string()),
-    ]);
-    PoolBuilder::from_environment(&env)
-        .unwrap()
-        .resolver(lakebase.emulator().resolver())
-        .root_certificates_pem(lakebase.emulator().ca_cert_pem())
+    crate::support::service_principal_pool(lakebase, CLIENT_ID, CLIENT_SECRET)
 }
 
 async fn insert(pool: &Pool, body: &str) -> tokio_postgres::types::PgLsn {

@@ -3,8 +3,8 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use lakebase_pool::testing::LocalPostgres;
-use lakebase_pool::{Connection, PoolBuilder, Secret};
+use lakebase_pool::testing::{LocalLakebase, LocalPostgres};
+use lakebase_pool::{Connection, Environment, PoolBuilder, Secret};
 
 pub const ROLE: &str = "app";
 pub const INITIAL_PASSWORD: &str = "initial-password";
@@ -162,4 +162,25 @@ pub fn http_client() -> reqwest::Client {
         .timeout(std::time::Duration::from_secs(30))
         .build()
         .expect("an HTTP client")
+}
+
+/// The pool settings of a Databricks App on `lakebase`: OAuth M2M as the service principal
+/// `client_id` (added with `LocalLakebase::add_service_principal`), for the read-write
+/// endpoint, read from the environment as a deployed app does.
+pub fn service_principal_pool(
+    lakebase: &LocalLakebase,
+    client_id: &str,
+    client_secret: &str,
+) -> PoolBuilder {
+    let env = Environment::from_vars([
+        ("DATABRICKS_HOST", lakebase.workspace().url()),
+        ("DATABRICKS_CLIENT_ID", client_id.to_owned()),
+        ("DATABRICKS_CLIENT_SECRET", client_secret.to_owned()),
+        ("LAKEBASE_ENDPOINT", LocalLakebase::ENDPOINT.to_owned()),
+        ("PGPORT", lakebase.emulator().port().to_string()),
+    ]);
+    PoolBuilder::from_environment(&env)
+        .unwrap()
+        .resolver(lakebase.emulator().resolver())
+        .root_certificates_pem(lakebase.emulator().ca_cert_pem())
 }

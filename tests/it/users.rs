@@ -43,17 +43,7 @@ pub async fn apps_stack() -> (LocalLakebase, PoolBuilder) {
 
 /// The app's pool settings, as the service principal.
 pub fn app_builder(lakebase: &LocalLakebase) -> PoolBuilder {
-    let env = Environment::from_vars([
-        ("DATABRICKS_HOST", lakebase.workspace().url()),
-        ("DATABRICKS_CLIENT_ID", APP.to_owned()),
-        ("DATABRICKS_CLIENT_SECRET", APP_SECRET.to_owned()),
-        ("LAKEBASE_ENDPOINT", LocalLakebase::ENDPOINT.to_owned()),
-        ("PGPORT", lakebase.emulator().port().to_string()),
-    ]);
-    PoolBuilder::from_environment(&env)
-        .unwrap()
-        .resolver(lakebase.emulator().resolver())
-        .root_certificates_pem(lakebase.emulator().ca_cert_pem())
+    crate::support::service_principal_pool(lakebase, APP, APP_SECRET)
 }
 
 fn trusted(builder: PoolBuilder) -> UserPoolsBuilder {
