@@ -20,6 +20,7 @@ use crate::resolve::{Resolve, ResolveError};
 use crate::retry::{ErrorClass, classify, fix_for};
 use crate::retry_policy::RetryPolicy;
 use crate::target::{HIDDEN_USER, TlsSettings, describe_target, settle};
+use crate::telemetry::{ConnectSpan, RetryCause, Server};
 
 /// The connection half of an opened session: the future that drives its socket.
 pub(crate) type Driver =
@@ -223,10 +224,25 @@ impl Connector {
             self.prepared.get_or_try_init(|| self.prepare()),
             self.tokens.token()
         )?;
-        let span = tracing::info_span!("lakebase.connect", target = %prepared.target);
-        self.connect_with_retries(prepared, credential)
+        let server = Server::of(&prepared.pg_config);
+        let span = tracing::info_span!(
+            "lakebase.connect",
+            target = %prepared.target,
+            db.system.name = "postgresql",
+            server.address = server.address,
+            server.port = server.port,
+            db.namespace = server.namespace,
+        );
+        let mut otel = self
+            .counters
+            .telemetry
+            .connect_span(&prepared.pg_config, self.hide_user);
+        let result = self
+            .connect_with_retries(prepared, credential, &mut otel)
             .instrument(span)
-            .await
+            .await;
+        otel.end(result.as_ref().err().map(Error::type_name));
+        result
     }
 
     /// Runs the target source, if any, and settles the result.
@@ -256,6 +272,7 @@ impl Connector {
         &self,
         prepared: &Prepared,
         mut credential: Arc<Credential>,
+        span: &mut ConnectSpan,
     ) -> Result<Opened, Error> {
         let started = Instant::now();
         let deadline = deadline_after(started, self.retry.total_deadline());
@@ -313,6 +330,7 @@ impl Connector {
                     }
                     refreshed_after_rejection = true;
                     self.counters.auth_refresh();
+                    span.retry(RetryCause::AuthRefresh, attempts, Duration::ZERO);
                     tracing::info!(
                         attempt = attempts,
                         cause = %self.log_text(prepared, error_chain(&source)),
@@ -350,6 +368,12 @@ impl Connector {
                         });
                     };
                     self.counters.retry(class);
+                    let cause = if class == ErrorClass::RateLimited {
+                        RetryCause::RateLimited
+                    } else {
+                        RetryCause::Transient
+                    };
+                    span.retry(cause, attempts, delay);
                     tracing::info!(
                         attempt = attempts,
                         delay_ms = millis(delay),

@@ -647,6 +647,41 @@ fn retry_hint(retry_in: Option<Duration>) -> String {
 }
 
 impl Error {
+    /// The variant's name: the `error.type` of an OpenTelemetry span (a short, stable value
+    /// that names no target, user or secret).
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            Error::InvalidConfig { .. } => "InvalidConfig",
+            Error::Credentials { .. } => "Credentials",
+            Error::ConnectRetriesExhausted { .. } => "ConnectRetriesExhausted",
+            Error::Connect { .. } => "Connect",
+            Error::AuthRejected { .. } => "AuthRejected",
+            Error::PlaintextRefused { .. } => "PlaintextRefused",
+            Error::PoolTimeout { .. } => "PoolTimeout",
+            Error::ConnectTimeout { .. } => "ConnectTimeout",
+            Error::Transaction { .. } => "Transaction",
+            Error::CommitOutcomeUnknown { .. } => "CommitOutcomeUnknown",
+            Error::ConnectionLost { .. } => "ConnectionLost",
+            Error::Listen { .. } => "Listen",
+            Error::Statement { .. } => "Statement",
+            Error::ReplicaUnavailable { .. } => "ReplicaUnavailable",
+            Error::ReplicaBehind { .. } => "ReplicaBehind",
+            Error::ReadOnly { .. } => "ReadOnly",
+            Error::Operation { .. } => "Operation",
+            Error::OperationTimedOut { .. } => "OperationTimedOut",
+            Error::BranchLimit { .. } => "BranchLimit",
+            Error::UserUnauthorized { .. } => "UserUnauthorized",
+            Error::UserPoolsFull { .. } => "UserPoolsFull",
+            Error::PoolClosed => "PoolClosed",
+            Error::InvalidEndpointName { .. } => "InvalidEndpointName",
+            Error::InvalidEnv { .. } => "InvalidEnv",
+            Error::WorkspaceConfig { .. } => "WorkspaceConfig",
+            Error::WorkspaceAuth { .. } => "WorkspaceAuth",
+            Error::WorkspaceApi { .. } => "WorkspaceApi",
+            Error::WorkspaceRequest { .. } => "WorkspaceRequest",
+        }
+    }
+
     /// Whether trying again later may succeed: connection retries ran out, the pool was
     /// exhausted, the credential provider failed (it may recover), or a transaction kept
     /// failing with transient errors. A [`CommitOutcomeUnknown`](Error::CommitOutcomeUnknown)

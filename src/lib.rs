@@ -65,6 +65,7 @@
 //! | `native-roots` | no | trust the operating system's certificate store too |
 //! | `axum` | no | `Connection` as an Axum extractor; `integrations::HttpError` as a response |
 //! | `actix-web` | no | `Connection` as an Actix Web extractor; `integrations::HttpError` as a response error |
+//! | `opentelemetry` | no | `PoolBuilder::meter`, `pool_name` and `tracer`: metrics with the database-client semantic conventions, and spans (see the README for every metric) |
 //! | `testing` | no | `testing::LocalPostgres`, `MockWorkspace`, `TestCa`, `LakebaseEmulator`, `LocalLakebase`, the `lakebase-emulator` program |
 //!
 //! # Security
@@ -108,6 +109,7 @@ pub mod retry;
 mod retry_policy;
 mod secret;
 mod target;
+mod telemetry;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

@@ -1,10 +1,13 @@
 //! The pool's counters: bumped by the parts that open, retry and retire connections, read
-//! into [`Stats`](crate::Stats) by the pool.
+//! into [`Stats`](crate::Stats) by the pool (and by the OpenTelemetry instruments that
+//! observe it). They carry the pool's histograms too, which are recorded where the counters
+//! are bumped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::retry::ErrorClass;
+use crate::telemetry::PoolTelemetry;
 
 /// Why a connection was closed by the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,8 +43,12 @@ pub(crate) struct Counters {
     pub(crate) retired_broken: AtomicU64,
     pub(crate) checkouts: AtomicU64,
     pub(crate) checkout_failures: AtomicU64,
+    /// Failed checkouts that ran out of the wait timeout (counted in `checkout_failures` too).
+    pub(crate) checkout_timeouts: AtomicU64,
     /// Checkout waits by bucket; the last counts waits above every bound.
     pub(crate) checkout_wait: [AtomicU64; WAIT_BUCKETS.len() + 1],
+    /// The pool's OpenTelemetry histograms and spans (nothing without the feature).
+    pub(crate) telemetry: PoolTelemetry,
 }
 
 /// Upper bounds of the checkout-wait histogram buckets.
@@ -62,6 +69,13 @@ fn bump(counter: &AtomicU64) {
 }
 
 impl Counters {
+    pub(crate) fn new(telemetry: PoolTelemetry) -> Self {
+        Counters {
+            telemetry,
+            ..Counters::default()
+        }
+    }
+
     pub(crate) fn connection_opened(&self) {
         bump(&self.connections_opened);
     }
@@ -89,13 +103,18 @@ impl Counters {
         }
     }
 
-    /// Records one `get()`: how long it took and whether it succeeded.
-    pub(crate) fn checkout(&self, waited: Duration, ok: bool) {
+    /// Records one `get()`: how long it took, whether it succeeded, and whether it failed
+    /// because the wait timeout ran out.
+    pub(crate) fn checkout(&self, waited: Duration, ok: bool, timed_out: bool) {
         bump(if ok {
             &self.checkouts
         } else {
             &self.checkout_failures
         });
+        if timed_out {
+            bump(&self.checkout_timeouts);
+        }
+        self.telemetry.wait_time(waited);
         let bucket = WAIT_BUCKETS
             .iter()
             .position(|bound| waited <= *bound)

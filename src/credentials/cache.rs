@@ -2,8 +2,8 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -12,6 +12,7 @@ use super::policy::CachePolicy;
 use super::{Credential, CredentialProvider};
 use crate::defaults;
 use crate::error::{Error, SharedError};
+use crate::telemetry::PoolTelemetry;
 
 /// A token with less life left than this is never handed out, even as a fallback: the login
 /// it is used for must still complete before it expires.
@@ -85,6 +86,9 @@ struct Inner {
     mint_failures: AtomicU64,
     served_from_cache: AtomicU64,
     forced_refreshes: AtomicU64,
+    /// Where mint durations (and spans) go: the instruments of the first pool that uses the
+    /// cache.
+    telemetry: OnceLock<PoolTelemetry>,
 }
 
 #[derive(Default)]
@@ -259,6 +263,7 @@ impl TokenCache {
                 mint_failures: AtomicU64::new(0),
                 served_from_cache: AtomicU64::new(0),
                 forced_refreshes: AtomicU64::new(0),
+                telemetry: OnceLock::new(),
             }),
         }
     }
@@ -375,6 +380,12 @@ impl TokenCache {
             forced_refreshes: self.inner.forced_refreshes.load(Ordering::Relaxed),
             expires_in,
         }
+    }
+
+    /// Records mints with `telemetry`, unless a pool's instruments already do (a cache shared
+    /// by several pools reports under the first one's name).
+    pub(crate) fn attach_telemetry(&self, telemetry: &PoolTelemetry) {
+        let _ = self.inner.telemetry.set(telemetry.clone());
     }
 
     /// Lets the next request mint at once, whatever the backoff after a failure says: for
@@ -571,12 +582,23 @@ impl TokenCache {
     async fn mint(&self) -> Result<Credential, SharedError> {
         let span = tracing::info_span!("lakebase.token.mint", kind = self.inner.kind);
         let timeout = self.inner.policy.mint_timeout;
+        let started = Instant::now();
         let call = tokio::time::timeout(timeout, self.inner.provider.credential());
-        let result = match call.instrument(span.clone()).await {
-            Err(_) => Err(Arc::new(MintError::Timeout(timeout)) as SharedError),
-            Ok(Err(error)) => Err(SharedError::from(error)),
-            Ok(Ok(credential)) => self.check(credential),
+        let (result, error_type) = match call.instrument(span.clone()).await {
+            Err(_) => (
+                Err(Arc::new(MintError::Timeout(timeout)) as SharedError),
+                Some("timeout"),
+            ),
+            Ok(Err(error)) => (Err(SharedError::from(error)), Some("provider_error")),
+            Ok(Ok(credential)) => {
+                let checked = self.check(credential);
+                let error_type = checked.is_err().then_some("invalid_credential");
+                (checked, error_type)
+            }
         };
+        if let Some(telemetry) = self.inner.telemetry.get() {
+            telemetry.mint(started.elapsed(), error_type, self.inner.kind);
+        }
         match &result {
             Ok(credential) => {
                 let _ = self.inner.minted.fetch_add(1, Ordering::Relaxed);

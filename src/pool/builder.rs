@@ -21,6 +21,7 @@ use crate::defaults;
 use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolverName};
 use crate::target::{TlsSettings, check_needs_tls};
+use crate::telemetry::{self, PoolTelemetry, Telemetry};
 use crate::tls::{self, ChannelBinding, SslMode, SslNegotiation};
 use crate::{EndpointName, Environment, Error, RetryPolicy, Secret};
 
@@ -75,6 +76,10 @@ pub struct PoolBuilder {
     lifecycle: Lifecycle,
     wait_timeout: Duration,
     replicas: ReplicaSettings,
+    /// The meter and tracer, from `meter` and `tracer` (feature `opentelemetry`).
+    pub(super) telemetry: Telemetry,
+    /// The `db.client.connection.pool.name` attribute, from `pool_name`.
+    pub(super) pool_name: Option<String>,
 }
 
 impl Default for PoolBuilder {
@@ -103,6 +108,8 @@ impl Default for PoolBuilder {
             },
             wait_timeout: defaults::WAIT_TIMEOUT,
             replicas: ReplicaSettings::default(),
+            telemetry: Telemetry::default(),
+            pool_name: None,
         }
     }
 }
@@ -129,6 +136,8 @@ impl fmt::Debug for PoolBuilder {
             .field("lifecycle", &self.lifecycle)
             .field("wait_timeout", &self.wait_timeout)
             .field("replicas", &self.replicas)
+            .field("telemetry", &self.telemetry)
+            .field("pool_name", &self.pool_name)
             .finish()
     }
 }
@@ -1037,6 +1046,11 @@ impl PoolBuilder {
             .tcp_user_timeout(defaults::TCP_USER_TIMEOUT);
 
         let tokens = TokenCache::labelled(provider, self.cache_policy.clone(), "database token");
+        let name = metrics_name(self.pool_name, primary_endpoint.as_ref(), &pg_config);
+        let telemetry = self.telemetry.pool(&name);
+        // Before the replicas: plain Postgres replicas share this cache, and it reports under
+        // the primary's name.
+        tokens.attach_telemetry(&telemetry);
         let target = match discovery {
             Some(discovery) => {
                 // Settled at the first connect, once the host is known; an explicit sslmode
@@ -1059,6 +1073,8 @@ impl PoolBuilder {
             wait_timeout: self.wait_timeout,
             cache_policy: self.cache_policy,
             hide_user: false,
+            telemetry: self.telemetry,
+            pool_name: name,
         };
         let replicas = self.replicas.build(
             &parts,
@@ -1068,8 +1084,12 @@ impl PoolBuilder {
             primary_endpoint.as_ref(),
             &tokens,
         )?;
-        let pool = endpoint_pool(&parts, target, tokens, self.max_size, replicas)?;
+        let pool = endpoint_pool(&parts, target, tokens, self.max_size, replicas, telemetry)?;
+        pool.observe();
         let template = PoolTemplate {
+            users_telemetry: parts
+                .telemetry
+                .pool(&telemetry::users_pool_name(&parts.pool_name)),
             parts,
             base: pg_config,
             workspace: primary_workspace,
@@ -1083,6 +1103,8 @@ impl PoolBuilder {
 /// identities on the same endpoint: every setting, the workspace, the endpoint.
 pub(crate) struct PoolTemplate {
     parts: EndpointParts,
+    /// The instruments every per-user pool records into, as one pool.
+    pub(crate) users_telemetry: PoolTelemetry,
     /// The connection settings, timeouts included; the host unless it is discovered.
     pub(crate) base: tokio_postgres::Config,
     pub(crate) workspace: Option<Workspace>,
@@ -1103,7 +1125,14 @@ impl PoolTemplate {
         parts.lifecycle.idle_timeout = idle_timeout;
         parts.hide_user = true;
         validate_lifecycle(&parts.lifecycle)?;
-        endpoint_pool(&parts, target, tokens, max_size, None)
+        endpoint_pool(
+            &parts,
+            target,
+            tokens,
+            max_size,
+            None,
+            self.users_telemetry.clone(),
+        )
     }
 
     /// The token cache policy every pool of the endpoint uses.
@@ -1123,17 +1152,25 @@ pub(super) struct EndpointParts {
     pub(super) cache_policy: CachePolicy,
     /// Keep the user name out of errors and logs (per-user pools: the role is an email).
     pub(super) hide_user: bool,
+    /// Where each endpoint pool's instruments are made.
+    pub(super) telemetry: Telemetry,
+    /// The pool's name in its metrics; its replicas' and per-user pools' are made from it.
+    pub(super) pool_name: String,
 }
 
-/// The pool of one endpoint: its connector, deadpool pool, counters and housekeeper.
+/// The pool of one endpoint: its connector, deadpool pool, counters (recording into
+/// `telemetry`, as do the token cache's mints unless another pool's already do) and
+/// housekeeper.
 pub(super) fn endpoint_pool(
     parts: &EndpointParts,
     target: Target,
     tokens: TokenCache,
     max_size: usize,
     replicas: Option<Arc<ReplicaSet>>,
+    telemetry: PoolTelemetry,
 ) -> Result<Pool, Error> {
-    let counters = Arc::new(Counters::default());
+    tokens.attach_telemetry(&telemetry);
+    let counters = Arc::new(Counters::new(telemetry));
     let connector = Connector::new(
         target,
         parts.tls.clone(),
@@ -1172,6 +1209,22 @@ pub(super) fn endpoint_pool(
             replicas,
         }),
     })
+}
+
+/// The pool's name in its metrics: the one given, else the Lakebase endpoint's name, else
+/// `host:port` (the semantic conventions' fallback), else `lakebase`.
+fn metrics_name(
+    given: Option<String>,
+    endpoint: Option<&EndpointName>,
+    config: &tokio_postgres::Config,
+) -> String {
+    given
+        .or_else(|| endpoint.map(ToString::to_string))
+        .or_else(|| {
+            let server = telemetry::Server::of(config);
+            server.address.map(|host| format!("{host}:{}", server.port))
+        })
+        .unwrap_or_else(|| "lakebase".to_owned())
 }
 
 /// Settings that weaken the protection of the token, from [`PoolBuilder::dangerous`]. Each

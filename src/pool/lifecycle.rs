@@ -12,6 +12,7 @@ use crate::Error;
 use crate::connect::{Connector, Opened};
 use crate::error::error_chain;
 use crate::metrics::{Counters, RetireReason};
+use crate::telemetry::PoolTelemetry;
 
 /// The rules that decide when a connection is closed.
 #[derive(Clone, Debug)]
@@ -74,6 +75,8 @@ pub(crate) struct PooledClient {
     pub(crate) driver: tokio::task::AbortHandle,
     /// The bound on each statement the pool sends itself on it.
     pub(crate) command_timeout: Duration,
+    /// Where its use time is recorded when it is returned.
+    pub(crate) telemetry: PoolTelemetry,
 }
 
 /// The deadpool manager: opens connections through the [`Connector`] and applies the
@@ -157,9 +160,13 @@ impl managed::Manager for Manager {
         // Boxed: opening a connection (discovery, token, retries, TLS) is a large state
         // machine, and unboxed it would be part of every checkout's future, copied in full
         // (about 19 KB) each time a caller's future moves, even when no connect happens.
+        let started = Instant::now();
         let opened = Box::pin(self.connector.connect()).await?;
         let (client, driver) = self.drivers.spawn(opened);
         let now = Instant::now();
+        self.counters
+            .telemetry
+            .create_time(now.saturating_duration_since(started));
         Ok(PooledClient {
             client,
             created: now,
@@ -168,6 +175,7 @@ impl managed::Manager for Manager {
             in_transaction: AtomicBool::new(false),
             driver,
             command_timeout: self.connector.retry_policy().command_timeout_value(),
+            telemetry: self.counters.telemetry.clone(),
         })
     }
 

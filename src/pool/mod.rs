@@ -2,6 +2,8 @@
 
 mod builder;
 mod lifecycle;
+#[cfg(feature = "opentelemetry")]
+mod observe;
 mod replicas;
 mod stats;
 mod transaction;
@@ -178,10 +180,17 @@ impl Pool {
     /// ```
     pub async fn get(&self) -> Result<Connection, Error> {
         let started = Instant::now();
-        let result = self.checkout().await.map_err(|e| self.checkout_error(e));
-        self.inner
-            .counters
-            .checkout(started.elapsed(), result.is_ok());
+        let mut result = self.checkout().await.map_err(|e| self.checkout_error(e));
+        let now = Instant::now();
+        let timed_out = matches!(result, Err(Error::PoolTimeout { .. }));
+        self.inner.counters.checkout(
+            now.saturating_duration_since(started),
+            result.is_ok(),
+            timed_out,
+        );
+        if let Ok(connection) = &mut result {
+            connection.checked_out = Some(now);
+        }
         result
     }
 
@@ -502,6 +511,12 @@ impl Pool {
     }
 }
 
+#[cfg(not(feature = "opentelemetry"))]
+impl Pool {
+    /// Without the `opentelemetry` feature there is nothing to observe the pool with.
+    fn observe(&self) {}
+}
+
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
@@ -531,6 +546,9 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
 /// ```
 pub struct Connection {
     object: managed::Object<Manager>,
+    /// When [`Pool::get`] handed it out, for the use-time histogram (set after deadpool has
+    /// made the `Connection`, from the instant the checkout's wait time ends at).
+    checked_out: Option<Instant>,
 }
 
 impl Connection {
@@ -608,7 +626,10 @@ impl Connection {
 
 impl From<managed::Object<Manager>> for Connection {
     fn from(object: managed::Object<Manager>) -> Self {
-        Connection { object }
+        Connection {
+            object,
+            checked_out: None,
+        }
     }
 }
 
@@ -629,7 +650,13 @@ impl DerefMut for Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         // The object returns to the pool right after this; idle time starts now.
-        self.object.idle_since = Instant::now();
+        let now = Instant::now();
+        self.object.idle_since = now;
+        if let Some(checked_out) = self.checked_out {
+            self.object
+                .telemetry
+                .use_time(now.saturating_duration_since(checked_out));
+        }
     }
 }
 

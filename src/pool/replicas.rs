@@ -16,6 +16,7 @@ use crate::connect::Target;
 use crate::credentials::TokenCache;
 use crate::databricks::{LakebaseCredentials, LakebaseDiscovery, Workspace};
 use crate::error::error_chain;
+use crate::telemetry::replica_pool_name;
 use crate::{EndpointName, Error, defaults};
 
 /// What [`Pool::get_read`] does when no read replica can serve: none is healthy, none was
@@ -255,9 +256,15 @@ impl ReplicaFactory {
                 (target, tokens)
             }
         };
-        let pool = endpoint_pool(&self.parts, target, tokens, self.max_size, None)?;
+        let name = spec.label(primary_port);
+        let telemetry = self
+            .parts
+            .telemetry
+            .pool(&replica_pool_name(&self.parts.pool_name, &name));
+        let pool = endpoint_pool(&self.parts, target, tokens, self.max_size, None, telemetry)?;
+        pool.observe();
         Ok(Arc::new(Member {
-            name: spec.label(primary_port),
+            name,
             pool,
             health: Mutex::new(Health::default()),
             lag_waits: AtomicU64::new(0),

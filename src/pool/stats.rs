@@ -58,6 +58,9 @@ pub struct Stats {
     pub checkouts: u64,
     /// Failed [`Pool::get`](crate::Pool::get) calls.
     pub checkout_failures: u64,
+    /// Of those, the ones that waited the whole wait timeout for a connection
+    /// ([`Error::PoolTimeout`](crate::Error::PoolTimeout)).
+    pub checkout_timeouts: u64,
     /// How long `get()` took, successful or not, as a histogram: `(upper bound, count)`
     /// buckets from 100 µs to 5 s, the last (bound `None`) counting longer waits.
     pub checkout_wait: Vec<(Option<Duration>, u64)>,
@@ -105,6 +108,7 @@ impl Stats {
             retired_broken: load(&counters.retired_broken),
             checkouts: load(&counters.checkouts),
             checkout_failures: load(&counters.checkout_failures),
+            checkout_timeouts: load(&counters.checkout_timeouts),
             checkout_wait: WAIT_BUCKETS
                 .iter()
                 .map(|bound| Some(*bound))
@@ -154,10 +158,10 @@ mod tests {
     fn checkout_waits_fall_in_buckets_and_quantiles_read_back() {
         let counters = Counters::default();
         for _ in 0..98 {
-            counters.checkout(Duration::from_micros(50), true);
+            counters.checkout(Duration::from_micros(50), true, false);
         }
-        counters.checkout(Duration::from_millis(30), true);
-        counters.checkout(Duration::from_secs(9), false);
+        counters.checkout(Duration::from_millis(30), true, false);
+        counters.checkout(Duration::from_secs(9), false, true);
         let stats = Stats::new(
             &counters,
             deadpool::Status {
@@ -169,7 +173,14 @@ mod tests {
             TokenStats::default(),
             None,
         );
-        assert_eq!((stats.checkouts, stats.checkout_failures), (99, 1));
+        assert_eq!(
+            (
+                stats.checkouts,
+                stats.checkout_failures,
+                stats.checkout_timeouts
+            ),
+            (99, 1, 1)
+        );
         assert_eq!(
             stats.checkout_wait[0],
             (Some(Duration::from_micros(100)), 98)

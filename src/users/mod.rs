@@ -51,6 +51,8 @@
 //! ```
 
 mod forwarded;
+#[cfg(feature = "opentelemetry")]
+mod observe;
 mod provider;
 
 use std::collections::HashMap;
@@ -867,6 +869,8 @@ impl UserPoolsBuilder {
         };
         let sweeper = tokio::spawn(sweep(Arc::downgrade(&pools.inner), sweep_every));
         *lock(&pools.inner.sweeper) = Some(sweeper);
+        #[cfg(feature = "opentelemetry")]
+        pools.observe();
         Ok(pools)
     }
 }
