@@ -18,6 +18,8 @@ mod secrets;
 mod shutdown;
 mod stats;
 mod support;
+#[cfg(feature = "opentelemetry")]
+mod telemetry;
 mod tls;
 mod token_faults;
 mod transaction;

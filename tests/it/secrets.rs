@@ -311,3 +311,67 @@ async fn user_tokens_and_emails_never_appear_in_errors_debug_or_logs() {
         );
     }
 }
+
+/// No token, secret or user email in any exported metric attribute, span attribute or span
+/// event: the app's database tokens (before and after a rotation), its OAuth client secret,
+/// a signed-in user's token and email, and a refused token.
+#[cfg(feature = "opentelemetry")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_or_user_appears_in_any_exported_attribute() {
+    use lakebase_pool::users::{ForwardedHeaders, ForwardedUser, UserPools};
+
+    use crate::telemetry::{Otel, span_attribute_values};
+    use crate::users::{ALICE, APP_SECRET, apps_stack};
+
+    let (lakebase, builder) = apps_stack().await;
+    let user_tokens = lakebase.add_users(&[ALICE]).await.unwrap();
+    let otel = Otel::new();
+    let users = UserPools::builder(builder.meter(otel.meter()).tracer(otel.tracer()))
+        .forwarded_headers(ForwardedHeaders::Trusted)
+        .build()
+        .unwrap();
+    let app = users.app_pool();
+    drop(app.get().await.unwrap());
+    let first = app.token_cache().token().await.unwrap();
+    let second = app.token_cache().force_refresh(&first).await.unwrap();
+    drop(
+        users
+            .for_user(&ForwardedUser::new(ALICE, user_tokens[0].clone()))
+            .await
+            .unwrap(),
+    );
+    let expired = lakebase.workspace().issue_expired_user_token(ALICE);
+    let refused = users
+        .for_user(&ForwardedUser::new(ALICE, expired.clone()))
+        .await;
+    assert!(refused.is_err());
+
+    let mut values = otel.collect().attribute_values();
+    let spans = otel.spans();
+    values.extend(span_attribute_values(&spans));
+    // What was exported is there: both pools' connects and mints.
+    assert_eq!(
+        spans
+            .iter()
+            .filter(|s| s.name == "lakebase.connect")
+            .count(),
+        2
+    );
+    assert!(values.iter().any(|v| v == "postgresql"));
+    assert!(values.iter().any(|v| v.ends_with("/users")));
+    let exported = values.join("\n");
+    for secret in [
+        first.secret().expose(),
+        second.secret().expose(),
+        user_tokens[0].expose(),
+        expired.expose(),
+        APP_SECRET,
+        ALICE,
+    ] {
+        assert!(!secret.is_empty());
+        assert!(
+            !exported.contains(secret),
+            "{secret} was exported:\n{exported}"
+        );
+    }
+}

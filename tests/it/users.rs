@@ -18,8 +18,8 @@ mod apps_users;
 pub const ALICE: &str = "alice@example.com";
 pub const BOB: &str = "bob@example.com";
 /// The app's service principal: its OAuth client id is its Postgres role.
-const APP: &str = "notes-app-principal";
-const APP_SECRET: &str = "notes-app-client-secret";
+pub const APP: &str = "notes-app-principal";
+pub const APP_SECRET: &str = "notes-app-client-secret";
 
 /// A local Lakebase with the app's service principal (which may create tables) and the
 /// app's pool builder authenticating as it with OAuth M2M, as a deployed app does.
