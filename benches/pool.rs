@@ -19,6 +19,11 @@
 //! from that many workers on one pool of 16 and exits,
 //! for counting instructions under `valgrind --tool=callgrind`; see BENCHMARKS.md.
 //!
+//! With `--features opentelemetry`, an OpenTelemetry SDK meter provider (aggregating into an
+//! in-memory exporter) is installed as the global one before any pool is built, so every
+//! checkout records its wait and use times into real SDK histograms: the feature's cost, in
+//! ratios against the same plain deadpool as without it.
+//!
 //! Compared configurations alternate in short slices (rotating which goes first), ratios are
 //! taken per round and the median reported, so machine noise hits both sides alike. Prints a
 //! table per scenario and one JSON line per scenario.
@@ -44,6 +49,18 @@ type Plain = deadpool_postgres::Pool;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    #[cfg(feature = "opentelemetry")]
+    let _meters = {
+        use opentelemetry_sdk::metrics::{
+            InMemoryMetricExporter, PeriodicReader, SdkMeterProvider,
+        };
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(InMemoryMetricExporter::default()).build())
+            .build();
+        opentelemetry::global::set_meter_provider(provider.clone());
+        eprintln!("OpenTelemetry on: the pools record into an SDK meter provider");
+        provider
+    };
     let pg = LocalPostgres::start()?;
     pg.create_role(STATIC_ROLE, &Secret::new(STATIC_PASSWORD))
         .await?;
