@@ -14,9 +14,10 @@
 //! 4. cold start: time from suspending the emulated compute to the first successful query,
 //!    against the configured wake delay.
 //!
-//! With `POOL_BENCH_FIXED=ours|plain` (and optionally `POOL_BENCH_QUERIES`, default 2000, and
-//! `POOL_BENCH_WORKERS`, default 8) it instead runs exactly that many checkouts + `SELECT 1`
-//! from that many workers on one pool of 16 and exits,
+//! With `POOL_BENCH_FIXED=ours|plain|plain-wait` (or `ours-noop-meter` with the feature;
+//! optionally `POOL_BENCH_QUERIES`, default 2000, and `POOL_BENCH_WORKERS`, default 8) it
+//! instead runs exactly that many checkouts + `SELECT 1` from that many workers on one pool
+//! of 16 and exits,
 //! for counting instructions under `valgrind --tool=callgrind`; see BENCHMARKS.md.
 //!
 //! With `--features opentelemetry`, an OpenTelemetry SDK meter provider (aggregating into an
@@ -95,6 +96,10 @@ fn plain_pool(
 }
 
 fn ours(pg: &LocalPostgres, max_size: usize) -> Result<Pool, lakebase_pool::Error> {
+    ours_builder(pg, max_size).build()
+}
+
+fn ours_builder(pg: &LocalPostgres, max_size: usize) -> lakebase_pool::PoolBuilder {
     // A token with an expiry, so the cache does real freshness checks; lifecycle at defaults.
     let tokens = lakebase_pool::credentials::from_fn(|| async {
         Ok::<_, std::io::Error>(
@@ -105,7 +110,15 @@ fn ours(pg: &LocalPostgres, max_size: usize) -> Result<Pool, lakebase_pool::Erro
     pg.pool_builder(STATIC_ROLE)
         .credentials(tokens)
         .max_size(max_size)
-        .build()
+}
+
+/// With the feature: our pool recording into OpenTelemetry's no-op meter, the baseline that
+/// isolates what the SDK's recording costs.
+#[cfg(feature = "opentelemetry")]
+fn ours_with_noop_meter(pg: &LocalPostgres, max_size: usize) -> Result<Pool, lakebase_pool::Error> {
+    use opentelemetry::metrics::MeterProvider as _;
+    let meter = opentelemetry::metrics::NoopMeterProvider::new().meter("bench");
+    ours_builder(pg, max_size).meter(meter).build()
 }
 
 /// Runs `workers` loops of checkout + `SELECT 1` for `slice`; returns the queries done and the
@@ -220,9 +233,11 @@ async fn fixed_count(pg: &LocalPostgres, side: &str) -> Result<(), Box<dyn std::
             16,
             Some(Duration::from_secs(30)),
         )?)),
+        #[cfg(feature = "opentelemetry")]
+        "ours-noop-meter" => Arc::new(ours_query(ours_with_noop_meter(pg, 16)?)),
         other => {
             return Err(
-                format!("POOL_BENCH_FIXED must be ours, plain or plain-wait, not {other}").into(),
+                format!("POOL_BENCH_FIXED must be ours, plain or plain-wait (or ours-noop-meter), not {other}").into(),
             );
         }
     };
@@ -308,7 +323,7 @@ async fn throughput(pg: &LocalPostgres) -> Result<(), Box<dyn std::error::Error>
         // Plain deadpool as configured by default (a checkout may wait forever), and with
         // the same 30 s wait timeout as ours, which costs a timer for every checkout that
         // has to wait.
-        let sides: [Side; 3] = [
+        let mut sides: Vec<Side> = vec![
             Arc::new(plain_query(plain_pool(pg, 16, None)?)),
             Arc::new(plain_query(plain_pool(
                 pg,
@@ -317,33 +332,55 @@ async fn throughput(pg: &LocalPostgres) -> Result<(), Box<dyn std::error::Error>
             )?)),
             Arc::new(ours_query(ours(pg, 16)?)),
         ];
+        // With the feature, a fourth side: ours recording into a no-op meter.
+        #[cfg(feature = "opentelemetry")]
+        sides.push(Arc::new(ours_query(ours_with_noop_meter(pg, 16)?)));
         for side in &sides {
             let _ = load(concurrency, Duration::from_millis(300), callable(side)).await;
         }
-        let mut rates: [Vec<f64>; 3] = Default::default();
-        let (mut vs_plain, mut vs_wait) = (Vec::new(), Vec::new());
+        let n = sides.len();
+        let mut rates = vec![Vec::new(); n];
+        let (mut vs_plain, mut vs_wait, mut vs_noop) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..THROUGHPUT_ROUNDS {
             // Rotate which side goes first, so that drift within a round hits each alike.
-            let mut done = [0_f64; 3];
-            for k in 0..3 {
-                let side = (round + k) % 3;
+            let mut done = vec![0_f64; n];
+            for k in 0..n {
+                let side = (round + k) % n;
                 done[side] = load(concurrency, THROUGHPUT_SLICE, callable(&sides[side]))
                     .await
                     .0 as f64;
             }
-            for (rate, count) in rates.iter_mut().zip(done) {
+            for (rate, count) in rates.iter_mut().zip(&done) {
                 rate.push(count / THROUGHPUT_SLICE.as_secs_f64());
             }
             vs_plain.push(done[2] / done[0]);
             vs_wait.push(done[2] / done[1]);
+            if n == 4 {
+                vs_noop.push(done[2] / done[3]);
+            }
         }
-        let [plain, wait, ours] = rates.map(median);
+        let mut rates = rates.into_iter().map(median);
+        let (plain, wait, ours) = (
+            rates.next().unwrap_or_default(),
+            rates.next().unwrap_or_default(),
+            rates.next().unwrap_or_default(),
+        );
         let (vs_plain, vs_wait) = (median(vs_plain), median(vs_wait));
         println!(
             "{concurrency:>11} {plain:>11.0} {wait:>13.0} {ours:>10.0} {vs_plain:>12.3} {vs_wait:>16.3}"
         );
+        let noop = if vs_noop.is_empty() {
+            String::new()
+        } else {
+            let vs_noop = median(vs_noop);
+            println!(
+                "{:>11} ours with the SDK / ours with a no-op meter: {vs_noop:.3}",
+                ""
+            );
+            format!(",\"ratio_vs_noop_meter\":{vs_noop:.3}")
+        };
         println!(
-            "{{\"bench\":\"throughput\",\"concurrency\":{concurrency},\"plain_qps\":{plain:.0},\"plain_wait_qps\":{wait:.0},\"ours_qps\":{ours:.0},\"ratio\":{vs_plain:.3},\"ratio_vs_wait\":{vs_wait:.3}}}"
+            "{{\"bench\":\"throughput\",\"concurrency\":{concurrency},\"plain_qps\":{plain:.0},\"plain_wait_qps\":{wait:.0},\"ours_qps\":{ours:.0},\"ratio\":{vs_plain:.3},\"ratio_vs_wait\":{vs_wait:.3}{noop}}}"
         );
     }
     Ok(())
