@@ -406,10 +406,21 @@ async fn every_metric_reads_back_after_a_scripted_sequence() {
         .iter()
         .filter(|s| s.name == "lakebase.connect")
         .collect();
-    let mints = spans
+    let mint_spans: Vec<_> = spans
         .iter()
         .filter(|s| s.name == "lakebase.token.mint")
-        .count();
+        .collect();
+    for span in &mint_spans {
+        let attributes: BTreeMap<String, String> = span
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+            .collect();
+        assert_eq!(attributes["lakebase.credential.kind"], "database token");
+        assert_eq!(attributes["outcome"], "success");
+        assert_eq!(attributes[POOL.0], "orders");
+    }
+    let mints = mint_spans.len();
     assert_eq!((connects.len(), mints), (5, 2));
     let host = lakebase.emulator().host_of(LocalLakebase::ENDPOINT);
     let port = lakebase.emulator().port().to_string();
@@ -656,4 +667,102 @@ async fn a_dropped_pool_stops_reporting() {
     assert!(named(&otel.collect()) > 0);
     drop(pool);
     assert_eq!(named(&otel.collect()), 0);
+}
+
+/// Failures are exported too: a failed mint as `outcome = failure` with a span whose
+/// `error.type` names the cause, and a connect that runs out of retries as a connect span with
+/// its retry events and `error.type` = the error's kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_mints_and_connects_are_exported_with_their_error_type() {
+    use lakebase_pool::credentials::{Credential, from_fn};
+    use opentelemetry::trace::Status;
+
+    let pg = crate::support::cluster().await;
+    let otel = Otel::new();
+    let failing = pg
+        .pool_builder(crate::support::ROLE)
+        .credentials(from_fn(|| async {
+            Err::<Credential, _>(std::io::Error::other("token service down"))
+        }))
+        .meter(otel.meter())
+        .tracer(otel.tracer())
+        .pool_name("failing-mints")
+        .build()
+        .unwrap();
+    assert!(matches!(
+        failing.get().await,
+        Err(Error::Credentials { .. })
+    ));
+
+    let unreachable = crate::support::app_pool(&pg)
+        .retry(RetryPolicy::default().deadline(Duration::from_millis(500)))
+        .meter(otel.meter())
+        .tracer(otel.tracer())
+        .pool_name("server-down")
+        .build()
+        .unwrap();
+    pg.stop(StopMode::Fast).unwrap();
+    assert!(matches!(
+        unreachable.get().await,
+        Err(Error::ConnectRetriesExhausted { .. })
+    ));
+
+    let s = otel.collect();
+    let mints = ("db.client.connection.pool.name", "failing-mints");
+    assert_eq!(
+        s.value("lakebase.token.mints", &[mints, ("outcome", "failure")]),
+        1.0
+    );
+    assert_eq!(
+        s.value("lakebase.token.mints", &[mints, ("outcome", "success")]),
+        0.0
+    );
+    assert_eq!(
+        s.count(
+            "lakebase.token.mint.duration",
+            &[mints, ("outcome", "failure")]
+        ),
+        1
+    );
+    let down = ("db.client.connection.pool.name", "server-down");
+    let retries = s.value("lakebase.connect.retries", &[down, ("cause", "transient")]);
+    assert!(retries >= 1.0, "{retries}");
+    assert_eq!(s.count("db.client.connection.wait_time", &[down]), 1);
+    // A connection that never opened records no create time.
+    assert!(!s.points.iter().any(|p| {
+        p.metric == "db.client.connection.create_time"
+            && p.attributes.get(down.0).map(String::as_str) == Some(down.1)
+    }));
+
+    let spans = otel.spans();
+    let attribute = |span: &SpanData, key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    };
+    let mint = spans
+        .iter()
+        .find(|s| s.name == "lakebase.token.mint")
+        .expect("a mint span");
+    assert_eq!(
+        attribute(mint, "error.type").as_deref(),
+        Some("provider_error")
+    );
+    assert_eq!(attribute(mint, "outcome").as_deref(), Some("failure"));
+    assert!(matches!(mint.status, Status::Error { .. }));
+    let connect = spans
+        .iter()
+        .find(|s| s.name == "lakebase.connect")
+        .expect("a connect span");
+    assert_eq!(
+        attribute(connect, "error.type").as_deref(),
+        Some("ConnectRetriesExhausted")
+    );
+    assert_eq!(
+        connect.events.iter().count() as f64,
+        retries,
+        "one event per retry"
+    );
+    assert!(matches!(connect.status, Status::Error { .. }));
 }
