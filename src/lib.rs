@@ -53,6 +53,9 @@
 //!   API; [`branch`]: a branch per CI run ([`EphemeralBranch`](branch::EphemeralBranch)).
 //! * [`users`]: connections as the signed-in user of a Databricks App
 //!   ([`UserPools`](users::UserPools)), and the `UserConnection` extractor in `integrations`.
+//! * `PoolBuilder::meter`, `pool_name` and `tracer` (feature `opentelemetry`): the pool's
+//!   metrics with OpenTelemetry's database-client semantic conventions, and spans; the README
+//!   lists every metric.
 //! * [`defaults`]: every default value with the reason for it.
 //! * `testing` (feature `testing`): a throwaway local PostgreSQL, mock workspace and Lakebase
 //!   emulator for tests and demos (`LocalLakebase` starts all three).
