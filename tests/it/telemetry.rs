@@ -449,47 +449,86 @@ async fn every_metric_reads_back_after_a_scripted_sequence() {
     }));
 }
 
+/// What a pool exports (with replicas): name, unit, instrument kind.
+const POOL_METRICS: [(&str, &str, &str); 19] = [
+    (
+        "db.client.connection.count",
+        "{connection}",
+        "updowncounter",
+    ),
+    ("db.client.connection.create_time", "s", "histogram"),
+    (
+        "db.client.connection.idle.max",
+        "{connection}",
+        "updowncounter",
+    ),
+    (
+        "db.client.connection.idle.min",
+        "{connection}",
+        "updowncounter",
+    ),
+    ("db.client.connection.max", "{connection}", "updowncounter"),
+    (
+        "db.client.connection.pending_requests",
+        "{request}",
+        "updowncounter",
+    ),
+    ("db.client.connection.timeouts", "{timeout}", "counter"),
+    ("db.client.connection.use_time", "s", "histogram"),
+    ("db.client.connection.wait_time", "s", "histogram"),
+    ("lakebase.connect.retries", "{retry}", "counter"),
+    ("lakebase.connections.opened", "{connection}", "counter"),
+    ("lakebase.connections.retired", "{connection}", "counter"),
+    ("lakebase.read.fallbacks", "{read}", "counter"),
+    ("lakebase.read.lag_timeouts", "{read}", "counter"),
+    ("lakebase.read.lag_waits", "{read}", "counter"),
+    ("lakebase.replica.healthy", "{replica}", "gauge"),
+    ("lakebase.token.expires_in", "s", "gauge"),
+    ("lakebase.token.mint.duration", "s", "histogram"),
+    ("lakebase.token.mints", "{mint}", "counter"),
+];
+
+/// What the per-user pools export together, under `{app}/users`.
+const USER_POOL_METRICS: [(&str, &str, &str); 12] = [
+    (
+        "db.client.connection.count",
+        "{connection}",
+        "updowncounter",
+    ),
+    ("db.client.connection.create_time", "s", "histogram"),
+    ("db.client.connection.max", "{connection}", "updowncounter"),
+    ("db.client.connection.use_time", "s", "histogram"),
+    ("db.client.connection.wait_time", "s", "histogram"),
+    ("lakebase.token.mint.duration", "s", "histogram"),
+    ("lakebase.token.mints", "{mint}", "counter"),
+    ("lakebase.user_pools.created", "{pool}", "counter"),
+    ("lakebase.user_pools.evictions", "{pool}", "counter"),
+    ("lakebase.user_pools.live", "{pool}", "updowncounter"),
+    ("lakebase.user_pools.refused", "{request}", "counter"),
+    ("lakebase.user_pools.users", "{user}", "updowncounter"),
+];
+
+fn metric_set(metrics: &[(&str, &str, &str)]) -> BTreeSet<(String, String, String)> {
+    metrics
+        .iter()
+        .map(|(name, unit, kind)| ((*name).to_owned(), (*unit).to_owned(), (*kind).to_owned()))
+        .collect()
+}
+
+/// The (name, unit, kind) of every point whose pool is `pool_name`.
+fn exported_by(snapshot: &Snapshot, pool_name: &str) -> BTreeSet<(String, String, String)> {
+    snapshot
+        .points
+        .iter()
+        .filter(|p| p.attributes.get(POOL.0).map(String::as_str) == Some(pool_name))
+        .map(|p| (p.metric.clone(), p.unit.clone(), p.kind.to_owned()))
+        .collect()
+}
+
 /// The names, units and instrument kinds of the semantic conventions for database client
 /// connection pools (semconv `database-metrics.md`), and the crate's own, exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_units_and_kinds_are_exactly_the_semantic_conventions() {
-    const EXPECTED: [(&str, &str, &str); 19] = [
-        (
-            "db.client.connection.count",
-            "{connection}",
-            "updowncounter",
-        ),
-        ("db.client.connection.create_time", "s", "histogram"),
-        (
-            "db.client.connection.idle.max",
-            "{connection}",
-            "updowncounter",
-        ),
-        (
-            "db.client.connection.idle.min",
-            "{connection}",
-            "updowncounter",
-        ),
-        ("db.client.connection.max", "{connection}", "updowncounter"),
-        (
-            "db.client.connection.pending_requests",
-            "{request}",
-            "updowncounter",
-        ),
-        ("db.client.connection.timeouts", "{timeout}", "counter"),
-        ("db.client.connection.use_time", "s", "histogram"),
-        ("db.client.connection.wait_time", "s", "histogram"),
-        ("lakebase.connect.retries", "{retry}", "counter"),
-        ("lakebase.connections.opened", "{connection}", "counter"),
-        ("lakebase.connections.retired", "{connection}", "counter"),
-        ("lakebase.read.fallbacks", "{read}", "counter"),
-        ("lakebase.read.lag_timeouts", "{read}", "counter"),
-        ("lakebase.read.lag_waits", "{read}", "counter"),
-        ("lakebase.replica.healthy", "{replica}", "gauge"),
-        ("lakebase.token.expires_in", "s", "gauge"),
-        ("lakebase.token.mint.duration", "s", "histogram"),
-        ("lakebase.token.mints", "{mint}", "counter"),
-    ];
     let lakebase = LocalLakebase::start_with_replicas(1).await.unwrap();
     let otel = Otel::new();
     let pool = lakebase
@@ -502,17 +541,49 @@ async fn names_units_and_kinds_are_exactly_the_semantic_conventions() {
     drop(pool.get().await.unwrap());
     drop(pool.get_read().await.unwrap());
 
-    let exported: BTreeSet<(String, String, &str)> = otel
-        .collect()
+    let snapshot = otel.collect();
+    let mut exported = exported_by(&snapshot, LocalLakebase::ENDPOINT);
+    // The replica's health is reported under the replica's name.
+    exported.extend(exported_by(
+        &snapshot,
+        &format!(
+            "{}/replica/{}",
+            LocalLakebase::ENDPOINT,
+            lakebase.replica_endpoint(0)
+        ),
+    ));
+    let all: BTreeSet<_> = snapshot
         .points
-        .into_iter()
-        .map(|p| (p.metric, p.unit, p.kind))
-        .collect();
-    let expected: BTreeSet<(String, String, &str)> = EXPECTED
         .iter()
-        .map(|(name, unit, kind)| ((*name).to_owned(), (*unit).to_owned(), *kind))
+        .map(|p| (p.metric.clone(), p.unit.clone(), p.kind.to_owned()))
         .collect();
-    assert_eq!(exported, expected);
+    assert_eq!(exported, metric_set(&POOL_METRICS));
+    assert_eq!(all, exported, "nothing without a pool name");
+}
+
+/// The README's table of metrics is exactly what is exported: names, instruments and units.
+#[test]
+fn the_readmes_metric_table_is_what_is_exported() {
+    let readme = include_str!("../../README.md");
+    let table: BTreeSet<(String, String, String)> = readme
+        .lines()
+        .filter(|line| line.starts_with("| `db.client") || line.starts_with("| `lakebase."))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let kind = match cells[2] {
+                "up-down counter" => "updowncounter",
+                other => other,
+            };
+            (
+                cells[1].trim_matches('`').to_owned(),
+                cells[3].trim_matches('`').to_owned(),
+                kind.to_owned(),
+            )
+        })
+        .collect();
+    let mut exported = metric_set(&POOL_METRICS);
+    exported.extend(metric_set(&USER_POOL_METRICS));
+    assert_eq!(table, exported);
 }
 
 /// Without `pool_name`, the pool is named after its Lakebase endpoint, its replica after
@@ -611,6 +682,7 @@ async fn per_user_pools_report_together_under_one_name() {
     let name = format!("{}/users", LocalLakebase::ENDPOINT);
     let pool = ("db.client.connection.pool.name", name.as_str());
     let s = otel.collect();
+    assert_eq!(exported_by(&s, &name), metric_set(&USER_POOL_METRICS));
     let state = |st| [pool, ("db.client.connection.state", st)];
     assert_eq!(s.value("db.client.connection.count", &state("used")), 1.0);
     assert_eq!(s.value("db.client.connection.count", &state("idle")), 1.0);
