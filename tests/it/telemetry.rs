@@ -838,3 +838,31 @@ async fn failed_mints_and_connects_are_exported_with_their_error_type() {
     );
     assert!(matches!(connect.status, Status::Error { .. }));
 }
+
+/// A checkout dropped while its connect retries (a caller's timeout, a client gone) still ends
+/// its connect span, as `error.type = cancelled`, with the retries it made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_dropped_midway_ends_its_span_as_cancelled() {
+    let pg = crate::support::cluster().await;
+    let otel = Otel::new();
+    let pool = crate::support::app_pool(&pg)
+        .tracer(otel.tracer())
+        .meter(otel.meter())
+        .build()
+        .unwrap();
+    pg.stop(StopMode::Fast).unwrap();
+    let checkout = tokio::time::timeout(Duration::from_millis(700), pool.get()).await;
+    assert!(checkout.is_err(), "still retrying when dropped");
+    let spans = otel.spans();
+    let connect = spans
+        .iter()
+        .find(|s| s.name == "lakebase.connect")
+        .expect("the connect span ended");
+    let error_type = connect
+        .attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == "error.type")
+        .map(|kv| kv.value.to_string());
+    assert_eq!(error_type.as_deref(), Some("cancelled"));
+    assert!(connect.events.iter().count() >= 1, "{connect:?}");
+}
