@@ -233,10 +233,8 @@ impl Connector {
             server.port = server.port,
             db.namespace = server.namespace,
         );
-        let mut otel = self
-            .counters
-            .telemetry
-            .connect_span(&prepared.pg_config, self.hide_user);
+        let user = prepared.pg_config.get_user().filter(|_| !self.hide_user);
+        let mut otel = self.counters.telemetry.connect_span(&server, user);
         let result = self
             .connect_with_retries(prepared, credential, &mut otel)
             .instrument(span)
@@ -329,7 +327,7 @@ impl Connector {
                         });
                     }
                     refreshed_after_rejection = true;
-                    self.counters.auth_refresh();
+                    self.counters.retry(RetryCause::AuthRefresh);
                     span.retry(RetryCause::AuthRefresh, attempts, Duration::ZERO);
                     tracing::info!(
                         attempt = attempts,
@@ -367,12 +365,8 @@ impl Connector {
                             source: error.into_boxed(),
                         });
                     };
-                    self.counters.retry(class);
-                    let cause = if class == ErrorClass::RateLimited {
-                        RetryCause::RateLimited
-                    } else {
-                        RetryCause::Transient
-                    };
+                    let cause = RetryCause::of(class);
+                    self.counters.retry(cause);
                     span.retry(cause, attempts, delay);
                     tracing::info!(
                         attempt = attempts,

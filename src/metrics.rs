@@ -6,8 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::retry::ErrorClass;
-use crate::telemetry::PoolTelemetry;
+use crate::telemetry::{PoolTelemetry, RetryCause};
 
 /// Why a connection was closed by the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,15 +83,12 @@ impl Counters {
         bump(&self.connect_attempts_failed);
     }
 
-    pub(crate) fn retry(&self, class: ErrorClass) {
-        match class {
-            ErrorClass::RateLimited => bump(&self.connect_retries_rate_limited),
-            _ => bump(&self.connect_retries_transient),
-        }
-    }
-
-    pub(crate) fn auth_refresh(&self) {
-        bump(&self.auth_refreshes);
+    pub(crate) fn retry(&self, cause: RetryCause) {
+        bump(match cause {
+            RetryCause::Transient => &self.connect_retries_transient,
+            RetryCause::RateLimited => &self.connect_retries_rate_limited,
+            RetryCause::AuthRefresh => &self.auth_refreshes,
+        });
     }
 
     pub(crate) fn retired(&self, reason: RetireReason) {

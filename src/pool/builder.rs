@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use deadpool::Runtime;
@@ -1087,9 +1087,7 @@ impl PoolBuilder {
         let pool = endpoint_pool(&parts, target, tokens, self.max_size, replicas, telemetry)?;
         pool.observe();
         let template = PoolTemplate {
-            users_telemetry: parts
-                .telemetry
-                .pool(&telemetry::users_pool_name(&parts.pool_name)),
+            users_telemetry: OnceLock::new(),
             parts,
             base: pg_config,
             workspace: primary_workspace,
@@ -1103,8 +1101,9 @@ impl PoolBuilder {
 /// identities on the same endpoint: every setting, the workspace, the endpoint.
 pub(crate) struct PoolTemplate {
     parts: EndpointParts,
-    /// The instruments every per-user pool records into, as one pool.
-    pub(crate) users_telemetry: PoolTelemetry,
+    /// The instruments every per-user pool records into, as one pool: made on first use, so
+    /// that a plain `build()` makes none.
+    users_telemetry: OnceLock<PoolTelemetry>,
     /// The connection settings, timeouts included; the host unless it is discovered.
     pub(crate) base: tokio_postgres::Config,
     pub(crate) workspace: Option<Workspace>,
@@ -1131,8 +1130,17 @@ impl PoolTemplate {
             tokens,
             max_size,
             None,
-            self.users_telemetry.clone(),
+            self.users_telemetry().clone(),
         )
+    }
+
+    /// The instruments of the per-user pools, together named `{app}/users`.
+    pub(crate) fn users_telemetry(&self) -> &PoolTelemetry {
+        self.users_telemetry.get_or_init(|| {
+            self.parts
+                .telemetry
+                .pool(&telemetry::users_pool_name(&self.parts.pool_name))
+        })
     }
 
     /// The token cache policy every pool of the endpoint uses.

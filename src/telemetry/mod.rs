@@ -6,6 +6,8 @@
 //! [`Stats`](crate::Stats) when the exporter collects, and are registered by the pool
 //! (`pool::observe`) and the per-user pools (`users::observe`).
 
+use crate::retry::ErrorClass;
+
 #[cfg(not(feature = "opentelemetry"))]
 mod off;
 #[cfg(feature = "opentelemetry")]
@@ -26,6 +28,16 @@ pub(crate) enum RetryCause {
     RateLimited,
     /// The login was rejected with a cached token; a fresh one was minted.
     AuthRefresh,
+}
+
+impl RetryCause {
+    /// The cause of retrying after an error of `class` (rate limited, or transient).
+    pub(crate) fn of(class: ErrorClass) -> Self {
+        match class {
+            ErrorClass::RateLimited => RetryCause::RateLimited,
+            _ => RetryCause::Transient,
+        }
+    }
 }
 
 /// The semantic conventions' server attributes of a connection target: one reading for the

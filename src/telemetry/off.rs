@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::RetryCause;
+use super::{RetryCause, Server};
 
 /// What the builder was given: nothing, without the feature.
 #[derive(Clone, Debug, Default)]
@@ -28,7 +28,7 @@ impl PoolTelemetry {
     #[inline]
     pub(crate) fn mint(&self, _: Duration, _: Option<&'static str>, _: &'static str) {}
     #[inline]
-    pub(crate) fn connect_span(&self, _: &tokio_postgres::Config, _: bool) -> ConnectSpan {
+    pub(crate) fn connect_span(&self, _: &Server<'_>, _: Option<&str>) -> ConnectSpan {
         ConnectSpan
     }
 }

@@ -189,43 +189,35 @@ impl PoolTelemetry {
         span.end_with_timestamp(end);
     }
 
-    /// The span of opening one connection to `config` (the user named only when
-    /// `hide_user` is false): a no-op without a tracer.
-    pub(crate) fn connect_span(
-        &self,
-        config: &tokio_postgres::Config,
-        hide_user: bool,
-    ) -> ConnectSpan {
-        let Some((tracer, instruments)) =
-            self.0.as_ref().and_then(|i| Some((i.tracer.as_ref()?, i)))
-        else {
+    /// The span of opening one connection to `server` as `user` (`None` when the user must
+    /// not be named): a no-op without a tracer.
+    pub(crate) fn connect_span(&self, server: &Server<'_>, user: Option<&str>) -> ConnectSpan {
+        let Some(instruments) = &self.0 else {
+            return ConnectSpan(None);
+        };
+        let Some(tracer) = &instruments.tracer else {
             return ConnectSpan(None);
         };
         let span = tracer.build(
             tracer
                 .span_builder("lakebase.connect")
                 .with_kind(SpanKind::Client)
-                .with_attributes(connect_attributes(
-                    &instruments.pool_name,
-                    config,
-                    hide_user,
-                )),
+                .with_attributes(connect_attributes(&instruments.pool_name, server, user)),
         );
         ConnectSpan(Some(span))
     }
 }
 
-/// The semantic conventions' connection attributes of `config`; never the password.
+/// The semantic conventions' connection attributes; never the password.
 fn connect_attributes(
     pool_name: &KeyValue,
-    config: &tokio_postgres::Config,
-    hide_user: bool,
+    server: &Server<'_>,
+    user: Option<&str>,
 ) -> Vec<KeyValue> {
     let mut attributes = vec![
         pool_name.clone(),
         KeyValue::new("db.system.name", "postgresql"),
     ];
-    let server = Server::of(config);
     if let Some(address) = server.address {
         attributes.push(KeyValue::new("server.address", address.to_owned()));
     }
@@ -233,7 +225,7 @@ fn connect_attributes(
     if let Some(namespace) = server.namespace {
         attributes.push(KeyValue::new("db.namespace", namespace.to_owned()));
     }
-    if let Some(user) = config.get_user().filter(|_| !hide_user) {
+    if let Some(user) = user {
         attributes.push(KeyValue::new("db.user", user.to_owned()));
     }
     attributes

@@ -10,7 +10,7 @@ use crate::telemetry::{Observer, by, count, one};
 impl UserPools {
     /// Registers the aggregate's instruments (once, when the pools are built).
     pub(super) fn observe(&self) {
-        let Some((meter, name)) = self.inner.template.users_telemetry.meter() else {
+        let Some((meter, name)) = self.inner.template.users_telemetry().meter() else {
             return;
         };
         let pools = Arc::downgrade(&self.inner);
