@@ -279,6 +279,9 @@ async fn the_newest_user_token_mints_and_a_replaced_one_is_checked_again() {
     let second = mock.issue_user_token(ALICE);
     mock.revoke_minted();
     let _ = lakebase.postgres().terminate_sessions(ALICE).await.unwrap();
+    // Let the pool see its idle session end (a session that dies within the validation
+    // interval otherwise surfaces on its next query, as the replica test notes too).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let conn = users
         .for_user(&ForwardedUser::new(ALICE, second.clone()))
         .await
