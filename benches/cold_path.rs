@@ -49,8 +49,6 @@ fn millis_from_env(name: &str, default: u64) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // The recipe's plain HTTP client (reqwest without a provider of its own) needs one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let workspace_delay = millis_from_env("COLD_BENCH_WORKSPACE_MS", 50);
     let network_delay = millis_from_env("COLD_BENCH_NETWORK_MS", 10);
     let lakebase = LocalLakebase::start().await?;
@@ -230,12 +228,11 @@ fn recipe_tls(
     ) {
         roots.add(cert?)?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config =
+        rustls::ClientConfig::builder_with_provider(lakebase_pool::testing::crypto_provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 

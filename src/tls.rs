@@ -1,7 +1,9 @@
-//! TLS: rustls with one explicit crypto provider (ring), and what each `sslmode` means here.
+//! TLS: rustls with one explicit crypto provider, and what each `sslmode` means here.
 //!
-//! Every config is built with `builder_with_provider`, never with the process-wide default
-//! provider, so the crate works whatever other crates in the binary compile into rustls.
+//! Every config is built with `builder_with_provider`: the provider the application installed
+//! as the process default (`CryptoProvider::install_default`, e.g. aws-lc-rs for post-quantum
+//! key exchange), else ring. Never `ClientConfig::builder()`, which panics when the binary
+//! compiles two providers into rustls and none is installed.
 
 use std::fmt;
 use std::str::FromStr;
@@ -277,8 +279,19 @@ pub(crate) struct Trust {
     pub(crate) accept_invalid_certificates: bool,
 }
 
-/// The crate's one crypto provider.
+/// The crypto provider of every TLS config: the application's process default when it
+/// installed one, else ring.
+///
+/// rustls 0.23.48 deprecates its ring provider (no post-quantum key exchange) in favour of
+/// aws-lc-rs. The crate still compiles only ring: reqwest 0.12 enables rustls's ring feature,
+/// and with aws-lc-rs enabled too, rustls can no longer pick a default from its features, so an
+/// application's own `rustls::ClientConfig::builder()` would panic. An application that wants
+/// aws-lc-rs installs it as the process default, and the crate follows.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
+    if let Some(installed) = CryptoProvider::get_default() {
+        return Arc::clone(installed);
+    }
+    #[allow(deprecated)] // See above: the one provider that cannot break the application.
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

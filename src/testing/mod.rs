@@ -41,7 +41,7 @@ pub use self::fault_proxy::{FaultProxy, NetworkFault};
 pub use self::lakebase::LocalLakebase;
 pub use self::postgres::{HarnessError, LocalPostgres, StopMode};
 pub use self::rotating::RotatingPassword;
-pub use self::tls::{IssuedCertificate, TestCa};
+pub use self::tls::{IssuedCertificate, TestCa, crypto_provider};
 pub use self::workspace::{
     Fault, MintedToken, MockDiscovery, MockWorkspace, RecordedRequest, sequential_round_trips,
 };

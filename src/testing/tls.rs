@@ -6,6 +6,21 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 use super::HarnessError;
 
+/// The crypto provider the crate's own TLS uses (the process default the application
+/// installed, else ring), for raw TLS clients and servers in tests.
+///
+/// ```
+/// let config = rustls::ClientConfig::builder_with_provider(lakebase_pool::testing::crypto_provider())
+///     .with_safe_default_protocol_versions()
+///     .unwrap()
+///     .with_root_certificates(rustls::RootCertStore::empty())
+///     .with_no_client_auth();
+/// assert!(config.alpn_protocols.is_empty());
+/// ```
+pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    crate::tls::provider()
+}
+
 /// A throwaway certificate authority: trust its [`cert_pem`](Self::cert_pem) in the client,
 /// serve one of its [`issue`](Self::issue)d certificates from the server.
 ///

@@ -199,13 +199,12 @@ async fn direct_handshake(lakebase: &LocalLakebase, alpn: &[Vec<u8>]) -> String 
     ) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(lakebase_pool::testing::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     config.alpn_protocols = alpn.to_vec();
     let host = lakebase.emulator().host_of(LocalLakebase::ENDPOINT);
     let name = rustls_pki_types::ServerName::try_from(host).unwrap();

@@ -554,13 +554,12 @@ async fn raw_tls_client(
     {
         roots.add(cert.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config =
+        rustls::ClientConfig::builder_with_provider(lakebase_pool::testing::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     let host = emulator.host_of(lakebase_pool::testing::LocalLakebase::ENDPOINT);
     let name = rustls_pki_types::ServerName::try_from(host).unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config))

@@ -23,6 +23,7 @@ mod telemetry;
 mod tls;
 mod token_faults;
 mod transaction;
+mod user_code;
 mod users;
 mod web;
 mod worker;

@@ -147,18 +147,10 @@ pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
     packet
 }
 
-/// An HTTP client for services on loopback (plain HTTP; reqwest still wants a TLS
-/// configuration, with a crypto provider), with a 30 s timeout.
+/// An HTTP client for services on loopback, built as an application would build its own
+/// (no crypto provider installed, no TLS configured), with a 30 s timeout.
 pub fn http_client() -> reqwest::Client {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("the ring provider supports the default versions")
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
     reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
         .timeout(std::time::Duration::from_secs(30))
         .build()
         .expect("an HTTP client")

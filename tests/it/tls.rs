@@ -421,7 +421,7 @@ async fn mechanism_recorder(
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = lakebase_pool::testing::crypto_provider();
     let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .unwrap()
