@@ -20,7 +20,6 @@
 //! 2. One physical connection through the delayed network, `SSLRequest` first against TLS
 //!    from the first byte (`sslnegotiation=direct`): time and round trips (time / RTT).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lakebase_pool::testing::{
