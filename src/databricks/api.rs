@@ -391,18 +391,27 @@ impl Workspace {
                 .into_iter()
                 .map(|answer| {
                     // A listing names its entries; one without a valid name is not usable.
+                    let invalid = |problem: String| Error::WorkspaceRequest {
+                        method: String::from("GET"),
+                        path: base.clone(),
+                        problem: RequestProblem::InvalidResponse(problem),
+                        source: None,
+                    };
                     let name = answer
                         .name
                         .as_deref()
                         .and_then(|name| name.parse::<EndpointName>().ok())
-                        .ok_or_else(|| Error::WorkspaceRequest {
-                            method: String::from("GET"),
-                            path: base.clone(),
-                            problem: RequestProblem::InvalidResponse(String::from(
-                                "a listed endpoint has no valid `name`",
-                            )),
-                            source: None,
+                        .ok_or_else(|| {
+                            invalid(String::from("a listed endpoint has no valid `name`"))
                         })?;
+                    // A pool or a CI job that took another branch's endpoint would read or
+                    // migrate the wrong database: an answer that lists one is refused whole.
+                    if name.project() != project || name.branch() != branch {
+                        return Err(invalid(format!(
+                            "the listing of branch `projects/{project}/branches/{branch}` \
+                             named endpoint `{name}`, which belongs to another branch"
+                        )));
+                    }
                     Ok(answer.into_endpoint(name))
                 })
                 .collect::<Result<Vec<_>, Error>>()?;

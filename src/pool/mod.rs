@@ -360,8 +360,11 @@ impl Pool {
     /// The replica chosen as by [`get_read`](Self::get_read) is asked
     /// `pg_last_wal_replay_lsn()` until it has caught up, for up to the catch-up timeout
     /// ([`PoolBuilder::replica_catch_up_timeout`], default 2 s); then the
-    /// [`ReadFallback`] decides. The read-write endpoint has every write, so a fallback to it
-    /// always satisfies the position.
+    /// [`ReadFallback`] decides. Only a server that is replaying WAL and has replayed the
+    /// position serves: one that is not in recovery (a promoted standby, a host that is no
+    /// replica) cannot prove it has the write, so the read falls back at once. The
+    /// read-write endpoint has every write, so a fallback to it always satisfies the
+    /// position.
     ///
     /// # Errors
     ///
@@ -567,9 +570,15 @@ impl Connection {
         self.object.retire_at
     }
 
-    /// The server's current write position (`pg_current_wal_lsn()`), taken after a write
-    /// has committed: pass it to [`Pool::get_read_at`] to read from a replica that has
+    /// The server's current write position (`pg_current_wal_insert_lsn()`), taken after a
+    /// write has committed: pass it to [`Pool::get_read_at`] to read from a replica that has
     /// replayed the write. On the read-write endpoint only (a replica refuses it).
+    ///
+    /// The insert position, not `pg_current_wal_lsn()`: under `synchronous_commit = off` a
+    /// commit returns before its record is written out, so the write position can lie before
+    /// it. The insert position covers every commit that has returned, whatever the commit
+    /// mode. (When it falls just after a WAL page header, a replica passes it only with the
+    /// next WAL record: the read then waits and falls back, never reads without the write.)
     ///
     /// # Errors
     ///
@@ -585,7 +594,7 @@ impl Connection {
     /// # }
     /// ```
     pub async fn write_position(&self) -> Result<PgLsn, Error> {
-        const STATEMENT: &str = "SELECT pg_current_wal_lsn()";
+        const STATEMENT: &str = "SELECT pg_current_wal_insert_lsn()";
         let row = self.query_one_bounded(STATEMENT, &[]).await?;
         row.try_get(0).map_err(|e| Error::Statement {
             statement: STATEMENT,

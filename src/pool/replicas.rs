@@ -345,8 +345,20 @@ impl Member {
         self.health.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn is_healthy(&self) -> bool {
-        self.health().unhealthy_until.is_none()
+    /// Whether reads may go to it now. An unhealthy replica whose backoff has passed gets a
+    /// probe in the background, on every read, whatever the other replicas' health: a
+    /// replica that is back serves again within its probe schedule.
+    fn serves(self: &Arc<Self>) -> bool {
+        {
+            let mut health = self.health();
+            match health.unhealthy_until {
+                None => return true,
+                Some(until) if until <= Instant::now() && !health.probing => health.probing = true,
+                Some(_) => return false,
+            }
+        }
+        self.probe();
+        false
     }
 
     fn in_use(&self) -> usize {
@@ -379,16 +391,9 @@ impl Member {
         );
     }
 
-    /// Starts a probe connect in the background if the replica is unhealthy and its
-    /// backoff has passed: once a replica is known to be down, no read waits for it.
-    fn probe_if_due(self: &Arc<Self>) {
-        {
-            let mut health = self.health();
-            match health.unhealthy_until {
-                Some(until) if until <= Instant::now() && !health.probing => health.probing = true,
-                _ => return,
-            }
-        }
+    /// A probe connect in the background: once a replica is known to be down, no read
+    /// waits for it.
+    fn probe(self: &Arc<Self>) {
         let member = Arc::clone(self);
         drop(tokio::spawn(async move {
             match member.pool.get().await {
@@ -535,7 +540,7 @@ impl ReplicaSet {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut candidates: Vec<&Arc<Member>> = (0..members.len())
             .map(|i| &members[(start + i) % members.len()])
-            .filter(|member| member.is_healthy())
+            .filter(|member| member.serves())
             .collect();
         // Stable: among equally loaded replicas, the rotated order stands.
         candidates.sort_by_key(|member| member.in_use());
@@ -551,7 +556,6 @@ impl ReplicaSet {
                 }
             }
         }
-        members.iter().for_each(Member::probe_if_due);
         let problem = if members.is_empty() {
             "none found"
         } else {
@@ -605,13 +609,22 @@ impl ReplicaSet {
         let mut poll = Duration::from_millis(5);
         let mut waited = false;
         loop {
-            if has_replayed(&connection, position).await? {
+            let state = replay_state(&connection, position).await?;
+            if state == Replay::Replayed {
                 return Ok(Served::Replica(connection, member));
             }
             if !waited {
                 waited = true;
                 let _ = self.counters.lag_waits.fetch_add(1, Ordering::Relaxed);
                 let _ = member.lag_waits.fetch_add(1, Ordering::Relaxed);
+            }
+            if state == Replay::NotReplaying {
+                tracing::warn!(
+                    replica = %member.name,
+                    "the read replica is not replaying WAL (promoted, or not a replica); \
+                     reads of a write position fall back"
+                );
+                break;
             }
             let left = self.catch_up_timeout.saturating_sub(started.elapsed());
             if left.is_zero() {
@@ -650,18 +663,36 @@ impl ReplicaSet {
     }
 }
 
-const REPLAY_CHECK: &str = "SELECT coalesce(pg_last_wal_replay_lsn() >= $1, true)";
+const REPLAY_CHECK: &str = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= $1";
 
-/// Whether the server behind `connection` has replayed `position` (a server that is not in
-/// recovery, where the function gives NULL, has everything).
-async fn has_replayed(connection: &Connection, position: PgLsn) -> Result<bool, Error> {
+/// Where a replica stands against a write position.
+#[derive(Debug, PartialEq, Eq)]
+enum Replay {
+    Replayed,
+    Behind,
+    /// Not in recovery: a promoted standby or a host that is no replica. Its own WAL is not
+    /// the primary's, so nothing it says proves it has the write.
+    NotReplaying,
+}
+
+/// Where the server behind `connection` stands against `position`.
+async fn replay_state(connection: &Connection, position: PgLsn) -> Result<Replay, Error> {
     let row = connection
         .query_one_bounded(REPLAY_CHECK, &[&position])
         .await?;
-    row.try_get(0).map_err(|e| Error::Statement {
-        statement: REPLAY_CHECK,
-        source: Box::new(e),
-    })
+    let answer = row
+        .try_get::<_, bool>(0)
+        .and_then(|in_recovery| Ok((in_recovery, row.try_get::<_, Option<bool>>(1)?)));
+    match answer {
+        Ok((false, _)) => Ok(Replay::NotReplaying),
+        Ok((true, Some(true))) => Ok(Replay::Replayed),
+        // Not replayed yet, or nothing replayed yet (NULL during a standby's start).
+        Ok((true, _)) => Ok(Replay::Behind),
+        Err(e) => Err(Error::Statement {
+            statement: REPLAY_CHECK,
+            source: Box::new(e),
+        }),
+    }
 }
 
 #[cfg(test)]

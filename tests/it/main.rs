@@ -11,6 +11,7 @@ mod lifecycle;
 mod listener;
 mod network;
 mod proxy_fidelity;
+mod replica_faults;
 mod replicas;
 mod restart;
 mod rotation;
