@@ -19,7 +19,9 @@ use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolveError};
 use crate::retry::{ErrorClass, classify, fix_for};
 use crate::retry_policy::RetryPolicy;
-use crate::target::{HIDDEN_USER, TlsSettings, describe_target, settle};
+use crate::target::{
+    HIDDEN_USER, RedactedServerError, TlsSettings, describe_target, redact, settle,
+};
 use crate::telemetry::{ConnectSpan, RetryCause, Server};
 
 /// The connection half of an opened session: the future that drives its socket.
@@ -261,9 +263,23 @@ impl Connector {
     /// name the user in their refusals).
     fn log_text(&self, prepared: &Prepared, text: String) -> String {
         match prepared.pg_config.get_user() {
-            Some(user) if self.hide_user && !user.is_empty() => text.replace(user, HIDDEN_USER),
+            Some(user) if self.hide_user => redact(&text, user),
             _ => text,
         }
+    }
+
+    /// An attempt's error for the caller: as it is, or, when the user is hidden and the text
+    /// names them (`too many connections for role "alice@example.com"`), as its redacted
+    /// text.
+    fn caller_error(&self, prepared: &Prepared, error: AttemptError) -> BoxError {
+        if self.hide_user {
+            let text = error.describe();
+            let redacted = self.log_text(prepared, text.clone());
+            if redacted != text {
+                return Box::new(RedactedServerError(redacted));
+            }
+        }
+        error.into_boxed()
     }
 
     async fn connect_with_retries(
@@ -323,7 +339,7 @@ impl Connector {
                         return Err(Error::AuthRejected {
                             target: prepared.target.clone(),
                             user: if self.hide_user { HIDDEN_USER } else { user }.to_owned(),
-                            source,
+                            source: self.caller_error(prepared, AttemptError::Postgres(source)),
                         });
                     }
                     refreshed_after_rejection = true;
@@ -347,7 +363,7 @@ impl Connector {
                     return Err(Error::Connect {
                         target: prepared.target.clone(),
                         fix,
-                        source,
+                        source: self.caller_error(prepared, AttemptError::Postgres(source)),
                     });
                 }
                 // Transient or rate limited (a timed-out attempt is always transient).
@@ -362,7 +378,7 @@ impl Connector {
                             target: prepared.target.clone(),
                             attempts,
                             elapsed: started.elapsed(),
-                            source: error.into_boxed(),
+                            source: self.caller_error(prepared, error),
                         });
                     };
                     let cause = RetryCause::of(class);
@@ -455,7 +471,7 @@ impl Connector {
                         ErrorClass::Transient | ErrorClass::RateLimited
                     ) =>
                 {
-                    tracing::debug!(%address, cause = %error.describe(), "address failed; trying the next");
+                    tracing::debug!(%address, cause = %self.log_text(prepared, error.describe()), "address failed; trying the next");
                     last = error;
                 }
                 Err(error) => return Err(error),

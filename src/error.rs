@@ -116,9 +116,10 @@ pub enum Error {
         target: String,
         /// What to change, when known ([`retry::fix_for`](crate::retry::fix_for)).
         fix: Option<&'static str>,
-        /// The error from tokio-postgres.
+        /// The server's error: a [`tokio_postgres::Error`], or its text with the user's name
+        /// redacted for a per-user pool ([`users`](crate::users)).
         #[source]
-        source: tokio_postgres::Error,
+        source: BoxError,
     },
 
     /// The server refused the login twice, the second time with a freshly minted token (or a
@@ -135,9 +136,11 @@ pub enum Error {
         /// The role the login was for.
         user: String,
         /// The server's authentication error: SQLSTATE `28P01` or `28000` from Postgres, or
-        /// the Lakebase proxy's `XX000` "password authentication failed".
+        /// the Lakebase proxy's `XX000` "password authentication failed" (a
+        /// [`tokio_postgres::Error`], or its text with the user's name redacted for a
+        /// per-user pool).
         #[source]
-        source: tokio_postgres::Error,
+        source: BoxError,
     },
 
     /// Plain text (`sslmode=disable`) is allowed only to loopback, and the host, whose name

@@ -156,14 +156,67 @@ pub(crate) fn describe_target(config: &tokio_postgres::Config, hide_user: bool) 
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let user = config.get_user().unwrap_or("?");
-    let dbname = config.get_dbname().unwrap_or(user);
     let user = if hide_user { HIDDEN_USER } else { user };
+    // The database defaults to the user's name: hidden with it.
+    let dbname = config.get_dbname().unwrap_or(user);
     format!("{user}@{host}:{port}/{dbname}")
 }
+
+/// `text` with every occurrence of `name` (in any letter case) shown as `<user>`.
+pub(crate) fn redact(text: &str, name: &str) -> String {
+    if name.is_empty() {
+        return text.to_owned();
+    }
+    let lower_text = text.to_lowercase();
+    let lower_name = name.to_lowercase();
+    // Lower-casing may change byte lengths (non-ASCII); then only exact matches are safe to
+    // cut out by position.
+    if lower_text.len() != text.len() || lower_name.len() != name.len() {
+        return text.replace(name, HIDDEN_USER);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    while let Some(found) = lower_text[rest..].find(&lower_name) {
+        out.push_str(&text[rest..rest + found]);
+        out.push_str(HIDDEN_USER);
+        rest += found + lower_name.len();
+    }
+    out.push_str(&text[rest..]);
+    out
+}
+
+/// A server's error whose text named a hidden user, with the name redacted: what errors of a
+/// per-user pool carry instead of the server's own error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct RedactedServerError(pub(crate) String);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redaction_hides_every_spelling_of_the_name() {
+        assert_eq!(
+            redact(
+                "User Alice@Example.com may not; alice@example.com again",
+                "alice@example.com"
+            ),
+            "User <user> may not; <user> again"
+        );
+        assert_eq!(redact("nothing here", "alice@example.com"), "nothing here");
+        assert_eq!(redact("keep", ""), "keep");
+        assert_eq!(
+            redact("role \"zoë@x.io\" is full", "zoë@x.io"),
+            "role \"<user>\" is full"
+        );
+    }
+
+    #[test]
+    fn a_hidden_user_is_hidden_in_the_default_database_name_too() {
+        let target = describe_target(&config("host=db user=alice@example.com"), true);
+        assert_eq!(target, "<user>@db:5432/<user>");
+    }
 
     fn config(text: &str) -> tokio_postgres::Config {
         text.parse().unwrap()

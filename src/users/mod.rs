@@ -50,6 +50,7 @@
 //! # }
 //! ```
 
+mod check;
 mod forwarded;
 #[cfg(feature = "opentelemetry")]
 mod observe;
@@ -57,19 +58,20 @@ mod provider;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
+use self::check::{TokenChecks, user_key};
 pub use self::forwarded::{ACCESS_TOKEN_HEADER, EMAIL_HEADER, ForwardedHeaders, ForwardedUser};
 use self::provider::{
-    LatestToken, Refused, SharedHost, UserCredentials, UserTarget, refusal, without_email,
+    LatestToken, Refused, SharedHost, UserCredentials, UserTarget, without_email,
 };
 use crate::connect::Target;
 use crate::credentials::TokenCache;
-use crate::databricks::{Caller, Workspace};
+use crate::databricks::Workspace;
 use crate::pool::PoolTemplate;
 use crate::{Connection, EndpointName, Environment, Error, Pool, PoolBuilder, Secret, UserProblem};
 
@@ -114,7 +116,13 @@ struct Inner {
     host: Option<Arc<SharedHost>>,
     settings: Settings,
     trusted: bool,
+    /// By [`user_key`]: the email without regard to case.
     users: Mutex<HashMap<String, Arc<Entry>>>,
+    checks: TokenChecks,
+    /// Set by `close`: no user gets a new pool or session after it.
+    closed: AtomicBool,
+    /// Requests counted as they arrive: the order that decides which token is a user's newest.
+    arrivals: AtomicU64,
     /// Live entries, in the map or not (an evicted user's checkout can still be running).
     live: Arc<AtomicUsize>,
     counters: Counters,
@@ -178,10 +186,10 @@ impl Entry {
     }
 
     /// Marks a checkout under way and the entry used now; the mark ends with the guard.
-    fn start_checkout(self: &Arc<Self>, token: &Secret, now: Instant) -> Busy {
+    fn start_checkout(self: &Arc<Self>, token: &Secret, arrival: u64, now: Instant) -> Busy {
         let _ = self.busy.fetch_add(1, Ordering::Relaxed);
         *lock(&self.last_used) = now;
-        if self.latest.replace(token) {
+        if self.latest.replace(token, arrival) {
             // A mint that failed with the user's previous token says nothing about this one.
             self.tokens.forget_failures();
         }
@@ -396,16 +404,27 @@ impl UserPools {
     }
 
     async fn checkout(&self, user: &ForwardedUser) -> Result<Connection, Error> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(Error::PoolClosed);
+        }
+        let arrival = inner.arrivals.fetch_add(1, Ordering::Relaxed) + 1;
         let token = user.access_token();
-        let known = lock(&self.inner.users)
-            .get(user.email())
+        let key = user_key(user.email());
+        let known = lock(&inner.users)
+            .get(&key)
             .filter(|entry| entry.knows(token, Instant::now()))
-            .map(|entry| entry.start_checkout(token, Instant::now()));
+            .map(|entry| entry.start_checkout(token, arrival, Instant::now()));
         let busy = match known {
             Some(busy) => busy,
             None => {
-                self.check_token(user).await?;
-                self.entry_for(user)?
+                let user_name = inner
+                    .checks
+                    .check(&inner.workspace, user.email(), token, || {
+                        let _ = inner.counters.token_checks.fetch_add(1, Ordering::Relaxed);
+                    })
+                    .await?;
+                self.entry_for(user, key, &user_name, arrival)?
             }
         };
         let entry = &busy.0;
@@ -413,46 +432,33 @@ impl UserPools {
         result.map_err(|error| user_error(error, user.email()))
     }
 
-    /// Checks with the workspace that `user`'s token is valid and is the email's.
-    async fn check_token(&self, user: &ForwardedUser) -> Result<(), Error> {
-        let _ = self
-            .inner
-            .counters
-            .token_checks
-            .fetch_add(1, Ordering::Relaxed);
-        let me = self
-            .inner
-            .workspace
-            .current_user_as(Caller::User(user.access_token()))
-            .await
-            .map_err(|error| match refusal(&error) {
-                Some(problem) => Error::UserUnauthorized { problem },
-                None => without_email(error, user.email()),
-            })?;
-        if me.user_name != user.email() {
-            return Err(Error::UserUnauthorized {
-                problem: UserProblem::IdentityMismatch,
-            });
-        }
-        Ok(())
-    }
-
     /// The user's entry (made now if there is none, evicting the least recently used idle
     /// user when full), with their checked token remembered and a checkout marked.
-    fn entry_for(&self, user: &ForwardedUser) -> Result<Busy, Error> {
+    /// `user_name` is the workspace's spelling: the user's Postgres role.
+    fn entry_for(
+        &self,
+        user: &ForwardedUser,
+        key: String,
+        user_name: &str,
+        arrival: u64,
+    ) -> Result<Busy, Error> {
         let now = Instant::now();
         let token = user.access_token();
         let mut users = lock(&self.inner.users);
-        if let Some(entry) = users.get(user.email()) {
+        // Under the lock that `close` drains: no pool is made after it.
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::PoolClosed);
+        }
+        if let Some(entry) = users.get(&key) {
             entry.remember(token, now);
-            return Ok(entry.start_checkout(token, now));
+            return Ok(entry.start_checkout(token, arrival, now));
         }
         if users.len() >= self.inner.settings.max_users {
             let victim = users
                 .iter()
                 .filter(|(_, entry)| entry.idle())
                 .min_by_key(|(_, entry)| *lock(&entry.last_used))
-                .map(|(email, _)| email.clone());
+                .map(|(key, _)| key.clone());
             let Some(victim) = victim else {
                 return Err(Error::UserPoolsFull {
                     max_users: self.inner.settings.max_users,
@@ -468,20 +474,20 @@ impl UserPools {
                 tracing::debug!("evicted the least recently used user's pool to make room");
             }
         }
-        let entry = Arc::new(self.new_entry(user)?);
+        let entry = Arc::new(self.new_entry(user_name, token, arrival)?);
         entry.remember(token, now);
-        let busy = entry.start_checkout(token, now);
-        let _ = users.insert(user.email().to_owned(), entry);
+        let busy = entry.start_checkout(token, arrival, now);
+        let _ = users.insert(key, entry);
         Ok(busy)
     }
 
-    fn new_entry(&self, user: &ForwardedUser) -> Result<Entry, Error> {
+    fn new_entry(&self, user_name: &str, token: &Secret, arrival: u64) -> Result<Entry, Error> {
         let inner = &self.inner;
-        let latest = LatestToken::new(user.access_token().clone());
+        let latest = LatestToken::new(token.clone(), arrival);
         let provider = UserCredentials {
             workspace: inner.workspace.clone(),
             endpoint: inner.endpoint.clone(),
-            email: user.email().to_owned(),
+            email: user_name.to_owned(),
             token: latest.clone(),
         };
         let tokens = TokenCache::labelled(
@@ -494,12 +500,12 @@ impl UserPools {
                 base: inner.template.base.clone(),
                 source: Box::new(UserTarget {
                     host: Arc::clone(host),
-                    role: user.email().to_owned(),
+                    role: user_name.to_owned(),
                 }),
             },
             None => {
                 let mut config = inner.template.base.clone();
-                let _ = config.user(user.email());
+                let _ = config.user(user_name);
                 Target::Fixed(config)
             }
         };
@@ -604,6 +610,7 @@ impl UserPools {
     /// # }
     /// ```
     pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
         let drained: Vec<Arc<Entry>> = lock(&self.inner.users).drain().map(|(_, e)| e).collect();
         for entry in &drained {
             self.retire(entry);
@@ -862,6 +869,9 @@ impl UserPoolsBuilder {
                 settings,
                 trusted,
                 users: Mutex::new(HashMap::new()),
+                checks: TokenChecks::default(),
+                closed: AtomicBool::new(false),
+                arrivals: AtomicU64::new(0),
                 live: Arc::new(AtomicUsize::new(0)),
                 counters: Counters::default(),
                 sweeper: Mutex::new(None),

@@ -9,7 +9,7 @@ use crate::connect::TargetSource;
 use crate::credentials::{Credential, CredentialProvider};
 use crate::databricks::{Caller, CredentialRequest, Workspace, endpoint_host};
 use crate::error::BoxFuture;
-use crate::target::HIDDEN_USER;
+use crate::target::{HIDDEN_USER, redact};
 use crate::{BoxError, EndpointName, Error, Secret, UserProblem};
 
 /// A user's request was refused by the workspace: found in the source chain of a failed mint.
@@ -18,29 +18,38 @@ use crate::{BoxError, EndpointName, Error, Secret, UserProblem};
 pub(super) struct Refused(pub(super) UserProblem);
 
 /// The newest token a user came with (the Apps proxy refreshes it), shared by the user's
-/// entry, which updates it, and their credential provider, which mints with it.
+/// entry, which updates it, and their credential provider, which mints with it. Newest means
+/// of the request that arrived last: a check of an older token that finishes after a newer
+/// one's never puts the older token back.
 #[derive(Clone)]
-pub(super) struct LatestToken(Arc<Mutex<Secret>>);
+pub(super) struct LatestToken(Arc<Mutex<(Secret, u64)>>);
 
 impl LatestToken {
-    pub(super) fn new(token: Secret) -> Self {
-        LatestToken(Arc::new(Mutex::new(token)))
+    /// `token`, of the request that arrived `arrival`-th.
+    pub(super) fn new(token: Secret, arrival: u64) -> Self {
+        LatestToken(Arc::new(Mutex::new((token, arrival))))
     }
 
     pub(super) fn get(&self) -> Secret {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .0
             .clone()
     }
 
-    /// Stores `token`; whether it differs from the one stored.
-    pub(super) fn replace(&self, token: &Secret) -> bool {
+    /// Stores `token` if its request arrived after the stored one's; whether the stored
+    /// token changed.
+    pub(super) fn replace(&self, token: &Secret, arrival: u64) -> bool {
         let mut latest = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if latest.expose() == token.expose() {
+        if arrival <= latest.1 {
             return false;
         }
-        *latest = token.clone();
+        latest.1 = arrival;
+        if latest.0.expose() == token.expose() {
+            return false;
+        }
+        latest.0 = token.clone();
         true
     }
 }
@@ -107,24 +116,6 @@ pub(super) fn without_email(error: Error, email: &str) -> Error {
     }
 }
 
-/// `text` with every occurrence of `email` (in any letter case) shown as `<user>`.
-fn redact(text: &str, email: &str) -> String {
-    if email.is_empty() {
-        return text.to_owned();
-    }
-    let lower_text = text.to_ascii_lowercase();
-    let lower_email = email.to_ascii_lowercase();
-    let mut out = String::with_capacity(text.len());
-    let mut rest = 0;
-    while let Some(found) = lower_text[rest..].find(&lower_email) {
-        out.push_str(&text[rest..rest + found]);
-        out.push_str(HIDDEN_USER);
-        rest += found + lower_email.len();
-    }
-    out.push_str(&text[rest..]);
-    out
-}
-
 /// The endpoint's host, looked up once (with the app's workspace identity) for all users.
 pub(super) struct SharedHost {
     pub(super) workspace: Workspace,
@@ -169,23 +160,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redaction_hides_every_spelling_of_the_email() {
-        assert_eq!(
-            redact(
-                "User Alice@Example.com may not; alice@example.com again",
-                "alice@example.com"
-            ),
-            "User <user> may not; <user> again"
-        );
-        assert_eq!(redact("nothing here", "alice@example.com"), "nothing here");
-        assert_eq!(redact("keep", ""), "keep");
-    }
-
-    #[test]
-    fn the_latest_token_says_when_it_changed() {
-        let latest = LatestToken::new(Secret::new("a"));
-        assert!(!latest.replace(&Secret::new("a")));
-        assert!(latest.replace(&Secret::new("b")));
-        assert_eq!(latest.get().expose(), "b");
+    fn the_latest_token_is_the_last_arrived_and_says_when_it_changed() {
+        let latest = LatestToken::new(Secret::new("a"), 1);
+        assert!(!latest.replace(&Secret::new("a"), 2));
+        assert!(latest.replace(&Secret::new("c"), 4));
+        // A request that arrived earlier finishes later: its token does not come back.
+        assert!(!latest.replace(&Secret::new("b"), 3));
+        assert_eq!(latest.get().expose(), "c");
     }
 }

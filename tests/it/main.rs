@@ -25,6 +25,7 @@ mod tls;
 mod token_faults;
 mod transaction;
 mod user_code;
+mod user_faults;
 mod users;
 mod web;
 mod worker;

@@ -114,7 +114,11 @@ async fn get_read_at_sees_an_asynchronously_committed_write() {
         let reader = pool.get_read_at(position).await.unwrap();
         assert_eq!(server_port(&reader).await, standby.port(), "on the replica");
         let seen = notes(&reader).await;
-        assert_eq!(seen.last(), Some(&body), "round {round}: the write is missing");
+        assert_eq!(
+            seen.last(),
+            Some(&body),
+            "round {round}: the write is missing"
+        );
     }
 }
 
@@ -160,7 +164,11 @@ async fn a_server_that_is_not_replaying_never_satisfies_a_read_of_your_writes() 
     );
     drop(reader);
     let stats = pool.stats();
-    assert_eq!((stats.lag_fallbacks, stats.read_fallbacks), (1, 1), "{stats:?}");
+    assert_eq!(
+        (stats.lag_fallbacks, stats.read_fallbacks),
+        (1, 1),
+        "{stats:?}"
+    );
     let plain = pool.get_read().await.unwrap();
     assert_eq!(server_port(&plain).await, impostor.port());
 
