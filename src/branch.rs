@@ -38,6 +38,9 @@ pub struct EphemeralBranch {
     name: String,
     endpoint: EndpointName,
     expire_time: Option<SystemTime>,
+    /// The builder's ready timeout, which bounds `delete` too.
+    ready_timeout: Duration,
+    poll: Duration,
     deleted: bool,
 }
 
@@ -140,13 +143,15 @@ impl EphemeralBranch {
             .lakebase_endpoint(self.endpoint.to_string())
     }
 
-    /// Deletes the branch and waits until the service has (up to the builder's ready
-    /// timeout).
+    /// Deletes the branch and waits until the service has, for at most the builder's
+    /// [`ready_timeout`](EphemeralBranchBuilder::ready_timeout). A branch that is already
+    /// gone counts as deleted.
     ///
     /// # Errors
     ///
-    /// Those of [`Workspace::delete_branch`] and [`Workspace::wait_for`]; the branch is then
-    /// left to its TTL.
+    /// Those of [`Workspace::delete_branch`] and [`Workspace::wait_for`];
+    /// [`Error::OperationTimedOut`] past the ready timeout. The branch is then left to its
+    /// TTL.
     ///
     /// ```no_run
     /// # async fn demo(branch: lakebase_pool::branch::EphemeralBranch) -> Result<(), lakebase_pool::Error> {
@@ -157,15 +162,98 @@ impl EphemeralBranch {
     pub async fn delete(mut self) -> Result<(), Error> {
         // Marked first: a failed delete is reported by the error, not again by the drop.
         self.deleted = true;
-        let operation = self.workspace.delete_branch(&self.name).await?;
-        let _ = self
-            .workspace
-            .wait_for(operation, Duration::from_secs(10 * 60))
-            .await?;
+        delete_within(&self.workspace, &self.name, self.ready_timeout, self.poll).await?;
         tracing::info!(branch = %self.name, "deleted the ephemeral branch");
         Ok(())
     }
 }
+
+/// Deletes `branch` and waits for the service, all within `limit`: a delete refused because
+/// the branch is still busy (its creation under way) is asked again after `poll`. A branch
+/// that does not exist (never made, or already gone) counts as deleted.
+async fn delete_within(
+    workspace: &Workspace,
+    branch: &str,
+    limit: Duration,
+    poll: Duration,
+) -> Result<(), Error> {
+    let started = tokio::time::Instant::now();
+    let left = || limit.saturating_sub(started.elapsed());
+    let timed_out = || Error::OperationTimedOut {
+        name: format!("deletion of {branch}"),
+        waited: started.elapsed(),
+    };
+    loop {
+        let attempt = tokio::time::timeout(left(), workspace.delete_branch(branch));
+        match attempt.await.map_err(|_| timed_out())? {
+            Ok(operation) => {
+                let _ = workspace.wait_for_every(operation, left(), poll).await?;
+                return Ok(());
+            }
+            Err(Error::WorkspaceApi { status: 404, .. }) => return Ok(()),
+            Err(Error::WorkspaceApi { status: 409, .. }) if !left().is_zero() => {
+                tokio::time::sleep(poll.min(left())).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Deletes a branch that `create` made, unless disarmed: after a failed step, and when the
+/// caller's future is dropped midway (then on a task of its own, bounded the same way; with
+/// no runtime left to run it, the branch is left to its TTL, and a warning names it).
+struct CleanUp {
+    workspace: Workspace,
+    branch: String,
+    limit: Duration,
+    poll: Duration,
+    armed: bool,
+}
+
+impl CleanUp {
+    /// Runs the clean-up now, after `error`, and returns the error.
+    async fn after(mut self, error: Error) -> Error {
+        self.armed = false;
+        tracing::warn!(branch = %self.branch, error = %error, "the branch did not become ready; deleting it");
+        if let Err(cleanup) =
+            delete_within(&self.workspace, &self.branch, self.limit, self.poll).await
+        {
+            tracing::warn!(branch = %self.branch, error = %cleanup, "could not delete it; its TTL will");
+        }
+        error
+    }
+}
+
+impl Drop for CleanUp {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(branch = %self.branch, "branch creation was cancelled with no runtime to delete it; its TTL will");
+            return;
+        };
+        tracing::warn!(branch = %self.branch, "branch creation was cancelled; deleting the branch");
+        let (workspace, branch, limit, poll) = (
+            self.workspace.clone(),
+            std::mem::take(&mut self.branch),
+            self.limit,
+            self.poll,
+        );
+        drop(runtime.spawn(async move {
+            if let Err(error) = delete_within(&workspace, &branch, limit, poll).await {
+                tracing::warn!(branch = %branch, error = %error, "could not delete the branch of a cancelled creation; its TTL will");
+            }
+        }));
+    }
+}
+
+/// The most a clean-up after a failed or cancelled `create` waits for the delete (less when
+/// the ready timeout is shorter).
+const CLEANUP_LIMIT: Duration = Duration::from_secs(30);
+
+/// The shortest wait between polls: a zero interval would spin.
+const MIN_POLL: Duration = Duration::from_millis(10);
 
 impl Drop for EphemeralBranch {
     fn drop(&mut self) {
@@ -248,7 +336,8 @@ impl EphemeralBranchBuilder {
     }
 
     /// How long [`create`](Self::create) waits in all for the branch and its endpoint to be
-    /// ready.
+    /// ready, and [`EphemeralBranch::delete`] for the deletion. A `create` that fails or is
+    /// cancelled deletes what it made within this again, at most 30 s more.
     ///
     /// Default: 10 minutes.
     ///
@@ -269,7 +358,7 @@ impl EphemeralBranchBuilder {
     }
 
     /// The first wait between polls of the service (growing by as much per poll, to ten
-    /// times it), plus up to half of it as jitter.
+    /// times it), plus up to half of it as jitter; at least 10 ms.
     ///
     /// Default: 1 second, as the SDKs do; shorter against a local mock, which finishes in
     /// milliseconds.
@@ -314,31 +403,51 @@ impl EphemeralBranchBuilder {
         if let Some(source) = &self.source_branch {
             spec = spec.source_branch(source.clone());
         }
+        let poll = self.poll.max(MIN_POLL);
         let started = tokio::time::Instant::now();
         let left = || self.ready_timeout.saturating_sub(started.elapsed());
-        let operation = self
+        let name = format!("projects/{}/branches/{id}", self.project);
+        // Armed before the request: the service may make the branch even when the answer
+        // is lost (a timeout, a 5xx after the fact), or the caller may give up meanwhile.
+        let cleanup = CleanUp {
+            workspace: self.workspace.clone(),
+            branch: name.clone(),
+            limit: self.ready_timeout.min(CLEANUP_LIMIT),
+            poll,
+            armed: true,
+        };
+        let operation = match self
             .workspace
             .create_branch(&self.project, &id, &spec)
-            .await?;
-        let name = format!("projects/{}/branches/{id}", self.project);
+            .await
+        {
+            Ok(operation) => operation,
+            Err(error) if nothing_made(&error) => {
+                let mut cleanup = cleanup;
+                cleanup.armed = false;
+                return Err(error);
+            }
+            Err(error) => return Err(cleanup.after(error).await),
+        };
         let mut branch = EphemeralBranch {
             workspace: self.workspace.clone(),
             endpoint: EndpointName::parse(&format!("{name}/endpoints/primary"))?,
             name,
             expire_time: None,
-            deleted: false,
+            ready_timeout: self.ready_timeout,
+            poll,
+            // Until it is handed to the caller, the clean-up answers for it, not its drop.
+            deleted: true,
         };
         tracing::info!(branch = %branch.name, "creating an ephemeral branch");
-        match self.make_ready(&mut branch, operation, &left).await {
-            Ok(()) => Ok(branch),
-            Err(error) => {
-                tracing::warn!(branch = %branch.name, error = %error, "the branch did not become ready; deleting it");
-                let name = branch.name.clone();
-                if let Err(cleanup) = branch.delete().await {
-                    tracing::warn!(branch = %name, error = %cleanup, "could not delete it; its TTL will");
-                }
-                Err(error)
+        match self.make_ready(&mut branch, operation, poll, &left).await {
+            Ok(()) => {
+                let mut cleanup = cleanup;
+                cleanup.armed = false;
+                branch.deleted = false;
+                Ok(branch)
             }
+            Err(error) => Err(cleanup.after(error).await),
         }
     }
 
@@ -346,12 +455,11 @@ impl EphemeralBranchBuilder {
         &self,
         branch: &mut EphemeralBranch,
         operation: crate::databricks::Operation,
+        poll: Duration,
         left: &impl Fn() -> Duration,
     ) -> Result<(), Error> {
         let workspace = &self.workspace;
-        let _ = workspace
-            .wait_for_every(operation, left(), self.poll)
-            .await?;
+        let _ = workspace.wait_for_every(operation, left(), poll).await?;
         // The operation is done; the branch itself may still be initialising.
         loop {
             let state = workspace.get_branch(&branch.name).await?;
@@ -359,7 +467,7 @@ impl EphemeralBranchBuilder {
             if state.state == Some(BranchState::Ready) {
                 break;
             }
-            self.pause(left(), &branch.name).await?;
+            self.pause(left(), poll, &branch.name).await?;
         }
         let branch_id = branch
             .name
@@ -367,7 +475,9 @@ impl EphemeralBranchBuilder {
             .next()
             .unwrap_or_default()
             .to_owned();
+        let mut created_endpoint = false;
         loop {
+            // `list_endpoints` refuses a listing that names another branch's endpoint.
             let endpoints = workspace.list_endpoints(&self.project, &branch_id).await?;
             let read_write = endpoints
                 .into_iter()
@@ -377,29 +487,48 @@ impl EphemeralBranchBuilder {
                     branch.endpoint = endpoint.name;
                     return Ok(());
                 }
-                Some(_) => self.pause(left(), &branch.name).await?,
-                None => {
-                    // Branches usually get one; tools create it when they do not.
-                    let operation = workspace
+                // Branches usually get one; tools create it when they do not, once.
+                None if !created_endpoint => {
+                    created_endpoint = true;
+                    match workspace
                         .create_endpoint(&branch.name, "primary", EndpointType::ReadWrite)
-                        .await?;
-                    let _ = workspace
-                        .wait_for_every(operation, left(), self.poll)
-                        .await?;
+                        .await
+                    {
+                        Ok(operation) => {
+                            let _ = workspace.wait_for_every(operation, left(), poll).await?;
+                        }
+                        // It exists, and the listing has not caught up: wait for it.
+                        Err(Error::WorkspaceApi { status: 409, .. }) => {}
+                        Err(error) => return Err(error),
+                    }
                 }
+                // Not listed yet, or no host yet: every round waits, and ends at the timeout.
+                _ => {}
             }
+            self.pause(left(), poll, &branch.name).await?;
         }
     }
 
-    async fn pause(&self, left: Duration, branch: &str) -> Result<(), Error> {
+    async fn pause(&self, left: Duration, poll: Duration, branch: &str) -> Result<(), Error> {
         if left.is_zero() {
             return Err(Error::OperationTimedOut {
                 name: format!("readiness of {branch}"),
                 waited: self.ready_timeout,
             });
         }
-        tokio::time::sleep(self.poll.min(left)).await;
+        tokio::time::sleep(poll.min(left)).await;
         Ok(())
+    }
+}
+
+/// Whether a failed create request proves that nothing was made: the service's definite
+/// refusal (a 4xx other than a conflict, which may be our own earlier try), or a setting
+/// refused before any request.
+fn nothing_made(error: &Error) -> bool {
+    match error {
+        Error::WorkspaceApi { status, .. } => (400..500).contains(status) && *status != 409,
+        Error::BranchLimit { .. } | Error::InvalidConfig { .. } => true,
+        _ => false,
     }
 }
 

@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 
 use super::Workspace;
 use super::time::{format_rfc3339, parse_rfc3339};
-use crate::Error;
 use crate::backoff::millis;
 use crate::endpoint::check_id;
+use crate::{Error, RequestProblem};
 
 /// The longest TTL the service accepts for a branch.
 pub const MAX_BRANCH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -564,13 +564,16 @@ impl Workspace {
         step: Duration,
     ) -> Result<Operation, Error> {
         let started = tokio::time::Instant::now();
+        let step = step.max(MIN_POLL_STEP);
         let mut polls: u32 = 0;
         loop {
             if operation.done {
                 return Ok(operation);
             }
-            polls += 1;
-            let wait = step.saturating_mul(polls.min(10)) + step.mul_f64(fastrand::f64() / 2.0);
+            check_operation_name(&operation.name)?;
+            polls = polls.saturating_add(1);
+            let jitter = (step / 2).mul_f64(fastrand::f64());
+            let wait = step.saturating_mul(polls.min(10)).saturating_add(jitter);
             let left = deadline.saturating_sub(started.elapsed());
             if left.is_zero() {
                 return Err(Error::OperationTimedOut {
@@ -606,6 +609,42 @@ impl Workspace {
     }
 }
 
+/// The shortest first wait between polls: a zero step would spin.
+const MIN_POLL_STEP: Duration = Duration::from_millis(10);
+
+/// An operation name is polled as a URL path with the workspace token: it must be a resource
+/// name (`projects/<project>/operations/<id>`, or deeper under the project), with no `.` or
+/// `..` segment and no character that a path treats specially.
+fn check_operation_name(name: &str) -> Result<(), Error> {
+    let segments: Vec<&str> = name.split('/').collect();
+    let well_formed = segments.len() >= 4
+        && segments.len() % 2 == 0
+        && segments[0] == "projects"
+        && segments[segments.len() - 2] == "operations"
+        && segments.iter().all(|segment| {
+            !segment.is_empty()
+                && *segment != "."
+                && *segment != ".."
+                && segment.len() <= 128
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
+    if well_formed {
+        return Ok(());
+    }
+    let shown: String = name.chars().take(100).collect();
+    Err(Error::WorkspaceRequest {
+        method: String::from("GET"),
+        path: String::from("/api/2.0/postgres/<operation>"),
+        problem: RequestProblem::InvalidResponse(format!(
+            "the service named an operation `{shown}`, which is not a resource name \
+             (projects/<project>/operations/<id>); it was not polled"
+        )),
+        source: None,
+    })
+}
+
 /// An operation answer as an [`Operation`], or its error.
 fn operation(answer: OperationAnswer) -> Result<Operation, Error> {
     let name = answer.name.unwrap_or_default();
@@ -628,6 +667,9 @@ fn operation(answer: OperationAnswer) -> Result<Operation, Error> {
         return Err(Error::workspace_config(String::from(
             "the service started an operation without naming it, so it cannot be polled",
         )));
+    }
+    if !answer.done {
+        check_operation_name(&name)?;
     }
     Ok(Operation {
         name,
@@ -694,6 +736,31 @@ mod tests {
                 .to_json()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn operation_names_must_be_resource_names() {
+        for good in [
+            "projects/p/operations/1",
+            "projects/shop/operations/a1b2-c3_d4.e5",
+            "projects/p/branches/b/operations/x",
+        ] {
+            assert!(check_operation_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "projects/p/operations/../../../api/2.0/preview/scim/v2/Me",
+            "projects/p/operations/..",
+            "projects/p/operations/x?y=1",
+            "projects/p/operations/x#y",
+            "projects//operations/x",
+            "other/p/operations/x",
+            "projects/p/things/x",
+            "projects/p/operations/x/extra",
+            "projects/p/operations/%2e%2e",
+        ] {
+            assert!(check_operation_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

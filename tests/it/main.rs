@@ -2,6 +2,7 @@
 //! PostgreSQL cluster started by `LocalPostgres`.
 
 mod auth;
+mod branch_faults;
 mod branches;
 mod cold_path;
 mod cold_start;

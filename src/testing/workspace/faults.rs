@@ -16,6 +16,7 @@ pub struct Fault {
     pub(super) kind: FaultKind,
     pub(super) times: usize,
     pub(super) path: Option<String>,
+    pub(super) method: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -28,6 +29,7 @@ pub(super) enum FaultKind {
     MalformedJson,
     Truncated,
     Hang,
+    LostAnswer,
 }
 
 impl Fault {
@@ -46,6 +48,7 @@ impl Fault {
             },
             times: 1,
             path: None,
+            method: None,
         }
     }
 
@@ -66,6 +69,7 @@ impl Fault {
             },
             times: 1,
             path: None,
+            method: None,
         }
     }
 
@@ -80,6 +84,7 @@ impl Fault {
             kind: FaultKind::MalformedJson,
             times: 1,
             path: None,
+            method: None,
         }
     }
 
@@ -95,6 +100,7 @@ impl Fault {
             kind: FaultKind::Truncated,
             times: 1,
             path: None,
+            method: None,
         }
     }
 
@@ -109,6 +115,23 @@ impl Fault {
             kind: FaultKind::Hang,
             times: 1,
             path: None,
+            method: None,
+        }
+    }
+
+    /// Carry the request out, then answer 503 as if a gateway lost the answer: the client
+    /// sees a failure for something that happened (a branch created, a token minted).
+    ///
+    /// ```no_run
+    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool::testing::Fault::lost_answer().on("/api/2.0/postgres/projects/shop/branches"));
+    /// ```
+    pub fn lost_answer() -> Self {
+        Fault {
+            kind: FaultKind::LostAnswer,
+            times: 1,
+            path: None,
+            method: None,
         }
     }
 
@@ -124,7 +147,8 @@ impl Fault {
         self
     }
 
-    /// Apply only to requests whose path starts with `prefix` (default: any request).
+    /// Apply only to requests whose path starts with `prefix` (default: any request); one
+    /// `*` in it stands for any text, and the path must then end as the pattern does.
     ///
     /// ```no_run
     /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
@@ -134,6 +158,42 @@ impl Fault {
     pub fn on(mut self, prefix: impl Into<String>) -> Self {
         self.path = Some(prefix.into());
         self
+    }
+
+    /// Only for requests with this method (`"GET"`, `"POST"`, ...).
+    ///
+    /// ```no_run
+    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// mock.inject(
+    ///     lakebase_pool::testing::Fault::status(200, r#"{"endpoints": []}"#)
+    ///         .on("/api/2.0/postgres/projects/shop/branches/*/endpoints")
+    ///         .for_method("GET"),
+    /// );
+    /// ```
+    #[must_use]
+    pub fn for_method(mut self, method: &str) -> Self {
+        self.method = Some(method.to_ascii_uppercase());
+        self
+    }
+
+    /// Whether the fault applies to this request: the method, if set, and the path prefix,
+    /// in which one `*` stands for any text (the path must then also end as the pattern
+    /// does).
+    pub(super) fn matches(&self, method: &str, path: &str) -> bool {
+        if self.times == 0 || self.method.as_deref().is_some_and(|m| m != method) {
+            return false;
+        }
+        match self.path.as_deref() {
+            None => true,
+            Some(pattern) => match pattern.split_once('*') {
+                Some((start, end)) => {
+                    path.len() >= start.len() + end.len()
+                        && path.starts_with(start)
+                        && path.ends_with(end)
+                }
+                None => path.starts_with(pattern),
+            },
+        }
     }
 }
 

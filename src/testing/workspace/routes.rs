@@ -125,9 +125,7 @@ async fn respond(state: &Shared, index: usize, request: Request<Incoming>) -> An
 
     let (fault, latency) = {
         let mut state = lock(state);
-        let index = state.faults.iter().position(|f| {
-            f.times > 0 && f.path.as_ref().is_none_or(|p| path.starts_with(p.as_str()))
-        });
+        let index = state.faults.iter().position(|f| f.matches(&method, &path));
         let fault = index.map(|i| {
             state.faults[i].times -= 1;
             state.faults[i].kind.clone()
@@ -165,15 +163,34 @@ async fn respond(state: &Shared, index: usize, request: Request<Incoming>) -> An
             }
             return response;
         }
+        Some(FaultKind::LostAnswer) => {
+            let _ = route(state, &method, &path, &query, &headers, &body).await;
+            return api_error(
+                503,
+                "TEMPORARILY_UNAVAILABLE",
+                "The service is temporarily unavailable.",
+            );
+        }
         None => {}
     }
+    route(state, &method, &path, &query, &headers, &body).await
+}
 
+/// What the workspace does with a request that no fault intercepts.
+async fn route(
+    state: &Shared,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &hyper::HeaderMap,
+    body: &Bytes,
+) -> Answer {
     let bearer = headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    match (method.as_str(), path.as_str()) {
+    match (method, path) {
         ("GET", "/.well-known/databricks-config") => discovery_config(state),
         ("GET", "/oidc/.well-known/oauth-authorization-server") => oidc_metadata(
             state,
@@ -196,7 +213,7 @@ async fn respond(state: &Shared, index: usize, request: Request<Incoming>) -> An
             {
                 return answer;
             }
-            match (method.as_str(), path.as_str()) {
+            match (method, path) {
                 ("POST", "/api/2.0/postgres/credentials") if !database_scope => api_error(
                     403,
                     "PERMISSION_DENIED",
