@@ -618,7 +618,7 @@ const MIN_POLL_STEP: Duration = Duration::from_millis(10);
 fn check_operation_name(name: &str) -> Result<(), Error> {
     let segments: Vec<&str> = name.split('/').collect();
     let well_formed = segments.len() >= 4
-        && segments.len() % 2 == 0
+        && segments.len().is_multiple_of(2)
         && segments[0] == "projects"
         && segments[segments.len() - 2] == "operations"
         && segments.iter().all(|segment| {

@@ -200,7 +200,7 @@ async fn route(
         ("GET", "/oidc2/.well-known/oauth-authorization-server") => {
             oidc_metadata(state, "/oidc2", &[MockDiscovery::DatabricksConfig])
         }
-        ("POST", "/oidc/v1/token" | "/oidc2/v1/token") => oauth_token(state, &headers, &body),
+        ("POST", "/oidc/v1/token" | "/oidc2/v1/token") => oauth_token(state, headers, body),
         _ => {
             let identity = bearer
                 .as_deref()
@@ -208,9 +208,7 @@ async fn route(
             let Some((identity, database_scope)) = identity else {
                 return api_error(401, "UNAUTHENTICATED", "Invalid access token.");
             };
-            if let Some(answer) =
-                super::branches::handle(state, &method, &path, &query, &body).await
-            {
+            if let Some(answer) = super::branches::handle(state, method, path, query, body).await {
                 return answer;
             }
             match (method, path) {
@@ -219,7 +217,7 @@ async fn route(
                     "PERMISSION_DENIED",
                     "Provided OAuth token does not have required scopes",
                 ),
-                ("POST", "/api/2.0/postgres/credentials") => mint(state, &identity, &body).await,
+                ("POST", "/api/2.0/postgres/credentials") => mint(state, &identity, body).await,
                 ("GET", "/api/2.0/preview/scim/v2/Me") => {
                     ok(json!({"userName": identity, "id": "1234"}))
                 }
@@ -231,7 +229,7 @@ async fn route(
                         state,
                         p.trim_start_matches("/api/2.0/postgres/")
                             .trim_end_matches("/endpoints"),
-                        &query,
+                        query,
                     )
                 }
                 ("GET", p) if p.starts_with("/api/2.0/postgres/projects/") => {
