@@ -23,7 +23,7 @@
 //! | cold-start backoff | 100 ms doubling to 4 s, full jitter; rate-limit errors 2-4 s | a waking compute usually answers within a second; full jitter spreads a crowd of reconnects |
 //! | TLS | `disable` (plain) for loopback hosts, `verify-full` for any other; `require` verifies too | a bearer token must never cross an unverified channel |
 //! | database (Lakebase) | `databricks_postgres` | the database every new Lakebase project has |
-//! | cold-start deadline | 30 s | the Lakebase proxy's own wake-up budget is about 13 s; twice that and more is an outage |
+//! | cold-start deadline | 40 s | the Lakebase proxy's own wake-up budget is about 13 s, and it answers a failed wake from a 30 s cache: the deadline outlasts both |
 //! | read replica catch-up (`get_read_at`) | 2 s, polled from 5 ms doubling to 100 ms | replicas usually replay within milliseconds; past seconds, the read-write endpoint answers sooner than the replica will |
 //! | unhealthy read replica | skipped for 1 s doubling to 30 s between probe connects, run in the background | once a replica is known to be down, no read waits for it (only the read that found it down paid its connect deadline), and one that comes back is used within about 30 s |
 //! | users with a pool (`UserPools`) | 32 | with 2 connections each, 64 sessions: with the app's own pool, within the ~104 connections of the smallest Lakebase compute |
@@ -69,7 +69,8 @@ pub(crate) const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(4);
-pub(crate) const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
+/// Outlasts the Lakebase proxy's 30 s cache of a failed wake of the compute.
+pub(crate) const CONNECT_DEADLINE: Duration = Duration::from_secs(40);
 
 pub(crate) const MAX_USERS: usize = 32;
 pub(crate) const USER_MAX_SIZE: usize = 2;

@@ -17,9 +17,12 @@
 //!
 //! The proxy in front of every Lakebase endpoint (Neon's) reports everything it decides
 //! itself as SQLSTATE `XX000`, severity `ERROR`, told apart only by the text. These are the
-//! texts recognised (as case-insensitive substrings, first match wins), each with its class
-//! and, for the fatal ones, what the error's message tells the user to fix
-//! ([`fix_for`]):
+//! texts recognised (as case-insensitive substrings, first match wins; `Control plane request
+//! failed` only as the whole message), each with its class and, for the fatal ones, what the
+//! error's message tells the user to fix ([`fix_for`]). The proxy also relabels the compute's
+//! own refusals while it connects (57P03 starting up or shutting down, 53300 full) as
+//! `XX000` with only their message; those texts are here too, classified as their SQLSTATE
+//! would be:
 //!
 //! | text | class | what to fix |
 //! |---|---|---|
@@ -30,6 +33,14 @@
 //! | `Too many connections attempts` | rate limited | |
 //! | `Failed to acquire permit to connect to the database` | rate limited | |
 //! | `Too many connections to this endpoint` | rate limited | |
+//! | `the database system is starting up` | transient | |
+//! | `the database system is not yet accepting connections` | transient | |
+//! | `the database system is shutting down` | transient | |
+//! | `the database system is in recovery mode` | transient | |
+//! | `sorry, too many clients already` | rate limited | |
+//! | `remaining connection slots are reserved` | rate limited | |
+//! | `too many connections for role` | rate limited | |
+//! | `too many connections for database` | rate limited | |
 //! | `endpoint is disabled` | fatal | enable the endpoint |
 //! | `endpoint cannot be found` | fatal | the host or endpoint name |
 //! | `Check your quotas` | fatal | the project's quotas |
@@ -37,6 +48,13 @@
 //! | `Inconsistent project name inferred from SNI` | fatal | `options=endpoint=` names another endpoint than the host |
 //! | `must contain only alphanumeric characters and hyphen` | fatal | a malformed endpoint id in the host or options |
 //! | `connection is insecure` | fatal | TLS is required: an sslmode other than `disable` |
+//! | `Control plane request failed` | transient, as the whole message only | |
+//!
+//! `Control plane request failed` alone is a failed wake of the compute, which the proxy
+//! caches for 30 s per endpoint: the default retry deadline
+//! ([`RetryPolicy::deadline`](crate::RetryPolicy::deadline), 40 s) outlasts it. With a
+//! suffix, it is the disabled-endpoint or quota text above (fatal), or a message the
+//! control plane meant for the user (fatal, shown as it is).
 //!
 //! Any other `XX000` text is fatal. Outside this table, [`fix_for`] also explains
 //! `channel_binding=require` against a server that did not offer `SCRAM-SHA-256-PLUS`.
@@ -158,6 +176,8 @@ pub(crate) fn classify_server_error(code: &SqlState, message: &str) -> ErrorClas
 struct ProxyText {
     /// Lowercase, matched as a substring of the lowercased message.
     text: &'static str,
+    /// Matched only as the whole (trimmed) message.
+    whole: bool,
     class: ErrorClass,
     /// For fatal texts: what the user must change.
     fix: Option<&'static str>,
@@ -166,6 +186,7 @@ struct ProxyText {
 const fn text(text: &'static str, class: ErrorClass) -> ProxyText {
     ProxyText {
         text,
+        whole: false,
         class,
         fix: None,
     }
@@ -174,13 +195,14 @@ const fn text(text: &'static str, class: ErrorClass) -> ProxyText {
 const fn fatal(text: &'static str, fix: &'static str) -> ProxyText {
     ProxyText {
         text,
+        whole: false,
         class: ErrorClass::Fatal,
         fix: Some(fix),
     }
 }
 
 /// The one table of the proxy's texts. The module docs list every entry (a test checks).
-const PROXY_TEXTS: [ProxyText; 14] = [
+const PROXY_TEXTS: [ProxyText; 23] = [
     text("password authentication failed for user", ErrorClass::Auth),
     text("couldn't connect to compute node", ErrorClass::Transient),
     text("endpoint is idle, retry request", ErrorClass::Transient),
@@ -197,6 +219,27 @@ const PROXY_TEXTS: [ProxyText; 14] = [
         "too many connections to this endpoint",
         ErrorClass::RateLimited,
     ),
+    // The compute's own refusals, relabelled by the proxy (57P03 and 53300 at the compute).
+    text("the database system is starting up", ErrorClass::Transient),
+    text(
+        "the database system is not yet accepting connections",
+        ErrorClass::Transient,
+    ),
+    text(
+        "the database system is shutting down",
+        ErrorClass::Transient,
+    ),
+    text(
+        "the database system is in recovery mode",
+        ErrorClass::Transient,
+    ),
+    text("sorry, too many clients already", ErrorClass::RateLimited),
+    text(
+        "remaining connection slots are reserved",
+        ErrorClass::RateLimited,
+    ),
+    text("too many connections for role", ErrorClass::RateLimited),
+    text("too many connections for database", ErrorClass::RateLimited),
     fatal(
         "endpoint is disabled",
         "the endpoint is disabled: enable it in the workspace, or connect to another endpoint",
@@ -230,13 +273,24 @@ const PROXY_TEXTS: [ProxyText; 14] = [
         "connection is insecure",
         "the proxy accepts TLS only: use an sslmode other than `disable`",
     ),
+    // Last: the fatal texts above that start with it win.
+    ProxyText {
+        text: "control plane request failed",
+        whole: true,
+        class: ErrorClass::Transient,
+        fix: None,
+    },
 ];
 
 fn proxy_text(message: &str) -> Option<&'static ProxyText> {
-    let message = message.to_ascii_lowercase();
-    PROXY_TEXTS
-        .iter()
-        .find(|entry| message.contains(entry.text))
+    let message = message.trim().to_ascii_lowercase();
+    PROXY_TEXTS.iter().find(|entry| {
+        if entry.whole {
+            message == entry.text
+        } else {
+            message.contains(entry.text)
+        }
+    })
 }
 
 /// What the user must change to get past a fatal connect error, when the crate knows: the
@@ -337,6 +391,50 @@ mod tests {
             ),
             ErrorClass::RateLimited
         );
+    }
+
+    #[test]
+    fn the_computes_refusals_relabelled_by_the_proxy_keep_their_class() {
+        for (text, class) in [
+            ("the database system is starting up", ErrorClass::Transient),
+            (
+                "the database system is not yet accepting connections",
+                ErrorClass::Transient,
+            ),
+            (
+                "the database system is shutting down",
+                ErrorClass::Transient,
+            ),
+            ("sorry, too many clients already", ErrorClass::RateLimited),
+            (
+                "remaining connection slots are reserved for roles with the SUPERUSER attribute",
+                ErrorClass::RateLimited,
+            ),
+            (
+                "too many connections for role \"alice@example.com\"",
+                ErrorClass::RateLimited,
+            ),
+            ("Control plane request failed", ErrorClass::Transient),
+            (" control plane request failed ", ErrorClass::Transient),
+            (
+                "Control plane request failed: endpoint is disabled",
+                ErrorClass::Fatal,
+            ),
+            (
+                "Control plane request failed: endpoint is temporarily unavailable. Check your quotas and/or contact our support.",
+                ErrorClass::Fatal,
+            ),
+            (
+                "Control plane request failed: your project is archived",
+                ErrorClass::Fatal,
+            ),
+        ] {
+            assert_eq!(
+                classify_server_error(&SqlState::INTERNAL_ERROR, text),
+                class,
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::retry::ErrorClass;
 /// sitting out a backoff that can reach 4 s.
 ///
 /// Each attempt (TCP, TLS and login together) is bounded by the 10 s connect timeout, and no
-/// attempt starts, nor wait begins, that would end after the 30 s deadline. The worst case
+/// attempt starts, nor wait begins, that would end after the 40 s deadline. The worst case
 /// for one checkout is therefore the deadline plus the token mint timeout.
 ///
 /// ```
@@ -162,7 +162,8 @@ impl RetryPolicy {
     /// [`Error::ConnectRetriesExhausted`]. No attempt or wait is started that would end
     /// after it.
     ///
-    /// Default: 30 seconds.
+    /// Default: 40 seconds: longer than the Lakebase proxy keeps answering a failed wake of
+    /// the compute from its cache (30 s).
     ///
     /// ```
     /// # use std::time::Duration;

@@ -637,7 +637,7 @@ impl PoolBuilder {
     /// How opening a connection is retried after transient failures (cold starts, restarts).
     ///
     /// Default: [`RetryPolicy::default()`] (10 s per attempt, 100 ms to 4 s backoff with full
-    /// jitter, 30 s deadline).
+    /// jitter, 40 s deadline).
     ///
     /// ```
     /// use std::time::Duration;

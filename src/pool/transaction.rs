@@ -93,7 +93,7 @@ impl Pool {
     /// Runs `work` in a transaction on a pooled connection and commits it; when the attempt
     /// fails with a transient error before the commit could have happened, runs it again on
     /// another connection, with backoff, until the retry deadline
-    /// ([`RetryPolicy::deadline`](crate::RetryPolicy::deadline), 30 s by default).
+    /// ([`RetryPolicy::deadline`](crate::RetryPolicy::deadline), 40 s by default).
     ///
     /// This is the way to make a unit of work survive a compute suspend or a server restart
     /// in the middle of it. Retried: the connection closed or reset, the server shutting down

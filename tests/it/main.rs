@@ -6,6 +6,7 @@ mod branch_faults;
 mod branches;
 mod cold_path;
 mod cold_start;
+mod compute_faults;
 mod emulator;
 mod lakebase;
 mod lifecycle;

@@ -81,6 +81,8 @@ struct Settings {
     direct_tls_only: bool,
     /// `XX000` texts to answer the next connections with (rate limits and the like).
     scripted_errors: Vec<String>,
+    /// Until then, waking a compute fails as a control-plane outage does.
+    wakes_fail_until: Option<Instant>,
 }
 
 struct Shared {
@@ -253,6 +255,7 @@ impl LakebaseEmulator {
                 suspend_after_idle: None,
                 direct_tls_only: false,
                 scripted_errors: Vec::new(),
+                wakes_fail_until: None,
             }),
         });
         let served = Arc::clone(&shared);
@@ -512,6 +515,22 @@ impl LakebaseEmulator {
         lock(&self.shared.settings).direct_tls_only = direct_only;
     }
 
+    /// For `outage` from now, waking a suspended compute fails: its connections get `XX000`
+    /// `Control plane request failed`, as through the proxy when the control plane cannot
+    /// wake it (the proxy also keeps answering so for 30 s after a failed wake, which an
+    /// outage this long stands for). Computes already running are not affected.
+    ///
+    /// ```no_run
+    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// lakebase.fail_wakes_for(std::time::Duration::from_secs(5));
+    /// ```
+    pub fn fail_wakes_for(&self, outage: Duration) {
+        lock(&self.shared.settings).wakes_fail_until = Instant::now().checked_add(outage);
+    }
+
     /// Answers the next connection with `XX000` and `message` (e.g. "Too many connections
     /// attempts"), before any check.
     ///
@@ -682,6 +701,8 @@ async fn serve(
     }
 }
 
+/// The proxy's answer when the control plane could not wake the compute.
+const CONTROL_PLANE_FAILED: &str = "Control plane request failed";
 /// The proxy's answer to a plain-text start-up.
 const INSECURE: &str = "connection is insecure (try using `sslmode=require`)";
 /// The proxy's answer when neither SNI, `options` nor the password names the endpoint.
@@ -899,13 +920,22 @@ fn inconsistent_ids(from_sni: &str, from_option: &str) -> String {
 /// Waits for the compute to be active, waking it if needed; or the text to refuse with.
 async fn wake(shared: &Arc<Shared>, id: &str) -> Result<(), &'static str> {
     let wait_until = {
-        let delay = lock(&shared.settings).wake_delay;
+        let (delay, wakes_fail) = {
+            let settings = lock(&shared.settings);
+            let failing = settings
+                .wakes_fail_until
+                .is_some_and(|until| Instant::now() < until);
+            (settings.wake_delay, failing)
+        };
         let mut endpoints = lock(&shared.endpoints);
         let Some(endpoint) = endpoints.get_mut(id) else {
             return Err("endpoint cannot be found");
         };
         if endpoint.state == ComputeState::Active {
             return Ok(());
+        }
+        if wakes_fail {
+            return Err(CONTROL_PLANE_FAILED);
         }
         let until = *endpoint
             .wake_until

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 
-use super::wire::{PROTOCOL_3, error_response, read_message};
+use super::wire::{PROTOCOL_3, error_message, error_response, read_message, refuse};
 use super::{HANDSHAKE_TIMEOUT, Shared, lock};
 
 /// Counts a session for its endpoint while it lives.
@@ -46,13 +46,27 @@ pub(super) async fn relay(
         .write_all(&(startup.len() as i32 + 4).to_be_bytes())
         .await?;
     upstream.write_all(&startup).await?;
-    // The upstream trusts its socket: it answers AuthenticationOk, or an error to pass on.
-    let (kind, message) =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut upstream)).await??;
-    client.write_all(&message).await?;
-    if kind != b'R' {
-        return client.flush().await;
+    // The upstream trusts its socket. As the proxy does, the emulator completes the
+    // compute's start-up (to ReadyForQuery) before the client hears anything of it: an error
+    // on the way (starting up, shutting down, too many clients, too many connections for
+    // the role) reaches the client relabelled as the proxy's own, `XX000` with the
+    // compute's message only.
+    let mut startup_answer = Vec::new();
+    loop {
+        let (kind, message) =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut upstream)).await??;
+        if kind == b'E' {
+            let text = error_message(&message)
+                .unwrap_or_else(|| String::from("Couldn't connect to compute node"));
+            return refuse(&mut client, &text).await;
+        }
+        startup_answer.extend_from_slice(&message);
+        if kind == b'Z' {
+            break;
+        }
     }
+    client.write_all(&startup_answer).await?;
+    client.flush().await?;
 
     let mut suspended = {
         let mut endpoints = lock(&shared.endpoints);

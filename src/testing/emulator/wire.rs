@@ -29,6 +29,14 @@ pub(super) fn error_response(severity: &str, code: &str, message: &str) -> Vec<u
     message
 }
 
+/// The message (`M` field) of an `ErrorResponse` (type byte and length included).
+pub(super) fn error_message(message: &[u8]) -> Option<String> {
+    let mut fields = message.get(5..)?.split(|b| *b == 0);
+    fields
+        .find(|field| field.first() == Some(&b'M'))
+        .map(|field| String::from_utf8_lossy(&field[1..]).into_owned())
+}
+
 /// Reads a start-up-phase packet (no type byte): `(code, body after the code)`.
 pub(super) async fn read_startup<S: AsyncRead + Unpin>(
     stream: &mut S,
@@ -190,6 +198,16 @@ mod tests {
             parse_params(b"\0user\0app\0"),
             Vec::<(String, String)>::new()
         );
+    }
+
+    #[test]
+    fn an_error_responses_message_is_read_back() {
+        let message = error_response("FATAL", "57P03", "the database system is starting up");
+        assert_eq!(
+            error_message(&message).as_deref(),
+            Some("the database system is starting up")
+        );
+        assert_eq!(error_message(b"E"), None);
     }
 
     #[test]
