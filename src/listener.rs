@@ -149,6 +149,7 @@ impl Pool {
     ///
     /// * [`Error::InvalidConfig`]: no channel, or a name that is empty, longer than 63 bytes
     ///   or contains a NUL byte.
+    /// * [`Error::PoolClosed`] after [`Pool::close`].
     /// * Any error of opening a connection ([`Pool::get`]'s list), or [`Error::Listen`].
     ///
     /// ```no_run
@@ -165,6 +166,10 @@ impl Pool {
     {
         let channels: Vec<String> = channels.into_iter().map(Into::into).collect();
         check_channels(&channels)?;
+        // A closed pool opens no session, for a listener either.
+        if self.is_closed() {
+            return Err(Error::PoolClosed);
+        }
         let span = tracing::info_span!("lakebase.listener", channels = ?channels);
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
         let worker = Worker {

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::server_thread::ServerThread;
+use super::server_thread::{ServerThread, accept};
 
 /// What a [`FaultProxy`] does to the connections it accepts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,7 +188,7 @@ impl fmt::Debug for FaultProxy {
 
 async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Shared>) {
     loop {
-        let Ok((client, _)) = listener.accept().await else {
+        let Some(client) = accept(&listener).await else {
             continue;
         };
         let fault = {

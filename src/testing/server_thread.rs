@@ -4,8 +4,27 @@
 //! blocks its own thread, and so that a test on a current-thread runtime cannot starve them.
 
 use std::future::Future;
+use std::time::Duration;
 
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+
+/// How long a test server pauses after a failed `accept`: the connection stays queued, so
+/// without a pause the accept loop would spin at full speed (with no file descriptor left,
+/// every accept fails at once until one is freed).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// The next connection, or `None` after a failed accept and a short pause.
+pub(crate) async fn accept(listener: &TcpListener) -> Option<TcpStream> {
+    match listener.accept().await {
+        Ok((stream, _)) => Some(stream),
+        Err(error) => {
+            tracing::debug!(%error, "test server: accept failed; pausing");
+            tokio::time::sleep(ACCEPT_PAUSE).await;
+            None
+        }
+    }
+}
 
 /// The thread a test server runs on; dropping it stops the server and waits for the thread.
 pub(crate) struct ServerThread {

@@ -536,38 +536,6 @@ async fn a_token_is_refused_for_any_user_but_its_own() {
         .expect("the token works for its own user");
 }
 
-/// A raw client: TCP to the emulator, `SSLRequest`, then TLS for `endpoint`'s host.
-async fn raw_tls_client(
-    lakebase: &lakebase_pool::testing::LocalLakebase,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls_pki_types::pem::PemObject;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let emulator = lakebase.emulator();
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", emulator.port()))
-        .await
-        .unwrap();
-    tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
-    assert_eq!(tcp.read_u8().await.unwrap(), b'S');
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(emulator.ca_cert_pem().as_bytes())
-    {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(lakebase_pool::testing::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    let host = emulator.host_of(lakebase_pool::testing::LocalLakebase::ENDPOINT);
-    let name = rustls_pki_types::ServerName::try_from(host).unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap()
-}
-
 /// Two `user` parameters: the emulator used to check the token against the first and pass
 /// both to its trusting upstream, where the last one wins (a token for a developer opened a
 /// session as the superuser). Duplicates are refused before any password is asked for.
@@ -578,7 +546,7 @@ async fn a_start_up_packet_naming_two_users_is_refused() {
     let lakebase = lakebase_pool::testing::LocalLakebase::start()
         .await
         .unwrap();
-    let mut client = raw_tls_client(&lakebase).await;
+    let mut client = crate::support::raw_tls_client(&lakebase).await;
     let packet = crate::support::startup_packet(&[
         ("user", lakebase_pool::testing::LocalLakebase::USER),
         ("database", "databricks_postgres"),
@@ -627,7 +595,7 @@ async fn an_idle_client_after_ssl_request_is_closed_by_the_emulator() {
     assert!(closed.is_ok(), "still open 5 s after the SSLRequest");
 
     // A client that completes TLS and then sends no start-up message is closed as well.
-    let mut client = raw_tls_client(&lakebase).await;
+    let mut client = crate::support::raw_tls_client(&lakebase).await;
     let closed = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "still open 5 s after the TLS handshake");
 }

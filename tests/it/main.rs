@@ -23,6 +23,7 @@ mod stats;
 mod support;
 #[cfg(feature = "opentelemetry")]
 mod telemetry;
+mod test_servers;
 mod tls;
 mod token_faults;
 mod transaction;

@@ -176,3 +176,35 @@ pub fn service_principal_pool(
         .resolver(lakebase.emulator().resolver())
         .root_certificates_pem(lakebase.emulator().ca_cert_pem())
 }
+
+/// A raw client: TCP to the emulator, `SSLRequest`, then TLS for `endpoint`'s host.
+pub async fn raw_tls_client(
+    lakebase: &lakebase_pool::testing::LocalLakebase,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let emulator = lakebase.emulator();
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", emulator.port()))
+        .await
+        .unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
+    assert_eq!(tcp.read_u8().await.unwrap(), b'S');
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(emulator.ca_cert_pem().as_bytes())
+    {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(lakebase_pool::testing::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let host = emulator.host_of(lakebase_pool::testing::LocalLakebase::ENDPOINT);
+    let name = rustls_pki_types::ServerName::try_from(host).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}

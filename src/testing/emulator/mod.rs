@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
 
-use super::server_thread::ServerThread;
+use super::server_thread::{ServerThread, accept};
 use super::workspace::WorkspaceHandle;
 use super::{HarnessError, LocalPostgres, MockWorkspace, TestCa};
 use crate::resolve::StaticResolver;
@@ -679,8 +679,8 @@ async fn serve(
         tokio::select! {
             _ = &mut stop => return,
             _ = ticks.tick() => shared.suspend_idle(),
-            accepted = listener.accept() => {
-                let Ok((mut stream, _)) = accepted else { continue };
+            accepted = accept(&listener) => {
+                let Some(mut stream) = accepted else { continue };
                 let Some(slot) = ConnectionSlot::take(&shared) else {
                     // Refused without reading anything: an error a client can show.
                     let message = error_response("ERROR", "53300", "too many connections to the emulator");

@@ -2,6 +2,7 @@
 //! ways, whole messages towards the client, until either side ends or the compute suspends.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
@@ -84,32 +85,57 @@ pub(super) async fn relay(
     let (upstream_read, mut upstream_write) = upstream.into_split();
     let mut upstream_read = tokio::io::BufReader::new(upstream_read);
     let to_upstream = tokio::io::copy(&mut client_read, &mut upstream_write);
-    // Whole messages towards the client, so that a suspend notice never splits one.
-    let to_client = async {
-        loop {
-            tokio::select! {
-                message = read_message(&mut upstream_read) => {
-                    let (_, message) = message?;
-                    client_write.write_all(&message).await?;
-                    // Send once nothing more has already arrived: one TLS record for a whole
-                    // reply, and nothing held back while the upstream is quiet.
-                    if upstream_read.buffer().is_empty() {
-                        client_write.flush().await?;
-                    }
-                }
-                _ = suspended.changed() => {
-                    let notice = error_response("FATAL", "57P01", "terminating connection due to administrator command");
-                    client_write.write_all(&notice).await?;
-                    client_write.flush().await?;
-                    return Ok::<(), std::io::Error>(());
-                }
-            }
-        }
+    // Whole messages towards the client, so that a suspend notice never splits one: set
+    // while a message is partly written.
+    let mid_message = std::sync::atomic::AtomicBool::new(false);
+    let to_client = forward_messages(&mut upstream_read, &mut client_write, &mid_message);
+    // A suspend ends the session even while a write waits on a client that stopped reading.
+    let suspend = tokio::select! {
+        _ = to_upstream => false,
+        _ = to_client => false,
+        _ = suspended.changed() => true,
     };
-    tokio::select! {
-        _ = to_upstream => {}
-        _ = to_client => {}
+    // The notice and the TLS close are bounded too: a client that does not read gets
+    // neither, and loses its session and slot all the same.
+    if suspend && !mid_message.load(Relaxed) {
+        let notice = error_response(
+            "FATAL",
+            "57P01",
+            "terminating connection due to administrator command",
+        );
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            client_write.write_all(&notice).await?;
+            client_write.flush().await
+        })
+        .await;
     }
-    let _ = client_write.shutdown().await;
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, client_write.shutdown()).await;
     Ok(())
 }
+
+/// Copies whole messages from the upstream to the client until either side fails; sets
+/// `mid_message` while one is partly written.
+async fn forward_messages<R, W>(
+    upstream: &mut tokio::io::BufReader<R>,
+    client: &mut W,
+    mid_message: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let (_, message) = read_message(upstream).await?;
+        mid_message.store(true, Relaxed);
+        client.write_all(&message).await?;
+        // Send once nothing more has already arrived: one TLS record for a whole reply, and
+        // nothing held back while the upstream is quiet.
+        if upstream.buffer().is_empty() {
+            client.flush().await?;
+        }
+        mid_message.store(false, Relaxed);
+    }
+}
+
+/// How long a session's last words (the suspend notice, the TLS close) may take.
+const GOODBYE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

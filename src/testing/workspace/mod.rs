@@ -1,6 +1,6 @@
 //! `MockWorkspace`: a Databricks workspace on loopback, speaking the real wire contract.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hyper_util::rt::TokioIo;
 
 use super::LocalPostgres;
-use super::server_thread::ServerThread;
+use super::server_thread::{ServerThread, accept};
 use crate::Secret;
 
 mod branches;
@@ -90,7 +90,7 @@ pub(super) struct RateLimit {
     pub(super) path_prefix: String,
     pub(super) per_second: usize,
     /// When the requests served in the last second were served.
-    pub(super) served: std::collections::VecDeque<Instant>,
+    pub(super) served: VecDeque<Instant>,
 }
 
 /// A token the mock minted, as the Lakebase token service would have recorded it.
@@ -143,8 +143,46 @@ pub(super) struct State {
     pub(super) latency: Duration,
     pub(super) rate_limit: Option<RateLimit>,
     pub(super) branches: branches::Branches,
-    pub(super) requests: Vec<RecordedRequest>,
+    /// The newest [`MAX_RECORDED_REQUESTS`]; `requests_dropped` older ones were let go.
+    pub(super) requests: VecDeque<RecordedRequest>,
+    pub(super) requests_dropped: usize,
     pub(super) apply_to: Option<(LocalPostgres, String)>,
+}
+
+/// How many requests the mock remembers (the newest): a long soak must not grow it without
+/// bound.
+pub(super) const MAX_RECORDED_REQUESTS: usize = 10_000;
+/// How much of a request's body is remembered.
+pub(super) const MAX_RECORDED_BODY: usize = 64 * 1024;
+/// How many minted tokens the mock remembers (the newest); older ones no longer log in.
+pub(super) const MAX_MINTED: usize = 10_000;
+
+impl State {
+    /// Records a request; its number, for [`request_mut`](Self::request_mut).
+    pub(super) fn record(&mut self, request: RecordedRequest) -> usize {
+        if self.requests.len() == MAX_RECORDED_REQUESTS {
+            let _ = self.requests.pop_front();
+            self.requests_dropped += 1;
+        }
+        self.requests.push_back(request);
+        self.requests_dropped + self.requests.len() - 1
+    }
+
+    /// The request numbered `number`, if it is still remembered.
+    pub(super) fn request_mut(&mut self, number: usize) -> Option<&mut RecordedRequest> {
+        let index = number.checked_sub(self.requests_dropped)?;
+        self.requests.get_mut(index)
+    }
+
+    /// Remembers a minted token, letting the oldest go past [`MAX_MINTED`].
+    pub(super) fn remember_minted(&mut self, minted: MintedToken) {
+        self.minted.push(minted);
+        if self.minted.len() > MAX_MINTED {
+            let excess = self.minted.len() - MAX_MINTED;
+            let _ = self.minted.drain(..excess);
+            self.revoked_before = self.revoked_before.saturating_sub(excess);
+        }
+    }
 }
 
 pub(super) type Shared = Arc<Mutex<State>>;
@@ -241,7 +279,8 @@ impl MockWorkspace {
                 polls: 2,
                 ..branches::Branches::default()
             },
-            requests: Vec::new(),
+            requests: VecDeque::new(),
+            requests_dropped: 0,
             apply_to: None,
         }));
         let served = Arc::clone(&state);
@@ -470,7 +509,7 @@ impl MockWorkspace {
         lock(&self.state).rate_limit = (per_second > 0).then(|| RateLimit {
             path_prefix: path_prefix.to_owned(),
             per_second,
-            served: std::collections::VecDeque::new(),
+            served: VecDeque::new(),
         });
     }
 
@@ -519,7 +558,8 @@ impl MockWorkspace {
             .count()
     }
 
-    /// Every request so far, in the order they arrived.
+    /// Every request so far (the newest 10,000), in the order they arrived, with at most
+    /// 64 KiB of each body.
     ///
     /// ```no_run
     /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
@@ -528,7 +568,7 @@ impl MockWorkspace {
     /// }
     /// ```
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.state).requests.clone()
+        lock(&self.state).requests.iter().cloned().collect()
     }
 
     /// How many round trips a client made one after the other: the longest chain of
@@ -581,7 +621,7 @@ impl MockWorkspace {
         lock(&self.state).branches.fail_next = Some((code.to_owned(), message.to_owned()));
     }
 
-    /// Every database token minted so far.
+    /// Every database token minted so far (the newest 10,000: older ones no longer log in).
     ///
     /// ```no_run
     /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
@@ -653,8 +693,8 @@ async fn serve(
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+            accepted = accept(&listener) => {
+                let Some(stream) = accepted else { continue };
                 let state = Arc::clone(&state);
                 drop(tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {

@@ -46,7 +46,7 @@ pub(super) fn ok(value: Value) -> Answer {
 pub(super) async fn handle(state: &Shared, request: Request<Incoming>) -> Answer {
     let index = {
         let mut state = lock(state);
-        state.requests.push(RecordedRequest {
+        state.record(RecordedRequest {
             method: request.method().as_str().to_owned(),
             path: request.uri().path().to_owned(),
             started: Instant::now(),
@@ -54,13 +54,13 @@ pub(super) async fn handle(state: &Shared, request: Request<Incoming>) -> Answer
             status: None,
             query: request.uri().query().unwrap_or_default().to_owned(),
             body: None,
-        });
-        state.requests.len() - 1
+        })
     };
     let answer = respond(state, index, request).await;
-    let record = &mut lock(state).requests[index];
-    record.answered = Some(Instant::now());
-    record.status = Some(answer.status().as_u16());
+    if let Some(record) = lock(state).request_mut(index) {
+        record.answered = Some(Instant::now());
+        record.status = Some(answer.status().as_u16());
+    }
     answer
 }
 
@@ -108,9 +108,11 @@ async fn respond(state: &Shared, index: usize, request: Request<Incoming>) -> An
     {
         Ok(body) => {
             let body = body.to_bytes();
-            if path.starts_with("/api/2.0/postgres/") {
-                lock(state).requests[index].body =
-                    Some(String::from_utf8_lossy(&body).into_owned());
+            if path.starts_with("/api/2.0/postgres/")
+                && let Some(record) = lock(state).request_mut(index)
+            {
+                let kept = &body[..body.len().min(super::MAX_RECORDED_BODY)];
+                record.body = Some(String::from_utf8_lossy(kept).into_owned());
             }
             body
         }
@@ -404,7 +406,7 @@ async fn mint(state: &Shared, identity: &str, body: &[u8]) -> Answer {
             &format!("could not apply the token: {error}"),
         );
     }
-    lock(state).minted.push(MintedToken {
+    lock(state).remember_minted(MintedToken {
         token: token.clone(),
         endpoint,
         identity: identity.to_owned(),
