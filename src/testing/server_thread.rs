@@ -88,7 +88,7 @@ mod tests {
             panic!("the server broke");
         })
         .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
         let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(server)));
         let panic = dropped.expect_err("dropping it panics");
         let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();

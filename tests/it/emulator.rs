@@ -2,7 +2,6 @@
 //! endpoint, user and expiry, scale-to-zero and the proxy's error texts.
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use lakebase_pool::databricks::{CredentialRequest, Workspace, WorkspaceBuilder};
