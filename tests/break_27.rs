@@ -1,0 +1,2 @@
+//! Reproducers for defects left after the recent fixes.
+use lakebase_pool as _;
