@@ -187,7 +187,12 @@ async fn delete_within(
         let attempt = tokio::time::timeout(left(), workspace.delete_branch(branch));
         match attempt.await.map_err(|_| timed_out())? {
             Ok(operation) => {
-                let _ = workspace.wait_for_every(operation, left(), poll).await?;
+                let _ = within(
+                    left(),
+                    &timed_out,
+                    workspace.wait_for_every(operation, left(), poll),
+                )
+                .await?;
                 return Ok(());
             }
             Err(Error::WorkspaceApi { status: 404, .. }) => return Ok(()),
@@ -197,6 +202,18 @@ async fn delete_within(
             Err(error) => return Err(error),
         }
     }
+}
+
+/// `work`, or `timed_out()` once `left` has passed: every workspace call of a bounded wait is
+/// bounded by what is left of it (a call's own retries can take a minute).
+async fn within<T>(
+    left: Duration,
+    timed_out: &impl Fn() -> Error,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(left, work)
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
 }
 
 /// Deletes a branch that `create` made, unless disarmed: after a failed step, and when the
@@ -211,13 +228,13 @@ struct CleanUp {
 }
 
 impl CleanUp {
-    /// Runs the clean-up now, after `error`, and returns the error.
+    /// Runs the clean-up now, after `error`, and returns the error. Armed until it is done:
+    /// if the caller gives up meanwhile, the drop runs it on a task of its own.
     async fn after(mut self, error: Error) -> Error {
-        self.armed = false;
         tracing::warn!(branch = %self.branch, error = %error, "the branch did not become ready; deleting it");
-        if let Err(cleanup) =
-            delete_within(&self.workspace, &self.branch, self.limit, self.poll).await
-        {
+        let deleted = delete_within(&self.workspace, &self.branch, self.limit, self.poll).await;
+        self.armed = false;
+        if let Err(cleanup) = deleted {
             tracing::warn!(branch = %self.branch, error = %cleanup, "could not delete it; its TTL will");
         }
         error
@@ -416,11 +433,12 @@ impl EphemeralBranchBuilder {
             poll,
             armed: true,
         };
-        let operation = match self
-            .workspace
-            .create_branch(&self.project, &id, &spec)
-            .await
-        {
+        let timed_out = || Error::OperationTimedOut {
+            name: format!("creation of {name}"),
+            waited: self.ready_timeout,
+        };
+        let request = self.workspace.create_branch(&self.project, &id, &spec);
+        let operation = match within(left(), &timed_out, request).await {
             Ok(operation) => operation,
             Err(error) if nothing_made(&error) => {
                 let mut cleanup = cleanup;
@@ -459,10 +477,19 @@ impl EphemeralBranchBuilder {
         left: &impl Fn() -> Duration,
     ) -> Result<(), Error> {
         let workspace = &self.workspace;
-        let _ = workspace.wait_for_every(operation, left(), poll).await?;
+        let timed_out = || Error::OperationTimedOut {
+            name: format!("readiness of {}", branch.name),
+            waited: self.ready_timeout,
+        };
+        let _ = within(
+            left(),
+            &timed_out,
+            workspace.wait_for_every(operation, left(), poll),
+        )
+        .await?;
         // The operation is done; the branch itself may still be initialising.
         loop {
-            let state = workspace.get_branch(&branch.name).await?;
+            let state = within(left(), &timed_out, workspace.get_branch(&branch.name)).await?;
             branch.expire_time = state.expire_time;
             if state.state == Some(BranchState::Ready) {
                 break;
@@ -478,7 +505,12 @@ impl EphemeralBranchBuilder {
         let mut created_endpoint = false;
         loop {
             // `list_endpoints` refuses a listing that names another branch's endpoint.
-            let endpoints = workspace.list_endpoints(&self.project, &branch_id).await?;
+            let endpoints = within(
+                left(),
+                &timed_out,
+                workspace.list_endpoints(&self.project, &branch_id),
+            )
+            .await?;
             let read_write = endpoints
                 .into_iter()
                 .find(|e| e.endpoint_type.as_deref() != Some("ENDPOINT_TYPE_READ_ONLY"));
@@ -490,12 +522,12 @@ impl EphemeralBranchBuilder {
                 // Branches usually get one; tools create it when they do not, once.
                 None if !created_endpoint => {
                     created_endpoint = true;
-                    match workspace
-                        .create_endpoint(&branch.name, "primary", EndpointType::ReadWrite)
-                        .await
-                    {
+                    let create =
+                        workspace.create_endpoint(&branch.name, "primary", EndpointType::ReadWrite);
+                    match within(left(), &timed_out, create).await {
                         Ok(operation) => {
-                            let _ = workspace.wait_for_every(operation, left(), poll).await?;
+                            let wait = workspace.wait_for_every(operation, left(), poll);
+                            let _ = within(left(), &timed_out, wait).await?;
                         }
                         // It exists, and the listing has not caught up: wait for it.
                         Err(Error::WorkspaceApi { status: 409, .. }) => {}

@@ -178,6 +178,10 @@ impl Pool {
             events,
         };
         let session = worker.open().instrument(span.clone()).await?;
+        // `close` may have run while the session opened: it is dropped, which closes it.
+        if self.is_closed() {
+            return Err(Error::PoolClosed);
+        }
         let task = tokio::spawn(worker.run(session).instrument(span));
         Ok(Listener {
             events: receiver,

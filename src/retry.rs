@@ -41,6 +41,7 @@
 //! | `remaining connection slots are reserved` | rate limited | |
 //! | `too many connections for role` | rate limited | |
 //! | `too many connections for database` | rate limited | |
+//! | `role "` | auth | `role "x" does not exist` or `is not permitted to log in` (28000 at the compute), after the rate-limit text above |
 //! | `endpoint is disabled` | fatal | enable the endpoint |
 //! | `endpoint cannot be found` | fatal | the host or endpoint name |
 //! | `Check your quotas` | fatal | the project's quotas |
@@ -202,7 +203,7 @@ const fn fatal(text: &'static str, fix: &'static str) -> ProxyText {
 }
 
 /// The one table of the proxy's texts. The module docs list every entry (a test checks).
-const PROXY_TEXTS: [ProxyText; 23] = [
+const PROXY_TEXTS: [ProxyText; 24] = [
     text("password authentication failed for user", ErrorClass::Auth),
     text("couldn't connect to compute node", ErrorClass::Transient),
     text("endpoint is idle, retry request", ErrorClass::Transient),
@@ -240,6 +241,9 @@ const PROXY_TEXTS: [ProxyText; 23] = [
     ),
     text("too many connections for role", ErrorClass::RateLimited),
     text("too many connections for database", ErrorClass::RateLimited),
+    // `role "x" does not exist`, `role "x" is not permitted to log in` (28000 at the compute):
+    // a rejected login, as it would be without the proxy.
+    text("role \"", ErrorClass::Auth),
     fatal(
         "endpoint is disabled",
         "the endpoint is disabled: enable it in the workspace, or connect to another endpoint",
@@ -414,6 +418,11 @@ mod tests {
                 "too many connections for role \"alice@example.com\"",
                 ErrorClass::RateLimited,
             ),
+            (
+                "role \"alice@example.com\" does not exist",
+                ErrorClass::Auth,
+            ),
+            ("role \"app\" is not permitted to log in", ErrorClass::Auth),
             ("Control plane request failed", ErrorClass::Transient),
             (" control plane request failed ", ErrorClass::Transient),
             (

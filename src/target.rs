@@ -162,27 +162,60 @@ pub(crate) fn describe_target(config: &tokio_postgres::Config, hide_user: bool) 
     format!("{user}@{host}:{port}/{dbname}")
 }
 
-/// `text` with every occurrence of `name` (in any letter case) shown as `<user>`.
+/// `text` with every occurrence of `name` (in any letter case) shown as `<user>`. Also a
+/// name cut off where the text was shortened (a start of `name` right before a trailing
+/// `...`), since its start alone may say who it is.
 pub(crate) fn redact(text: &str, name: &str) -> String {
     if name.is_empty() {
         return text.to_owned();
     }
-    let lower_text = text.to_lowercase();
+    // Lower-cased with, for each byte of the lower-cased text, where its character starts and
+    // ends in `text`: lower-casing may change lengths (`İ` becomes two characters).
+    let mut lower = String::with_capacity(text.len());
+    let mut origin: Vec<(usize, usize)> = Vec::with_capacity(text.len());
+    for (start, c) in text.char_indices() {
+        let end = start + c.len_utf8();
+        for l in c.to_lowercase() {
+            lower.push(l);
+            origin.extend(std::iter::repeat_n((start, end), l.len_utf8()));
+        }
+    }
     let lower_name = name.to_lowercase();
-    // Lower-casing may change byte lengths (non-ASCII); then only exact matches are safe to
-    // cut out by position.
-    if lower_text.len() != text.len() || lower_name.len() != name.len() {
-        return text.replace(name, HIDDEN_USER);
-    }
     let mut out = String::with_capacity(text.len());
-    let mut rest = 0;
-    while let Some(found) = lower_text[rest..].find(&lower_name) {
-        out.push_str(&text[rest..rest + found]);
-        out.push_str(HIDDEN_USER);
-        rest += found + lower_name.len();
+    let mut copied = 0; // bytes of `text` handled
+    let mut from = 0; // bytes of `lower` searched
+    while let Some(found) = lower[from..].find(&lower_name) {
+        let (match_start, match_end) = (from + found, from + found + lower_name.len());
+        let start = origin[match_start].0;
+        let end = origin[match_end - 1].1;
+        if start >= copied {
+            out.push_str(&text[copied..start]);
+            out.push_str(HIDDEN_USER);
+            copied = end;
+        }
+        from = match_end;
     }
-    out.push_str(&text[rest..]);
+    let rest = &text[copied..];
+    match rest.strip_suffix("...") {
+        Some(before) => {
+            out.push_str(&without_cut_off_name(before, &lower_name));
+            out.push_str("...");
+        }
+        None => out.push_str(rest),
+    }
     out
+}
+
+/// `text` without a trailing start of `lower_name` (in any letter case).
+fn without_cut_off_name(text: &str, lower_name: &str) -> String {
+    let cut = text.char_indices().map(|(i, _)| i).find(|&i| {
+        let tail = text[i..].to_lowercase();
+        !tail.is_empty() && lower_name.starts_with(&tail)
+    });
+    match cut {
+        Some(i) => format!("{}{HIDDEN_USER}", &text[..i]),
+        None => text.to_owned(),
+    }
 }
 
 /// A server's error whose text named a hidden user, with the name redacted: what errors of a
@@ -209,6 +242,21 @@ mod tests {
         assert_eq!(
             redact("role \"zoë@x.io\" is full", "zoë@x.io"),
             "role \"<user>\" is full"
+        );
+        // A character whose lower case is longer elsewhere in the text.
+        assert_eq!(
+            redact("Alice@Example.com in İstanbul-prod", "alice@example.com"),
+            "<user> in İstanbul-prod"
+        );
+        assert_eq!(redact("İİ ALICE@X.IO", "alice@x.io"), "İİ <user>");
+        // Cut off where the text was shortened.
+        assert_eq!(
+            redact("user alice.lo...", "alice.long@example.com"),
+            "user <user>..."
+        );
+        assert_eq!(
+            redact("plain text...", "alice@example.com"),
+            "plain text..."
         );
     }
 

@@ -582,14 +582,19 @@ impl Workspace {
                 });
             }
             tokio::time::sleep(wait.min(left)).await;
-            let answer: OperationAnswer = self
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/api/2.0/postgres/{}", operation.name),
-                    &[],
-                    None,
-                )
-                .await?;
+            // The poll itself within the deadline too (a call's own retries can take a minute).
+            let path = format!("/api/2.0/postgres/{}", operation.name);
+            let poll = self.call(reqwest::Method::GET, &path, &[], None);
+            let left = deadline.saturating_sub(started.elapsed());
+            let answer: OperationAnswer = match tokio::time::timeout(left, poll).await {
+                Ok(answer) => answer?,
+                Err(_) => {
+                    return Err(Error::OperationTimedOut {
+                        name: operation.name,
+                        waited: started.elapsed(),
+                    });
+                }
+            };
             tracing::debug!(
                 operation = %operation.name,
                 polls,

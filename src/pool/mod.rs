@@ -368,8 +368,9 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// Those of [`get_read`](Self::get_read); [`Error::Statement`] when the replay check
-    /// fails; [`Error::ReplicaBehind`] with [`ReadFallback::Fail`].
+    /// Those of [`get_read`](Self::get_read); with [`ReadFallback::Fail`],
+    /// [`Error::ReplicaBehind`], and [`Error::Statement`] when the replay check fails (with
+    /// [`ReadFallback::Primary`] such a read falls back).
     ///
     /// ```no_run
     /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {

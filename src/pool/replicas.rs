@@ -396,14 +396,18 @@ impl Member {
     fn probe(self: &Arc<Self>) {
         let member = Arc::clone(self);
         drop(tokio::spawn(async move {
+            // Cleared however the probe ends, dropped with its runtime too: a flag left set
+            // would keep the replica out of rotation for good.
+            let _probing = Probing(Arc::clone(&member));
             match member.pool.get().await {
                 Ok(connection) => {
                     drop(connection);
                     member.mark_healthy();
                 }
+                // Busy is not down: every connection is checked out, so it serves.
+                Err(Error::PoolTimeout { .. }) => member.mark_healthy(),
                 Err(error) => member.mark_unhealthy(&error),
             }
-            member.health().probing = false;
         }));
     }
 
@@ -421,6 +425,15 @@ impl Member {
             lag_waits: self.lag_waits.load(Ordering::Relaxed),
             lag_fallbacks: self.lag_fallbacks.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// A probe under way on a member; clears the mark when dropped.
+struct Probing(Arc<Member>);
+
+impl Drop for Probing {
+    fn drop(&mut self) {
+        self.0.health().probing = false;
     }
 }
 
@@ -609,7 +622,16 @@ impl ReplicaSet {
         let mut poll = Duration::from_millis(5);
         let mut waited = false;
         loop {
-            let state = replay_state(&connection, position).await?;
+            let state = match replay_state(&connection, position).await {
+                Ok(state) => state,
+                // The replica cannot say (its session died, the check timed out): the
+                // fallback decides, as for a replica that is behind.
+                Err(error) if self.fallback == ReadFallback::Primary => {
+                    tracing::warn!(replica = %member.name, cause = %error_chain(&error), "the replay check failed; falling back");
+                    Replay::Unknown
+                }
+                Err(error) => return Err(error),
+            };
             if state == Replay::Replayed {
                 return Ok(Served::Replica(connection, member));
             }
@@ -617,6 +639,9 @@ impl ReplicaSet {
                 waited = true;
                 let _ = self.counters.lag_waits.fetch_add(1, Ordering::Relaxed);
                 let _ = member.lag_waits.fetch_add(1, Ordering::Relaxed);
+            }
+            if state == Replay::Unknown {
+                break;
             }
             if state == Replay::NotReplaying {
                 tracing::warn!(
@@ -673,6 +698,8 @@ enum Replay {
     /// Not in recovery: a promoted standby or a host that is no replica. Its own WAL is not
     /// the primary's, so nothing it says proves it has the write.
     NotReplaying,
+    /// The check failed (the session died, no answer in time).
+    Unknown,
 }
 
 /// Where the server behind `connection` stands against `position`.

@@ -48,6 +48,8 @@ impl TokenChecks {
         let mut outcome = {
             let mut in_flight = lock(&self.in_flight);
             let checks = in_flight.entry(key.clone()).or_default();
+            // A check whose task is gone (its runtime shut down) is no check: start another.
+            checks.retain(|check| check.outcome.has_changed().is_ok());
             match checks
                 .iter()
                 .find(|check| same_secret(check.token.expose(), token.expose()))
@@ -95,13 +97,31 @@ impl TokenChecks {
         token: Secret,
         sender: watch::Sender<Option<Outcome>>,
     ) {
+        // Forgotten however the task ends: answered, or dropped with its runtime.
+        let _forget = Forget {
+            checks: self,
+            key,
+            token: token.clone(),
+        };
         let outcome = check_with_workspace(&workspace, &email, &token).await;
         let _ = sender.send(Some(Arc::new(outcome)));
-        let mut in_flight = lock(&self.in_flight);
-        if let Some(checks) = in_flight.get_mut(&key) {
-            checks.retain(|check| !same_secret(check.token.expose(), token.expose()));
+    }
+}
+
+/// Removes a check from those in flight when its task ends.
+struct Forget {
+    checks: TokenChecks,
+    key: String,
+    token: Secret,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        let mut in_flight = lock(&self.checks.in_flight);
+        if let Some(checks) = in_flight.get_mut(&self.key) {
+            checks.retain(|check| !same_secret(check.token.expose(), self.token.expose()));
             if checks.is_empty() {
-                let _ = in_flight.remove(&key);
+                let _ = in_flight.remove(&self.key);
             }
         }
     }

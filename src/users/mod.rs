@@ -428,8 +428,17 @@ impl UserPools {
             }
         };
         let entry = &busy.0;
-        let result = entry.pool.get().await;
-        result.map_err(|error| user_error(error, user.email()))
+        let connection = entry
+            .pool
+            .get()
+            .await
+            .map_err(|error| user_error(error, user.email()))?;
+        // `close` may have run while the session opened: it is not handed out (dropped, it
+        // goes back to a closed pool, which closes it).
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(Error::PoolClosed);
+        }
+        Ok(connection)
     }
 
     /// The user's entry (made now if there is none, evicting the least recently used idle

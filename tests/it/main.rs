@@ -16,6 +16,7 @@ mod proxy_fidelity;
 mod replica_faults;
 mod replicas;
 mod restart;
+mod review_faults;
 mod rotation;
 mod secrets;
 mod shutdown;

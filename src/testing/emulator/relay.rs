@@ -66,9 +66,8 @@ pub(super) async fn relay(
             break;
         }
     }
-    client.write_all(&startup_answer).await?;
-    client.flush().await?;
-
+    // Counted before the client hears it is in: a client that sees its session open sees
+    // it counted.
     let mut suspended = {
         let mut endpoints = lock(&shared.endpoints);
         let Some(endpoint) = endpoints.get_mut(id) else {
@@ -81,6 +80,8 @@ pub(super) async fn relay(
         shared,
         id: id.to_owned(),
     };
+    client.write_all(&startup_answer).await?;
+    client.flush().await?;
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (upstream_read, mut upstream_write) = upstream.into_split();
     let mut upstream_read = tokio::io::BufReader::new(upstream_read);

@@ -1,2 +1,0 @@
-//! Reproducers for defects left after the recent fixes.
-use lakebase_pool as _;
