@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
-use tokio_postgres::Socket;
 use tokio_postgres::config::Host;
-use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::tls::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::Instrument;
+
+use crate::activity::{Activity, Watched};
+use crate::session::{CancelRoute, PlainSocket, WatchedTls, plain_tcp};
+pub(crate) use crate::session::{Driver, Opened};
 
 use crate::backoff::{deadline_after, millis};
 use crate::credentials::{Credential, TokenCache};
@@ -23,17 +26,6 @@ use crate::target::{
     HIDDEN_USER, RedactedServerError, TlsSettings, describe_target, redact, settle,
 };
 use crate::telemetry::{ConnectSpan, RetryCause, Server};
-
-/// The connection half of an opened session: the future that drives its socket.
-pub(crate) type Driver =
-    tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
-
-/// A freshly opened session. Whoever opened it decides how to drive the connection: the
-/// pool spawns it and ignores server messages, a listener reads notifications from it.
-pub(crate) struct Opened {
-    pub(crate) client: tokio_postgres::Client,
-    pub(crate) driver: Driver,
-}
 
 /// Completes a connection target that is only known after a look-up (Lakebase discovery of
 /// the endpoint's host and the user, in `databricks`): the connect path knows nothing of
@@ -85,6 +77,8 @@ pub(crate) struct Connector {
 struct Prepared {
     pg_config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
+    /// TLS, or plain text on a socket of the crate's own.
+    uses_tls: bool,
     /// Plain text under the loopback rule: every address dialled must be loopback, whatever
     /// the host's name says (`db.localhost` may resolve anywhere).
     loopback_only: bool,
@@ -105,6 +99,7 @@ fn complete(
     Ok(Prepared {
         pg_config,
         tls,
+        uses_tls: mode.uses_tls(),
         loopback_only: loopback_only && !mode.uses_tls(),
         target,
     })
@@ -126,6 +121,8 @@ struct AttemptTimedOut(Duration);
 
 enum AttemptError {
     Postgres(tokio_postgres::Error),
+    /// The crate's own plain-text socket could not be opened.
+    Socket(std::io::Error),
     TimedOut(AttemptTimedOut),
     Resolve(ResolveError),
     /// Plain text, and the host resolved to an address that is not loopback.
@@ -139,6 +136,7 @@ impl AttemptError {
     fn class(&self) -> ErrorClass {
         match self {
             AttemptError::Postgres(e) => classify(e),
+            AttemptError::Socket(e) => crate::retry::classify_io(e.kind()),
             AttemptError::TimedOut(_) | AttemptError::Resolve(_) => ErrorClass::Transient,
             AttemptError::NotLoopback { .. } => ErrorClass::Fatal,
         }
@@ -147,6 +145,7 @@ impl AttemptError {
     fn into_boxed(self) -> BoxError {
         match self {
             AttemptError::Postgres(e) => Box::new(e),
+            AttemptError::Socket(e) => Box::new(e),
             AttemptError::TimedOut(e) => Box::new(e),
             AttemptError::Resolve(e) => Box::new(e),
             AttemptError::NotLoopback { host, address } => {
@@ -158,6 +157,7 @@ impl AttemptError {
     fn describe(&self) -> String {
         match self {
             AttemptError::Postgres(e) => error_chain(e),
+            AttemptError::Socket(e) => error_chain(e),
             AttemptError::TimedOut(e) => error_chain(e),
             AttemptError::Resolve(e) => error_chain(e),
             AttemptError::NotLoopback { host, address } => format!("{host} resolved to {address}"),
@@ -432,17 +432,16 @@ impl Connector {
         prepared: &Prepared,
         config: tokio_postgres::Config,
     ) -> Result<Opened, AttemptError> {
-        let tls = &prepared.tls;
         let [Host::Tcp(name)] = config.get_hosts() else {
-            return self.connect_one(&config, tls).await;
+            return self.connect_one(&config, prepared).await;
         };
         if !config.get_hostaddrs().is_empty()
             || name.parse::<IpAddr>().is_ok()
             || (self.resolver.is_none() && !prepared.loopback_only)
         {
-            // An address given (checked by `settle`), or nothing to check: tokio-postgres
-            // resolves.
-            return self.connect_one(&config, tls).await;
+            // An address given (checked by `settle`), or nothing to check: resolved where
+            // the session is opened.
+            return self.connect_one(&config, prepared).await;
         }
         let name = name.clone();
         let addresses = match &self.resolver {
@@ -462,7 +461,7 @@ impl Connector {
         for address in addresses {
             let mut config = config.clone();
             let _ = config.hostaddr(address);
-            match self.connect_one(&config, tls).await {
+            match self.connect_one(&config, prepared).await {
                 Ok(client) => return Ok(client),
                 // The next address may answer; errors that are not about reachability end it.
                 Err(error)
@@ -480,17 +479,80 @@ impl Connector {
         Err(last)
     }
 
+    /// Opens one session: with TLS through tokio-postgres, in plain text on a socket of the
+    /// crate's own; either way watched for statements in flight.
     async fn connect_one(
         &self,
         config: &tokio_postgres::Config,
-        tls: &MakeRustlsConnect,
+        prepared: &Prepared,
     ) -> Result<Opened, AttemptError> {
+        let activity = Arc::new(Activity::default());
+        if prepared.uses_tls {
+            let tls = WatchedTls {
+                tls: prepared.tls.clone(),
+                activity: Arc::clone(&activity),
+            };
+            let (client, driver) = config.connect(tls).await.map_err(AttemptError::Postgres)?;
+            return Ok(Opened {
+                client,
+                driver: Driver::Tls(Box::new(driver)),
+                activity,
+                cancel: CancelRoute::Tls(prepared.tls.clone()),
+            });
+        }
+        let (socket, cancel) = plain_socket(config).await?;
         let (client, driver) = config
-            .connect(tls.clone())
+            .connect_raw(Watched::new(socket, Arc::clone(&activity)), NoTls)
             .await
             .map_err(AttemptError::Postgres)?;
-        Ok(Opened { client, driver })
+        Ok(Opened {
+            client,
+            driver: Driver::Plain(Box::new(driver)),
+            activity,
+            cancel,
+        })
     }
+}
+
+/// A plain-text socket to `config`'s first host (its address, its IP, each address its name
+/// resolves to in turn, or its Unix socket), and the route a cancel takes to it.
+async fn plain_socket(
+    config: &tokio_postgres::Config,
+) -> Result<(PlainSocket, CancelRoute), AttemptError> {
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let addresses: Vec<IpAddr> = match (config.get_hostaddrs(), config.get_hosts().first()) {
+        ([address, ..], _) => vec![*address],
+        (_, Some(Host::Tcp(name))) => match name.parse::<IpAddr>() {
+            Ok(address) => vec![address],
+            Err(_) => system_resolve(name, Some(port))
+                .await
+                .map_err(AttemptError::Resolve)?,
+        },
+        #[cfg(unix)]
+        (_, Some(Host::Unix(dir))) => {
+            let path = dir.join(format!(".s.PGSQL.{port}"));
+            let connect = tokio::net::UnixStream::connect(&path);
+            let stream = match config.get_connect_timeout() {
+                Some(timeout) => tokio::time::timeout(*timeout, connect).await.map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out")
+                }),
+                None => Ok(connect.await),
+            }
+            .and_then(|connected| connected)
+            .map_err(AttemptError::Socket)?;
+            return Ok((PlainSocket::Unix(stream), CancelRoute::Unix(path)));
+        }
+        _ => vec![],
+    };
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address to connect to");
+    for address in addresses {
+        let address = std::net::SocketAddr::new(address, port);
+        match plain_tcp(address, config).await {
+            Ok(stream) => return Ok((PlainSocket::Tcp(stream), CancelRoute::Tcp(address))),
+            Err(error) => last = error,
+        }
+    }
+    Err(AttemptError::Socket(last))
 }
 
 /// The system resolver (getaddrinfo, on a blocking thread), for the plain-text check.

@@ -52,6 +52,12 @@ pub(crate) const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on each statement the pool sends itself (validation, `BEGIN`/`COMMIT`/`ROLLBACK`,
 /// `LISTEN`).
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on delivering one cancel request (connect, TLS, send): a cancel that the network
+/// swallows must not hold anything up.
+pub(crate) const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a statement cancelled by `Connection::timeout` may take to end on the server
+/// before its connection is closed instead of reused.
+pub(crate) const CANCEL_SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long `get_read_at` waits for a replica to replay a write position.
 pub(crate) const REPLICA_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);

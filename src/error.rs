@@ -373,6 +373,32 @@ pub enum Error {
     #[error("the pool is closed")]
     PoolClosed,
 
+    /// A statement run with [`Connection::timeout`](crate::Connection::timeout) ran past its
+    /// limit: it was cancelled on the server. When the server did not answer the cancel in
+    /// time (`settled` is false), the connection is closed instead of reused.
+    #[error(
+        "the statement ran past its limit of {limit:.1?} and was cancelled on the server{}",
+        if *settled { "" } else { " (it did not settle in time; its connection is closed)" }
+    )]
+    #[non_exhaustive]
+    StatementTimeout {
+        /// The limit that fired.
+        limit: Duration,
+        /// Whether the server finished with the statement in time, so the connection is
+        /// ready for the next statement.
+        settled: bool,
+    },
+
+    /// A cancel request ([`CancelHandle::cancel`](crate::CancelHandle::cancel)) could not be
+    /// delivered within its bound: the server or a proxy did not take it.
+    #[error("the cancel request could not be delivered (the cause says why)")]
+    #[non_exhaustive]
+    CancelFailed {
+        /// Why: no answer in time, a refused connection, a TLS failure.
+        #[source]
+        source: BoxError,
+    },
+
     /// A Lakebase endpoint name does not have the form
     /// `projects/<project>/branches/<branch>/endpoints/<endpoint>`.
     #[error("invalid Lakebase endpoint name `{input}`: {problem}")]
@@ -676,6 +702,8 @@ impl Error {
             Error::UserUnauthorized { .. } => "UserUnauthorized",
             Error::UserPoolsFull { .. } => "UserPoolsFull",
             Error::PoolClosed => "PoolClosed",
+            Error::StatementTimeout { .. } => "StatementTimeout",
+            Error::CancelFailed { .. } => "CancelFailed",
             Error::InvalidEndpointName { .. } => "InvalidEndpointName",
             Error::InvalidEnv { .. } => "InvalidEnv",
             Error::WorkspaceConfig { .. } => "WorkspaceConfig",
@@ -764,6 +792,7 @@ impl Error {
             self,
             Error::PoolTimeout { .. }
                 | Error::ConnectTimeout { .. }
+                | Error::StatementTimeout { .. }
                 | Error::WorkspaceRequest {
                     problem: RequestProblem::TimedOut(_),
                     ..

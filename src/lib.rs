@@ -91,6 +91,7 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod activity;
 mod backoff;
 pub mod branch;
 mod config;
@@ -111,6 +112,7 @@ pub mod resolve;
 pub mod retry;
 mod retry_policy;
 mod secret;
+mod session;
 mod target;
 mod telemetry;
 #[cfg(feature = "testing")]
@@ -131,8 +133,8 @@ pub use crate::error::{
 };
 pub use crate::listener::{Listener, ListenerEvent};
 pub use crate::pool::{
-    Connection, Dangerous, Pool, PoolBuilder, ReadFallback, ReplicaStats, ShutdownReport, Stats,
-    TransactionHandle,
+    CancelHandle, Connection, Dangerous, Pool, PoolBuilder, ReadFallback, ReplicaStats,
+    ShutdownReport, Stats, TransactionHandle,
 };
 pub use crate::retry_policy::RetryPolicy;
 pub use crate::secret::Secret;

@@ -254,7 +254,7 @@ impl Worker {
     /// Connects and listens on every channel.
     async fn open(&self) -> Result<Session, Error> {
         let connector = &self.connector;
-        let Opened { client, driver } = connector.connect().await?;
+        let Opened { client, driver, .. } = connector.connect().await?;
         let (sender, messages) = mpsc::channel(EVENT_BUFFER);
         let driver = AbortOnDrop(tokio::spawn(drive(driver, sender).in_current_span()));
         let timeout = connector.retry_policy().command_timeout_value();

@@ -44,6 +44,12 @@ pub(crate) struct Counters {
     pub(crate) checkout_failures: AtomicU64,
     /// Failed checkouts that ran out of the wait timeout (counted in `checkout_failures` too).
     pub(crate) checkout_timeouts: AtomicU64,
+    /// Cancel requests sent for statements whose caller gave up, or asked for.
+    pub(crate) cancels_sent: AtomicU64,
+    /// Cancel requests that could not be delivered (no answer in time, no route, no runtime).
+    pub(crate) cancels_failed: AtomicU64,
+    /// Connections closed because a statement was left in flight on them.
+    pub(crate) closed_abandoned: AtomicU64,
     /// Checkout waits by bucket; the last counts waits above every bound.
     pub(crate) checkout_wait: [AtomicU64; WAIT_BUCKETS.len() + 1],
     /// The pool's OpenTelemetry histograms and spans (nothing without the feature).
@@ -73,6 +79,18 @@ impl Counters {
             telemetry,
             ..Counters::default()
         }
+    }
+
+    pub(crate) fn cancel(&self, delivered: bool) {
+        bump(if delivered {
+            &self.cancels_sent
+        } else {
+            &self.cancels_failed
+        });
+    }
+
+    pub(crate) fn closed_abandoned(&self) {
+        bump(&self.closed_abandoned);
     }
 
     pub(crate) fn connection_opened(&self) {

@@ -147,6 +147,25 @@ pub fn classify_in_transaction(error: &tokio_postgres::Error) -> ErrorClass {
     }
 }
 
+/// Whether a statement failed because it ran past the server's `statement_timeout`
+/// ([`PoolBuilder::statement_timeout`](crate::PoolBuilder::statement_timeout)): SQLSTATE
+/// `57014` with the server's "statement timeout" text, not a cancel asked for by someone.
+///
+/// ```no_run
+/// # async fn demo(conn: &lakebase_pool::Connection) {
+/// if let Err(e) = conn.query("SELECT * FROM huge_report", &[]).await {
+///     if lakebase_pool::retry::is_statement_timeout(&e) {
+///         println!("the report ran past the pool's statement timeout");
+///     }
+/// }
+/// # }
+/// ```
+pub fn is_statement_timeout(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::QUERY_CANCELED && db.message().contains("statement timeout")
+    })
+}
+
 /// Classifies an error the server (or the Lakebase proxy in front of it) sent.
 pub(crate) fn classify_server_error(code: &SqlState, message: &str) -> ErrorClass {
     if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
@@ -335,7 +354,7 @@ fn error_chain_contains(error: &(dyn StdError + 'static), needle: &str) -> bool 
     false
 }
 
-fn classify_io(kind: io::ErrorKind) -> ErrorClass {
+pub(crate) fn classify_io(kind: io::ErrorKind) -> ErrorClass {
     use io::ErrorKind::*;
     match kind {
         ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | UnexpectedEof

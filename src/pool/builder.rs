@@ -80,6 +80,8 @@ pub struct PoolBuilder {
     pub(super) telemetry: Telemetry,
     /// The `db.client.connection.pool.name` attribute, from `pool_name`.
     pub(super) pool_name: Option<String>,
+    /// Sent at login as `-c statement_timeout=<ms>`, after the user's own options.
+    statement_timeout: Option<Duration>,
 }
 
 impl Default for PoolBuilder {
@@ -109,6 +111,7 @@ impl Default for PoolBuilder {
             wait_timeout: defaults::WAIT_TIMEOUT,
             replicas: ReplicaSettings::default(),
             telemetry: Telemetry::default(),
+            statement_timeout: None,
             pool_name: None,
         }
     }
@@ -325,6 +328,32 @@ impl PoolBuilder {
     /// ```
     pub fn dbname(mut self, dbname: impl Into<String>) -> Self {
         let _ = self.pg_config.dbname(dbname);
+        self
+    }
+
+    /// A limit on every statement of the pool's sessions, enforced by the server: sent at
+    /// login as `statement_timeout`. A statement past it fails with SQLSTATE `57014`,
+    /// "canceling statement due to statement timeout" (see
+    /// [`retry::is_statement_timeout`](crate::retry::is_statement_timeout)), and the session
+    /// stays usable. On Lakebase it keeps a runaway query from holding a compute busy (and
+    /// billed) and its locks. For one statement's limit on the client's side, see
+    /// [`Connection::timeout`](crate::Connection::timeout). `Duration::ZERO` means none.
+    ///
+    /// Default: none (the server's own setting, by default no limit).
+    ///
+    /// ```
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .statement_timeout(std::time::Duration::from_secs(30))
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn statement_timeout(mut self, limit: Duration) -> Self {
+        self.statement_timeout = Some(limit);
         self
     }
 
@@ -1034,6 +1063,15 @@ impl PoolBuilder {
                 "build",
                 "must be called within a Tokio runtime (the pool runs a background task)",
             ));
+        }
+        if let Some(limit) = self.statement_timeout {
+            // Milliseconds, at most what the server takes (an `int`).
+            let millis = limit.as_millis().min(i32::MAX as u128);
+            let options = match pg_config.get_options() {
+                Some(own) if !own.is_empty() => format!("{own} -c statement_timeout={millis}"),
+                _ => format!("-c statement_timeout={millis}"),
+            };
+            let _ = pg_config.options(options);
         }
         let _ = pg_config
             .connect_timeout(self.retry.attempt_timeout())

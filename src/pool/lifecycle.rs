@@ -9,9 +9,11 @@ use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::ClientWrapper;
 
 use crate::Error;
-use crate::connect::{Connector, Opened};
+use crate::activity::Activity;
+use crate::connect::{Connector, Driver, Opened};
 use crate::error::error_chain;
 use crate::metrics::{Counters, RetireReason};
+use crate::session::CancelRoute;
 use crate::telemetry::PoolTelemetry;
 
 /// The rules that decide when a connection is closed.
@@ -38,7 +40,10 @@ impl Lifecycle {
 
     /// Why `client` must be closed now, if it must.
     fn retire_reason(&self, client: &PooledClient, now: Instant) -> Option<RetireReason> {
-        if client.client.is_closed() || client.in_transaction.load(Ordering::Relaxed) {
+        if client.client.is_closed()
+            || client.in_transaction.load(Ordering::Relaxed)
+            || client.activity.in_flight()
+        {
             Some(RetireReason::Broken)
         } else if client.retire_at.is_some_and(|at| now >= at) {
             Some(RetireReason::Lifetime)
@@ -77,6 +82,12 @@ pub(crate) struct PooledClient {
     pub(crate) command_timeout: Duration,
     /// Where its use time is recorded when it is returned.
     pub(crate) telemetry: PoolTelemetry,
+    /// Whether a statement is in flight on the session.
+    pub(crate) activity: Arc<Activity>,
+    /// Where a cancel for the session goes.
+    pub(crate) cancel: CancelRoute,
+    /// The pool's counters (cancels).
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// The deadpool manager: opens connections through the [`Connector`] and applies the
@@ -100,8 +111,11 @@ pub(crate) struct Drivers {
 impl Drivers {
     /// Spawns the task that drives `opened`'s connection and returns the pool's client for it,
     /// with the handle that ends the task.
-    fn spawn(&self, opened: Opened) -> (ClientWrapper, tokio::task::AbortHandle) {
-        let Opened { client, driver } = opened;
+    fn spawn(
+        &self,
+        driver: Driver,
+        client: tokio_postgres::Client,
+    ) -> (ClientWrapper, tokio::task::AbortHandle) {
         let task = tokio::spawn(async move {
             if let Err(error) = driver.await {
                 tracing::debug!(error = %error_chain(&error), "connection ended with an error");
@@ -161,8 +175,13 @@ impl managed::Manager for Manager {
         // machine, and unboxed it would be part of every checkout's future, copied in full
         // (about 19 KB) each time a caller's future moves, even when no connect happens.
         let started = Instant::now();
-        let opened = Box::pin(self.connector.connect()).await?;
-        let (client, driver) = self.drivers.spawn(opened);
+        let Opened {
+            client,
+            driver,
+            activity,
+            cancel,
+        } = Box::pin(self.connector.connect()).await?;
+        let (client, driver) = self.drivers.spawn(driver, client);
         let now = Instant::now();
         self.counters
             .telemetry
@@ -176,6 +195,9 @@ impl managed::Manager for Manager {
             driver,
             command_timeout: self.connector.retry_policy().command_timeout_value(),
             telemetry: self.counters.telemetry.clone(),
+            activity,
+            cancel,
+            counters: Arc::clone(&self.counters),
         })
     }
 

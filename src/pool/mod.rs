@@ -1,6 +1,7 @@
 //! The pool: checkout, connection guard, statistics, shutdown.
 
 mod builder;
+mod cancel;
 mod lifecycle;
 #[cfg(feature = "opentelemetry")]
 mod observe;
@@ -21,6 +22,7 @@ use tokio_postgres::types::PgLsn;
 
 pub(crate) use self::builder::PoolTemplate;
 pub use self::builder::{Dangerous, PoolBuilder};
+pub use self::cancel::CancelHandle;
 use self::lifecycle::Manager;
 pub use self::replicas::{ReadFallback, ReplicaStats};
 use self::replicas::{ReplicaSet, Served};
@@ -549,7 +551,8 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
 /// # }
 /// ```
 pub struct Connection {
-    object: managed::Object<Manager>,
+    /// `None` only while it is dropped.
+    object: Option<managed::Object<Manager>>,
     /// When [`Pool::get`] handed it out, for the use-time histogram (set after deadpool has
     /// made the `Connection`, from the instant the checkout's wait time ends at).
     checked_out: Option<Instant>,
@@ -568,7 +571,7 @@ impl Connection {
     /// # }
     /// ```
     pub fn retire_at(&self) -> Option<Instant> {
-        self.object.retire_at
+        self.pooled().retire_at
     }
 
     /// The server's current write position (`pg_current_wal_insert_lsn()`), taken after a
@@ -609,7 +612,7 @@ impl Connection {
         statement: &'static str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<tokio_postgres::Row, Error> {
-        let timeout = self.object.command_timeout;
+        let timeout = self.pooled().command_timeout;
         let failed = |source: crate::BoxError| Error::Statement { statement, source };
         match tokio::time::timeout(timeout, self.query_one(statement, params)).await {
             Ok(Ok(row)) => Ok(row),
@@ -630,16 +633,31 @@ impl Connection {
     /// # }
     /// ```
     pub fn age(&self) -> Duration {
-        self.object.created.elapsed()
+        self.pooled().created.elapsed()
     }
 }
 
 impl From<managed::Object<Manager>> for Connection {
     fn from(object: managed::Object<Manager>) -> Self {
         Connection {
-            object,
+            object: Some(object),
             checked_out: None,
         }
+    }
+}
+
+impl Connection {
+    /// The pooled object: present from checkout until the drop.
+    fn pooled(&self) -> &managed::Object<Manager> {
+        self.object
+            .as_ref()
+            .expect("a connection holds its pooled object until it is dropped")
+    }
+
+    fn pooled_mut(&mut self) -> &mut managed::Object<Manager> {
+        self.object
+            .as_mut()
+            .expect("a connection holds its pooled object until it is dropped")
     }
 }
 
@@ -647,26 +665,35 @@ impl Deref for Connection {
     type Target = ClientWrapper;
 
     fn deref(&self) -> &ClientWrapper {
-        &self.object.client
+        &self.pooled().client
     }
 }
 
 impl DerefMut for Connection {
     fn deref_mut(&mut self) -> &mut ClientWrapper {
-        &mut self.object.client
+        &mut self.pooled_mut().client
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        // The object returns to the pool right after this; idle time starts now.
+        let Some(mut object) = self.object.take() else {
+            return;
+        };
         let now = Instant::now();
-        self.object.idle_since = now;
         if let Some(checked_out) = self.checked_out {
-            self.object
+            object
                 .telemetry
                 .use_time(now.saturating_duration_since(checked_out));
         }
+        // A statement still in flight: its caller gave up (a request timed out). The
+        // connection leaves the pool (its place is free for a new one at once).
+        if object.activity.in_flight() {
+            cancel::abandon(managed::Object::take(object));
+            return;
+        }
+        // The object returns to the pool right after this; idle time starts now.
+        object.idle_since = now;
     }
 }
 
@@ -675,7 +702,7 @@ impl fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("age", &self.age())
             .field("retire_at", &self.retire_at())
-            .field("closed", &self.object.client.is_closed())
+            .field("closed", &self.pooled().client.is_closed())
             .finish()
     }
 }

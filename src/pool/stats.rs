@@ -61,6 +61,14 @@ pub struct Stats {
     /// Of those, the ones that waited the whole wait timeout for a connection
     /// ([`Error::PoolTimeout`](crate::Error::PoolTimeout)).
     pub checkout_timeouts: u64,
+    /// Cancel requests sent: for statements whose caller dropped their future, that ran past
+    /// [`Connection::timeout`](crate::Connection::timeout)'s limit, or through a
+    /// [`CancelHandle`](crate::CancelHandle).
+    pub cancels_sent: u64,
+    /// Cancel requests that could not be delivered within their bound.
+    pub cancels_failed: u64,
+    /// Connections closed, not reused, because a statement was left in flight on them.
+    pub closed_abandoned: u64,
     /// How long `get()` took, successful or not, as a histogram: `(upper bound, count)`
     /// buckets from 100 µs to 5 s, the last (bound `None`) counting longer waits.
     pub checkout_wait: Vec<(Option<Duration>, u64)>,
@@ -109,6 +117,9 @@ impl Stats {
             checkouts: load(&counters.checkouts),
             checkout_failures: load(&counters.checkout_failures),
             checkout_timeouts: load(&counters.checkout_timeouts),
+            cancels_sent: load(&counters.cancels_sent),
+            cancels_failed: load(&counters.cancels_failed),
+            closed_abandoned: load(&counters.closed_abandoned),
             checkout_wait: WAIT_BUCKETS
                 .iter()
                 .map(|bound| Some(*bound))

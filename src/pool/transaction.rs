@@ -213,7 +213,7 @@ impl Pool {
                 // A write refused by a replica: retrying would fail the same way.
                 Access::ReadOnly => match error.downcast::<tokio_postgres::Error>() {
                     Ok(source) if source.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) => {
-                        let target = deadpool::managed::Object::pool(&conn.object).map_or_else(
+                        let target = deadpool::managed::Object::pool(conn.pooled()).map_or_else(
                             || String::from("the replica"),
                             |pool| pool.manager().connector().target().to_owned(),
                         );
@@ -278,7 +278,7 @@ where
     F: FnMut(TransactionHandle) -> Fut,
     Fut: Future<Output = Result<T, tokio_postgres::Error>>,
 {
-    let pooled: &PooledClient = &conn.object;
+    let pooled: &PooledClient = conn.pooled();
     let open = &pooled.in_transaction;
     open.store(true, Ordering::Relaxed);
     let _close = CloseIfStillOpen(pooled);

@@ -4,6 +4,7 @@
 mod auth;
 mod branch_faults;
 mod branches;
+mod cancel;
 mod cold_path;
 mod cold_start;
 mod compute_faults;

@@ -85,6 +85,9 @@ struct Settings {
     wakes_fail_until: Option<Instant>,
 }
 
+/// A backend key handed to a client, to the upstream's socket and its own key.
+type CancelKeys = HashMap<[u8; 8], (PathBuf, [u8; 8])>;
+
 struct Shared {
     domain: String,
     upstream: PathBuf,
@@ -93,6 +96,9 @@ struct Shared {
     endpoints: Mutex<HashMap<String, Endpoint>>,
     settings: Mutex<Settings>,
     open_connections: Mutex<usize>,
+    /// The backend keys the emulator gave its clients, to the upstream session's own: a
+    /// cancel request names the former, as at the proxy.
+    cancel_keys: Mutex<CancelKeys>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -247,6 +253,7 @@ impl LakebaseEmulator {
             tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
             endpoints: Mutex::new(HashMap::new()),
             open_connections: Mutex::new(0),
+            cancel_keys: Mutex::new(HashMap::new()),
             settings: Mutex::new(Settings {
                 max_connections: MAX_CONNECTIONS,
                 handshake_timeout: HANDSHAKE_TIMEOUT,
@@ -743,29 +750,32 @@ async fn serve_client(shared: &Arc<Shared>, mut tcp: TcpStream) -> std::io::Resu
             return refuse(&mut tcp, INSECURE).await;
         }
         SSL_REQUEST => {}
-        CANCEL_REQUEST => {
-            // Pass the cancel key on to the servers; the one that issued it acts on it, the
-            // others ignore it (the request does not say which endpoint it is for).
-            let mut upstreams: Vec<PathBuf> = lock(&shared.endpoints)
-                .values()
-                .map(|e| e.upstream.clone())
-                .collect();
-            upstreams.sort();
-            upstreams.dedup();
-            for path in upstreams {
-                if let Ok(mut upstream) = UnixStream::connect(&path).await {
-                    upstream.write_all(&16i32.to_be_bytes()).await?;
-                    upstream.write_all(&CANCEL_REQUEST.to_be_bytes()).await?;
-                    upstream.write_all(&body).await?;
-                }
-            }
-            return Ok(());
-        }
+        CANCEL_REQUEST => return relay_cancel(shared, &body).await,
         _ => return refuse(&mut tcp, INSECURE).await,
     }
     tcp.write_all(b"S").await?;
     let client = tokio::time::timeout(handshake, shared.tls.accept(tcp)).await??;
     serve_tls_client(shared, client, false).await
+}
+
+/// Passes a cancel request on to the upstream session whose keys the emulator handed out
+/// as `body` (process id and secret key), as the proxy does; an unknown key is accepted and
+/// does nothing.
+async fn relay_cancel(shared: &Arc<Shared>, body: &[u8]) -> std::io::Result<()> {
+    let Ok(key) = <[u8; 8]>::try_from(body) else {
+        return Ok(());
+    };
+    let Some((path, upstream_key)) = lock(&shared.cancel_keys).get(&key).cloned() else {
+        return Ok(());
+    };
+    let mut upstream =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, UnixStream::connect(&path)).await??;
+    let mut request = Vec::with_capacity(16);
+    request.extend_from_slice(&16i32.to_be_bytes());
+    request.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
+    request.extend_from_slice(&upstream_key);
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, upstream.write_all(&request)).await??;
+    Ok(())
 }
 
 /// The first byte of a TLS handshake record.
@@ -789,6 +799,10 @@ async fn serve_tls_client(
     }
     let sni = client.get_ref().1.server_name().map(str::to_owned);
     let (code, body) = tokio::time::timeout(handshake, read_startup(&mut client)).await??;
+    if code == CANCEL_REQUEST {
+        // A cancel inside TLS, as libpq and tokio-postgres send it to a TLS server.
+        return relay_cancel(shared, &body).await;
+    }
     if code != PROTOCOL_3 {
         return refuse(&mut client, "unsupported frontend protocol").await;
     }

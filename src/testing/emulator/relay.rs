@@ -26,14 +26,28 @@ impl Drop for SessionGuard<'_> {
     }
 }
 
+/// Forgets a session's cancel key when it ends.
+struct ForgetKey<'a> {
+    shared: &'a Shared,
+    key: Option<[u8; 8]>,
+}
+
+impl Drop for ForgetKey<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            let _ = lock(&self.shared.cancel_keys).remove(&key);
+        }
+    }
+}
+
 pub(super) async fn relay(
     shared: &Arc<Shared>,
     id: &str,
-    upstream: &std::path::Path,
+    upstream_path: &std::path::Path,
     mut client: tokio_rustls::server::TlsStream<TcpStream>,
     params: &[(String, String)],
 ) -> std::io::Result<()> {
-    let mut upstream = UnixStream::connect(upstream).await?;
+    let mut upstream = UnixStream::connect(upstream_path).await?;
     let mut startup = Vec::new();
     startup.extend_from_slice(&PROTOCOL_3.to_be_bytes());
     for (key, value) in params {
@@ -53,6 +67,7 @@ pub(super) async fn relay(
     // the role) reaches the client relabelled as the proxy's own, `XX000` with the
     // compute's message only.
     let mut startup_answer = Vec::new();
+    let mut cancel_key = None;
     loop {
         let (kind, message) =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut upstream)).await??;
@@ -61,11 +76,28 @@ pub(super) async fn relay(
                 .unwrap_or_else(|| String::from("Couldn't connect to compute node"));
             return refuse(&mut client, &text).await;
         }
-        startup_answer.extend_from_slice(&message);
+        if kind == b'K' && message.len() == 13 {
+            // The client gets keys of the emulator's own; a cancel naming them is passed
+            // on with the upstream's (as the proxy maps its keys to the compute's).
+            let mut ours = [0u8; 8];
+            ours.iter_mut().for_each(|b| *b = fastrand::u8(..));
+            let mut theirs = [0u8; 8];
+            theirs.copy_from_slice(&message[5..13]);
+            let _ = lock(&shared.cancel_keys).insert(ours, (upstream_path.to_owned(), theirs));
+            cancel_key = Some(ours);
+            startup_answer.extend_from_slice(&message[..5]);
+            startup_answer.extend_from_slice(&ours);
+        } else {
+            startup_answer.extend_from_slice(&message);
+        }
         if kind == b'Z' {
             break;
         }
     }
+    let _forget_key = ForgetKey {
+        shared,
+        key: cancel_key,
+    };
     // Counted before the client hears it is in: a client that sees its session open sees
     // it counted.
     let mut suspended = {

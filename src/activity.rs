@@ -1,0 +1,263 @@
+//! Whether a session has a statement in flight, read off its own bytes.
+//!
+//! tokio-postgres does not say whether a statement is still running when the future that
+//! sent it is dropped (a web request timed out). [`Watched`] wraps the stream a session speaks
+//! Postgres over (under TLS, the decrypted side) and counts, from the message headers only,
+//! the frontend messages that each end in one `ReadyForQuery` (a simple `Query`, a `Sync`)
+//! and the `ReadyForQuery` messages that came back. More sent than answered means a statement
+//! is in flight. The cost is a few comparisons per message header; bodies are skipped by
+//! length.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio_postgres::tls::{ChannelBinding, TlsStream};
+
+/// What a session has sent and had answered, shared by its stream and its pool entry.
+#[derive(Debug, Default)]
+pub(crate) struct Activity {
+    /// Frontend messages that each end in one `ReadyForQuery`: `Query` and `Sync`.
+    sent: AtomicU64,
+    /// `ReadyForQuery` messages received, the start-up's included.
+    ready: AtomicU64,
+    /// Woken at every `ReadyForQuery`.
+    answered: Notify,
+}
+
+impl Activity {
+    /// Whether a statement sent on the session has not been answered yet (start-up over).
+    pub(crate) fn in_flight(&self) -> bool {
+        // The start-up's `ReadyForQuery` answers no frontend message of its own.
+        self.ready.load(Ordering::Acquire) <= self.sent.load(Ordering::Acquire)
+    }
+
+    /// Waits until nothing is in flight.
+    pub(crate) async fn settled(&self) {
+        loop {
+            let answered = self.answered.notified();
+            if !self.in_flight() {
+                return;
+            }
+            answered.await;
+        }
+    }
+}
+
+/// Parses message boundaries out of a byte stream, one direction of a session.
+#[derive(Debug)]
+struct Framing {
+    /// Header bytes gathered so far: a type byte (unless untyped) and a 4-byte length.
+    header: [u8; 5],
+    have: usize,
+    /// Body bytes of the current message still to skip.
+    skip: usize,
+    /// The next message has no type byte (the frontend's start-up message).
+    untyped: bool,
+}
+
+impl Framing {
+    fn new(untyped_first: bool) -> Self {
+        Framing {
+            header: [0; 5],
+            have: 0,
+            skip: 0,
+            untyped: untyped_first,
+        }
+    }
+
+    /// Feeds `bytes`, calling `on_message` with each message's type byte once its header is
+    /// complete (`0` for the untyped start-up message).
+    fn feed(&mut self, mut bytes: &[u8], mut on_message: impl FnMut(u8)) {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let header_len = if self.untyped { 4 } else { 5 };
+            let n = (header_len - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < header_len {
+                return;
+            }
+            let (kind, length) = if self.untyped {
+                let length = [
+                    self.header[0],
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                ];
+                (0, i32::from_be_bytes(length))
+            } else {
+                let length = [
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ];
+                (self.header[0], i32::from_be_bytes(length))
+            };
+            // The length counts itself; a malformed one skips nothing more.
+            self.skip = usize::try_from(length).unwrap_or(4).saturating_sub(4);
+            self.have = 0;
+            self.untyped = false;
+            on_message(kind);
+        }
+    }
+}
+
+/// A session's stream that keeps its [`Activity`] up to date.
+#[derive(Debug)]
+pub(crate) struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    frontend: Framing,
+    backend: Framing,
+    /// For each `ReadyForQuery` to come, in order, whether it ends a statement. A `Sync`
+    /// after nothing but `Close` messages (tokio-postgres closing a dropped statement or
+    /// portal, whose answer nobody waits for) ends none.
+    expected: VecDeque<bool>,
+    /// Whether a message other than `Close` was sent since the last `Sync`.
+    batch_has_work: bool,
+}
+
+impl<S> Watched<S> {
+    /// `inner`, before the start-up message is written on it.
+    pub(crate) fn new(inner: S, activity: Arc<Activity>) -> Self {
+        Watched {
+            inner,
+            activity,
+            frontend: Framing::new(true),
+            backend: Framing::new(false),
+            expected: VecDeque::new(),
+            batch_has_work: false,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if result.is_ready() {
+            let (activity, expected) = (&this.activity, &mut this.expected);
+            this.backend.feed(&buf.filled()[before..], |kind| {
+                // The start-up's `ReadyForQuery` was expected by nothing, and counts.
+                if kind == b'Z' && expected.pop_front().unwrap_or(true) {
+                    let _ = activity.ready.fetch_add(1, Ordering::AcqRel);
+                    activity.answered.notify_waiters();
+                }
+            });
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = result {
+            let (activity, expected, work) =
+                (&this.activity, &mut this.expected, &mut this.batch_has_work);
+            this.frontend.feed(&buf[..written], |kind| {
+                let ends_statement = match kind {
+                    b'Q' => true,
+                    b'S' => std::mem::take(work),
+                    // Close, Flush: no work of their own.
+                    b'C' | b'H' => return,
+                    _ => {
+                        *work = true;
+                        return;
+                    }
+                };
+                expected.push_back(ends_statement);
+                if ends_statement {
+                    let _ = activity.sent.fetch_add(1, Ordering::AcqRel);
+                }
+            });
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: TlsStream + Unpin> TlsStream for Watched<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        self.inner.channel_binding()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![kind];
+        bytes.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    fn kinds(framing: &mut Framing, stream: &[u8], chunk: usize) -> Vec<u8> {
+        let mut seen = Vec::new();
+        for part in stream.chunks(chunk) {
+            framing.feed(part, |kind| seen.push(kind));
+        }
+        seen
+    }
+
+    #[test]
+    fn message_types_are_found_however_the_bytes_are_split() {
+        let mut frontend = Vec::new();
+        frontend.extend_from_slice(&12_i32.to_be_bytes()); // start-up: length, then 8 bytes
+        frontend.extend_from_slice(&[0, 3, 0, 0, b'u', 0, b'x', 0]);
+        frontend.extend(message(b'p', b"secret\0"));
+        frontend.extend(message(b'Q', b"SELECT 'Z'\0"));
+        frontend.extend(message(b'P', &[b'S'; 300]));
+        frontend.extend(message(b'S', b""));
+        for chunk in [1, 2, 3, 7, 1000] {
+            assert_eq!(
+                kinds(&mut Framing::new(true), &frontend, chunk),
+                [0, b'p', b'Q', b'P', b'S'],
+                "chunks of {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_statement_is_in_flight_from_its_sync_to_its_ready_for_query() {
+        let activity = Activity::default();
+        let _ = activity.ready.fetch_add(1, Ordering::AcqRel); // the start-up's
+        assert!(!activity.in_flight());
+        let _ = activity.sent.fetch_add(1, Ordering::AcqRel);
+        assert!(activity.in_flight());
+        let _ = activity.ready.fetch_add(1, Ordering::AcqRel);
+        assert!(!activity.in_flight());
+    }
+}

@@ -1,0 +1,182 @@
+//! Cancelling statements: the one left in flight when its caller gave up (the future was
+//! dropped: a request timed out), one that runs past [`Connection::timeout`]'s limit, and one
+//! cancelled from another task with a [`CancelHandle`]. A cancel goes the way its session
+//! went ([`CancelRoute`]); it is bounded and counted, and never blocks the caller.
+//!
+//! A connection whose statement was abandoned is never handed to another caller: a cancel
+//! names a session, not a statement, so one still on its way could cancel the next caller's
+//! statement. It is cancelled, then closed; the pool opens a new one when it needs it.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::CancelToken;
+
+use super::Connection;
+use super::lifecycle::PooledClient;
+use crate::Error;
+use crate::defaults::{CANCEL_SETTLE_TIMEOUT, CANCEL_TIMEOUT};
+use crate::metrics::Counters;
+use crate::session::CancelRoute;
+
+/// Cancels what a checked-out connection is running, from another task: the pool's way to
+/// `tokio_postgres::Client::cancel_token`, through the same address, TLS settings and SNI as
+/// the connection itself, bounded and counted in [`Stats`](crate::Stats).
+///
+/// ```no_run
+/// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
+/// let conn = pool.get().await?;
+/// let cancel = conn.cancel_handle();
+/// let report = tokio::spawn(async move {
+///     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+///     cancel.cancel().await // the report is taking too long
+/// });
+/// let result = conn.query("SELECT pg_sleep(60)", &[]).await;
+/// assert!(result.is_err(), "57014: canceling statement due to user request");
+/// report.await.ok();
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct CancelHandle {
+    token: CancelToken,
+    route: CancelRoute,
+    counters: Arc<Counters>,
+}
+
+impl fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelHandle").finish_non_exhaustive()
+    }
+}
+
+impl CancelHandle {
+    /// Asks the server to cancel the statement the connection is running now (nothing
+    /// happens if it runs none). Waits at most 5 s for the request to be delivered.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CancelFailed`] when it could not be delivered in time.
+    ///
+    /// ```no_run
+    /// # async fn demo(handle: lakebase_pool::CancelHandle) -> Result<(), lakebase_pool::Error> {
+    /// handle.cancel().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn cancel(&self) -> Result<(), Error> {
+        let sent = self.route.cancel(&self.token, CANCEL_TIMEOUT).await;
+        self.counters.cancel(sent.is_ok());
+        sent.map_err(|error| Error::CancelFailed {
+            source: Box::new(error),
+        })
+    }
+}
+
+impl Connection {
+    /// A handle that cancels what this connection is running, from another task.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
+    /// let conn = pool.get().await?;
+    /// let handle = conn.cancel_handle();
+    /// # let _ = handle;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle {
+            token: self.pooled().client.cancel_token(),
+            route: self.pooled().cancel.clone(),
+            counters: Arc::clone(&self.pooled().counters),
+        }
+    }
+
+    /// Runs `statement` (a query on this connection) for at most `limit`. When the limit
+    /// fires, the statement is cancelled on the server and this waits, up to 2 s, for the
+    /// server to finish with it, so that the connection is ready for the next statement; if
+    /// the server does not, the connection is closed when it is returned.
+    ///
+    /// For a limit on every statement of the pool, enforced by the server, see
+    /// [`PoolBuilder::statement_timeout`](crate::PoolBuilder::statement_timeout).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StatementTimeout`] when the limit fired; otherwise the statement's own
+    /// result is returned as it is.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let conn = pool.get().await?;
+    /// let rows = conn
+    ///     .timeout(Duration::from_millis(500), conn.query("SELECT * FROM big_report", &[]))
+    ///     .await??;
+    /// # let _ = rows;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn timeout<F: Future>(
+        &self,
+        limit: Duration,
+        statement: F,
+    ) -> Result<F::Output, Error> {
+        if let Ok(output) = tokio::time::timeout(limit, statement).await {
+            return Ok(output);
+        }
+        // The statement's future is dropped; its answer is still on its way.
+        let object = self.pooled();
+        let sent = object
+            .cancel
+            .cancel(&object.client.cancel_token(), CANCEL_TIMEOUT)
+            .await;
+        object.counters.cancel(sent.is_ok());
+        let settled = sent.is_ok()
+            && tokio::time::timeout(CANCEL_SETTLE_TIMEOUT, object.activity.settled())
+                .await
+                .is_ok();
+        // Unsettled, it is still in flight: its return to the pool closes it.
+        Err(Error::StatementTimeout { limit, settled })
+    }
+}
+
+/// How long a connection returned with a statement in flight is given for its answer to
+/// finish arriving (a statement's future ends at `CommandComplete`, a moment before the
+/// server's `ReadyForQuery` is read) before the statement counts as abandoned.
+const GRACE: Duration = Duration::from_millis(100);
+
+/// A connection returned with a statement in flight, taken out of the pool (whose place is
+/// free for a new connection at once). If the statement does not end within the grace
+/// period, it was abandoned: a task of its own cancels it and then closes the session
+/// (cancel first: closing alone does not end a running statement, and a proxy forgets a
+/// closed session's cancel key). Either way the connection is not reused: a cancel names a
+/// session, not a statement, so a late one could cancel the next caller's statement.
+pub(super) fn abandon(object: PooledClient) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // No runtime to cancel on (dropped outside one): closed at once, by the drop.
+        object.counters.closed_abandoned();
+        object.counters.cancel(false);
+        object.driver.abort();
+        return;
+    };
+    drop(runtime.spawn(async move {
+        let ended = tokio::time::timeout(GRACE, object.activity.settled())
+            .await
+            .is_ok();
+        if ended {
+            return;
+        }
+        object.counters.closed_abandoned();
+        let sent = object
+            .cancel
+            .cancel(&object.client.cancel_token(), CANCEL_TIMEOUT)
+            .await;
+        if let Err(error) = &sent {
+            tracing::warn!(%error, "could not cancel an abandoned statement; closing its connection");
+        }
+        object.counters.cancel(sent.is_ok());
+        object.driver.abort();
+    }));
+}
