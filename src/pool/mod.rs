@@ -688,7 +688,8 @@ impl Drop for Connection {
         }
         // A statement still in flight: its caller gave up (a request timed out). The
         // connection leaves the pool (its place is free for a new one at once).
-        if object.activity.in_flight() {
+        // (A session already gone has nothing to cancel through: it is retired as broken.)
+        if object.activity.in_flight() && !object.client.is_closed() {
             cancel::abandon(managed::Object::take(object));
             return;
         }

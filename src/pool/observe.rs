@@ -211,9 +211,16 @@ fn observe_lakebase(observer: &Observer<'_, Stats>) {
                     ("lifetime", s.retired_lifetime),
                     ("idle", s.retired_idle),
                     ("broken", s.retired_broken),
+                    ("abandoned", s.closed_abandoned),
                 ],
             )
         },
+    );
+    observer.counter(
+        "lakebase.cancels",
+        "{request}",
+        "Cancel requests for statements whose caller gave up, ran past a limit, or were cancelled, by outcome",
+        |s| by("outcome", [("sent", s.cancels_sent), ("failed", s.cancels_failed)]),
     );
     observer.counter(
         "lakebase.connect.retries",

@@ -83,7 +83,9 @@ struct CloseIfStillOpen<'a>(&'a PooledClient);
 
 impl Drop for CloseIfStillOpen<'_> {
     fn drop(&mut self) {
-        if self.0.in_transaction.load(Ordering::Relaxed) {
+        // With a statement in flight, the connection's own drop cancels it first, then
+        // closes the session (closing alone would leave the statement running).
+        if self.0.in_transaction.load(Ordering::Relaxed) && !self.0.activity.in_flight() {
             self.0.driver.abort();
         }
     }

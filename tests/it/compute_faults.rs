@@ -88,13 +88,22 @@ async fn a_refusal_from_the_compute_reaches_the_client_relabelled_and_is_retried
         .build()
         .unwrap();
     let err = pool.get().await.unwrap_err();
-    let Error::ConnectRetriesExhausted {
-        source, attempts, ..
-    } = &err
-    else {
+    let Error::ConnectRetriesExhausted { attempts, .. } = &err else {
         panic!("retried as a rate limit: {err:?}");
     };
     assert!(*attempts > 1);
+    // One attempt, to read the refusal itself (a retried one's last attempt may be cut short
+    // by the deadline).
+    let once = lakebase
+        .pool_builder()
+        .unwrap()
+        .retry(RetryPolicy::no_retry())
+        .build()
+        .unwrap();
+    let err = once.get().await.unwrap_err();
+    let Error::ConnectRetriesExhausted { source, .. } = &err else {
+        panic!("a rate limit: {err:?}");
+    };
     let server = source
         .downcast_ref::<tokio_postgres::Error>()
         .and_then(tokio_postgres::Error::as_db_error)

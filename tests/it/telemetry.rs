@@ -450,7 +450,7 @@ async fn every_metric_reads_back_after_a_scripted_sequence() {
 }
 
 /// What a pool exports (with replicas): name, unit, instrument kind.
-const POOL_METRICS: [(&str, &str, &str); 19] = [
+const POOL_METRICS: [(&str, &str, &str); 20] = [
     (
         "db.client.connection.count",
         "{connection}",
@@ -476,6 +476,7 @@ const POOL_METRICS: [(&str, &str, &str); 19] = [
     ("db.client.connection.timeouts", "{timeout}", "counter"),
     ("db.client.connection.use_time", "s", "histogram"),
     ("db.client.connection.wait_time", "s", "histogram"),
+    ("lakebase.cancels", "{request}", "counter"),
     ("lakebase.connect.retries", "{retry}", "counter"),
     ("lakebase.connections.opened", "{connection}", "counter"),
     ("lakebase.connections.retired", "{connection}", "counter"),
