@@ -398,7 +398,7 @@ async fn every_metric_reads_back_after_a_scripted_sequence() {
             .all(|p| p.attributes.get(POOL.0).map(String::as_str) == Some("orders"))
     );
     let names: BTreeSet<&str> = s.points.iter().map(|p| p.metric.as_str()).collect();
-    assert_eq!(names.len(), 15, "{names:?}");
+    assert_eq!(names.len(), 16, "{names:?}");
 
     // The spans: one per connect, one per mint, with the conventions' attributes.
     let spans = otel.spans();
