@@ -115,6 +115,13 @@ impl Framing {
     }
 }
 
+/// A `ReadyForQuery` to come.
+#[derive(Debug, Clone, Copy)]
+struct Expected {
+    ends_statement: bool,
+    sync: bool,
+}
+
 /// A session's stream that keeps its [`Activity`] up to date.
 #[derive(Debug)]
 pub(crate) struct Watched<S> {
@@ -122,10 +129,11 @@ pub(crate) struct Watched<S> {
     activity: Arc<Activity>,
     frontend: Framing,
     backend: Framing,
-    /// For each `ReadyForQuery` to come, in order, whether it ends a statement. A `Sync`
-    /// after nothing but `Close` messages (tokio-postgres closing a dropped statement or
-    /// portal, whose answer nobody waits for) ends none.
-    expected: VecDeque<bool>,
+    /// For each `ReadyForQuery` to come, in order: whether it ends a statement, and whether
+    /// it answers a `Sync` (or a simple `Query`). A `Sync` after nothing but `Close` messages
+    /// (tokio-postgres closing a dropped statement or portal, whose answer nobody waits for)
+    /// ends none.
+    expected: VecDeque<Expected>,
     /// Whether a message other than `Close` was sent since the last `Sync`.
     batch_has_work: bool,
 }
@@ -155,13 +163,29 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if result.is_ready() {
             let (activity, expected) = (&this.activity, &mut this.expected);
-            this.backend.feed(&buf.filled()[before..], |kind| {
-                // The start-up's `ReadyForQuery` was expected by nothing, and counts.
-                if kind == b'Z' && expected.pop_front().unwrap_or(true) {
-                    let _ = activity.ready.fetch_add(1, Ordering::AcqRel);
-                    activity.answered.notify_waiters();
-                }
-            });
+            this.backend
+                .feed(&buf.filled()[before..], |kind| match kind {
+                    b'Z' => {
+                        // The start-up's `ReadyForQuery` was expected by nothing, and counts.
+                        let counts = expected.pop_front().is_none_or(|e| e.ends_statement);
+                        if counts {
+                            let _ = activity.ready.fetch_add(1, Ordering::AcqRel);
+                            activity.answered.notify_waiters();
+                        }
+                    }
+                    // CopyInResponse: the server ignores a `Sync` while it takes the copy's data,
+                    // so the one sent with the `COPY` statement gets no `ReadyForQuery` (the one
+                    // after `CopyDone` does).
+                    b'G' => {
+                        if expected.front().is_some_and(|e| e.sync)
+                            && let Some(ignored) = expected.pop_front()
+                            && ignored.ends_statement
+                        {
+                            let _ = activity.sent.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }
+                    _ => {}
+                });
         }
         result
     }
@@ -179,9 +203,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
             let (activity, expected, work) =
                 (&this.activity, &mut this.expected, &mut this.batch_has_work);
             this.frontend.feed(&buf[..written], |kind| {
-                let ends_statement = match kind {
-                    b'Q' => true,
-                    b'S' => std::mem::take(work),
+                let (ends_statement, sync) = match kind {
+                    b'Q' => (true, false),
+                    b'S' => (std::mem::take(work), true),
                     // Close, Flush: no work of their own.
                     b'C' | b'H' => return,
                     _ => {
@@ -189,7 +213,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
                         return;
                     }
                 };
-                expected.push_back(ends_statement);
+                expected.push_back(Expected {
+                    ends_statement,
+                    sync,
+                });
                 if ends_statement {
                     let _ = activity.sent.fetch_add(1, Ordering::AcqRel);
                 }

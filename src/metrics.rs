@@ -17,6 +17,8 @@ pub(crate) enum RetireReason {
     Idle,
     /// It was closed by the server or failed its validation round trip.
     Broken,
+    /// A statement was left running on it (cancelled, then the session closed).
+    Abandoned,
 }
 
 impl RetireReason {
@@ -25,6 +27,7 @@ impl RetireReason {
             RetireReason::Lifetime => "max lifetime reached",
             RetireReason::Idle => "idle timeout reached",
             RetireReason::Broken => "connection closed or failed validation",
+            RetireReason::Abandoned => "a statement was left running on it",
         }
     }
 }
@@ -114,6 +117,7 @@ impl Counters {
             RetireReason::Lifetime => bump(&self.retired_lifetime),
             RetireReason::Idle => bump(&self.retired_idle),
             RetireReason::Broken => bump(&self.retired_broken),
+            RetireReason::Abandoned => bump(&self.closed_abandoned),
         }
     }
 

@@ -10,6 +10,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_postgres::CancelToken;
@@ -44,6 +45,43 @@ pub struct CancelHandle {
     token: CancelToken,
     route: CancelRoute,
     counters: Arc<Counters>,
+    /// The checkout it was taken in: once the connection is returned, it cancels nothing.
+    lease: Arc<Lease>,
+    epoch: u64,
+}
+
+/// Which checkout a connection is in (counted up at each return), and whether a cancel was
+/// sent during it. A connection a cancel was sent on is never reused: a cancel names a
+/// session, not a statement, and one forwarded by a proxy may land a second later, on
+/// whatever runs then.
+#[derive(Debug, Default)]
+pub(crate) struct Lease(AtomicU64);
+
+impl Lease {
+    fn epoch(&self) -> u64 {
+        self.0.load(Ordering::Acquire) >> 1
+    }
+
+    /// Marks a cancel as sent in checkout `epoch`; false if that checkout is over.
+    fn mark_cancelled(&self, epoch: u64) -> bool {
+        let current = self.0.load(Ordering::Acquire);
+        current >> 1 == epoch
+            && (current & 1 == 1
+                || self
+                    .0
+                    .compare_exchange(current, current | 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok())
+    }
+
+    /// Whether a cancel was sent in the current checkout.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire) & 1 == 1
+    }
+
+    /// The checkout is over: handles taken in it cancel nothing from now on.
+    pub(crate) fn returned(&self) {
+        let _ = self.0.fetch_add(2, Ordering::AcqRel);
+    }
 }
 
 impl fmt::Debug for CancelHandle {
@@ -54,7 +92,9 @@ impl fmt::Debug for CancelHandle {
 
 impl CancelHandle {
     /// Asks the server to cancel the statement the connection is running now (nothing
-    /// happens if it runs none). Waits at most 5 s for the request to be delivered.
+    /// happens if it runs none, and nothing once the connection was returned to the pool).
+    /// Waits at most 5 s for the request to be delivered. The connection is closed when it
+    /// is returned, not reused: the cancel may land after the statement ended.
     ///
     /// # Errors
     ///
@@ -67,6 +107,10 @@ impl CancelHandle {
     /// # }
     /// ```
     pub async fn cancel(&self) -> Result<(), Error> {
+        if !self.lease.mark_cancelled(self.epoch) {
+            // The connection was returned since: what it runs now is someone else's.
+            return Ok(());
+        }
         let sent = self.route.cancel(&self.token, CANCEL_TIMEOUT).await;
         self.counters.cancel(sent.is_ok());
         sent.map_err(|error| Error::CancelFailed {
@@ -87,17 +131,21 @@ impl Connection {
     /// # }
     /// ```
     pub fn cancel_handle(&self) -> CancelHandle {
+        let object = self.pooled();
         CancelHandle {
-            token: self.pooled().client.cancel_token(),
-            route: self.pooled().cancel.clone(),
-            counters: Arc::clone(&self.pooled().counters),
+            token: object.client.cancel_token(),
+            route: object.cancel.clone(),
+            counters: Arc::clone(&object.counters),
+            lease: Arc::clone(&object.lease),
+            epoch: object.lease.epoch(),
         }
     }
 
     /// Runs `statement` (a query on this connection) for at most `limit`. When the limit
     /// fires, the statement is cancelled on the server and this waits, up to 2 s, for the
-    /// server to finish with it, so that the connection is ready for the next statement; if
-    /// the server does not, the connection is closed when it is returned.
+    /// server to finish with it (`settled` in the error). The connection is then closed when
+    /// it is returned, not reused: a cancel forwarded by a proxy may land a second later, on
+    /// whatever runs then, so run nothing more on it.
     ///
     /// For a limit on every statement of the pool, enforced by the server, see
     /// [`PoolBuilder::statement_timeout`](crate::PoolBuilder::statement_timeout).
@@ -128,6 +176,7 @@ impl Connection {
         }
         // The statement's future is dropped; its answer is still on its way.
         let object = self.pooled();
+        let _ = object.lease.mark_cancelled(object.lease.epoch());
         let sent = object
             .cancel
             .cancel(&object.client.cancel_token(), CANCEL_TIMEOUT)
@@ -178,5 +227,28 @@ pub(super) fn abandon(object: PooledClient) {
         }
         object.counters.cancel(sent.is_ok());
         object.driver.abort();
+    }));
+}
+
+/// Cancels the statement in flight on `object`'s session, then closes the session, on a task
+/// of its own. The session stays open meanwhile even if `object` is dropped: its driver runs
+/// until the statement's answer is in.
+pub(super) fn cancel_then_close(object: &PooledClient) {
+    let token = object.client.cancel_token();
+    let route = object.cancel.clone();
+    let counters = Arc::clone(&object.counters);
+    let driver = object.driver.clone();
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        counters.cancel(false);
+        driver.abort();
+        return;
+    };
+    drop(runtime.spawn(async move {
+        let sent = route.cancel(&token, CANCEL_TIMEOUT).await;
+        if let Err(error) = &sent {
+            tracing::warn!(%error, "could not cancel an abandoned statement; closing its connection");
+        }
+        counters.cancel(sent.is_ok());
+        driver.abort();
     }));
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::ClientWrapper;
 
+use super::cancel::Lease;
 use crate::Error;
 use crate::activity::Activity;
 use crate::connect::{Connector, Driver, Opened};
@@ -40,9 +41,13 @@ impl Lifecycle {
 
     /// Why `client` must be closed now, if it must.
     fn retire_reason(&self, client: &PooledClient, now: Instant) -> Option<RetireReason> {
-        if client.client.is_closed()
+        if client.activity.in_flight() && !client.client.is_closed() {
+            // A statement written after its future was dropped: found running on a connection
+            // back in the pool. `Manager::retire` cancels it.
+            Some(RetireReason::Abandoned)
+        } else if client.client.is_closed()
             || client.in_transaction.load(Ordering::Relaxed)
-            || client.activity.in_flight()
+            || client.lease.cancelled()
         {
             Some(RetireReason::Broken)
         } else if client.retire_at.is_some_and(|at| now >= at) {
@@ -88,6 +93,8 @@ pub(crate) struct PooledClient {
     pub(crate) cancel: CancelRoute,
     /// The pool's counters (cancels).
     pub(crate) counters: Arc<Counters>,
+    /// Which checkout it is in, and whether a cancel was sent during it.
+    pub(crate) lease: Arc<Lease>,
 }
 
 /// The deadpool manager: opens connections through the [`Connector`] and applies the
@@ -111,6 +118,11 @@ pub(crate) struct Drivers {
 impl Drivers {
     /// Spawns the task that drives `opened`'s connection and returns the pool's client for it,
     /// with the handle that ends the task.
+    /// The client's wrapper gets a task of no consequence: deadpool-postgres aborts the
+    /// task it is given when the client is dropped, and the real driver must outlive the
+    /// client while a statement runs (tokio-postgres then ends the session once the
+    /// statement's answer is in), so that a cancel sent for it still finds the session.
+    /// Closing at once goes through the returned handle.
     fn spawn(
         &self,
         driver: Driver,
@@ -128,7 +140,8 @@ impl Drivers {
         }
         let handle = task.abort_handle();
         tasks.push(handle.clone());
-        (ClientWrapper::new(client, task), handle)
+        drop(task);
+        (ClientWrapper::new(client, tokio::spawn(async {})), handle)
     }
 
     /// Ends every connection task still running, closing its socket.
@@ -158,6 +171,11 @@ impl Manager {
 
     fn retire(&self, reason: RetireReason, client: &PooledClient) {
         self.counters.retired(reason);
+        if reason == RetireReason::Abandoned {
+            // Cancel first: dropping the client leaves the session open only until its
+            // statement ends (its driver runs on), and that is what the cancel ends.
+            super::cancel::cancel_then_close(client);
+        }
         tracing::debug!(
             reason = reason.as_str(),
             age_s = client.created.elapsed().as_secs_f64(),
@@ -198,6 +216,7 @@ impl managed::Manager for Manager {
             activity,
             cancel,
             counters: Arc::clone(&self.counters),
+            lease: Arc::default(),
         })
     }
 

@@ -689,11 +689,21 @@ impl Drop for Connection {
         // A statement still in flight: its caller gave up (a request timed out). The
         // connection leaves the pool (its place is free for a new one at once).
         // (A session already gone has nothing to cancel through: it is retired as broken.)
-        if object.activity.in_flight() && !object.client.is_closed() {
+        if object.activity.in_flight() && !object.client.is_closed() && !object.lease.cancelled() {
             cancel::abandon(managed::Object::take(object));
             return;
         }
+        if object.lease.cancelled() {
+            // A cancel was sent on it: closed, not reused (its statement, if any, ends with
+            // the cancel, then the session; see `Lease`).
+            object
+                .counters
+                .retired(crate::metrics::RetireReason::Broken);
+            drop(managed::Object::take(object));
+            return;
+        }
         // The object returns to the pool right after this; idle time starts now.
+        object.lease.returned();
         object.idle_since = now;
     }
 }
