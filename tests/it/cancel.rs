@@ -108,7 +108,10 @@ async fn a_per_call_limit_cancels_on_the_server_and_the_connection_is_not_reused
     let first = crate::support::backend_pid(&conn).await;
     let started = Instant::now();
     let err = conn
-        .timeout(Duration::from_millis(300), conn.query("SELECT pg_sleep(5)", &[]))
+        .timeout(
+            Duration::from_millis(300),
+            conn.query("SELECT pg_sleep(5)", &[]),
+        )
         .await
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -120,7 +123,11 @@ async fn a_per_call_limit_cancels_on_the_server_and_the_connection_is_not_reused
     assert_eq!(sleeping(&pg).await, 0);
     drop(conn);
     let next = pool.get().await.unwrap();
-    assert_ne!(crate::support::backend_pid(&next).await, first, "a new connection");
+    assert_ne!(
+        crate::support::backend_pid(&next).await,
+        first,
+        "a new connection"
+    );
     assert_eq!(pool.stats().cancels_sent, 1);
 }
 
@@ -375,4 +382,38 @@ async fn a_cancel_the_network_swallows_still_closes_the_connection_and_delays_no
         1,
         "one cancel, bounded: {stats:?}"
     );
+}
+
+/// A connection dropped outside any runtime (moved to a plain thread) with a statement in
+/// flight: no panic; the cancel that cannot be sent is counted as failed, and the session is
+/// closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_outside_a_runtime_with_a_statement_in_flight_does_not_panic() {
+    let pg = cluster().await;
+    let pool = app_pool(&pg).max_size(1).build().unwrap();
+    let conn = pool.get().await.unwrap();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        conn.query("SELECT pg_sleep(3)", &[]),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    std::thread::spawn(move || drop(conn))
+        .join()
+        .expect("dropping outside a runtime does not panic");
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.cancels_failed, stats.closed_abandoned),
+        (1, 1),
+        "{stats:?}"
+    );
+    let one: i32 = pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(one, 1);
 }
