@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -26,26 +26,55 @@ pub(crate) struct Activity {
     sent: AtomicU64,
     /// `ReadyForQuery` messages received, the start-up's included.
     ready: AtomicU64,
-    /// Woken at every `ReadyForQuery`.
+    /// Woken at a `ReadyForQuery` while someone waits in `settled`.
     answered: Notify,
+    /// How many wait in `settled`: without any, a `ReadyForQuery` wakes no one (a
+    /// `notify_waiters` takes a lock, on every statement's answer otherwise).
+    waiting: AtomicUsize,
 }
 
 impl Activity {
     /// Whether a statement sent on the session has not been answered yet (start-up over).
     pub(crate) fn in_flight(&self) -> bool {
         // The start-up's `ReadyForQuery` answers no frontend message of its own.
-        self.ready.load(Ordering::Acquire) <= self.sent.load(Ordering::Acquire)
+        self.ready.load(Ordering::SeqCst) <= self.sent.load(Ordering::SeqCst)
     }
 
     /// Waits until nothing is in flight.
     pub(crate) async fn settled(&self) {
+        let _waiting = Waiting::new(&self.waiting);
         loop {
+            // Made before the check: a notification after it is not missed.
             let answered = self.answered.notified();
             if !self.in_flight() {
                 return;
             }
             answered.await;
         }
+    }
+
+    /// Counts a `ReadyForQuery`, waking whoever waits for the session to settle.
+    fn answered(&self) {
+        let _ = self.ready.fetch_add(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.answered.notify_waiters();
+        }
+    }
+}
+
+/// One waiter in `settled`, counted while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        let _ = count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -79,6 +108,19 @@ impl Framing {
                 let n = self.skip.min(bytes.len());
                 self.skip -= n;
                 bytes = &bytes[n..];
+                continue;
+            }
+            // The common case: a whole typed header in the bytes at hand.
+            if self.have == 0
+                && !self.untyped
+                && let Some(&[kind, a, b, c, d]) = bytes.first_chunk::<5>()
+            {
+                let length = i32::from_be_bytes([a, b, c, d]);
+                let body = usize::try_from(length).unwrap_or(4).saturating_sub(4);
+                let n = body.min(bytes.len() - 5);
+                self.skip = body - n;
+                bytes = &bytes[5 + n..];
+                on_message(kind);
                 continue;
             }
             let header_len = if self.untyped { 4 } else { 5 };
@@ -169,8 +211,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                         // The start-up's `ReadyForQuery` was expected by nothing, and counts.
                         let counts = expected.pop_front().is_none_or(|e| e.ends_statement);
                         if counts {
-                            let _ = activity.ready.fetch_add(1, Ordering::AcqRel);
-                            activity.answered.notify_waiters();
+                            activity.answered();
                         }
                     }
                     // CopyInResponse: the server ignores a `Sync` while it takes the copy's data,
