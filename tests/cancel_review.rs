@@ -283,3 +283,38 @@ async fn a_connection_a_cancel_was_sent_on_is_never_reused() {
     .await
     .expect("bounded");
 }
+
+/// A statement future dropped right after its first poll (its request queued, not yet written
+/// by the driver), then the next checkout at once on a current-thread runtime: the checkout
+/// lets the driver run first, finds the statement, cancels it and opens a new connection. The
+/// next caller is served at once, and the statement does not run on.
+#[tokio::test]
+async fn a_statement_dropped_before_it_was_written_is_neither_waited_on_nor_left_running() {
+    tokio::time::timeout(BOUND, async {
+        let pg = cluster().await;
+        let pool = app_pool(&pg).max_size(1).build().unwrap();
+        let conn = pool.get().await.unwrap();
+        let statement = conn.prepare("SELECT pg_sleep(4)").await.unwrap();
+        poll_once_then_drop(conn.query(&statement, &[])).await;
+        drop(statement);
+        drop(conn);
+        let started = Instant::now();
+        let next = pool.get().await.unwrap();
+        let served =
+            tokio::time::timeout(Duration::from_secs(1), next.query_one("SELECT 1", &[])).await;
+        assert!(
+            served.is_ok(),
+            "the next caller waited {:?}",
+            started.elapsed()
+        );
+        drop(next);
+        let until = Instant::now() + Duration::from_millis(1500);
+        while sleeping(&pg).await > 0 {
+            assert!(Instant::now() < until, "still running: {:?}", pool.stats());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(pool.stats().cancels_sent, 1);
+    })
+    .await
+    .expect("bounded");
+}

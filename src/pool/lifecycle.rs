@@ -221,6 +221,14 @@ impl managed::Manager for Manager {
     }
 
     async fn recycle(&self, client: &mut PooledClient, _: &Metrics) -> RecycleResult<Error> {
+        // On a current-thread runtime the session's driver has not run since the caller
+        // returned it: a statement queued just before its future was dropped is not written
+        // yet, and the session would look idle. One yield lets the driver write it, so that
+        // the check below finds it (and cancels it). (On a multi-threaded runtime the driver
+        // runs beside the caller.)
+        if client.idle_since.elapsed() < RECENTLY_RETURNED && current_thread() {
+            tokio::task::yield_now().await;
+        }
         let now = Instant::now();
         if let Some(reason) = self.lifecycle.retire_reason(client, now) {
             self.retire(reason, client);
@@ -248,6 +256,16 @@ impl managed::Manager for Manager {
 /// The background task that closes idle connections past their lifetime or idle timeout,
 /// so that they do not hold server resources (or keep a compute awake) until the next
 /// checkout. It holds only a weak reference and ends when the pool is dropped or closed.
+/// How recently a connection must have come back for a checkout on a current-thread runtime
+/// to let its driver run first.
+const RECENTLY_RETURNED: Duration = Duration::from_millis(5);
+
+fn current_thread() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+    })
+}
+
 pub(crate) fn spawn_housekeeper(
     pool: managed::WeakPool<Manager>,
     interval: Duration,
