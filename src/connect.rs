@@ -12,6 +12,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::Instrument;
 
 use crate::activity::{Activity, Watched};
+#[cfg(unix)]
+use crate::session::plain_unix;
 use crate::session::{CancelRoute, PlainSocket, WatchedTls, plain_tcp};
 pub(crate) use crate::session::{Driver, Opened};
 
@@ -531,15 +533,9 @@ async fn plain_socket(
         #[cfg(unix)]
         (_, Some(Host::Unix(dir))) => {
             let path = dir.join(format!(".s.PGSQL.{port}"));
-            let connect = tokio::net::UnixStream::connect(&path);
-            let stream = match config.get_connect_timeout() {
-                Some(timeout) => tokio::time::timeout(*timeout, connect).await.map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out")
-                }),
-                None => Ok(connect.await),
-            }
-            .and_then(|connected| connected)
-            .map_err(AttemptError::Socket)?;
+            let stream = plain_unix(&path, config)
+                .await
+                .map_err(AttemptError::Socket)?;
             return Ok((PlainSocket::Unix(stream), CancelRoute::Unix(path)));
         }
         _ => vec![],

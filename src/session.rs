@@ -238,13 +238,7 @@ pub(crate) async fn plain_tcp(
     address: SocketAddr,
     config: &tokio_postgres::Config,
 ) -> io::Result<TcpStream> {
-    let connect = TcpStream::connect(address);
-    let stream = match config.get_connect_timeout() {
-        Some(timeout) => tokio::time::timeout(*timeout, connect)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connection timed out"))??,
-        None => connect.await?,
-    };
+    let stream = within_connect_timeout(config, TcpStream::connect(address)).await?;
     stream.set_nodelay(true)?;
     let socket = SockRef::from(&stream);
     #[cfg(target_os = "linux")]
@@ -263,4 +257,26 @@ pub(crate) async fn plain_tcp(
         socket.set_tcp_keepalive(&keepalive)?;
     }
     Ok(stream)
+}
+
+/// Opens a plain-text Unix socket at `path`, within `config`'s connect timeout.
+#[cfg(unix)]
+pub(crate) async fn plain_unix(
+    path: &std::path::Path,
+    config: &tokio_postgres::Config,
+) -> io::Result<UnixStream> {
+    within_connect_timeout(config, UnixStream::connect(path)).await
+}
+
+/// `connect`, bounded by `config`'s connect timeout when it has one.
+async fn within_connect_timeout<T>(
+    config: &tokio_postgres::Config,
+    connect: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match config.get_connect_timeout() {
+        Some(timeout) => tokio::time::timeout(*timeout, connect)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connection timed out"))?,
+        None => connect.await,
+    }
 }

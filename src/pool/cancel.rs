@@ -176,12 +176,7 @@ impl Connection {
         }
         // The statement's future is dropped; its answer is still on its way.
         let object = self.pooled();
-        let _ = object.lease.mark_cancelled(object.lease.epoch());
-        let sent = object
-            .cancel
-            .cancel(&object.client.cancel_token(), CANCEL_TIMEOUT)
-            .await;
-        object.counters.cancel(sent.is_ok());
+        let sent = self.cancel_handle().cancel().await;
         let settled = sent.is_ok()
             && tokio::time::timeout(CANCEL_SETTLE_TIMEOUT, object.activity.settled())
                 .await
@@ -203,11 +198,11 @@ const GRACE: Duration = Duration::from_millis(100);
 /// closed session's cancel key). Either way the connection is not reused: a cancel names a
 /// session, not a statement, so a late one could cancel the next caller's statement.
 pub(super) fn abandon(object: PooledClient) {
+    let cancel = Cancel::of(&object);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        // No runtime to cancel on (dropped outside one): closed at once, by the drop.
+        // No runtime to cancel on (dropped outside one): closed at once.
         object.counters.closed_abandoned();
-        object.counters.cancel(false);
-        object.driver.abort();
+        cancel.close_without();
         return;
     };
     drop(runtime.spawn(async move {
@@ -218,15 +213,9 @@ pub(super) fn abandon(object: PooledClient) {
             return;
         }
         object.counters.closed_abandoned();
-        let sent = object
-            .cancel
-            .cancel(&object.client.cancel_token(), CANCEL_TIMEOUT)
-            .await;
-        if let Err(error) = &sent {
-            tracing::warn!(%error, "could not cancel an abandoned statement; closing its connection");
-        }
-        object.counters.cancel(sent.is_ok());
-        object.driver.abort();
+        // `object` lives until the cancel is sent: its session stays open for it.
+        cancel.run().await;
+        drop(object);
     }));
 }
 
@@ -234,21 +223,45 @@ pub(super) fn abandon(object: PooledClient) {
 /// of its own. The session stays open meanwhile even if `object` is dropped: its driver runs
 /// until the statement's answer is in.
 pub(super) fn cancel_then_close(object: &PooledClient) {
-    let token = object.client.cancel_token();
-    let route = object.cancel.clone();
-    let counters = Arc::clone(&object.counters);
-    let driver = object.driver.clone();
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        counters.cancel(false);
-        driver.abort();
-        return;
-    };
-    drop(runtime.spawn(async move {
-        let sent = route.cancel(&token, CANCEL_TIMEOUT).await;
+    let cancel = Cancel::of(object);
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn(cancel.run())),
+        Err(_) => cancel.close_without(),
+    }
+}
+
+/// What cancelling a session's statement and then closing the session takes.
+struct Cancel {
+    token: CancelToken,
+    route: CancelRoute,
+    counters: Arc<Counters>,
+    driver: tokio::task::AbortHandle,
+}
+
+impl Cancel {
+    fn of(object: &PooledClient) -> Self {
+        Cancel {
+            token: object.client.cancel_token(),
+            route: object.cancel.clone(),
+            counters: Arc::clone(&object.counters),
+            driver: object.driver.clone(),
+        }
+    }
+
+    /// Cancel first, then close: closing alone does not end a running statement (the server
+    /// notices only when it next writes).
+    async fn run(self) {
+        let sent = self.route.cancel(&self.token, CANCEL_TIMEOUT).await;
         if let Err(error) = &sent {
             tracing::warn!(%error, "could not cancel an abandoned statement; closing its connection");
         }
-        counters.cancel(sent.is_ok());
-        driver.abort();
-    }));
+        self.counters.cancel(sent.is_ok());
+        self.driver.abort();
+    }
+
+    /// Closes without a cancel (none can be sent outside a runtime), counted as failed.
+    fn close_without(self) {
+        self.counters.cancel(false);
+        self.driver.abort();
+    }
 }

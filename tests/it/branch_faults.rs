@@ -11,7 +11,7 @@ use lakebase_pool::{Error, RequestProblem};
 
 const PAT: &str = "dapi-branch-faults";
 
-fn mock() -> MockWorkspace {
+pub(crate) fn mock() -> MockWorkspace {
     let mock = MockWorkspace::start().unwrap();
     mock.add_pat(PAT, "ci@example.com");
     mock.add_endpoint(
@@ -21,7 +21,7 @@ fn mock() -> MockWorkspace {
     mock
 }
 
-fn workspace(mock: &MockWorkspace) -> Workspace {
+pub(crate) fn workspace(mock: &MockWorkspace) -> Workspace {
     Workspace::builder()
         .host(mock.url())
         .token(PAT)
@@ -30,7 +30,7 @@ fn workspace(mock: &MockWorkspace) -> Workspace {
 }
 
 /// The branches of `shop` the mock still has, but `main`.
-async fn leftover_branches(mock: &MockWorkspace) -> Vec<String> {
+pub(crate) async fn leftover_branches(mock: &MockWorkspace) -> Vec<String> {
     workspace(mock)
         .list_branches("shop")
         .await

@@ -5,54 +5,14 @@
 use std::time::{Duration, Instant};
 
 use lakebase_pool::branch::EphemeralBranch;
-use lakebase_pool::databricks::Workspace;
 use lakebase_pool::testing::{Fault, MockWorkspace};
 use lakebase_pool::users::{ForwardedHeaders, ForwardedUser, UserPools};
 use lakebase_pool::{Error, PoolBuilder, RequestProblem};
 
-const PAT: &str = "dapi-review";
 const ME: &str = "/api/2.0/preview/scim/v2/Me";
 
-fn mock() -> MockWorkspace {
-    let mock = MockWorkspace::start().unwrap();
-    mock.add_pat(PAT, "ci@example.com");
-    mock.add_endpoint(
-        "projects/shop/branches/main/endpoints/ep-main",
-        "ep-main.db.test",
-    );
-    mock
-}
-
-fn workspace(mock: &MockWorkspace) -> Workspace {
-    Workspace::builder()
-        .host(mock.url())
-        .token(PAT)
-        .build()
-        .unwrap()
-}
-
-/// The branches of `shop` the mock still has, but `main`.
-async fn leftover_branches(mock: &MockWorkspace) -> Vec<String> {
-    workspace(mock)
-        .list_branches("shop")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|branch| branch.name)
-        .filter(|name| !name.ends_with("/main"))
-        .collect()
-}
-
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+use crate::branch_faults::{leftover_branches, mock, workspace};
+use crate::support::chain;
 
 // ---------------------------------------------------------------------------------------
 // EphemeralBranch

@@ -67,7 +67,8 @@ pub(super) async fn relay(
     // the role) reaches the client relabelled as the proxy's own, `XX000` with the
     // compute's message only.
     let mut startup_answer = Vec::new();
-    let mut cancel_key = None;
+    // Armed before the loop: a refusal after the key arrived forgets it too.
+    let mut forget_key = ForgetKey { shared, key: None };
     loop {
         let (kind, message) =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut upstream)).await??;
@@ -84,7 +85,7 @@ pub(super) async fn relay(
             let mut theirs = [0u8; 8];
             theirs.copy_from_slice(&message[5..13]);
             let _ = lock(&shared.cancel_keys).insert(ours, (upstream_path.to_owned(), theirs));
-            cancel_key = Some(ours);
+            forget_key.key = Some(ours);
             startup_answer.extend_from_slice(&message[..5]);
             startup_answer.extend_from_slice(&ours);
         } else {
@@ -94,10 +95,6 @@ pub(super) async fn relay(
             break;
         }
     }
-    let _forget_key = ForgetKey {
-        shared,
-        key: cancel_key,
-    };
     // Counted before the client hears it is in: a client that sees its session open sees
     // it counted.
     let mut suspended = {
