@@ -7,13 +7,20 @@
 //! and the `ReadyForQuery` messages that came back. More sent than answered means a statement
 //! is in flight. The cost is a few comparisons per message header; bodies are skipped by
 //! length.
+//!
+//! A statement's request is queued for the session's driver before the driver writes it: a
+//! future dropped in between leaves a statement that the bytes do not show yet. [`Driven`]
+//! wraps the driver's future and counts the wakes it was given and the ones its polls have
+//! seen through; while it is behind, the session may have such a statement queued, and a
+//! checkout waits the driver's next poll out (microseconds) before it reads the counts.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
@@ -31,6 +38,15 @@ pub(crate) struct Activity {
     /// How many wait in `settled`: without any, a `ReadyForQuery` wakes no one (a
     /// `notify_waiters` takes a lock, on every statement's answer otherwise).
     waiting: AtomicUsize,
+    /// Wakes given to the driver's task (its spawn counts as one).
+    woken: AtomicU64,
+    /// Of those, how many its polls had seen when they ended.
+    driven: AtomicU64,
+    /// The driver ended (or was dropped): nothing queued will be written.
+    ended: AtomicBool,
+    /// The driver task's own waker, woken through this. A tokio task is polled with the same
+    /// waker every time, so it is kept from the first poll (no swap per wake).
+    task: OnceLock<Waker>,
 }
 
 impl Activity {
@@ -40,25 +56,123 @@ impl Activity {
         self.ready.load(Ordering::SeqCst) <= self.sent.load(Ordering::SeqCst)
     }
 
-    /// Waits until nothing is in flight.
+    /// Whether the driver was woken since its last poll began: a request queued for it (a
+    /// statement whose future was dropped at once) may not be written yet.
+    pub(crate) fn driver_behind(&self) -> bool {
+        !self.ended.load(Ordering::SeqCst)
+            && self.driven.load(Ordering::SeqCst) != self.woken.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the driver has done what it was woken for and nothing is in flight, or
+    /// the driver ended (the session is closed: nothing more will be answered).
     pub(crate) async fn settled(&self) {
+        self.until(|activity| {
+            activity.ended.load(Ordering::SeqCst)
+                || (!activity.driver_behind() && !activity.in_flight())
+        })
+        .await;
+    }
+
+    /// Waits until the driver has done what it was woken for: whatever was queued before
+    /// this call is then written, and counted.
+    pub(crate) async fn driver_caught_up(&self) {
+        self.until(|activity| !activity.driver_behind()).await;
+    }
+
+    async fn until(&self, done: impl Fn(&Self) -> bool) {
         let _waiting = Waiting::new(&self.waiting);
         loop {
             // Made before the check: a notification after it is not missed.
-            let answered = self.answered.notified();
-            if !self.in_flight() {
+            let changed = self.answered.notified();
+            if done(self) {
                 return;
             }
-            answered.await;
+            changed.await;
         }
     }
 
     /// Counts a `ReadyForQuery`, waking whoever waits for the session to settle.
     fn answered(&self) {
         let _ = self.ready.fetch_add(1, Ordering::SeqCst);
+        self.wake_waiters();
+    }
+
+    /// A poll of the driver that began after `seen` wakes has ended (`ended`: for good).
+    fn driven(&self, seen: u64, ended: bool) {
+        self.driven.store(seen, Ordering::SeqCst);
+        if ended {
+            self.ended.store(true, Ordering::SeqCst);
+        }
+        self.wake_waiters();
+    }
+
+    fn wake_waiters(&self) {
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.answered.notify_waiters();
         }
+    }
+}
+
+/// The waker the driver is polled with: counts the wake, then wakes the driver's task.
+impl Wake for Activity {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let _ = self.woken.fetch_add(1, Ordering::SeqCst);
+        if let Some(task) = self.task.get() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+/// A session's driver, keeping its [`Activity`] told of the wakes it has done the work of.
+pub(crate) struct Driven<F> {
+    driver: F,
+    activity: Arc<Activity>,
+    /// `activity` as a waker, made once.
+    waker: Waker,
+}
+
+impl<F> Driven<F> {
+    /// `driver`, about to be spawned (which counts as a wake: its first poll does the work
+    /// queued before it).
+    pub(crate) fn new(driver: F, activity: Arc<Activity>) -> Self {
+        let _ = activity.woken.fetch_add(1, Ordering::SeqCst);
+        Driven {
+            driver,
+            waker: Waker::from(Arc::clone(&activity)),
+            activity,
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for Driven<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let task = this.activity.task.get_or_init(|| cx.waker().clone());
+        if !task.will_wake(cx.waker()) {
+            // Polled by another task than the first (never, as spawned by the pool): driven
+            // with that task's waker, and no longer followed (never taken as behind).
+            this.activity.driven(u64::MAX, true);
+            return Pin::new(&mut this.driver).poll(cx);
+        }
+        // Wakes up to here are done by this poll; a later one polls again.
+        let seen = this.activity.woken.load(Ordering::SeqCst);
+        let result = Pin::new(&mut this.driver).poll(&mut Context::from_waker(&this.waker));
+        this.activity.driven(seen, result.is_ready());
+        result
+    }
+}
+
+impl<F> Drop for Driven<F> {
+    fn drop(&mut self) {
+        // Aborted or done: no waiter waits for a poll that will not come.
+        self.activity
+            .driven(self.activity.driven.load(Ordering::SeqCst), true);
     }
 }
 
@@ -327,5 +441,30 @@ mod tests {
         assert!(activity.in_flight());
         let _ = activity.ready.fetch_add(1, Ordering::AcqRel);
         assert!(!activity.in_flight());
+    }
+
+    /// A request queued for a driver that has not run since is seen as the driver being
+    /// behind until its next poll ends; a driver that ended is never behind.
+    #[tokio::test]
+    async fn a_driver_is_behind_from_a_wake_to_the_end_of_its_next_poll() {
+        let activity = Arc::new(Activity::default());
+        let (requests, mut queue) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let driver = Box::pin(async move { while queue.recv().await.is_some() {} });
+        let task = tokio::spawn(Driven::new(driver, Arc::clone(&activity)));
+        assert!(activity.driver_behind(), "spawned, not polled yet");
+        activity.driver_caught_up().await;
+        assert!(!activity.driver_behind());
+        requests.send(()).unwrap();
+        // A current-thread runtime: the driver cannot run before this task yields.
+        assert!(
+            activity.driver_behind(),
+            "a request queued, the driver not run since"
+        );
+        activity.driver_caught_up().await;
+        assert!(!activity.driver_behind());
+        drop(requests);
+        task.await.unwrap();
+        assert!(!activity.driver_behind(), "ended");
+        activity.settled().await;
     }
 }

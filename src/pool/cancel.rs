@@ -11,13 +11,14 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::CancelToken;
 
 use super::Connection;
 use super::lifecycle::PooledClient;
 use crate::Error;
+use crate::activity::Activity;
 use crate::defaults::{CANCEL_SETTLE_TIMEOUT, CANCEL_TIMEOUT};
 use crate::metrics::Counters;
 use crate::session::CancelRoute;
@@ -42,9 +43,7 @@ use crate::session::CancelRoute;
 /// ```
 #[derive(Clone)]
 pub struct CancelHandle {
-    token: CancelToken,
-    route: CancelRoute,
-    counters: Arc<Counters>,
+    request: CancelRequest,
     /// The checkout it was taken in: once the connection is returned, it cancels nothing.
     lease: Arc<Lease>,
     epoch: u64,
@@ -111,11 +110,7 @@ impl CancelHandle {
             // The connection was returned since: what it runs now is someone else's.
             return Ok(());
         }
-        let sent = self.route.cancel(&self.token, CANCEL_TIMEOUT).await;
-        self.counters.cancel(sent.is_ok());
-        sent.map_err(|error| Error::CancelFailed {
-            source: Box::new(error),
-        })
+        self.request.send().await
     }
 }
 
@@ -133,9 +128,7 @@ impl Connection {
     pub fn cancel_handle(&self) -> CancelHandle {
         let object = self.pooled();
         CancelHandle {
-            token: object.client.cancel_token(),
-            route: object.cancel.clone(),
-            counters: Arc::clone(&object.counters),
+            request: CancelRequest::of(object),
             lease: Arc::clone(&object.lease),
             epoch: object.lease.epoch(),
         }
@@ -176,11 +169,12 @@ impl Connection {
         }
         // The statement's future is dropped; its answer is still on its way.
         let object = self.pooled();
-        let sent = self.cancel_handle().cancel().await;
-        let settled = sent.is_ok()
-            && tokio::time::timeout(CANCEL_SETTLE_TIMEOUT, object.activity.settled())
-                .await
-                .is_ok();
+        let handle = self.cancel_handle();
+        let settled = handle.lease.mark_cancelled(handle.epoch)
+            && handle
+                .request
+                .until_ended(&object.activity, CANCEL_SETTLE_TIMEOUT)
+                .await;
         // Unsettled, it is still in flight: its return to the pool closes it.
         Err(Error::StatementTimeout { limit, settled })
     }
@@ -232,18 +226,16 @@ pub(super) fn cancel_then_close(object: &PooledClient) {
 
 /// What cancelling a session's statement and then closing the session takes.
 struct Cancel {
-    token: CancelToken,
-    route: CancelRoute,
-    counters: Arc<Counters>,
+    request: CancelRequest,
+    activity: Arc<Activity>,
     driver: tokio::task::AbortHandle,
 }
 
 impl Cancel {
     fn of(object: &PooledClient) -> Self {
         Cancel {
-            token: object.client.cancel_token(),
-            route: object.cancel.clone(),
-            counters: Arc::clone(&object.counters),
+            request: CancelRequest::of(object),
+            activity: Arc::clone(&object.activity),
             driver: object.driver.clone(),
         }
     }
@@ -251,17 +243,78 @@ impl Cancel {
     /// Cancel first, then close: closing alone does not end a running statement (the server
     /// notices only when it next writes).
     async fn run(self) {
-        let sent = self.route.cancel(&self.token, CANCEL_TIMEOUT).await;
-        if let Err(error) = &sent {
-            tracing::warn!(%error, "could not cancel an abandoned statement; closing its connection");
-        }
-        self.counters.cancel(sent.is_ok());
+        let _ = self
+            .request
+            .until_ended(&self.activity, CANCEL_SETTLE_TIMEOUT)
+            .await;
         self.driver.abort();
     }
 
     /// Closes without a cancel (none can be sent outside a runtime), counted as failed.
     fn close_without(self) {
-        self.counters.cancel(false);
+        self.request.counters.cancel(false);
         self.driver.abort();
     }
 }
+
+/// A cancel request for one session, sent the way the session went, counted.
+#[derive(Clone)]
+struct CancelRequest {
+    token: CancelToken,
+    route: CancelRoute,
+    counters: Arc<Counters>,
+}
+
+impl CancelRequest {
+    fn of(object: &PooledClient) -> Self {
+        CancelRequest {
+            token: object.client.cancel_token(),
+            route: object.cancel.clone(),
+            counters: Arc::clone(&object.counters),
+        }
+    }
+
+    /// Sends one cancel request, within [`CANCEL_TIMEOUT`].
+    async fn send(&self) -> Result<(), Error> {
+        let sent = self.route.cancel(&self.token, CANCEL_TIMEOUT).await;
+        self.counters.cancel(sent.is_ok());
+        sent.map_err(|error| Error::CancelFailed {
+            source: Box::new(error),
+        })
+    }
+
+    /// Cancels the statement in flight on the session of `activity` and waits, up to
+    /// `within` after the first request was delivered, for it to end; whether it did.
+    ///
+    /// PostgreSQL drops a cancel that arrives while the backend still reads the statement
+    /// (before it runs it): a statement found the moment it was written may miss its cancel.
+    /// While it has not ended, the request is sent again every [`RESEND`] (counted once; the
+    /// session is never reused after a cancel, so a late one hits nothing of anyone's).
+    async fn until_ended(&self, activity: &Activity, within: Duration) -> bool {
+        if let Err(error) = self.send().await {
+            tracing::warn!(error = %crate::error::error_chain(&error), "could not cancel a statement; closing its connection");
+            return false;
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(RESEND.min(left), activity.settled())
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            if left <= RESEND {
+                return false;
+            }
+            // Not counted again: the statement already counts as cancelled.
+            let _ = self
+                .route
+                .cancel(&self.token, left.min(CANCEL_TIMEOUT))
+                .await;
+        }
+    }
+}
+
+/// How often a cancel is sent again while its statement has not ended.
+const RESEND: Duration = Duration::from_millis(200);

@@ -10,7 +10,7 @@ use deadpool_postgres::ClientWrapper;
 
 use super::cancel::Lease;
 use crate::Error;
-use crate::activity::Activity;
+use crate::activity::{Activity, Driven};
 use crate::connect::{Connector, Driver, Opened};
 use crate::error::error_chain;
 use crate::metrics::{Counters, RetireReason};
@@ -127,7 +127,9 @@ impl Drivers {
         &self,
         driver: Driver,
         client: tokio_postgres::Client,
+        activity: &Arc<Activity>,
     ) -> (ClientWrapper, tokio::task::AbortHandle) {
+        let driver = Driven::new(driver, Arc::clone(activity));
         let task = tokio::spawn(async move {
             if let Err(error) = driver.await {
                 tracing::debug!(error = %error_chain(&error), "connection ended with an error");
@@ -199,7 +201,7 @@ impl managed::Manager for Manager {
             activity,
             cancel,
         } = Box::pin(self.connector.connect()).await?;
-        let (client, driver) = self.drivers.spawn(driver, client);
+        let (client, driver) = self.drivers.spawn(driver, client, &activity);
         let now = Instant::now();
         self.counters
             .telemetry
@@ -221,13 +223,20 @@ impl managed::Manager for Manager {
     }
 
     async fn recycle(&self, client: &mut PooledClient, _: &Metrics) -> RecycleResult<Error> {
-        // On a current-thread runtime the session's driver has not run since the caller
-        // returned it: a statement queued just before its future was dropped is not written
-        // yet, and the session would look idle. One yield lets the driver write it, so that
-        // the check below finds it (and cancels it). (On a multi-threaded runtime the driver
-        // runs beside the caller.)
-        if client.idle_since.elapsed() < RECENTLY_RETURNED && current_thread() {
-            tokio::task::yield_now().await;
+        // A statement queued just before its future was dropped may not be written yet (the
+        // driver has not run since: on a current-thread runtime, or another worker has not
+        // got to it), and the session would look idle. The driver's next poll writes it, so
+        // that the check below finds it (and cancels it). Rare: the driver is behind only
+        // between a wake and the end of its poll.
+        if client.activity.driver_behind() {
+            let caught_up = Box::pin(tokio::time::timeout(
+                DRIVER_CATCH_UP,
+                client.activity.driver_caught_up(),
+            ));
+            if caught_up.await.is_err() {
+                self.retire(RetireReason::Abandoned, client);
+                return Err(RecycleError::message(RetireReason::Abandoned.as_str()));
+            }
         }
         let now = Instant::now();
         if let Some(reason) = self.lifecycle.retire_reason(client, now) {
@@ -253,19 +262,13 @@ impl managed::Manager for Manager {
     }
 }
 
+/// How long a checkout waits for a connection's driver to do what it was woken for (a poll
+/// takes microseconds; a driver that does not get to it within this is taken as busy).
+const DRIVER_CATCH_UP: Duration = Duration::from_millis(100);
+
 /// The background task that closes idle connections past their lifetime or idle timeout,
 /// so that they do not hold server resources (or keep a compute awake) until the next
 /// checkout. It holds only a weak reference and ends when the pool is dropped or closed.
-/// How recently a connection must have come back for a checkout on a current-thread runtime
-/// to let its driver run first.
-const RECENTLY_RETURNED: Duration = Duration::from_millis(5);
-
-fn current_thread() -> bool {
-    tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
-        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
-    })
-}
-
 pub(crate) fn spawn_housekeeper(
     pool: managed::WeakPool<Manager>,
     interval: Duration,

@@ -61,9 +61,11 @@ pub struct Stats {
     /// Of those, the ones that waited the whole wait timeout for a connection
     /// ([`Error::PoolTimeout`](crate::Error::PoolTimeout)).
     pub checkout_timeouts: u64,
-    /// Cancel requests sent: for statements whose caller dropped their future, that ran past
+    /// Statements cancelled: whose caller dropped their future, that ran past
     /// [`Connection::timeout`](crate::Connection::timeout)'s limit, or through a
-    /// [`CancelHandle`](crate::CancelHandle).
+    /// [`CancelHandle`](crate::CancelHandle). (The pool sends a cancel again while the
+    /// statement has not ended, since the server drops one that arrives before it started
+    /// the statement; those are not counted again.)
     pub cancels_sent: u64,
     /// Cancel requests that could not be delivered within their bound.
     pub cancels_failed: u64,
