@@ -9,7 +9,7 @@ use lakebase_pool::{Error, Pool};
 use crate::support::{app_pool, cluster};
 
 /// Sessions on `pg` running `pg_sleep`.
-async fn sleeping(pg: &LocalPostgres) -> i64 {
+pub(crate) async fn sleeping(pg: &LocalPostgres) -> i64 {
     pg.admin()
         .await
         .unwrap()

@@ -1,50 +1,23 @@
 //! An outside attempt to break cancellation: each test reproduced a defect of the first
 //! version (its comment says what went wrong, and "Should" what it now holds the code to).
-//! In a binary of its own: it needs no harness of the main suite.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use lakebase_pool::testing::LocalPostgres;
-use lakebase_pool::{Connection, Pool, PoolBuilder, Secret};
+use lakebase_pool::{Connection, Pool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const ROLE: &str = "app";
-const PASSWORD: &str = "initial-password";
+use crate::cancel::sleeping;
+use crate::support::{app_pool, cluster};
+
 /// Every test is bounded.
 const BOUND: Duration = Duration::from_secs(30);
 
-async fn cluster() -> LocalPostgres {
-    let pg = LocalPostgres::start().expect("start a local PostgreSQL");
-    pg.create_role(ROLE, &Secret::new(PASSWORD))
-        .await
-        .expect("create the app role");
-    pg
-}
-
-fn app_pool(pg: &LocalPostgres) -> PoolBuilder {
-    pg.pool_builder(ROLE).password(PASSWORD)
-}
-
 async fn backend_pid(conn: &Connection) -> i32 {
     conn.query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn sleeping(pg: &LocalPostgres) -> i64 {
-    pg.admin()
-        .await
-        .unwrap()
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' \
-             AND state = 'active'",
-            &[],
-        )
         .await
         .unwrap()
         .get(0)
