@@ -3,22 +3,18 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use deadpool::Runtime;
-use deadpool::managed;
-
-use super::lifecycle::{Lifecycle, Manager, spawn_housekeeper};
-use super::replicas::{ReadFallback, ReplicaSet, ReplicaSettings, ReplicaSpec};
-use super::{Pool, PoolInner};
+use super::Pool;
+use super::endpoint::{EndpointParts, EndpointPool};
+use super::lifecycle::Lifecycle;
+use super::replicas::{ReadFallback, ReplicaSettings, ReplicaSpec};
 use crate::config::{self, PasswordSource};
-use crate::connect::{Connector, Target};
+use crate::connect::Target;
 use crate::credentials::{CachePolicy, CredentialProvider, StaticPassword, TokenCache};
 use crate::databricks::{LakebaseCredentials, LakebaseDiscovery, Workspace, WorkspaceBuilder};
 use crate::defaults;
-use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolverName};
 use crate::target::{TlsSettings, check_needs_tls};
 use crate::telemetry::{self, PoolTelemetry, Telemetry};
@@ -1122,7 +1118,8 @@ impl PoolBuilder {
             primary_endpoint.as_ref(),
             &tokens,
         )?;
-        let pool = endpoint_pool(&parts, target, tokens, self.max_size, replicas, telemetry)?;
+        let primary = EndpointPool::open(&parts, target, tokens, self.max_size, telemetry)?;
+        let pool = Pool::of(primary, replicas);
         pool.observe();
         let template = PoolTemplate {
             users_telemetry: OnceLock::new(),
@@ -1157,17 +1154,16 @@ impl PoolTemplate {
         tokens: TokenCache,
         max_size: usize,
         idle_timeout: Duration,
-    ) -> Result<Pool, Error> {
+    ) -> Result<EndpointPool, Error> {
         let mut parts = self.parts.clone();
         parts.lifecycle.idle_timeout = idle_timeout;
         parts.hide_user = true;
         validate_lifecycle(&parts.lifecycle)?;
-        endpoint_pool(
+        EndpointPool::open(
             &parts,
             target,
             tokens,
             max_size,
-            None,
             self.users_telemetry().clone(),
         )
     }
@@ -1185,76 +1181,6 @@ impl PoolTemplate {
     pub(crate) fn cache_policy(&self) -> &CachePolicy {
         &self.parts.cache_policy
     }
-}
-
-/// What every endpoint pool of a [`Pool`] shares: the primary's and each replica's.
-#[derive(Clone)]
-pub(super) struct EndpointParts {
-    pub(super) tls: TlsSettings,
-    pub(super) resolver: Option<Arc<dyn Resolve>>,
-    pub(super) retry: RetryPolicy,
-    pub(super) lifecycle: Lifecycle,
-    pub(super) wait_timeout: Duration,
-    pub(super) cache_policy: CachePolicy,
-    /// Keep the user name out of errors and logs (per-user pools: the role is an email).
-    pub(super) hide_user: bool,
-    /// Where each endpoint pool's instruments are made.
-    pub(super) telemetry: Telemetry,
-    /// The pool's name in its metrics; its replicas' and per-user pools' are made from it.
-    pub(super) pool_name: String,
-}
-
-/// The pool of one endpoint: its connector, deadpool pool, counters (recording into
-/// `telemetry`, as do the token cache's mints unless another pool's already do) and
-/// housekeeper.
-pub(super) fn endpoint_pool(
-    parts: &EndpointParts,
-    target: Target,
-    tokens: TokenCache,
-    max_size: usize,
-    replicas: Option<Arc<ReplicaSet>>,
-    telemetry: PoolTelemetry,
-) -> Result<Pool, Error> {
-    tokens.attach_telemetry(&telemetry);
-    let counters = Arc::new(Counters::new(telemetry));
-    let connector = Connector::new(
-        target,
-        parts.tls.clone(),
-        parts.resolver.clone(),
-        tokens,
-        parts.retry.clone(),
-        Arc::clone(&counters),
-        parts.hide_user,
-    )?;
-    let interval = parts.lifecycle.housekeeping_interval();
-    let manager = Manager::new(connector, parts.lifecycle.clone(), Arc::clone(&counters));
-    // Opening a connection is already bounded by the retry deadline and the token mint
-    // timeout (a forced refresh can add a second mint); this is deadpool's backstop.
-    let create_bound = parts
-        .retry
-        .total_deadline()
-        .saturating_add(parts.retry.attempt_timeout())
-        .saturating_add(parts.cache_policy.mint_timeout_value().saturating_mul(2));
-    let pool = managed::Pool::builder(manager)
-        .max_size(max_size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(parts.wait_timeout))
-        .create_timeout(Some(create_bound))
-        // No recycle timeout: recycling bounds its one await (the validation round trip)
-        // itself, and a deadpool timeout would cost a timer on every checkout.
-        .recycle_timeout(None)
-        .build()
-        .map_err(|e| Error::invalid_because("build", "deadpool refused the pool settings", e))?;
-    let housekeeper = spawn_housekeeper(pool.weak(), interval);
-    Ok(Pool {
-        inner: Arc::new(PoolInner {
-            pool,
-            counters,
-            housekeeper: Mutex::new(Some(housekeeper)),
-            waiters: AtomicUsize::new(0),
-            replicas,
-        }),
-    })
 }
 
 /// The pool's name in its metrics: the one given, else the Lakebase endpoint's name, else

@@ -1,5 +1,5 @@
 //! Cancelling statements: the one left in flight when its caller gave up (the future was
-//! dropped: a request timed out), one that runs past [`Connection::timeout`]'s limit, and one
+//! dropped: a request timed out), one that runs past [`Connection::timeout`](crate::Connection::timeout)'s limit, and one
 //! cancelled from another task with a [`CancelHandle`]. A cancel goes the way its session
 //! went ([`CancelRoute`]); it is bounded and counted, and never blocks the caller.
 //!
@@ -8,15 +8,12 @@
 //! statement. It is cancelled, then closed; the pool opens a new one when it needs it.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::CancelToken;
 
-use super::Connection;
-use super::lifecycle::PooledClient;
+use super::pooled::{Lease, PooledClient};
 use crate::Error;
 use crate::activity::Activity;
 use crate::defaults::{CANCEL_SETTLE_TIMEOUT, CANCEL_TIMEOUT};
@@ -49,40 +46,6 @@ pub struct CancelHandle {
     epoch: u64,
 }
 
-/// Which checkout a connection is in (counted up at each return), and whether a cancel was
-/// sent during it. A connection a cancel was sent on is never reused: a cancel names a
-/// session, not a statement, and one forwarded by a proxy may land a second later, on
-/// whatever runs then.
-#[derive(Debug, Default)]
-pub(crate) struct Lease(AtomicU64);
-
-impl Lease {
-    fn epoch(&self) -> u64 {
-        self.0.load(Ordering::Acquire) >> 1
-    }
-
-    /// Marks a cancel as sent in checkout `epoch`; false if that checkout is over.
-    fn mark_cancelled(&self, epoch: u64) -> bool {
-        let current = self.0.load(Ordering::Acquire);
-        current >> 1 == epoch
-            && (current & 1 == 1
-                || self
-                    .0
-                    .compare_exchange(current, current | 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok())
-    }
-
-    /// Whether a cancel was sent in the current checkout.
-    pub(crate) fn cancelled(&self) -> bool {
-        self.0.load(Ordering::Acquire) & 1 == 1
-    }
-
-    /// The checkout is over: handles taken in it cancel nothing from now on.
-    pub(crate) fn returned(&self) {
-        let _ = self.0.fetch_add(2, Ordering::AcqRel);
-    }
-}
-
 impl fmt::Debug for CancelHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CancelHandle").finish_non_exhaustive()
@@ -90,6 +53,21 @@ impl fmt::Debug for CancelHandle {
 }
 
 impl CancelHandle {
+    /// A handle for `object`'s current checkout.
+    pub(super) fn of(object: &PooledClient) -> Self {
+        CancelHandle {
+            request: CancelRequest::of(object),
+            lease: Arc::clone(&object.lease),
+            epoch: object.lease.epoch(),
+        }
+    }
+
+    /// Cancels, then waits up to `within` for the statement on `activity`'s session to end;
+    /// whether it did (false too when the checkout is over).
+    pub(super) async fn cancel_until_ended(&self, activity: &Activity, within: Duration) -> bool {
+        self.lease.mark_cancelled(self.epoch) && self.request.until_ended(activity, within).await
+    }
+
     /// Asks the server to cancel the statement the connection is running now (nothing
     /// happens if it runs none, and nothing once the connection was returned to the pool).
     /// Waits at most 5 s for the request to be delivered. The connection is closed when it
@@ -111,72 +89,6 @@ impl CancelHandle {
             return Ok(());
         }
         self.request.send().await
-    }
-}
-
-impl Connection {
-    /// A handle that cancels what this connection is running, from another task.
-    ///
-    /// ```no_run
-    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
-    /// let conn = pool.get().await?;
-    /// let handle = conn.cancel_handle();
-    /// # let _ = handle;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn cancel_handle(&self) -> CancelHandle {
-        let object = self.pooled();
-        CancelHandle {
-            request: CancelRequest::of(object),
-            lease: Arc::clone(&object.lease),
-            epoch: object.lease.epoch(),
-        }
-    }
-
-    /// Runs `statement` (a query on this connection) for at most `limit`. When the limit
-    /// fires, the statement is cancelled on the server and this waits, up to 2 s, for the
-    /// server to finish with it (`settled` in the error). The connection is then closed when
-    /// it is returned, not reused: a cancel forwarded by a proxy may land a second later, on
-    /// whatever runs then, so run nothing more on it.
-    ///
-    /// For a limit on every statement of the pool, enforced by the server, see
-    /// [`PoolBuilder::statement_timeout`](crate::PoolBuilder::statement_timeout).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::StatementTimeout`] when the limit fired; otherwise the statement's own
-    /// result is returned as it is.
-    ///
-    /// ```no_run
-    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), Box<dyn std::error::Error>> {
-    /// use std::time::Duration;
-    /// let conn = pool.get().await?;
-    /// let rows = conn
-    ///     .timeout(Duration::from_millis(500), conn.query("SELECT * FROM big_report", &[]))
-    ///     .await??;
-    /// # let _ = rows;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn timeout<F: Future>(
-        &self,
-        limit: Duration,
-        statement: F,
-    ) -> Result<F::Output, Error> {
-        if let Ok(output) = tokio::time::timeout(limit, statement).await {
-            return Ok(output);
-        }
-        // The statement's future is dropped; its answer is still on its way.
-        let object = self.pooled();
-        let handle = self.cancel_handle();
-        let settled = handle.lease.mark_cancelled(handle.epoch)
-            && handle
-                .request
-                .until_ended(&object.activity, CANCEL_SETTLE_TIMEOUT)
-                .await;
-        // Unsettled, it is still in flight: its return to the pool closes it.
-        Err(Error::StatementTimeout { limit, settled })
     }
 }
 

@@ -8,14 +8,12 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::ClientWrapper;
 
-use super::cancel::Lease;
+use super::pooled::PooledClient;
 use crate::Error;
 use crate::activity::{Activity, Driven};
 use crate::connect::{Connector, Driver, Opened};
 use crate::error::error_chain;
 use crate::metrics::{Counters, RetireReason};
-use crate::session::CancelRoute;
-use crate::telemetry::PoolTelemetry;
 
 /// The rules that decide when a connection is closed.
 #[derive(Clone, Debug)]
@@ -65,36 +63,6 @@ impl Lifecycle {
         (self.max_lifetime.min(self.idle_timeout) / 4)
             .clamp(Duration::from_millis(100), Duration::from_secs(30))
     }
-}
-
-/// A pooled connection with the facts its lifecycle needs.
-#[derive(Debug)]
-pub(crate) struct PooledClient {
-    pub(crate) client: ClientWrapper,
-    pub(crate) created: Instant,
-    pub(crate) retire_at: Option<Instant>,
-    /// When it was last returned to the pool (or created). deadpool's own metrics record the
-    /// last checkout instead, which would count time in use as idle time.
-    pub(crate) idle_since: Instant,
-    /// Set while [`Pool::retry_transaction`](crate::Pool::retry_transaction) has a
-    /// transaction open on it. Still set when it comes back (the caller's future was dropped
-    /// mid-transaction, or `ROLLBACK` failed), it is closed rather than reused.
-    pub(crate) in_transaction: AtomicBool,
-    /// The task that drives the socket: aborting it closes the session at once (the server
-    /// then rolls back whatever was open and releases its locks).
-    pub(crate) driver: tokio::task::AbortHandle,
-    /// The bound on each statement the pool sends itself on it.
-    pub(crate) command_timeout: Duration,
-    /// Where its use time is recorded when it is returned.
-    pub(crate) telemetry: PoolTelemetry,
-    /// Whether a statement is in flight on the session.
-    pub(crate) activity: Arc<Activity>,
-    /// Where a cancel for the session goes.
-    pub(crate) cancel: CancelRoute,
-    /// The pool's counters (cancels).
-    pub(crate) counters: Arc<Counters>,
-    /// Which checkout it is in, and whether a cancel was sent during it.
-    pub(crate) lease: Arc<Lease>,
 }
 
 /// The deadpool manager: opens connections through the [`Connector`] and applies the

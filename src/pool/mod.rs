@@ -2,36 +2,34 @@
 
 mod builder;
 mod cancel;
+mod connection;
+mod endpoint;
 mod lifecycle;
 #[cfg(feature = "opentelemetry")]
 mod observe;
+mod pooled;
 mod replicas;
 mod stats;
 mod transaction;
-pub use self::transaction::TransactionHandle;
 
 use std::fmt;
-use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use deadpool::managed::{self, PoolError, TimeoutType};
-use deadpool_postgres::ClientWrapper;
 use tokio_postgres::types::PgLsn;
 
 pub(crate) use self::builder::PoolTemplate;
 pub use self::builder::{Dangerous, PoolBuilder};
 pub use self::cancel::CancelHandle;
-use self::lifecycle::Manager;
+pub use self::connection::Connection;
+pub(crate) use self::endpoint::EndpointPool;
 pub use self::replicas::{ReadFallback, ReplicaStats};
 use self::replicas::{ReplicaSet, Served};
 pub use self::stats::Stats;
+pub use self::transaction::TransactionHandle;
 use crate::Error;
-use crate::backoff::millis;
 use crate::connect::Connector;
 use crate::credentials::TokenCache;
-use crate::metrics::Counters;
 
 /// A pool of Postgres connections whose passwords come from a credential provider.
 ///
@@ -63,51 +61,10 @@ pub struct Pool {
     inner: Arc<PoolInner>,
 }
 
+/// The read-write endpoint's pool, and the read replicas' if any.
 struct PoolInner {
-    pool: managed::Pool<Manager, Connection>,
-    counters: Arc<Counters>,
-    /// Taken (and awaited) by [`Pool::shutdown`].
-    housekeeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Checkouts waiting for a free connection.
-    waiters: AtomicUsize,
-    /// The read replicas, if any: each a pool of its own.
+    primary: EndpointPool,
     replicas: Option<Arc<ReplicaSet>>,
-}
-
-/// Counts a waiting checkout for as long as it waits (also when its future is dropped).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn start(waiters: &'a AtomicUsize) -> Self {
-        let _ = waiters.fetch_add(1, Ordering::Relaxed);
-        Waiting(waiters)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl PoolInner {
-    fn take_housekeeper(&self) -> Option<tokio::task::JoinHandle<()>> {
-        let task = self
-            .housekeeper
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = &task {
-            task.abort();
-        }
-        task
-    }
-}
-
-impl Drop for PoolInner {
-    fn drop(&mut self) {
-        let _ = self.take_housekeeper();
-    }
 }
 
 /// What [`Pool::shutdown`] did.
@@ -181,40 +138,7 @@ impl Pool {
     /// # }
     /// ```
     pub async fn get(&self) -> Result<Connection, Error> {
-        let started = Instant::now();
-        let mut result = self.checkout().await.map_err(|e| self.checkout_error(e));
-        let now = Instant::now();
-        let timed_out = matches!(result, Err(Error::PoolTimeout { .. }));
-        self.inner.counters.checkout(
-            now.saturating_duration_since(started),
-            result.is_ok(),
-            timed_out,
-        );
-        if let Ok(connection) = &mut result {
-            connection.checked_out = Some(now);
-        }
-        result
-    }
-
-    /// Takes a free connection without waiting when there is one (deadpool's non-blocking
-    /// path, which sets no timer), and only otherwise waits under the wait timeout. Waiting
-    /// callers are served in order either way: the semaphore hands released permits to them
-    /// before anyone else can take one, which is also why the non-blocking attempt is skipped
-    /// while anyone waits (it would fail).
-    async fn checkout(&self) -> Result<Connection, PoolError<Error>> {
-        let mut timeouts = self.inner.pool.timeouts();
-        let wait = timeouts.wait;
-        if self.inner.waiters.load(Ordering::Relaxed) == 0 {
-            timeouts.wait = Some(Duration::ZERO);
-            match self.inner.pool.timeout_get(&timeouts).await {
-                Err(PoolError::Timeout(TimeoutType::Wait)) if wait != Some(Duration::ZERO) => {
-                    timeouts.wait = wait;
-                }
-                result => return result,
-            }
-        }
-        let _waiting = Waiting::start(&self.inner.waiters);
-        self.inner.pool.timeout_get(&timeouts).await
+        self.inner.primary.get().await
     }
 
     /// Opens up to `connections` connections ahead of the first request, all at once: the
@@ -244,43 +168,7 @@ impl Pool {
     /// # }
     /// ```
     pub async fn warm_up(&self, connections: usize) -> Result<usize, Error> {
-        let wanted = connections.min(self.inner.pool.status().max_size);
-        let mut timeouts = self.inner.pool.timeouts();
-        // Free slots only: a connection someone else holds is not worth waiting for.
-        timeouts.wait = Some(Duration::ZERO);
-        let started = Instant::now();
-        let mut attempts = tokio::task::JoinSet::new();
-        for _ in 0..wanted {
-            let pool = self.inner.pool.clone();
-            // Each holds its connection until all are opened, so that each opens its own.
-            let _ = attempts.spawn(async move { pool.timeout_get(&timeouts).await });
-        }
-        let mut first_error = None;
-        let mut opened = Vec::with_capacity(wanted);
-        while let Some(result) = attempts.join_next().await {
-            match result.unwrap_or(Err(PoolError::Closed)) {
-                Ok(connection) => opened.push(connection),
-                // Everything else was in use: nothing to warm up.
-                Err(PoolError::Timeout(TimeoutType::Wait)) => {}
-                Err(error) => {
-                    let error = self.checkout_error(error);
-                    tracing::warn!(error = %crate::error::error_chain(&error), "warm-up: a connection could not be opened");
-                    let _ = first_error.get_or_insert(error);
-                }
-            }
-        }
-        let warm = opened.len();
-        drop(opened);
-        tracing::info!(
-            warm,
-            wanted,
-            elapsed_ms = millis(started.elapsed()),
-            "warm-up done"
-        );
-        match first_error {
-            Some(error) if warm == 0 => Err(error),
-            _ => Ok(warm),
-        }
+        self.inner.primary.warm_up(connections).await
     }
 
     /// Whether a login has worked since the pool was built (and it is not closed): what a
@@ -296,13 +184,7 @@ impl Pool {
     /// # }
     /// ```
     pub fn is_ready(&self) -> bool {
-        !self.is_closed()
-            && self
-                .inner
-                .counters
-                .connections_opened
-                .load(Ordering::Relaxed)
-                > 0
+        self.inner.primary.is_ready()
     }
 
     /// A snapshot of the pool's state and counters.
@@ -314,14 +196,12 @@ impl Pool {
     /// # }
     /// ```
     pub fn stats(&self) -> Stats {
-        let status = self.inner.pool.status();
-        let tokens = self.token_cache().stats();
         let reads = self
             .inner
             .replicas
             .as_ref()
             .map(|set| (&set.counters, set.stats()));
-        Stats::new(&self.inner.counters, status, tokens, reads)
+        self.inner.primary.stats(reads)
     }
 
     /// Checks out a connection for reading: to a healthy read replica, the least in use
@@ -404,7 +284,7 @@ impl Pool {
     /// # }
     /// ```
     pub fn token_cache(&self) -> &TokenCache {
-        self.inner.pool.manager().connector().tokens()
+        self.inner.primary.token_cache()
     }
 
     /// Closes the pool: idle connections are closed now, checked-out ones when they are
@@ -418,8 +298,7 @@ impl Pool {
     /// # }
     /// ```
     pub fn close(&self) {
-        self.inner.pool.close();
-        let _ = self.inner.take_housekeeper();
+        self.inner.primary.close();
         if let Some(replicas) = &self.inner.replicas {
             replicas.close();
         }
@@ -442,39 +321,10 @@ impl Pool {
     /// # }
     /// ```
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
-        let started = tokio::time::Instant::now();
-        self.close();
-        // Closing resized the pool to zero, so idle connections are gone and `size` counts
-        // the ones in use; each is dropped, not kept, when it is returned.
-        let in_use = self.inner.pool.status().size;
-        let deadline = crate::backoff::deadline_after(started, grace);
-        while self.inner.pool.status().size > 0 {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            tokio::time::sleep(SHUTDOWN_POLL.min(left)).await;
+        if let Some(replicas) = &self.inner.replicas {
+            replicas.close();
         }
-        let waited = started.elapsed();
-        let forced = self.inner.pool.status().size;
-        self.inner.pool.manager().drivers().abort_all();
-        if forced > 0 {
-            tracing::warn!(
-                forced,
-                grace_ms = millis(grace),
-                "closed connections still in use at the end of the shutdown grace period"
-            );
-        }
-        if let Some(housekeeper) = self.inner.take_housekeeper() {
-            // It was aborted; this waits until it has actually stopped.
-            let _ = housekeeper.await;
-        }
-        tracing::info!(in_use, forced, waited_ms = millis(waited), "pool shut down");
-        ShutdownReport {
-            in_use,
-            forced,
-            waited,
-        }
+        self.inner.primary.shutdown(grace).await
     }
 
     /// Whether [`close`](Self::close) has been called.
@@ -485,34 +335,17 @@ impl Pool {
     /// # }
     /// ```
     pub fn is_closed(&self) -> bool {
-        self.inner.pool.is_closed()
+        self.inner.primary.is_closed()
     }
 
     pub(crate) fn connector(&self) -> &Arc<Connector> {
-        self.inner.pool.manager().connector()
+        self.inner.primary.connector()
     }
 
-    fn target(&self) -> String {
-        self.inner.pool.manager().connector().target().to_owned()
-    }
-
-    fn checkout_error(&self, error: PoolError<Error>) -> Error {
-        match error {
-            PoolError::Backend(error) => error,
-            PoolError::Closed => Error::PoolClosed,
-            PoolError::Timeout(TimeoutType::Create) => Error::ConnectTimeout {
-                target: self.target(),
-                after: self.inner.pool.timeouts().create.unwrap_or_default(),
-            },
-            PoolError::Timeout(TimeoutType::Wait | TimeoutType::Recycle) => Error::PoolTimeout {
-                waited: self.inner.pool.timeouts().wait.unwrap_or_default(),
-                max_size: self.inner.pool.status().max_size,
-            },
-            // The pool is always built with a runtime and without hooks.
-            PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => Error::invalid(
-                "build",
-                "the pool was built without a runtime or with a hook (a bug in lakebase-pool)",
-            ),
+    /// The pool of `primary` and `replicas`.
+    fn of(primary: EndpointPool, replicas: Option<Arc<ReplicaSet>>) -> Self {
+        Pool {
+            inner: Arc::new(PoolInner { primary, replicas }),
         }
     }
 }
@@ -526,197 +359,12 @@ impl Pool {
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
-            .field("target", &self.inner.pool.manager().connector().target())
+            .field("target", &self.inner.primary.target())
             .field("stats", &self.stats())
             .finish()
     }
 }
 
-/// How often [`Pool::shutdown`] looks whether every connection has been returned.
-const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
-
-/// A connection checked out of a [`Pool`]; it goes back to the pool when dropped.
-///
-/// It dereferences to deadpool-postgres's [`ClientWrapper`], and through it to
-/// [`tokio_postgres::Client`], so queries, `prepare_cached` and transactions work as with
-/// deadpool-postgres.
-///
-/// ```no_run
-/// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), Box<dyn std::error::Error>> {
-/// let mut conn = pool.get().await?;
-/// let tx = conn.transaction().await?;
-/// tx.execute("INSERT INTO events (kind) VALUES ($1)", &[&"signup"]).await?;
-/// tx.commit().await?;
-/// # Ok(())
-/// # }
-/// ```
-pub struct Connection {
-    /// `None` only while it is dropped.
-    object: Option<managed::Object<Manager>>,
-    /// When [`Pool::get`] handed it out, for the use-time histogram (set after deadpool has
-    /// made the `Connection`, from the instant the checkout's wait time ends at).
-    checked_out: Option<Instant>,
-}
-
-impl Connection {
-    /// When the pool will retire this connection (its max lifetime, shortened by its jitter),
-    /// or `None` without a lifetime limit. A connection in use is not interrupted; it is
-    /// retired once it is idle after this moment.
-    ///
-    /// ```no_run
-    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
-    /// let conn = pool.get().await?;
-    /// println!("retires in {:?}", conn.retire_at().map(|at| at - std::time::Instant::now()));
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn retire_at(&self) -> Option<Instant> {
-        self.pooled().retire_at
-    }
-
-    /// The server's current write position (`pg_current_wal_insert_lsn()`), taken after a
-    /// write has committed: pass it to [`Pool::get_read_at`] to read from a replica that has
-    /// replayed the write. On the read-write endpoint only (a replica refuses it).
-    ///
-    /// The insert position, not `pg_current_wal_lsn()`: under `synchronous_commit = off` a
-    /// commit returns before its record is written out, so the write position can lie before
-    /// it. The insert position covers every commit that has returned, whatever the commit
-    /// mode. (When it falls just after a WAL page header, a replica passes it only with the
-    /// next WAL record: the read then waits and falls back, never reads without the write.)
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Statement`] when the server refuses it (a replica) or does not answer within
-    /// the command timeout.
-    ///
-    /// ```no_run
-    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
-    /// let conn = pool.get().await?;
-    /// let position = conn.write_position().await?;
-    /// println!("written up to {position}");
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn write_position(&self) -> Result<PgLsn, Error> {
-        const STATEMENT: &str = "SELECT pg_current_wal_insert_lsn()";
-        let row = self.query_one_bounded(STATEMENT, &[]).await?;
-        row.try_get(0).map_err(|e| Error::Statement {
-            statement: STATEMENT,
-            source: Box::new(e),
-        })
-    }
-
-    /// One row of a statement the pool sends itself, under the command timeout.
-    pub(crate) async fn query_one_bounded(
-        &self,
-        statement: &'static str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<tokio_postgres::Row, Error> {
-        let timeout = self.pooled().command_timeout;
-        let failed = |source: crate::BoxError| Error::Statement { statement, source };
-        match tokio::time::timeout(timeout, self.query_one(statement, params)).await {
-            Ok(Ok(row)) => Ok(row),
-            Ok(Err(error)) => Err(failed(Box::new(error))),
-            Err(_) => Err(failed(Box::new(crate::StatementTimedOut::new(
-                statement, timeout,
-            )))),
-        }
-    }
-
-    /// How long ago this physical connection was opened.
-    ///
-    /// ```no_run
-    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
-    /// let conn = pool.get().await?;
-    /// assert!(conn.age() < std::time::Duration::from_secs(3600));
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn age(&self) -> Duration {
-        self.pooled().created.elapsed()
-    }
-}
-
-impl From<managed::Object<Manager>> for Connection {
-    fn from(object: managed::Object<Manager>) -> Self {
-        Connection {
-            object: Some(object),
-            checked_out: None,
-        }
-    }
-}
-
-impl Connection {
-    /// The pooled object: present from checkout until the drop.
-    fn pooled(&self) -> &managed::Object<Manager> {
-        self.object
-            .as_ref()
-            .expect("a connection holds its pooled object until it is dropped")
-    }
-
-    fn pooled_mut(&mut self) -> &mut managed::Object<Manager> {
-        self.object
-            .as_mut()
-            .expect("a connection holds its pooled object until it is dropped")
-    }
-}
-
-impl Deref for Connection {
-    type Target = ClientWrapper;
-
-    fn deref(&self) -> &ClientWrapper {
-        &self.pooled().client
-    }
-}
-
-impl DerefMut for Connection {
-    fn deref_mut(&mut self) -> &mut ClientWrapper {
-        &mut self.pooled_mut().client
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        let Some(mut object) = self.object.take() else {
-            return;
-        };
-        let now = Instant::now();
-        if let Some(checked_out) = self.checked_out {
-            object
-                .telemetry
-                .use_time(now.saturating_duration_since(checked_out));
-        }
-        // A statement still in flight: its caller gave up (a request timed out). The
-        // connection leaves the pool (its place is free for a new one at once).
-        // (A session already gone has nothing to cancel through: it is retired as broken.)
-        if object.activity.in_flight() && !object.client.is_closed() && !object.lease.cancelled() {
-            cancel::abandon(managed::Object::take(object));
-            return;
-        }
-        if object.lease.cancelled() {
-            // A cancel was sent on it: closed, not reused (its statement, if any, ends with
-            // the cancel, then the session; see `Lease`).
-            object
-                .counters
-                .retired(crate::metrics::RetireReason::Broken);
-            drop(managed::Object::take(object));
-            return;
-        }
-        // The object returns to the pool right after this; idle time starts now.
-        object.lease.returned();
-        object.idle_since = now;
-    }
-}
-
-impl fmt::Debug for Connection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connection")
-            .field("age", &self.age())
-            .field("retire_at", &self.retire_at())
-            .field("closed", &self.pooled().client.is_closed())
-            .finish()
-    }
-}
 #[cfg(test)]
 mod tests {
     /// A checkout's future becomes part of every caller's future (an Axum handler's, a

@@ -13,6 +13,7 @@ use opentelemetry::metrics::Meter;
 use opentelemetry::trace::{Span, Tracer};
 
 use super::{Pool, PoolBuilder, PoolInner, Stats};
+use crate::metrics::Counters;
 use crate::telemetry::{Observer, by, count, one, replica_pool_name};
 
 impl PoolBuilder {
@@ -121,7 +122,7 @@ impl Pool {
     /// unregistered, which is why the per-user pools, which come and go, have none of their
     /// own).
     pub(super) fn observe(&self) {
-        let Some((meter, name)) = self.inner.counters.telemetry.meter() else {
+        let Some((meter, name)) = self.inner.primary.counters().telemetry.meter() else {
             return;
         };
         let pool = Arc::downgrade(&self.inner);
@@ -133,6 +134,20 @@ impl Pool {
             observe_replica_health(meter, name, Arc::downgrade(&self.inner));
         }
     }
+}
+
+/// Registers the instruments of a pool of one endpoint that is part of another (a read
+/// replica's), reading `stats` while it exists.
+pub(super) fn observe_endpoint(
+    counters: &Counters,
+    stats: impl Fn() -> Option<Stats> + Send + Sync + 'static,
+) {
+    let Some((meter, name)) = counters.telemetry.meter() else {
+        return;
+    };
+    let observer = Observer::new(meter, name, stats);
+    observe_connections(&observer);
+    observe_lakebase(&observer);
 }
 
 /// The pool's stats, while it exists.

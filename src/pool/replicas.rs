@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 use tokio_postgres::types::PgLsn;
 
-use super::builder::{EndpointParts, endpoint_pool};
+use super::endpoint::{EndpointParts, EndpointPool};
 use super::{Connection, Pool};
 use crate::backoff::millis;
 use crate::connect::Target;
@@ -261,15 +261,16 @@ impl ReplicaFactory {
             .parts
             .telemetry
             .pool(&replica_pool_name(&self.parts.pool_name, &name));
-        let pool = endpoint_pool(&self.parts, target, tokens, self.max_size, None, telemetry)?;
-        pool.observe();
-        Ok(Arc::new(Member {
+        let pool = EndpointPool::open(&self.parts, target, tokens, self.max_size, telemetry)?;
+        let member = Arc::new(Member {
             name,
             pool,
             health: Mutex::new(Health::default()),
             lag_waits: AtomicU64::new(0),
             lag_fallbacks: AtomicU64::new(0),
-        }))
+        });
+        member.observe();
+        Ok(member)
     }
 }
 
@@ -315,7 +316,7 @@ fn without_hosts(config: &tokio_postgres::Config, port: Option<u16>) -> tokio_po
 /// A replica, its pool and its health.
 pub(crate) struct Member {
     name: String,
-    pool: Pool,
+    pool: EndpointPool,
     health: Mutex<Health>,
     /// `get_read_at` calls that waited for it to replay, and of those the ones it did not
     /// catch up in time.
@@ -361,9 +362,20 @@ impl Member {
         false
     }
 
+    /// Registers the replica's own instruments, which read its stats while it exists.
+    #[cfg(feature = "opentelemetry")]
+    fn observe(self: &Arc<Self>) {
+        let member = Arc::downgrade(self);
+        super::observe::observe_endpoint(self.pool.counters(), move || {
+            member.upgrade().map(|member| member.pool.stats(None))
+        });
+    }
+
+    #[cfg(not(feature = "opentelemetry"))]
+    fn observe(self: &Arc<Self>) {}
+
     fn in_use(&self) -> usize {
-        let stats = self.pool.inner.pool.status();
-        stats.size.saturating_sub(stats.available)
+        self.pool.in_use()
     }
 
     fn mark_healthy(&self) {
@@ -412,7 +424,7 @@ impl Member {
     }
 
     fn stats(&self) -> ReplicaStats {
-        let stats = self.pool.stats();
+        let stats = self.pool.stats(None);
         let health = self.health();
         ReplicaStats {
             endpoint: self.name.clone(),

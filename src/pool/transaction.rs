@@ -11,7 +11,7 @@ use deadpool_postgres::ClientWrapper;
 use tokio::time::Instant;
 use tokio_postgres::error::{Severity, SqlState};
 
-use super::lifecycle::PooledClient;
+use super::pooled::PooledClient;
 use super::{Connection, Pool};
 use crate::backoff::deadline_after;
 use crate::backoff::millis;
@@ -188,7 +188,7 @@ impl Pool {
         F: FnMut(TransactionHandle) -> Fut,
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
     {
-        let policy = self.inner.pool.manager().connector().retry_policy();
+        let policy = self.connector().retry_policy();
         let started = Instant::now();
         let deadline = deadline_after(started, policy.total_deadline());
         let mut attempts: u32 = 0;

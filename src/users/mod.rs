@@ -72,7 +72,7 @@ use self::provider::{
 use crate::connect::Target;
 use crate::credentials::TokenCache;
 use crate::databricks::Workspace;
-use crate::pool::PoolTemplate;
+use crate::pool::{EndpointPool, PoolTemplate};
 use crate::{Connection, EndpointName, Environment, Error, Pool, PoolBuilder, Secret, UserProblem};
 
 /// How long a checked token stays checked: the Apps proxy replaces tokens well before they
@@ -152,7 +152,7 @@ struct Counters {
 
 /// One user's pool and what it needs.
 struct Entry {
-    pool: Pool,
+    pool: EndpointPool,
     tokens: TokenCache,
     latest: LatestToken,
     /// Tokens checked for this user, with when.
@@ -200,7 +200,7 @@ impl Entry {
         if self.busy.load(Ordering::Relaxed) > 0 {
             return false;
         }
-        let stats = self.pool.stats();
+        let stats = self.pool.stats(None);
         stats.size == stats.available
     }
 }
@@ -592,7 +592,7 @@ impl UserPools {
             let tokens = entry.tokens.stats();
             mints += tokens.minted;
             mint_failures += tokens.mint_failures;
-            let stats = entry.pool.stats();
+            let stats = entry.pool.stats(None);
             pool_sizes.push((stats.size, stats.size.saturating_sub(stats.available)));
         }
         pool_sizes.sort_unstable_by(|a, b| b.cmp(a));
