@@ -1,23 +1,25 @@
-//! `PoolBuilder`: every setting of a pool, checked as a whole in `build()`.
+//! `PoolBuilder`: every setting of a pool, checked as a whole in `build()` (`build.rs`).
+
+mod build;
+
+pub(crate) use self::build::PoolTemplate;
 
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Pool;
-use super::endpoint::{EndpointParts, EndpointPool};
 use super::lifecycle::Lifecycle;
 use super::replicas::{ReadFallback, ReplicaSettings, ReplicaSpec};
 use crate::config::{self, PasswordSource};
-use crate::connect::Target;
-use crate::credentials::{CachePolicy, CredentialProvider, StaticPassword, TokenCache};
-use crate::databricks::{LakebaseCredentials, LakebaseDiscovery, Workspace, WorkspaceBuilder};
+use crate::credentials::{CachePolicy, CredentialProvider, StaticPassword};
+use crate::databricks::{Workspace, WorkspaceBuilder};
 use crate::defaults;
 use crate::resolve::{Resolve, ResolverName};
-use crate::target::{TlsSettings, check_needs_tls};
-use crate::telemetry::{self, PoolTelemetry, Telemetry};
+use crate::target::TlsSettings;
+use crate::telemetry::Telemetry;
 use crate::tls::{self, ChannelBinding, SslMode, SslNegotiation};
 use crate::{EndpointName, Environment, Error, RetryPolicy, Secret};
 
@@ -231,6 +233,8 @@ impl PoolBuilder {
     /// address set both here and with [`host`](Self::host), [`port`](Self::port) or
     /// [`hostaddr`](Self::hostaddr) is a `build` error: set each in one place.
     ///
+    /// Default: an empty configuration (libpq defaults).
+    ///
     /// ```
     /// # fn demo() -> Result<(), lakebase_pool::Error> {
     /// let config: tokio_postgres::Config = "host=127.0.0.1 user=app dbname=app options=-cstatement_timeout=5s"
@@ -251,17 +255,7 @@ impl PoolBuilder {
     /// Server host name, IP address, or Unix socket directory (a path starting with `/`).
     /// Required, unless discovered from a [`lakebase_endpoint`](Self::lakebase_endpoint).
     ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .host("127.0.0.1")
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
+    /// Default: none; required unless discovered.
     pub fn host(mut self, host: impl AsRef<str>) -> Self {
         self.host = Some(host.as_ref().to_owned());
         self
@@ -270,18 +264,6 @@ impl PoolBuilder {
     /// Server port.
     ///
     /// Default: 5432.
-    ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .port(5433)
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
         self
@@ -290,17 +272,7 @@ impl PoolBuilder {
     /// The Postgres role to log in as. Required, unless resolved for a
     /// [`lakebase_endpoint`](Self::lakebase_endpoint).
     ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .user("app")
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
+    /// Default: none; required unless resolved.
     pub fn user(mut self, user: impl Into<String>) -> Self {
         let _ = self.pg_config.user(user);
         self
@@ -310,18 +282,6 @@ impl PoolBuilder {
     ///
     /// Default: `databricks_postgres` with a [`lakebase_endpoint`](Self::lakebase_endpoint),
     /// else the user name (as libpq does).
-    ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .dbname("databricks_postgres")
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn dbname(mut self, dbname: impl Into<String>) -> Self {
         let _ = self.pg_config.dbname(dbname);
         self
@@ -336,18 +296,6 @@ impl PoolBuilder {
     /// [`Connection::timeout`](crate::Connection::timeout). `Duration::ZERO` means none.
     ///
     /// Default: none (the server's own setting, by default no limit).
-    ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .statement_timeout(std::time::Duration::from_secs(30))
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn statement_timeout(mut self, limit: Duration) -> Self {
         self.statement_timeout = Some(limit);
         self
@@ -356,18 +304,6 @@ impl PoolBuilder {
     /// The `application_name` reported to the server (shown in `pg_stat_activity`).
     ///
     /// Default: none.
-    ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .application_name("orders-api")
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
         let _ = self.pg_config.application_name(name);
         self
@@ -376,17 +312,7 @@ impl PoolBuilder {
     /// Uses a fixed password (a [`StaticPassword`] provider). Replaces any provider set
     /// before.
     ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .password("postgres")
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
+    /// Default: none; one of `password`, `credentials` or `lakebase_endpoint` is required.
     pub fn password(self, password: impl Into<Secret>) -> Self {
         self.credentials(StaticPassword::new(password))
     }
@@ -394,6 +320,8 @@ impl PoolBuilder {
     /// Where passwords come from: a provider asked (through the token cache) for the token
     /// of every new physical connection. Replaces any provider set before. Required, unless
     /// [`password`](Self::password) is used.
+    ///
+    /// Default: none; one of `password`, `credentials` or `lakebase_endpoint` is required.
     ///
     /// ```
     /// use lakebase_pool::credentials::{from_fn, Credential};
@@ -424,17 +352,7 @@ impl PoolBuilder {
     /// first connect. A malformed name makes [`build`](Self::build) fail with
     /// [`Error::InvalidEndpointName`].
     ///
-    /// ```no_run
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .lakebase_endpoint("projects/shop/branches/production/endpoints/ep-primary")
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
+    /// Default: none (`LAKEBASE_ENDPOINT` with [`from_env`](Self::from_env)).
     pub fn lakebase_endpoint(mut self, endpoint: impl AsRef<str>) -> Self {
         self.endpoint = Some(EndpointName::parse(endpoint.as_ref()));
         self
@@ -469,18 +387,6 @@ impl PoolBuilder {
     /// Default: `disable` for loopback hosts and Unix sockets, `verify-full` for any other
     /// host. `disable` to a non-loopback host is refused unless
     /// [`dangerous().allow_plaintext()`](Dangerous::allow_plaintext).
-    ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .ssl_mode(lakebase_pool::SslMode::VerifyFull)
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn ssl_mode(mut self, mode: SslMode) -> Self {
         self.tls.mode = Some(mode);
         self
@@ -491,18 +397,6 @@ impl PoolBuilder {
     ///
     /// Default: `prefer`, which binds whenever the server offers it. `require` without TLS is
     /// a `build` error.
-    ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("db.example.com")
-    ///     .user("app")
-    ///     .password("a-scram-password")
-    ///     .channel_binding(lakebase_pool::ChannelBinding::Require)
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn channel_binding(mut self, binding: ChannelBinding) -> Self {
         self.channel_binding = Some(binding);
         self
@@ -514,18 +408,6 @@ impl PoolBuilder {
     ///
     /// Default: `postgres`, which every server understands. `direct` without TLS is a
     /// `build` error.
-    ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("ep-example.database.us-east-1.cloud.databricks.com")
-    ///     .user("app")
-    ///     .password("a-token")
-    ///     .ssl_negotiation(lakebase_pool::SslNegotiation::Direct)
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn ssl_negotiation(mut self, negotiation: SslNegotiation) -> Self {
         self.ssl_negotiation = Some(negotiation);
         self
@@ -557,18 +439,6 @@ impl PoolBuilder {
     /// addition to the webpki roots. Read at [`build`](Self::build).
     ///
     /// Default: none.
-    ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .root_certificates_file("/etc/ssl/private-ca.pem")
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn root_certificates_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.roots.push(RootSource::File(path.into()));
         self
@@ -642,18 +512,6 @@ impl PoolBuilder {
     ///
     /// Default: [`CachePolicy::default()`] (reuse while >= 2 min left, refresh in the
     /// background once < 15 min left).
-    ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .cache_policy(lakebase_pool::CachePolicy::per_connect())
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn cache_policy(mut self, policy: CachePolicy) -> Self {
         self.cache_policy = policy;
         self
@@ -684,18 +542,6 @@ impl PoolBuilder {
     /// The most connections open at once, idle or in use.
     ///
     /// Default: 16.
-    ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .max_size(32)
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn max_size(mut self, max_size: usize) -> Self {
         self.max_size = max_size;
         self
@@ -707,19 +553,6 @@ impl PoolBuilder {
     /// `Duration::MAX` disables the limit.
     ///
     /// Default: 45 minutes.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .max_lifetime(Duration::from_secs(30 * 60))
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn max_lifetime(mut self, max_lifetime: Duration) -> Self {
         self.lifecycle.max_lifetime = max_lifetime;
         self
@@ -730,18 +563,6 @@ impl PoolBuilder {
     /// or after an outage) are not all replaced at the same moment.
     ///
     /// Default: 0.05 (0-5 %).
-    ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .lifetime_jitter(0.1)
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn lifetime_jitter(mut self, fraction: f64) -> Self {
         self.lifecycle.jitter = fraction;
         self
@@ -751,19 +572,6 @@ impl PoolBuilder {
     /// compute can suspend. `Duration::MAX` disables it.
     ///
     /// Default: 10 minutes.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .idle_timeout(Duration::from_secs(300))
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
         self.lifecycle.idle_timeout = idle_timeout;
         self
@@ -774,19 +582,6 @@ impl PoolBuilder {
     /// validates every checkout; `Duration::MAX` never sends a validation query.
     ///
     /// Default: 5 seconds.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .validate_after_idle(Duration::from_secs(1))
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn validate_after_idle(mut self, idle: Duration) -> Self {
         self.lifecycle.validate_after_idle = idle;
         self
@@ -796,19 +591,6 @@ impl PoolBuilder {
     /// failing with [`Error::PoolTimeout`]. `Duration::ZERO` fails at once.
     ///
     /// Default: 30 seconds.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("127.0.0.1")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .wait_timeout(Duration::from_secs(5))
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn wait_timeout(mut self, wait_timeout: Duration) -> Self {
         self.wait_timeout = wait_timeout;
         self
@@ -821,17 +603,7 @@ impl PoolBuilder {
     /// its own, with this pool's settings and [`replica_max_size`](Self::replica_max_size)
     /// connections.
     ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("primary.internal")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .read_replicas(["replica-1.internal", "replica-2.internal:5433"])
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
+    /// Default: none: [`Pool::get_read`] reads from the read-write endpoint.
     pub fn read_replicas<I, S>(mut self, replicas: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -849,6 +621,8 @@ impl PoolBuilder {
     /// `ENDPOINT_TYPE_READ_ONLY` that are not disabled kept. Needs
     /// [`lakebase_endpoint`](Self::lakebase_endpoint). Until the look-up succeeds (it is
     /// retried every 10 s after a failure), reads go to the [`ReadFallback`].
+    ///
+    /// Default: off.
     ///
     /// ```
     /// # fn demo() -> Result<(), lakebase_pool::Error> {
@@ -869,19 +643,6 @@ impl PoolBuilder {
     /// [`Pool::get_read_at`] when none has caught up; see [`ReadFallback`].
     ///
     /// Default: [`ReadFallback::Primary`], read from the read-write endpoint.
-    ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("primary.internal")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .read_replicas(["replica.internal"])
-    ///     .read_fallback(lakebase_pool::ReadFallback::Fail)
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn read_fallback(mut self, fallback: ReadFallback) -> Self {
         self.replicas.fallback = fallback;
         self
@@ -890,19 +651,6 @@ impl PoolBuilder {
     /// The size limit of each replica's pool.
     ///
     /// Default: the pool's [`max_size`](Self::max_size).
-    ///
-    /// ```
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("primary.internal")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .read_replicas(["replica.internal"])
-    ///     .replica_max_size(32)
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn replica_max_size(mut self, max_size: usize) -> Self {
         self.replicas.max_size = Some(max_size);
         self
@@ -912,291 +660,10 @@ impl PoolBuilder {
     /// before the [`ReadFallback`] decides.
     ///
     /// Default: 2 seconds.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder()
-    ///     .host("primary.internal")
-    ///     .user("app")
-    ///     .password("local-dev-password")
-    ///     .read_replicas(["replica.internal"])
-    ///     .replica_catch_up_timeout(Duration::from_millis(500))
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn replica_catch_up_timeout(mut self, timeout: Duration) -> Self {
         self.replicas.catch_up_timeout = timeout;
         self
     }
-
-    /// `pg_config` with the builder's host, port, address, channel binding and TLS
-    /// negotiation applied.
-    fn target_config(&self) -> Result<tokio_postgres::Config, Error> {
-        let mut config = self.pg_config.clone();
-        let twice = |setting: &'static str| {
-            Error::invalid(
-                setting,
-                format!("set both in `pg_config` and with `.{setting}(..)`; set it in one place"),
-            )
-        };
-        if let Some(host) = &self.host {
-            if !config.get_hosts().is_empty() {
-                return Err(twice("host"));
-            }
-            let _ = config.host(host);
-        }
-        if let Some(port) = self.port {
-            if !config.get_ports().is_empty() {
-                return Err(twice("port"));
-            }
-            let _ = config.port(port);
-        }
-        if let Some(address) = self.hostaddr {
-            if !config.get_hostaddrs().is_empty() {
-                return Err(twice("hostaddr"));
-            }
-            let _ = config.hostaddr(address);
-        }
-        if let Some(binding) = self.channel_binding {
-            let _ = config.channel_binding(binding.to_tokio_postgres());
-        }
-        if let Some(negotiation) = self.ssl_negotiation {
-            let _ = config.ssl_negotiation(negotiation.to_tokio_postgres());
-        }
-        Ok(config)
-    }
-
-    /// Checks every setting and builds the pool. No connection is opened until the first
-    /// [`Pool::get`].
-    ///
-    /// Must be called within a Tokio runtime: the pool starts a background task that closes
-    /// idle connections past their lifetime (it ends when the pool is dropped or closed).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`] naming the setting at fault.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lakebase_pool::Error> {
-    /// let pool = lakebase_pool::Pool::builder().host("127.0.0.1").user("app").password("pw").build()?;
-    /// # let _ = pool;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn build(self) -> Result<Pool, Error> {
-        self.build_with_template().map(|(pool, _)| pool)
-    }
-
-    /// [`build`](Self::build), also returning what pools of other identities on the same
-    /// endpoint share with this one (per-user pools).
-    pub(crate) fn build_with_template(self) -> Result<(Pool, PoolTemplate), Error> {
-        let mut pg_config = self.target_config()?;
-        let mut provider = self.provider;
-        let primary_endpoint = self.endpoint.transpose()?;
-        // Replicas by endpoint name mint through the same workspace: one authentication.
-        let mut primary_workspace = self.workspace;
-        let discovery = match primary_endpoint.clone() {
-            None => None,
-            Some(endpoint) => {
-                let workspace = match primary_workspace.clone() {
-                    Some(workspace) => workspace,
-                    None => {
-                        let workspace = Workspace::from_env()?;
-                        primary_workspace = Some(workspace.clone());
-                        workspace
-                    }
-                };
-                if provider.is_none() {
-                    let minted = LakebaseCredentials::new(workspace.clone(), endpoint.clone());
-                    provider = Some(Box::new(minted));
-                }
-                if pg_config.get_dbname().is_none() {
-                    let _ = pg_config.dbname(defaults::LAKEBASE_DATABASE);
-                }
-                Some(LakebaseDiscovery {
-                    host: pg_config.get_hosts().is_empty(),
-                    user: pg_config.get_user().is_none(),
-                    workspace,
-                    endpoint,
-                })
-            }
-        };
-        let provider = provider.ok_or_else(|| {
-            Error::invalid(
-                "credentials",
-                "no password source; call `.password(..)`, `.credentials(..)` or \
-                 `.lakebase_endpoint(..)`",
-            )
-        })?;
-        self.cache_policy.validate()?;
-        self.retry.validate()?;
-        validate_lifecycle(&self.lifecycle)?;
-        if self.max_size == 0 {
-            return Err(Error::invalid("max_size", "must be at least 1"));
-        }
-        check_no_password(&pg_config)?;
-        let mut tls = self.tls;
-        for source in &self.roots {
-            tls.trust.extra_roots.extend(source.certificates()?);
-        }
-        if tls.mode == Some(SslMode::VerifyCa) {
-            // Also settled at the first connect; checked now for a discovered host.
-            tls::check_verify_ca(&tls.trust)?;
-        }
-        if tls.trust.accept_invalid_certificates {
-            tracing::warn!(
-                "DANGEROUS: TLS certificates are not verified; anyone on the path can read the tokens"
-            );
-        }
-        if tls.allow_plaintext {
-            tracing::warn!("DANGEROUS: plain-text connections to non-loopback hosts are allowed");
-        }
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::invalid(
-                "build",
-                "must be called within a Tokio runtime (the pool runs a background task)",
-            ));
-        }
-        if let Some(limit) = self.statement_timeout {
-            // Milliseconds, at most what the server takes (an `int`).
-            let millis = limit.as_millis().min(i32::MAX as u128);
-            let options = match pg_config.get_options() {
-                Some(own) if !own.is_empty() => format!("{own} -c statement_timeout={millis}"),
-                _ => format!("-c statement_timeout={millis}"),
-            };
-            let _ = pg_config.options(options);
-        }
-        let _ = pg_config
-            .connect_timeout(self.retry.attempt_timeout())
-            .keepalives(true)
-            .keepalives_idle(defaults::TCP_KEEPALIVE_IDLE)
-            .keepalives_interval(defaults::TCP_KEEPALIVE_INTERVAL)
-            .keepalives_retries(defaults::TCP_KEEPALIVE_RETRIES)
-            // Keep-alive probes only start on an idle socket; with data unacknowledged (a
-            // query sent to a vanished server) only this ends the wait in the same minute.
-            .tcp_user_timeout(defaults::TCP_USER_TIMEOUT);
-
-        let tokens = TokenCache::labelled(provider, self.cache_policy.clone(), "database token");
-        let name = metrics_name(self.pool_name, primary_endpoint.as_ref(), &pg_config);
-        let telemetry = self.telemetry.pool(&name);
-        // Before the replicas: plain Postgres replicas share this cache, and it reports under
-        // the primary's name.
-        tokens.attach_telemetry(&telemetry);
-        let target = match discovery {
-            Some(discovery) => {
-                // Settled at the first connect, once the host is known; an explicit sslmode
-                // can be checked now.
-                if let Some(mode) = tls.mode {
-                    check_needs_tls(&pg_config, mode)?;
-                }
-                Target::Lazy {
-                    base: pg_config.clone(),
-                    source: Box::new(discovery),
-                }
-            }
-            None => Target::Fixed(pg_config.clone()),
-        };
-        let parts = EndpointParts {
-            tls,
-            resolver: self.resolver,
-            retry: self.retry,
-            lifecycle: self.lifecycle,
-            wait_timeout: self.wait_timeout,
-            cache_policy: self.cache_policy,
-            hide_user: false,
-            telemetry: self.telemetry,
-            pool_name: name,
-        };
-        let replicas = self.replicas.build(
-            &parts,
-            &pg_config,
-            self.max_size,
-            primary_workspace.clone(),
-            primary_endpoint.as_ref(),
-            &tokens,
-        )?;
-        let primary = EndpointPool::open(&parts, target, tokens, self.max_size, telemetry)?;
-        let pool = Pool::of(primary, replicas);
-        pool.observe();
-        let template = PoolTemplate {
-            users_telemetry: OnceLock::new(),
-            parts,
-            base: pg_config,
-            workspace: primary_workspace,
-            endpoint: primary_endpoint,
-        };
-        Ok((pool, template))
-    }
-}
-
-/// What a pool built by [`PoolBuilder::build_with_template`] shares with pools of other
-/// identities on the same endpoint: every setting, the workspace, the endpoint.
-pub(crate) struct PoolTemplate {
-    parts: EndpointParts,
-    /// The instruments every per-user pool records into, as one pool: made on first use, so
-    /// that a plain `build()` makes none.
-    users_telemetry: OnceLock<PoolTelemetry>,
-    /// The connection settings, timeouts included; the host unless it is discovered.
-    pub(crate) base: tokio_postgres::Config,
-    pub(crate) workspace: Option<Workspace>,
-    pub(crate) endpoint: Option<EndpointName>,
-}
-
-impl PoolTemplate {
-    /// A pool of up to `max_size` connections to `target` with `tokens`, closing idle
-    /// connections after `idle_timeout`, and naming no user in its errors and logs.
-    pub(crate) fn pool(
-        &self,
-        target: Target,
-        tokens: TokenCache,
-        max_size: usize,
-        idle_timeout: Duration,
-    ) -> Result<EndpointPool, Error> {
-        let mut parts = self.parts.clone();
-        parts.lifecycle.idle_timeout = idle_timeout;
-        parts.hide_user = true;
-        validate_lifecycle(&parts.lifecycle)?;
-        EndpointPool::open(
-            &parts,
-            target,
-            tokens,
-            max_size,
-            self.users_telemetry().clone(),
-        )
-    }
-
-    /// The instruments of the per-user pools, together named `{app}/users`.
-    pub(crate) fn users_telemetry(&self) -> &PoolTelemetry {
-        self.users_telemetry.get_or_init(|| {
-            self.parts
-                .telemetry
-                .pool(&telemetry::users_pool_name(&self.parts.pool_name))
-        })
-    }
-
-    /// The token cache policy every pool of the endpoint uses.
-    pub(crate) fn cache_policy(&self) -> &CachePolicy {
-        &self.parts.cache_policy
-    }
-}
-
-/// The pool's name in its metrics: the one given, else the Lakebase endpoint's name, else
-/// `host:port` (the semantic conventions' fallback), else `lakebase`.
-fn metrics_name(
-    given: Option<String>,
-    endpoint: Option<&EndpointName>,
-    config: &tokio_postgres::Config,
-) -> String {
-    given
-        .or_else(|| endpoint.map(ToString::to_string))
-        .or_else(|| {
-            let server = telemetry::Server::of(config);
-            server.address.map(|host| format!("{host}:{}", server.port))
-        })
-        .unwrap_or_else(|| "lakebase".to_owned())
 }
 
 /// Settings that weaken the protection of the token, from [`PoolBuilder::dangerous`]. Each
@@ -1263,168 +730,5 @@ impl RootSource {
     }
 }
 
-fn validate_lifecycle(lifecycle: &Lifecycle) -> Result<(), Error> {
-    if lifecycle.max_lifetime.is_zero() {
-        return Err(Error::invalid(
-            "max_lifetime",
-            "must be greater than zero (use Duration::MAX for no limit)",
-        ));
-    }
-    if !(0.0..=0.5).contains(&lifecycle.jitter) {
-        return Err(Error::invalid(
-            "lifetime_jitter",
-            format!("{} is outside 0.0..=0.5", lifecycle.jitter),
-        ));
-    }
-    if lifecycle.idle_timeout.is_zero() {
-        return Err(Error::invalid(
-            "idle_timeout",
-            "must be greater than zero (use Duration::MAX to never close idle connections)",
-        ));
-    }
-    Ok(())
-}
-
-fn check_no_password(config: &tokio_postgres::Config) -> Result<(), Error> {
-    if config.get_password().is_some() {
-        return Err(Error::invalid(
-            "pg_config",
-            "contains a password; the pool sets the password from its credential provider on \
-             every connect, so pass it with `.password(..)` or `.credentials(..)` instead",
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use tokio_postgres::config::Host;
-
-    #[test]
-    fn host_port_and_hostaddr_replace_rather_than_append() {
-        let config: tokio_postgres::Config =
-            "user=u dbname=d options=-cx=1 application_name=app connect_timeout=7"
-                .parse()
-                .unwrap();
-        let builder = PoolBuilder::default()
-            .pg_config(config)
-            .port(2)
-            .port(3)
-            .host("a")
-            .host("b")
-            .hostaddr("10.0.0.1".parse().unwrap())
-            .hostaddr("10.0.0.2".parse().unwrap());
-        let config = builder.target_config().unwrap();
-        assert_eq!(config.get_hosts(), [Host::Tcp("b".into())]);
-        assert_eq!(config.get_ports(), [3]);
-        assert_eq!(
-            config.get_hostaddrs(),
-            ["10.0.0.2".parse::<IpAddr>().unwrap()]
-        );
-        assert_eq!(config.get_user(), Some("u"));
-        assert_eq!(config.get_dbname(), Some("d"));
-        assert_eq!(config.get_options(), Some("-cx=1"));
-        assert_eq!(config.get_application_name(), Some("app"));
-        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(7)));
-    }
-
-    #[test]
-    fn a_host_or_port_set_in_two_places_is_a_build_error() {
-        let config: tokio_postgres::Config = "host=a port=1 user=u".parse().unwrap();
-        for (builder, setting) in [
-            (
-                PoolBuilder::default().pg_config(config.clone()).host("b"),
-                "host",
-            ),
-            (PoolBuilder::default().pg_config(config).port(2), "port"),
-        ] {
-            match builder.target_config() {
-                Err(Error::InvalidConfig {
-                    setting: got,
-                    problem,
-                    ..
-                }) => {
-                    assert_eq!(got, setting);
-                    assert!(problem.contains("set it in one place"), "{problem}");
-                }
-                other => panic!("{setting}: {other:?}"),
-            }
-        }
-    }
-
-    use super::*;
-
-    fn base() -> PoolBuilder {
-        PoolBuilder::default()
-            .host("127.0.0.1")
-            .user("app")
-            .password("pw")
-    }
-
-    fn setting_of(result: Result<Pool, Error>) -> &'static str {
-        match result {
-            Err(Error::InvalidConfig { setting, .. }) => setting,
-            Err(other) => panic!("unexpected error {other:?}"),
-            Ok(_) => panic!("built a pool from an invalid configuration"),
-        }
-    }
-
-    #[tokio::test]
-    async fn missing_or_invalid_settings_name_the_setting() {
-        assert_eq!(
-            setting_of(PoolBuilder::default().host("127.0.0.1").user("a").build()),
-            "credentials"
-        );
-        assert_eq!(
-            setting_of(PoolBuilder::default().user("a").password("p").build()),
-            "host"
-        );
-        assert_eq!(
-            setting_of(PoolBuilder::default().host("::1").password("p").build()),
-            "user"
-        );
-        assert_eq!(setting_of(base().max_size(0).build()), "max_size");
-        assert_eq!(
-            setting_of(base().lifetime_jitter(0.9).build()),
-            "lifetime_jitter"
-        );
-        assert_eq!(
-            setting_of(base().lifetime_jitter(f64::NAN).build()),
-            "lifetime_jitter"
-        );
-        assert_eq!(
-            setting_of(base().max_lifetime(Duration::ZERO).build()),
-            "max_lifetime"
-        );
-        assert_eq!(
-            setting_of(base().idle_timeout(Duration::ZERO).build()),
-            "idle_timeout"
-        );
-        let with_password: tokio_postgres::Config = "user=a password=x".parse().unwrap();
-        assert_eq!(
-            setting_of(base().pg_config(with_password).build()),
-            "pg_config"
-        );
-    }
-
-    #[tokio::test]
-    async fn plaintext_to_a_non_loopback_host_is_refused() {
-        let plain = |host: &str| base().host(host).ssl_mode(SslMode::Disable).build();
-        assert_eq!(setting_of(plain("db.example.com")), "ssl_mode");
-        assert_eq!(setting_of(plain("10.0.0.5")), "ssl_mode");
-        for host in [
-            "localhost",
-            "127.0.0.1",
-            "::1",
-            "[::1]",
-            "/var/run/postgresql",
-        ] {
-            assert!(base().host(host).build().is_ok(), "{host}");
-        }
-    }
-
-    #[test]
-    fn build_outside_a_runtime_is_an_error_not_a_panic() {
-        assert_eq!(setting_of(base().build()), "build");
-    }
-}
+mod tests;
