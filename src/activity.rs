@@ -33,6 +33,8 @@ pub(crate) struct Activity {
     sent: AtomicU64,
     /// `ReadyForQuery` messages received, the start-up's included.
     ready: AtomicU64,
+    /// A statement's messages are being written: some sent, its `Sync` not yet.
+    writing: AtomicBool,
     /// Woken at a `ReadyForQuery` while someone waits in `settled`.
     answered: Notify,
     /// How many wait in `settled`: without any, a `ReadyForQuery` wakes no one (a
@@ -54,6 +56,7 @@ impl Activity {
     pub(crate) fn in_flight(&self) -> bool {
         // The start-up's `ReadyForQuery` answers no frontend message of its own.
         self.ready.load(Ordering::SeqCst) <= self.sent.load(Ordering::SeqCst)
+            || self.writing.load(Ordering::SeqCst)
     }
 
     /// Whether the driver was woken since its last poll began: a request queued for it (a
@@ -215,8 +218,9 @@ impl Framing {
     }
 
     /// Feeds `bytes`, calling `on_message` with each message's type byte once its header is
-    /// complete (`0` for the untyped start-up message).
-    fn feed(&mut self, mut bytes: &[u8], mut on_message: impl FnMut(u8)) {
+    /// complete (`0` for the untyped start-up message), and its body when the whole body is
+    /// in these bytes (else `None`).
+    fn feed(&mut self, mut bytes: &[u8], mut on_message: impl FnMut(u8, Option<&[u8]>)) {
         while !bytes.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len());
@@ -233,8 +237,9 @@ impl Framing {
                 let body = usize::try_from(length).unwrap_or(4).saturating_sub(4);
                 let n = body.min(bytes.len() - 5);
                 self.skip = body - n;
+                let whole = (n == body).then(|| &bytes[5..5 + n]);
                 bytes = &bytes[5 + n..];
-                on_message(kind);
+                on_message(kind, whole);
                 continue;
             }
             let header_len = if self.untyped { 4 } else { 5 };
@@ -266,8 +271,36 @@ impl Framing {
             self.skip = usize::try_from(length).unwrap_or(4).saturating_sub(4);
             self.have = 0;
             self.untyped = false;
-            on_message(kind);
+            on_message(kind, None);
         }
+    }
+}
+
+impl Framing {
+    /// Whether a message is only partly through (its header or its body).
+    fn mid_message(&self) -> bool {
+        self.have > 0 || self.skip > 0
+    }
+}
+
+/// Whether a simple `Query` body is the `ROLLBACK` that tokio-postgres sends, unawaited, for a
+/// transaction dropped unfinished (`ROLLBACK`, or `ROLLBACK TO <savepoint>`). Fast, and
+/// awaited by nobody: not a statement in flight, so the connection is not taken for one
+/// whose caller gave up (the next statement queues behind it, as it must).
+fn is_dropped_transactions_rollback(body: &[u8]) -> bool {
+    match body.strip_prefix(b"ROLLBACK") {
+        Some(b"\0") => true,
+        // A savepoint's name, one word: `ROLLBACK TO a; SELECT ...` is someone's statement.
+        Some(rest) => rest.strip_prefix(b" TO ").is_some_and(|name| {
+            name.split_last().is_some_and(|(&end, name)| {
+                end == 0
+                    && !name.is_empty()
+                    && name
+                        .iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'"')
+            })
+        }),
+        None => false,
     }
 }
 
@@ -292,6 +325,8 @@ pub(crate) struct Watched<S> {
     expected: VecDeque<Expected>,
     /// Whether a message other than `Close` was sent since the last `Sync`.
     batch_has_work: bool,
+    /// What `activity.writing` was last set to.
+    writing: bool,
 }
 
 impl<S> Watched<S> {
@@ -304,6 +339,7 @@ impl<S> Watched<S> {
             backend: Framing::new(false),
             expected: VecDeque::new(),
             batch_has_work: false,
+            writing: false,
         }
     }
 }
@@ -320,7 +356,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         if result.is_ready() {
             let (activity, expected) = (&this.activity, &mut this.expected);
             this.backend
-                .feed(&buf.filled()[before..], |kind| match kind {
+                .feed(&buf.filled()[before..], |kind, _| match kind {
                     b'Z' => {
                         // The start-up's `ReadyForQuery` was expected by nothing, and counts.
                         let counts = expected.pop_front().is_none_or(|e| e.ends_statement);
@@ -357,12 +393,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         if let Poll::Ready(Ok(written)) = result {
             let (activity, expected, work) =
                 (&this.activity, &mut this.expected, &mut this.batch_has_work);
-            this.frontend.feed(&buf[..written], |kind| {
+            this.frontend.feed(&buf[..written], |kind, body| {
                 let (ends_statement, sync) = match kind {
-                    b'Q' => (true, false),
+                    b'Q' => (!body.is_some_and(is_dropped_transactions_rollback), false),
                     b'S' => (std::mem::take(work), true),
-                    // Close, Flush: no work of their own.
-                    b'C' | b'H' => return,
+                    // Close, Flush, the start-up and the login's password messages, Terminate:
+                    // no statement of their own.
+                    b'C' | b'H' | 0 | b'p' | b'X' => return,
                     _ => {
                         *work = true;
                         return;
@@ -376,6 +413,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
                     let _ = activity.sent.fetch_add(1, Ordering::AcqRel);
                 }
             });
+            // Messages of a statement written, its `Sync` not yet (a large one written in
+            // parts, the data of a `COPY`): in flight too.
+            let writing = this.frontend.mid_message() || this.batch_has_work;
+            if writing != this.writing {
+                this.writing = writing;
+                this.activity.writing.store(writing, Ordering::SeqCst);
+            }
         }
         result
     }
@@ -409,7 +453,7 @@ mod tests {
     fn kinds(framing: &mut Framing, stream: &[u8], chunk: usize) -> Vec<u8> {
         let mut seen = Vec::new();
         for part in stream.chunks(chunk) {
-            framing.feed(part, |kind| seen.push(kind));
+            framing.feed(part, |kind, _| seen.push(kind));
         }
         seen
     }
@@ -466,5 +510,56 @@ mod tests {
         task.await.unwrap();
         assert!(!activity.driver_behind(), "ended");
         activity.settled().await;
+    }
+
+    /// What tokio-postgres sends, unawaited, for a transaction dropped unfinished is not a
+    /// statement in flight; anything else sent with `Query` is, even if it starts the same.
+    #[test]
+    fn the_rollback_of_a_dropped_transaction_is_not_in_flight_and_nothing_else_is_taken_for_it() {
+        for (text, in_flight) in [
+            ("ROLLBACK", false),
+            ("ROLLBACK TO sp_1", false),
+            ("ROLLBACK TO \"my point\"", true),
+            ("ROLLBACK TO a; SELECT pg_sleep(60)", true),
+            ("ROLLBACK; SELECT pg_sleep(60)", true),
+            ("ROLLBACK TO ", true),
+            ("SELECT 1", true),
+        ] {
+            let activity = Arc::new(Activity::default());
+            let mut stream = Watched::new(Vec::new(), Arc::clone(&activity));
+            stream.frontend.untyped = false;
+            let mut body = text.as_bytes().to_vec();
+            body.push(0);
+            let bytes = message(b'Q', &body);
+            let waker = Waker::noop();
+            let written = Pin::new(&mut stream).poll_write(&mut Context::from_waker(waker), &bytes);
+            assert!(matches!(written, Poll::Ready(Ok(n)) if n == bytes.len()));
+            let _ = activity.ready.fetch_add(1, Ordering::AcqRel); // the start-up's
+            assert_eq!(activity.in_flight(), in_flight, "{text}");
+        }
+    }
+
+    /// A statement whose messages are only partly written is in flight, and so is one whose
+    /// `Sync` has not been written yet.
+    #[test]
+    fn a_statement_written_in_parts_is_in_flight_before_its_sync() {
+        let activity = Arc::new(Activity::default());
+        let mut stream = Watched::new(Vec::new(), Arc::clone(&activity));
+        stream.frontend.untyped = false;
+        let _ = activity.ready.fetch_add(1, Ordering::AcqRel); // the start-up's
+        let mut cx = Context::from_waker(Waker::noop());
+        let bind = message(b'B', &[7; 1000]);
+        let mut write = |bytes: &[u8]| {
+            let written = Pin::new(&mut stream).poll_write(&mut cx, bytes);
+            assert!(matches!(written, Poll::Ready(Ok(n)) if n == bytes.len()));
+        };
+        write(&bind[..300]);
+        assert!(activity.in_flight(), "half a message");
+        write(&bind[300..]);
+        assert!(activity.in_flight(), "a Bind without its Sync");
+        write(&message(b'S', b""));
+        assert!(activity.in_flight(), "synced, not answered");
+        let _ = activity.ready.fetch_add(1, Ordering::AcqRel);
+        assert!(!activity.in_flight());
     }
 }

@@ -125,6 +125,32 @@ pub(super) fn abandon(object: PooledClient) {
     }));
 }
 
+/// Watches a connection just returned to the pool whose driver had work queued (a
+/// statement whose future was dropped right after it was sent): once the driver has written
+/// it, a statement in flight is cancelled and the session closed, as for one returned in
+/// flight. Only within the lease the connection was returned in: a checkout starts another,
+/// and then finds any such statement itself.
+pub(super) fn watch_returned(object: &PooledClient) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return; // The next checkout looks.
+    };
+    let cancel = Cancel::of(object);
+    let lease = Arc::clone(&object.lease);
+    let epoch = lease.epoch();
+    drop(runtime.spawn(async move {
+        let activity = &cancel.activity;
+        let caught_up = tokio::time::timeout(DRIVER_CATCH_UP, activity.driver_caught_up()).await;
+        if caught_up.is_ok() && activity.in_flight() && lease.mark_cancelled(epoch) {
+            cancel.request.counters.closed_abandoned();
+            cancel.run().await;
+        }
+    }));
+}
+
+/// How long a connection's driver is given to do what it was woken for (a poll takes
+/// microseconds); a checkout takes a driver that does not get to it within this as busy.
+pub(super) const DRIVER_CATCH_UP: Duration = Duration::from_millis(100);
+
 /// Cancels the statement in flight on `object`'s session, then closes the session, on a task
 /// of its own. The session stays open meanwhile even if `object` is dropped: its driver runs
 /// until the statement's answer is in.

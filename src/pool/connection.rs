@@ -171,10 +171,11 @@ impl Drop for Connection {
                 .telemetry
                 .use_time(now.saturating_duration_since(checked_out));
         }
-        // A statement still in flight: its caller gave up (a request timed out). The
-        // connection leaves the pool (its place is free for a new one at once).
-        // (A session already gone has nothing to cancel through: it is retired as broken.)
-        if object.activity.in_flight() && !object.client.is_closed() && !object.lease.cancelled() {
+        // A statement still in flight: its caller gave up (a request timed out), or a cancel
+        // sent meanwhile has not ended it yet. The connection leaves the pool (its place is
+        // free for a new one at once). (A session already gone has nothing to cancel
+        // through: it is retired as broken.)
+        if object.activity.in_flight() && !object.client.is_closed() {
             cancel::abandon(managed::Object::take(object));
             return;
         }
@@ -188,8 +189,14 @@ impl Drop for Connection {
             return;
         }
         // The object returns to the pool right after this; idle time starts now.
-        object.lease.returned();
+        object.lease.next();
         object.idle_since = now;
+        if object.activity.driver_behind() {
+            // A statement may have been queued just before its future was dropped, and not
+            // written yet: found and cancelled once the driver has written it, unless the
+            // next checkout comes first (and finds it itself).
+            cancel::watch_returned(&object);
+        }
     }
 }
 

@@ -250,7 +250,11 @@ impl EndpointPool {
         }
         let waited = started.elapsed();
         let forced = self.pool.status().size;
-        self.pool.manager().drivers().abort_all();
+        self.pool
+            .manager()
+            .drivers()
+            .close_all(&self.counters)
+            .await;
         if forced > 0 {
             tracing::warn!(
                 forced,

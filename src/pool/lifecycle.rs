@@ -12,8 +12,11 @@ use super::pooled::PooledClient;
 use crate::Error;
 use crate::activity::{Activity, Driven};
 use crate::connect::{Connector, Driver, Opened};
+use crate::defaults::CANCEL_TIMEOUT;
 use crate::error::error_chain;
 use crate::metrics::{Counters, RetireReason};
+use crate::session::CancelRoute;
+use tokio_postgres::CancelToken;
 
 /// The rules that decide when a connection is closed.
 #[derive(Clone, Debug)]
@@ -39,14 +42,15 @@ impl Lifecycle {
 
     /// Why `client` must be closed now, if it must.
     fn retire_reason(&self, client: &PooledClient, now: Instant) -> Option<RetireReason> {
-        if client.activity.in_flight() && !client.client.is_closed() {
+        if client.client.is_closed() || client.lease.cancelled() {
+            // (A cancel was sent on it, by a watcher of its return among others: whatever
+            // that cancel is for, it is taken care of.)
+            Some(RetireReason::Broken)
+        } else if client.activity.in_flight() {
             // A statement written after its future was dropped: found running on a connection
             // back in the pool. `Manager::retire` cancels it.
             Some(RetireReason::Abandoned)
-        } else if client.client.is_closed()
-            || client.in_transaction.load(Ordering::Relaxed)
-            || client.lease.cancelled()
-        {
+        } else if client.in_transaction.load(Ordering::Relaxed) {
             Some(RetireReason::Broken)
         } else if client.retire_at.is_some_and(|at| now >= at) {
             Some(RetireReason::Lifetime)
@@ -80,7 +84,23 @@ pub(crate) struct Manager {
 /// checked out when its grace period is over. (Each task also ends with its connection.)
 #[derive(Debug, Default)]
 pub(crate) struct Drivers {
-    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    tasks: Mutex<Vec<DriverTask>>,
+}
+
+/// A connection's driver task, and what cancelling its statement takes.
+struct DriverTask {
+    task: tokio::task::AbortHandle,
+    activity: Arc<Activity>,
+    token: CancelToken,
+    route: CancelRoute,
+}
+
+impl std::fmt::Debug for DriverTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverTask")
+            .field("finished", &self.task.is_finished())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drivers {
@@ -96,28 +116,46 @@ impl Drivers {
         driver: Driver,
         client: tokio_postgres::Client,
         activity: &Arc<Activity>,
+        route: &CancelRoute,
     ) -> (ClientWrapper, tokio::task::AbortHandle) {
-        let driver = Driven::new(driver, Arc::clone(activity));
+        let driven = Driven::new(driver, Arc::clone(activity));
         let task = tokio::spawn(async move {
-            if let Err(error) = driver.await {
+            if let Err(error) = driven.await {
                 tracing::debug!(error = %error_chain(&error), "connection ended with an error");
             }
         });
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         // Forget finished tasks whenever the list has doubled, so it stays about pool-sized.
         if tasks.len() == tasks.capacity() {
-            tasks.retain(|task| !task.is_finished());
+            tasks.retain(|driver| !driver.task.is_finished());
         }
         let handle = task.abort_handle();
-        tasks.push(handle.clone());
+        tasks.push(DriverTask {
+            task: handle.clone(),
+            activity: Arc::clone(activity),
+            token: client.cancel_token(),
+            route: route.clone(),
+        });
         drop(task);
         (ClientWrapper::new(client, tokio::spawn(async {})), handle)
     }
 
-    /// Ends every connection task still running, closing its socket.
-    pub(crate) fn abort_all(&self) {
+    /// Ends every connection task still running, closing its socket; a statement still
+    /// running on one is cancelled first (closing alone does not end it: the server notices
+    /// only when it next writes), the cancels sent together, each within `CANCEL_TIMEOUT`.
+    pub(crate) async fn close_all(&self, counters: &Counters) {
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
-        tasks.iter().for_each(tokio::task::AbortHandle::abort);
+        let mut cancels = tokio::task::JoinSet::new();
+        for driver in &tasks {
+            if !driver.task.is_finished() && driver.activity.in_flight() {
+                let (token, route) = (driver.token.clone(), driver.route.clone());
+                let _ = cancels.spawn(async move { route.cancel(&token, CANCEL_TIMEOUT).await });
+            }
+        }
+        while let Some(sent) = cancels.join_next().await {
+            counters.cancel(matches!(sent, Ok(Ok(()))));
+        }
+        tasks.iter().for_each(|driver| driver.task.abort());
     }
 }
 
@@ -169,7 +207,7 @@ impl managed::Manager for Manager {
             activity,
             cancel,
         } = Box::pin(self.connector.connect()).await?;
-        let (client, driver) = self.drivers.spawn(driver, client, &activity);
+        let (client, driver) = self.drivers.spawn(driver, client, &activity, &cancel);
         let now = Instant::now();
         self.counters
             .telemetry
@@ -196,9 +234,12 @@ impl managed::Manager for Manager {
         // got to it), and the session would look idle. The driver's next poll writes it, so
         // that the check below finds it (and cancels it). Rare: the driver is behind only
         // between a wake and the end of its poll.
+        // A new lease: a watcher of the last return (`cancel::watch_returned`) cancels nothing
+        // from now on; what it would have found, the checks below find.
+        client.lease.next();
         if client.activity.driver_behind() {
             let caught_up = Box::pin(tokio::time::timeout(
-                DRIVER_CATCH_UP,
+                super::cancel::DRIVER_CATCH_UP,
                 client.activity.driver_caught_up(),
             ));
             if caught_up.await.is_err() {
@@ -229,10 +270,6 @@ impl managed::Manager for Manager {
         Ok(())
     }
 }
-
-/// How long a checkout waits for a connection's driver to do what it was woken for (a poll
-/// takes microseconds; a driver that does not get to it within this is taken as busy).
-const DRIVER_CATCH_UP: Duration = Duration::from_millis(100);
 
 /// The background task that closes idle connections past their lifetime or idle timeout,
 /// so that they do not hold server resources (or keep a compute awake) until the next

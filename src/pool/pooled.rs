@@ -42,10 +42,11 @@ pub(crate) struct PooledClient {
     pub(crate) lease: Arc<Lease>,
 }
 
-/// Which checkout a connection is in (counted up at each return), and whether a cancel was
-/// sent during it. A connection a cancel was sent on is never reused: a cancel names a
-/// session, not a statement, and one forwarded by a proxy may land a second later, on
-/// whatever runs then.
+/// Which lease a connection is in (counted up when it is checked out and when it is
+/// returned), and whether a cancel was sent during it. A connection a cancel was sent on is
+/// never reused: a cancel names a session, not a statement, and one forwarded by a proxy may
+/// land a second later, on whatever runs then. A cancel is sent only after marking the lease
+/// it was meant for, so none lands in a later one.
 #[derive(Debug, Default)]
 pub(crate) struct Lease(AtomicU64);
 
@@ -54,7 +55,7 @@ impl Lease {
         self.0.load(Ordering::Acquire) >> 1
     }
 
-    /// Marks a cancel as sent in checkout `epoch`; false if that checkout is over.
+    /// Marks a cancel as sent in lease `epoch`; false if that lease is over.
     pub(crate) fn mark_cancelled(&self, epoch: u64) -> bool {
         let current = self.0.load(Ordering::Acquire);
         current >> 1 == epoch
@@ -65,13 +66,15 @@ impl Lease {
                     .is_ok())
     }
 
-    /// Whether a cancel was sent in the current checkout.
+    /// Whether a cancel was sent in the current lease (kept when the next one starts: such a
+    /// connection is closed, not reused).
     pub(crate) fn cancelled(&self) -> bool {
         self.0.load(Ordering::Acquire) & 1 == 1
     }
 
-    /// The checkout is over: handles taken in it cancel nothing from now on.
-    pub(crate) fn returned(&self) {
+    /// A lease ends and the next begins (a checkout, a return): handles and watchers of the
+    /// one before cancel nothing from now on.
+    pub(crate) fn next(&self) {
         let _ = self.0.fetch_add(2, Ordering::AcqRel);
     }
 }

@@ -5,6 +5,7 @@ mod auth;
 mod branch_faults;
 mod branches;
 mod cancel;
+mod cancel_break;
 mod cancel_review;
 mod cancel_web;
 mod cold_path;
