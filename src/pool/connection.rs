@@ -15,7 +15,7 @@ use super::lifecycle::Manager;
 use crate::Error;
 use crate::defaults::CANCEL_SETTLE_TIMEOUT;
 
-/// A connection checked out of a [`Pool`]; it goes back to the pool when dropped.
+/// A connection checked out of a [`Pool`](crate::Pool); it goes back to the pool when dropped.
 ///
 /// It dereferences to deadpool-postgres's [`ClientWrapper`], and through it to
 /// [`tokio_postgres::Client`], so queries, `prepare_cached` and transactions work as with
@@ -33,7 +33,7 @@ use crate::defaults::CANCEL_SETTLE_TIMEOUT;
 pub struct Connection {
     /// `None` only while it is dropped.
     object: Option<managed::Object<Manager>>,
-    /// When [`Pool::get`] handed it out, for the use-time histogram (set after deadpool has
+    /// When [`Pool::get`](crate::Pool::get) handed it out, for the use-time histogram (set after deadpool has
     /// made the `Connection`, from the instant the checkout's wait time ends at).
     checked_out: Option<Instant>,
 }
@@ -55,7 +55,7 @@ impl Connection {
     }
 
     /// The server's current write position (`pg_current_wal_insert_lsn()`), taken after a
-    /// write has committed: pass it to [`Pool::get_read_at`] to read from a replica that has
+    /// write has committed: pass it to [`Pool::get_read_at`](crate::Pool::get_read_at) to read from a replica that has
     /// replayed the write. On the read-write endpoint only (a replica refuses it).
     ///
     /// The insert position, not `pg_current_wal_lsn()`: under `synchronous_commit = off` a
