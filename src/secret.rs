@@ -19,7 +19,7 @@ use std::sync::Arc;
 /// assert_eq!(format!("{token:?}"), "Secret(<redacted>)");
 /// assert_eq!(token.expose(), "dapi-example-token");
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Secret(Arc<str>);
 
 impl Secret {
@@ -59,6 +59,24 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Compared in time that depends on the lengths only, never on where two secrets differ (a
+/// forwarded token is compared with the ones already checked).
+///
+/// ```
+/// use lakebase_pool::Secret;
+///
+/// assert_eq!(Secret::new("abc"), Secret::new("abc"));
+/// assert_ne!(Secret::new("abc"), Secret::new("abd"));
+/// ```
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+
+impl Eq for Secret {}
+
 impl From<String> for Secret {
     fn from(secret: String) -> Self {
         Secret::new(secret)
@@ -81,5 +99,13 @@ mod tests {
         let shown = format!("{secret:?} {secret:#?}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert_eq!(secret.expose(), "s3cr3t-value");
+    }
+
+    #[test]
+    fn secrets_compare_by_content() {
+        assert_eq!(Secret::new("abc"), Secret::new("abc"));
+        assert_ne!(Secret::new("abc"), Secret::new("abd"));
+        assert_ne!(Secret::new("abc"), Secret::new("abcd"));
+        assert_ne!(Secret::new(""), Secret::new("a"));
     }
 }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use super::provider::{refusal, without_email};
-use super::{lock, same_secret};
+use super::lock;
+use super::refusal::{refusal, without_email};
 use crate::databricks::{Caller, Workspace};
 use crate::{Error, RequestProblem, Secret, UserProblem};
 
@@ -50,10 +50,7 @@ impl TokenChecks {
             let checks = in_flight.entry(key.clone()).or_default();
             // A check whose task is gone (its runtime shut down) is no check: start another.
             checks.retain(|check| check.outcome.has_changed().is_ok());
-            match checks
-                .iter()
-                .find(|check| same_secret(check.token.expose(), token.expose()))
-            {
+            match checks.iter().find(|check| check.token == *token) {
                 Some(check) => check.outcome.clone(),
                 None => {
                     let (sender, receiver) = watch::channel(None);
@@ -119,7 +116,7 @@ impl Drop for Forget {
     fn drop(&mut self) {
         let mut in_flight = lock(&self.checks.in_flight);
         if let Some(checks) = in_flight.get_mut(&self.key) {
-            checks.retain(|check| !same_secret(check.token.expose(), self.token.expose()));
+            checks.retain(|check| check.token != self.token);
             if checks.is_empty() {
                 let _ = in_flight.remove(&self.key);
             }

@@ -50,30 +50,31 @@
 //! # }
 //! ```
 
+mod builder;
 mod check;
 mod forwarded;
 #[cfg(feature = "opentelemetry")]
 mod observe;
 mod provider;
+mod refusal;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::OnceCell;
-
+use self::builder::Settings;
+pub use self::builder::UserPoolsBuilder;
 use self::check::{TokenChecks, user_key};
 pub use self::forwarded::{ACCESS_TOKEN_HEADER, EMAIL_HEADER, ForwardedHeaders, ForwardedUser};
-use self::provider::{
-    LatestToken, Refused, SharedHost, UserCredentials, UserTarget, without_email,
-};
+use self::provider::{LatestToken, SharedHost, UserCredentials, UserTarget};
+use self::refusal::user_error;
 use crate::connect::Target;
 use crate::credentials::TokenCache;
 use crate::databricks::Workspace;
 use crate::pool::{EndpointPool, PoolTemplate};
-use crate::{Connection, EndpointName, Environment, Error, Pool, PoolBuilder, Secret, UserProblem};
+use crate::{Connection, EndpointName, Error, Pool, PoolBuilder, Secret, UserProblem};
 
 /// How long a checked token stays checked: the Apps proxy replaces tokens well before they
 /// expire, so a token seen again after this is checked again (one round trip).
@@ -129,15 +130,6 @@ struct Inner {
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-#[derive(Clone, Debug)]
-struct Settings {
-    max_users: usize,
-    max_size: usize,
-    idle_timeout: Duration,
-    evict_idle_after: Duration,
-    fall_back_to_app: bool,
-}
-
 #[derive(Default)]
 struct Counters {
     created: AtomicU64,
@@ -173,14 +165,13 @@ impl Drop for Entry {
 impl Entry {
     fn knows(&self, token: &Secret, now: Instant) -> bool {
         lock(&self.checked).iter().any(|(checked, at)| {
-            now.saturating_duration_since(*at) < TOKEN_RECHECK
-                && same_secret(checked.expose(), token.expose())
+            now.saturating_duration_since(*at) < TOKEN_RECHECK && checked == token
         })
     }
 
     fn remember(&self, token: &Secret, now: Instant) {
         let mut checked = lock(&self.checked);
-        checked.retain(|(known, _)| !same_secret(known.expose(), token.expose()));
+        checked.retain(|(known, _)| known != token);
         checked.insert(0, (token.clone(), now));
         checked.truncate(CHECKED_TOKENS);
     }
@@ -217,15 +208,6 @@ impl Drop for Busy {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing panics while holding these locks; recover the data rather than propagate.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Compares two secrets in time that depends on their lengths only.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
-            == 0
 }
 
 impl fmt::Debug for UserPools {
@@ -287,18 +269,7 @@ impl UserPools {
     /// # }
     /// ```
     pub fn builder(app: PoolBuilder) -> UserPoolsBuilder {
-        UserPoolsBuilder {
-            app,
-            settings: Settings {
-                max_users: crate::defaults::MAX_USERS,
-                max_size: crate::defaults::USER_MAX_SIZE,
-                idle_timeout: crate::defaults::USER_IDLE_TIMEOUT,
-                evict_idle_after: crate::defaults::USER_EVICT_AFTER,
-                fall_back_to_app: false,
-            },
-            forwarded_headers: ForwardedHeaders::default(),
-            environment: None,
-        }
+        UserPoolsBuilder::new(app)
     }
 
     /// The app's own pool (its service principal), built from the same settings.
@@ -636,307 +607,5 @@ impl Drop for Inner {
         if let Some(sweeper) = lock(&self.sweeper).take() {
             sweeper.abort();
         }
-    }
-}
-
-/// A user pool's error as the caller sees it: refusals as [`Error::UserUnauthorized`], and
-/// no error text that names the user.
-fn user_error(error: Error, email: &str) -> Error {
-    match error {
-        Error::AuthRejected { .. } => Error::UserUnauthorized {
-            problem: UserProblem::LoginRefused,
-        },
-        Error::Credentials {
-            ref source,
-            kind: _,
-            retry_in: _,
-        } => match refusal_in(source.as_ref()) {
-            Some(problem) => Error::UserUnauthorized { problem },
-            None => error,
-        },
-        other => without_email(other, email),
-    }
-}
-
-/// The user refusal somewhere in `error`'s chain, if any.
-fn refusal_in(error: &(dyn std::error::Error + 'static)) -> Option<UserProblem> {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if let Some(Refused(problem)) = error.downcast_ref::<Refused>() {
-            return Some(*problem);
-        }
-        current = error.source();
-    }
-    None
-}
-
-/// Configures [`UserPools`]; from [`UserPools::builder`].
-///
-/// ```no_run
-/// use std::time::Duration;
-/// use lakebase_pool::users::{ForwardedHeaders, UserPools};
-///
-/// # fn demo() -> Result<(), lakebase_pool::Error> {
-/// let users = UserPools::builder(lakebase_pool::PoolBuilder::from_env()?)
-///     .max_users(100)
-///     .max_size_per_user(2)
-///     .idle_timeout(Duration::from_secs(30))
-///     .forwarded_headers(ForwardedHeaders::WhenInDatabricksApps)
-///     .build()?;
-/// # let _ = users;
-/// # Ok(())
-/// # }
-/// ```
-#[must_use = "a builder does nothing until `.build()` is called"]
-#[derive(Debug)]
-pub struct UserPoolsBuilder {
-    app: PoolBuilder,
-    settings: Settings,
-    forwarded_headers: ForwardedHeaders,
-    environment: Option<Environment>,
-}
-
-impl UserPoolsBuilder {
-    /// Most users with a pool at once; the least recently used idle one makes room for a new
-    /// one. With [`max_size_per_user`](Self::max_size_per_user), this bounds the connections
-    /// the users hold.
-    ///
-    /// Default: 32 (see [`defaults`](crate::defaults)).
-    ///
-    /// ```no_run
-    /// # fn demo(builder: lakebase_pool::users::UserPoolsBuilder) {
-    /// let builder = builder.max_users(200);
-    /// # let _ = builder;
-    /// # }
-    /// ```
-    pub fn max_users(mut self, max_users: usize) -> Self {
-        self.settings.max_users = max_users;
-        self
-    }
-
-    /// Most connections in one user's pool.
-    ///
-    /// Default: 2.
-    ///
-    /// ```no_run
-    /// # fn demo(builder: lakebase_pool::users::UserPoolsBuilder) {
-    /// let builder = builder.max_size_per_user(3);
-    /// # let _ = builder;
-    /// # }
-    /// ```
-    pub fn max_size_per_user(mut self, max_size: usize) -> Self {
-        self.settings.max_size = max_size;
-        self
-    }
-
-    /// How long a user's connection may sit idle before it is closed (users come and go;
-    /// their sessions should not linger on the server).
-    ///
-    /// Default: 30 seconds.
-    ///
-    /// ```no_run
-    /// # fn demo(builder: lakebase_pool::users::UserPoolsBuilder) {
-    /// let builder = builder.idle_timeout(std::time::Duration::from_secs(10));
-    /// # let _ = builder;
-    /// # }
-    /// ```
-    pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
-        self.settings.idle_timeout = idle_timeout;
-        self
-    }
-
-    /// How long a user may go without a request before their pool, cached credentials and
-    /// tokens are dropped.
-    ///
-    /// Default: 5 minutes.
-    ///
-    /// ```no_run
-    /// # fn demo(builder: lakebase_pool::users::UserPoolsBuilder) {
-    /// let builder = builder.evict_idle_after(std::time::Duration::from_secs(600));
-    /// # let _ = builder;
-    /// # }
-    /// ```
-    pub fn evict_idle_after(mut self, after: Duration) -> Self {
-        self.settings.evict_idle_after = after;
-        self
-    }
-
-    /// Whether to read the forwarded user headers; see [`ForwardedHeaders`].
-    ///
-    /// Default: [`ForwardedHeaders::WhenInDatabricksApps`].
-    ///
-    /// ```no_run
-    /// # fn demo(builder: lakebase_pool::users::UserPoolsBuilder) {
-    /// use lakebase_pool::users::ForwardedHeaders;
-    /// let builder = builder.forwarded_headers(ForwardedHeaders::Ignored);
-    /// # let _ = builder;
-    /// # }
-    /// ```
-    pub fn forwarded_headers(mut self, trust: ForwardedHeaders) -> Self {
-        self.forwarded_headers = trust;
-        self
-    }
-
-    /// Serve requests without a (trusted) signed-in user with the app's own pool, instead of
-    /// refusing them. Requests whose user is refused are refused all the same.
-    ///
-    /// Default: `false`.
-    ///
-    /// ```no_run
-    /// # fn demo(builder: lakebase_pool::users::UserPoolsBuilder) {
-    /// let builder = builder.fall_back_to_app(true);
-    /// # let _ = builder;
-    /// # }
-    /// ```
-    pub fn fall_back_to_app(mut self, fall_back: bool) -> Self {
-        self.settings.fall_back_to_app = fall_back;
-        self
-    }
-
-    /// Reads whether the process runs as a Databricks App from `env` rather than the process
-    /// environment (for [`ForwardedHeaders::WhenInDatabricksApps`]).
-    ///
-    /// ```no_run
-    /// # fn demo(builder: lakebase_pool::users::UserPoolsBuilder) {
-    /// let env = lakebase_pool::Environment::from_vars([("DATABRICKS_APP_NAME", "shop")]);
-    /// let builder = builder.environment(&env);
-    /// # let _ = builder;
-    /// # }
-    /// ```
-    pub fn environment(mut self, env: &Environment) -> Self {
-        self.environment = Some(env.clone());
-        self
-    }
-
-    /// Builds the app's pool and the (empty) user pools.
-    ///
-    /// Must be called within a Tokio runtime, like [`PoolBuilder::build`].
-    ///
-    /// # Errors
-    ///
-    /// Those of [`PoolBuilder::build`]; [`Error::InvalidConfig`] when the app's settings name
-    /// no Lakebase endpoint (user credentials are minted for one) or a limit is zero.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lakebase_pool::Error> {
-    /// let users = lakebase_pool::users::UserPools::builder(lakebase_pool::PoolBuilder::from_env()?).build()?;
-    /// # let _ = users;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn build(self) -> Result<UserPools, Error> {
-        let settings = self.settings;
-        for (setting, value) in [
-            ("max_users", settings.max_users),
-            ("max_size_per_user", settings.max_size),
-        ] {
-            if value == 0 {
-                return Err(Error::invalid(setting, "must be at least 1"));
-            }
-        }
-        if settings.evict_idle_after.is_zero() {
-            return Err(Error::invalid(
-                "evict_idle_after",
-                "must be greater than zero",
-            ));
-        }
-        let (app, template) = self.app.build_with_template()?;
-        let (Some(workspace), Some(endpoint)) =
-            (template.workspace.clone(), template.endpoint.clone())
-        else {
-            return Err(Error::invalid(
-                "lakebase_endpoint",
-                "per-user pools mint each user's credentials for a Lakebase endpoint; set \
-                 `.lakebase_endpoint(..)` (or LAKEBASE_ENDPOINT) on the app's pool builder",
-            ));
-        };
-        let host = template.base.get_hosts().is_empty().then(|| {
-            Arc::new(SharedHost {
-                workspace: workspace.clone(),
-                endpoint: endpoint.clone(),
-                host: OnceCell::new(),
-            })
-        });
-        let env = self.environment.unwrap_or_else(Environment::from_process);
-        let trusted = self.forwarded_headers.trusted_in(&env);
-        tracing::info!(
-            trusted,
-            max_users = settings.max_users,
-            "per-user pools ready; forwarded user headers are {}",
-            if trusted { "trusted" } else { "ignored" }
-        );
-        let sweep_every = (settings.evict_idle_after / 4)
-            .clamp(Duration::from_millis(100), Duration::from_secs(60));
-        let pools = UserPools {
-            inner: Arc::new(Inner {
-                app,
-                template,
-                workspace,
-                endpoint,
-                host,
-                settings,
-                trusted,
-                users: Mutex::new(HashMap::new()),
-                checks: TokenChecks::default(),
-                closed: AtomicBool::new(false),
-                arrivals: AtomicU64::new(0),
-                live: Arc::new(AtomicUsize::new(0)),
-                counters: Counters::default(),
-                sweeper: Mutex::new(None),
-            }),
-        };
-        let sweeper = tokio::spawn(sweep(Arc::downgrade(&pools.inner), sweep_every));
-        *lock(&pools.inner.sweeper) = Some(sweeper);
-        #[cfg(feature = "opentelemetry")]
-        pools.observe();
-        Ok(pools)
-    }
-}
-
-/// Evicts idle users every `every`, for as long as the pools exist.
-async fn sweep(pools: Weak<Inner>, every: Duration) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let _ = ticks.tick().await;
-        let Some(inner) = pools.upgrade() else { return };
-        UserPools { inner }.evict_idle();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_compare_by_content() {
-        assert!(same_secret("abc", "abc"));
-        assert!(!same_secret("abc", "abd"));
-        assert!(!same_secret("abc", "abcd"));
-    }
-
-    #[test]
-    fn refusals_are_found_anywhere_in_the_chain() {
-        let error = Error::Credentials {
-            kind: "user database token",
-            retry_in: None,
-            source: Arc::new(Refused(UserProblem::Forbidden)),
-        };
-        assert!(matches!(
-            user_error(error, "alice@example.com"),
-            Error::UserUnauthorized {
-                problem: UserProblem::Forbidden
-            }
-        ));
-        let other = Error::Credentials {
-            kind: "user database token",
-            retry_in: None,
-            source: Arc::new(std::io::Error::other("down")),
-        };
-        assert!(matches!(
-            user_error(other, "alice@example.com"),
-            Error::Credentials { .. }
-        ));
     }
 }

@@ -5,17 +5,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::OnceCell;
 
+use super::refusal::{Refused, refusal, without_email};
 use crate::connect::TargetSource;
 use crate::credentials::{Credential, CredentialProvider};
 use crate::databricks::{Caller, CredentialRequest, Workspace, endpoint_host};
 use crate::error::BoxFuture;
-use crate::target::{HIDDEN_USER, redact};
-use crate::{BoxError, EndpointName, Error, Secret, UserProblem};
-
-/// A user's request was refused by the workspace: found in the source chain of a failed mint.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(super) struct Refused(pub(super) UserProblem);
+use crate::target::HIDDEN_USER;
+use crate::{BoxError, EndpointName, Error, Secret};
 
 /// The newest token a user came with (the Apps proxy refreshes it), shared by the user's
 /// entry, which updates it, and their credential provider, which mints with it. Newest means
@@ -46,7 +42,7 @@ impl LatestToken {
             return false;
         }
         latest.1 = arrival;
-        if latest.0.expose() == token.expose() {
+        if latest.0 == *token {
             return false;
         }
         latest.0 = token.clone();
@@ -83,36 +79,6 @@ impl CredentialProvider for UserCredentials {
                 })?;
             Ok(Credential::new(minted.token().clone()).expires_at(minted.expire_time()))
         })
-    }
-}
-
-/// The refusal a workspace error for a call made with a user's token means: 401 and 403
-/// are the user's (never retried).
-pub(super) fn refusal(error: &Error) -> Option<UserProblem> {
-    match error {
-        Error::WorkspaceApi { status: 401, .. } => Some(UserProblem::TokenRejected),
-        Error::WorkspaceApi { status: 403, .. } => Some(UserProblem::Forbidden),
-        _ => None,
-    }
-}
-
-/// `error` without the user's email in an API message (messages may name the user).
-pub(super) fn without_email(error: Error, email: &str) -> Error {
-    match error {
-        Error::WorkspaceApi {
-            method,
-            path,
-            status,
-            error_code,
-            message,
-        } => Error::WorkspaceApi {
-            method,
-            path,
-            status,
-            error_code,
-            message: redact(&message, email),
-        },
-        other => other,
     }
 }
 
