@@ -43,6 +43,7 @@ pub use self::branches::{
 };
 pub(crate) use self::discovery::{LakebaseDiscovery, endpoint_host};
 pub use self::provider::LakebaseCredentials;
+pub use self::settings::AuthMethod;
 pub(crate) use self::time::format_rfc3339;
 pub(crate) use self::workspace::Caller;
-pub use self::workspace::{AuthMethod, Workspace, WorkspaceBuilder};
+pub use self::workspace::{Workspace, WorkspaceBuilder};

@@ -7,55 +7,12 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::auth::CustomSource;
 use super::host::{WorkspaceHost, without_user_info};
 use super::http::{Auth, Body, Call, HttpClient, HttpPolicy, ProxySettings};
-use super::settings::ResolvedSettings;
+use super::settings::{AuthMethod, GivenSettings, ResolvedSettings};
 use crate::credentials::{CachePolicy, CredentialProvider, TokenCache};
 use crate::tls::{Trust, parse_pem_certificates};
 use crate::{Environment, Error, Secret};
-
-/// How a [`Workspace`] authenticates, as chosen by [`WorkspaceBuilder::build`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AuthMethod {
-    /// A personal access token (`DATABRICKS_TOKEN`).
-    Pat,
-    /// OAuth client credentials of a service principal (`DATABRICKS_CLIENT_ID` and
-    /// `DATABRICKS_CLIENT_SECRET`), as Databricks Apps use.
-    OAuthM2M,
-    /// The Databricks CLI's login (`databricks auth token`).
-    DatabricksCli,
-    /// A token source given with [`WorkspaceBuilder::token_source`].
-    Custom,
-}
-
-impl std::str::FromStr for AuthMethod {
-    type Err = Error;
-
-    /// The names of `DATABRICKS_AUTH_TYPE` and the profiles' `auth_type`.
-    fn from_str(text: &str) -> Result<Self, Error> {
-        match text.trim() {
-            "pat" => Ok(AuthMethod::Pat),
-            "oauth-m2m" => Ok(AuthMethod::OAuthM2M),
-            "databricks-cli" => Ok(AuthMethod::DatabricksCli),
-            other => Err(Error::workspace_config(format!(
-                "auth_type `{other}` is not supported (use pat, oauth-m2m or databricks-cli)"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for AuthMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AuthMethod::Pat => "pat",
-            AuthMethod::OAuthM2M => "oauth-m2m",
-            AuthMethod::DatabricksCli => "databricks-cli",
-            AuthMethod::Custom => "custom",
-        })
-    }
-}
 
 /// An authenticated client of one Databricks workspace: the Lakebase API calls live on it
 /// (see [`generate_database_credential`](Self::generate_database_credential) and the others).
@@ -261,15 +218,8 @@ pub(crate) enum Caller<'a> {
 #[must_use = "a builder does nothing until `.build()` is called"]
 #[derive(Default)]
 pub struct WorkspaceBuilder {
-    pub(super) host: Option<String>,
-    pub(super) token: Option<Secret>,
-    pub(super) client_id: Option<String>,
-    pub(super) client_secret: Option<Secret>,
-    pub(super) profile: Option<String>,
-    pub(super) config_file: Option<PathBuf>,
-    pub(super) auth_method: Option<AuthMethod>,
-    pub(super) workspace_id: Option<String>,
-    pub(super) token_source: Option<CustomSource>,
+    /// The settings given explicitly; the rest are read from the environment at `build`.
+    pub(super) given: GivenSettings,
     http: HttpPolicy,
     root_pems: Vec<Vec<u8>>,
     /// Read instead of the process environment (see [`from_environment`](Self::from_environment)).
@@ -279,13 +229,13 @@ pub struct WorkspaceBuilder {
 impl fmt::Debug for WorkspaceBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkspaceBuilder")
-            .field("host", &self.host.as_deref().map(without_user_info))
-            .field("token", &self.token)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret)
-            .field("profile", &self.profile)
-            .field("config_file", &self.config_file)
-            .field("auth_method", &self.auth_method)
+            .field("host", &self.given.host.as_deref().map(without_user_info))
+            .field("token", &self.given.token)
+            .field("client_id", &self.given.client_id)
+            .field("client_secret", &self.given.client_secret)
+            .field("profile", &self.given.profile)
+            .field("config_file", &self.given.config_file)
+            .field("auth_method", &self.given.auth_method)
             .finish_non_exhaustive()
     }
 }
@@ -306,7 +256,7 @@ impl WorkspaceBuilder {
     /// # }
     /// ```
     pub fn host(mut self, host: impl Into<String>) -> Self {
-        self.host = Some(host.into());
+        self.given.host = Some(host.into());
         self
     }
 
@@ -325,7 +275,7 @@ impl WorkspaceBuilder {
     /// # }
     /// ```
     pub fn token(mut self, token: impl Into<Secret>) -> Self {
-        self.token = Some(token.into());
+        self.given.token = Some(token.into());
         self
     }
 
@@ -349,8 +299,8 @@ impl WorkspaceBuilder {
         client_id: impl Into<String>,
         client_secret: impl Into<Secret>,
     ) -> Self {
-        self.client_id = Some(client_id.into());
-        self.client_secret = Some(client_secret.into());
+        self.given.client_id = Some(client_id.into());
+        self.given.client_secret = Some(client_secret.into());
         self
     }
 
@@ -370,7 +320,7 @@ impl WorkspaceBuilder {
     /// # }
     /// ```
     pub fn profile(mut self, profile: impl Into<String>) -> Self {
-        self.profile = Some(profile.into());
+        self.given.profile = Some(profile.into());
         self
     }
 
@@ -389,7 +339,7 @@ impl WorkspaceBuilder {
     /// # }
     /// ```
     pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.config_file = Some(path.into());
+        self.given.config_file = Some(path.into());
         self
     }
 
@@ -414,7 +364,7 @@ impl WorkspaceBuilder {
     /// # Ok::<(), lakebase_pool::Error>(())
     /// ```
     pub fn auth_method(mut self, method: AuthMethod) -> Self {
-        self.auth_method = Some(method);
+        self.given.auth_method = Some(method);
         self
     }
 
@@ -433,7 +383,7 @@ impl WorkspaceBuilder {
     /// # }
     /// ```
     pub fn workspace_id(mut self, id: impl Into<String>) -> Self {
-        self.workspace_id = Some(id.into());
+        self.given.workspace_id = Some(id.into());
         self
     }
 
@@ -452,7 +402,7 @@ impl WorkspaceBuilder {
     /// # }
     /// ```
     pub fn token_source(mut self, source: impl CredentialProvider) -> Self {
-        self.token_source = Some(Arc::new(source));
+        self.given.token_source = Some(Arc::new(source));
         self
     }
 
@@ -577,7 +527,7 @@ impl WorkspaceBuilder {
         }
         let proxy = ProxySettings::from_environment(env)?;
         let http = HttpClient::new(self.http.clone(), &trust, &proxy)?;
-        let settings = ResolvedSettings::read(self, env)?;
+        let settings = ResolvedSettings::read(self.given, env)?;
         let method = settings.auth_method()?;
         let source = settings.token_source(method, &http, env)?;
         let tokens = TokenCache::labelled(source, workspace_token_policy(), "workspace token");

@@ -12,9 +12,9 @@ use deadpool::Runtime;
 use deadpool::managed::{self, PoolError, TimeoutType};
 
 use super::Connection;
+use super::ShutdownReport;
 use super::lifecycle::{Lifecycle, Manager, spawn_housekeeper};
-use super::replicas::ReadCounters;
-use super::{ReplicaStats, ShutdownReport, Stats};
+use super::stats::{ReadCounters, ReplicaStats, Stats};
 use crate::Error;
 use crate::RetryPolicy;
 use crate::backoff::millis;

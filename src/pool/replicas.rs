@@ -10,6 +10,7 @@ use tokio::sync::OnceCell;
 use tokio_postgres::types::PgLsn;
 
 use super::endpoint::{EndpointParts, EndpointPool};
+use super::stats::{ReadCounters, ReplicaStats};
 use super::{Connection, Pool};
 use crate::backoff::millis;
 use crate::connect::Target;
@@ -43,30 +44,6 @@ pub enum ReadFallback {
     Primary,
     /// Fail with [`Error::ReplicaUnavailable`] or [`Error::ReplicaBehind`].
     Fail,
-}
-
-/// One replica's share of [`Stats`](crate::Stats).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ReplicaStats {
-    /// The endpoint name, or `host:port` for a plain Postgres replica.
-    pub endpoint: String,
-    /// Whether reads go to it now (it is skipped while unhealthy, until a probe connects).
-    pub healthy: bool,
-    /// Open connections.
-    pub size: usize,
-    /// Connections checked out.
-    pub in_use: usize,
-    /// Physical connections opened.
-    pub connections_opened: u64,
-    /// Connections closed by the pool (lifetime, idle, broken).
-    pub retired: u64,
-    /// How many times it was marked unhealthy.
-    pub unhealthy_periods: u64,
-    /// [`Pool::get_read_at`](crate::Pool::get_read_at) calls that waited for it to replay.
-    pub lag_waits: u64,
-    /// Of those, the ones it did not catch up in time (served by the fallback).
-    pub lag_fallbacks: u64,
 }
 
 /// A replica as configured: a Lakebase read-only endpoint, or a plain Postgres host.
@@ -447,13 +424,6 @@ impl Drop for Probing {
     fn drop(&mut self) {
         self.0.health().probing = false;
     }
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct ReadCounters {
-    pub(crate) fallbacks: AtomicU64,
-    pub(crate) lag_waits: AtomicU64,
-    pub(crate) lag_fallbacks: AtomicU64,
 }
 
 /// The replicas of a pool.

@@ -3,7 +3,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::replicas::{ReadCounters, ReplicaStats};
 use crate::credentials::TokenStats;
 use crate::metrics::{Counters, WAIT_BUCKETS};
 
@@ -214,4 +213,36 @@ mod tests {
             "the slowest is past every bound"
         );
     }
+}
+
+/// One replica's share of [`Stats`](crate::Stats).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplicaStats {
+    /// The endpoint name, or `host:port` for a plain Postgres replica.
+    pub endpoint: String,
+    /// Whether reads go to it now (it is skipped while unhealthy, until a probe connects).
+    pub healthy: bool,
+    /// Open connections.
+    pub size: usize,
+    /// Connections checked out.
+    pub in_use: usize,
+    /// Physical connections opened.
+    pub connections_opened: u64,
+    /// Connections closed by the pool (lifetime, idle, broken).
+    pub retired: u64,
+    /// How many times it was marked unhealthy.
+    pub unhealthy_periods: u64,
+    /// [`Pool::get_read_at`](crate::Pool::get_read_at) calls that waited for it to replay.
+    pub lag_waits: u64,
+    /// Of those, the ones it did not catch up in time (served by the fallback).
+    pub lag_fallbacks: u64,
+}
+
+/// The pool's counters of reads, beside the replicas' own.
+#[derive(Debug, Default)]
+pub(crate) struct ReadCounters {
+    pub(crate) fallbacks: AtomicU64,
+    pub(crate) lag_waits: AtomicU64,
+    pub(crate) lag_fallbacks: AtomicU64,
 }

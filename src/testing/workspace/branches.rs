@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
-use super::codec::parse_form;
+use super::codec::{self, Answer, parse_form};
 use super::{MockEndpoint, Shared, lock};
 use crate::databricks::time::{format_rfc3339, parse_rfc3339};
 use crate::error::BoxFuture;
@@ -77,14 +77,12 @@ pub(crate) struct Branches {
     pub(super) hook: Option<BranchHook>,
 }
 
-type Answer = super::routes::Answer;
-
 fn api_error(status: u16, code: &str, message: &str) -> Option<Answer> {
-    Some(super::routes::api_error(status, code, message))
+    Some(codec::api_error(status, code, message))
 }
 
 fn ok(value: Value) -> Option<Answer> {
-    Some(super::routes::ok(value))
+    Some(codec::ok(value))
 }
 
 /// Registers the branch of an endpoint added directly (the project's first is its default).

@@ -1,6 +1,13 @@
-//! Decoders the mock needs for what clients send: forms and Basic credentials.
+//! What the mock reads and writes: forms and Basic credentials in, JSON answers out.
 
 use std::collections::HashMap;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::Response;
+use hyper::StatusCode;
+use hyper::body::Bytes;
+use serde_json::{Value, json};
 
 pub(super) fn parse_form(body: &[u8]) -> HashMap<String, String> {
     let decode = |text: &str| {
@@ -65,4 +72,30 @@ mod tests {
         assert_eq!(form["scope"], "all-apis");
         assert_eq!(form["x"], "a b&c");
     }
+}
+
+/// An answer of the mock workspace.
+pub(super) type Answer = Response<BoxBody<Bytes, std::io::Error>>;
+
+pub(super) fn answer(status: u16, body: impl Into<Bytes>) -> Answer {
+    let body = Full::new(body.into()).map_err(|never| match never {});
+    let mut response = Response::new(body.boxed());
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let _ = response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub(super) fn api_error(status: u16, code: &str, message: &str) -> Answer {
+    answer(
+        status,
+        json!({"error_code": code, "message": message}).to_string(),
+    )
+}
+
+pub(super) fn ok(value: Value) -> Answer {
+    answer(200, value.to_string())
 }

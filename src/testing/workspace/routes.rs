@@ -2,45 +2,19 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
+use hyper::Request;
 use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::codec::{base64_decode, parse_form};
+use super::codec::{Answer, answer, api_error, base64_decode, ok, parse_form};
 use super::faults::{CutOff, FaultKind};
 use super::{MintedToken, MockDiscovery, MockEndpoint, RecordedRequest, Shared, lock};
 use crate::databricks::time::format_rfc3339;
 use crate::testing::rotating::random_token;
 
-pub(super) type Answer = Response<BoxBody<Bytes, std::io::Error>>;
-
 /// The largest request body the mock reads.
 const MAX_REQUEST_BODY: usize = 1024 * 1024;
-
-fn answer(status: u16, body: impl Into<Bytes>) -> Answer {
-    let body = Full::new(body.into()).map_err(|never| match never {});
-    let mut response = Response::new(body.boxed());
-    *response.status_mut() =
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let _ = response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-pub(super) fn api_error(status: u16, code: &str, message: &str) -> Answer {
-    answer(
-        status,
-        json!({"error_code": code, "message": message}).to_string(),
-    )
-}
-
-pub(super) fn ok(value: Value) -> Answer {
-    answer(200, value.to_string())
-}
 
 /// Answers `request`, recording when it arrived and when its answer was ready.
 pub(super) async fn handle(state: &Shared, request: Request<Incoming>) -> Answer {
