@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -33,8 +33,9 @@ pub(crate) struct Activity {
     sent: AtomicU64,
     /// `ReadyForQuery` messages received, the start-up's included.
     ready: AtomicU64,
-    /// A statement's messages are being written: some sent, its `Sync` not yet.
-    writing: AtomicBool,
+    /// What the stream knows beyond the counts ([`WRITING`], [`COPYING_IN`],
+    /// [`RESULTS_IN`]), as its sides last set it.
+    flags: AtomicU8,
     /// Woken at a `ReadyForQuery` while someone waits in `settled`.
     answered: Notify,
     /// How many wait in `settled`: without any, a `ReadyForQuery` wakes no one (a
@@ -56,7 +57,16 @@ impl Activity {
     pub(crate) fn in_flight(&self) -> bool {
         // The start-up's `ReadyForQuery` answers no frontend message of its own.
         self.ready.load(Ordering::SeqCst) <= self.sent.load(Ordering::SeqCst)
-            || self.writing.load(Ordering::SeqCst)
+            || self.flags.load(Ordering::SeqCst) & (WRITING | COPYING_IN) != 0
+    }
+
+    /// Whether the one statement in flight has had all its results, and only its
+    /// `ReadyForQuery` is still on its way (a `prepare`, a `copy_out` or a `copy_in`'s
+    /// `finish` end before it; a network may deliver it a moment later): it ends on its own
+    /// within a round trip, and nobody gave it up.
+    pub(crate) fn only_ready_to_come(&self) -> bool {
+        self.flags.load(Ordering::SeqCst) & (WRITING | COPYING_IN | RESULTS_IN) == RESULTS_IN
+            && self.in_flight()
     }
 
     /// Whether the driver was woken since its last poll began: a request queued for it (a
@@ -179,6 +189,24 @@ impl<F> Drop for Driven<F> {
     }
 }
 
+/// A statement's messages are being written: some sent, its `Sync` not yet (a large one
+/// written in parts, the data of a `COPY`). Set and cleared by the frontend side.
+const WRITING: u8 = 1;
+/// The server takes a `COPY FROM STDIN`'s data (from its `CopyInResponse` until the client's
+/// `CopyDone` or `CopyFail`): in flight, whether or not data was written yet.
+const COPYING_IN: u8 = 2;
+/// The one statement in flight has had all its results; only its `ReadyForQuery` is to come.
+const RESULTS_IN: u8 = 4;
+
+/// Backend messages after which a statement's results are all in (its `ReadyForQuery` aside):
+/// `CommandComplete`, `EmptyQueryResponse`, `ErrorResponse`, `PortalSuspended`, the end of a
+/// statement's description (`RowDescription`, `NoData`), and `CopyDone`. (`RowDescription`
+/// also comes before a query's rows: such a statement is then given the grace period, and
+/// cancelled if it runs on.)
+fn ends_results(kind: u8) -> bool {
+    matches!(kind, b'C' | b'I' | b'E' | b's' | b'T' | b'n' | b'c')
+}
+
 /// One waiter in `settled`, counted while it lives.
 struct Waiting<'a>(&'a AtomicUsize);
 
@@ -290,15 +318,11 @@ impl Framing {
 fn is_dropped_transactions_rollback(body: &[u8]) -> bool {
     match body.strip_prefix(b"ROLLBACK") {
         Some(b"\0") => true,
-        // A savepoint's name, one word: `ROLLBACK TO a; SELECT ...` is someone's statement.
+        // A savepoint's name, whatever its letters or quotes; a second statement after a `;`
+        // makes it someone's statement.
         Some(rest) => rest.strip_prefix(b" TO ").is_some_and(|name| {
-            name.split_last().is_some_and(|(&end, name)| {
-                end == 0
-                    && !name.is_empty()
-                    && name
-                        .iter()
-                        .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'"')
-            })
+            name.split_last()
+                .is_some_and(|(&end, name)| end == 0 && !name.is_empty() && !name.contains(&b';'))
         }),
         None => false,
     }
@@ -325,8 +349,8 @@ pub(crate) struct Watched<S> {
     expected: VecDeque<Expected>,
     /// Whether a message other than `Close` was sent since the last `Sync`.
     batch_has_work: bool,
-    /// What `activity.writing` was last set to.
-    writing: bool,
+    /// The flags as this stream last published them to `activity`.
+    flags: u8,
 }
 
 impl<S> Watched<S> {
@@ -339,7 +363,17 @@ impl<S> Watched<S> {
             backend: Framing::new(false),
             expected: VecDeque::new(),
             batch_has_work: false,
-            writing: false,
+            flags: 0,
+        }
+    }
+}
+
+impl<S> Watched<S> {
+    /// Tells `activity` of the flags when they changed (rarely: an atomic store per message
+    /// would cost every statement).
+    fn publish(&mut self) {
+        if self.activity.flags.load(Ordering::Relaxed) != self.flags {
+            self.activity.flags.store(self.flags, Ordering::SeqCst);
         }
     }
 }
@@ -354,10 +388,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if result.is_ready() {
-            let (activity, expected) = (&this.activity, &mut this.expected);
+            let (activity, expected, flags) = (&this.activity, &mut this.expected, &mut this.flags);
             this.backend
                 .feed(&buf.filled()[before..], |kind, _| match kind {
                     b'Z' => {
+                        *flags &= !RESULTS_IN;
                         // The start-up's `ReadyForQuery` was expected by nothing, and counts.
                         let counts = expected.pop_front().is_none_or(|e| e.ends_statement);
                         if counts {
@@ -368,6 +403,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                     // so the one sent with the `COPY` statement gets no `ReadyForQuery` (the one
                     // after `CopyDone` does).
                     b'G' => {
+                        *flags |= COPYING_IN;
                         if expected.front().is_some_and(|e| e.sync)
                             && let Some(ignored) = expected.pop_front()
                             && ignored.ends_statement
@@ -375,8 +411,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                             let _ = activity.sent.fetch_sub(1, Ordering::AcqRel);
                         }
                     }
+                    // (The one statement to come: `Close`s of dropped statements, answered by
+                    // nobody, may be queued beside it.)
+                    kind if ends_results(kind)
+                        && expected.iter().filter(|e| e.ends_statement).count() == 1 =>
+                    {
+                        *flags |= RESULTS_IN;
+                    }
                     _ => {}
                 });
+            this.publish();
         }
         result
     }
@@ -391,8 +435,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(written)) = result {
-            let (activity, expected, work) =
-                (&this.activity, &mut this.expected, &mut this.batch_has_work);
+            let (activity, expected, work, flags) = (
+                &this.activity,
+                &mut this.expected,
+                &mut this.batch_has_work,
+                &mut this.flags,
+            );
             this.frontend.feed(&buf[..written], |kind, body| {
                 let (ends_statement, sync) = match kind {
                     b'Q' => (!body.is_some_and(is_dropped_transactions_rollback), false),
@@ -400,11 +448,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
                     // Close, Flush, the start-up and the login's password messages, Terminate:
                     // no statement of their own.
                     b'C' | b'H' | 0 | b'p' | b'X' => return,
+                    // CopyDone, CopyFail: the copy's data is over (its `Sync` follows).
+                    b'c' | b'f' => {
+                        *flags &= !COPYING_IN;
+                        *work = true;
+                        return;
+                    }
                     _ => {
                         *work = true;
                         return;
                     }
                 };
+                *flags &= !RESULTS_IN;
                 expected.push_back(Expected {
                     ends_statement,
                     sync,
@@ -413,13 +468,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
                     let _ = activity.sent.fetch_add(1, Ordering::AcqRel);
                 }
             });
-            // Messages of a statement written, its `Sync` not yet (a large one written in
-            // parts, the data of a `COPY`): in flight too.
-            let writing = this.frontend.mid_message() || this.batch_has_work;
-            if writing != this.writing {
-                this.writing = writing;
-                this.activity.writing.store(writing, Ordering::SeqCst);
+            if this.frontend.mid_message() || this.batch_has_work {
+                this.flags |= WRITING;
+            } else {
+                this.flags &= !WRITING;
             }
+            this.publish();
         }
         result
     }
@@ -519,7 +573,8 @@ mod tests {
         for (text, in_flight) in [
             ("ROLLBACK", false),
             ("ROLLBACK TO sp_1", false),
-            ("ROLLBACK TO \"my point\"", true),
+            ("ROLLBACK TO \"my point\"", false),
+            ("ROLLBACK TO café", false),
             ("ROLLBACK TO a; SELECT pg_sleep(60)", true),
             ("ROLLBACK; SELECT pg_sleep(60)", true),
             ("ROLLBACK TO ", true),

@@ -92,10 +92,11 @@ impl CancelHandle {
     }
 }
 
-/// How long a connection returned with a statement in flight is given for its answer to
-/// finish arriving (a statement's future ends at `CommandComplete`, a moment before the
-/// server's `ReadyForQuery` is read) before the statement counts as abandoned.
-const GRACE: Duration = Duration::from_millis(100);
+/// How long a statement found in flight is given to end on its own before it counts as
+/// abandoned: some futures end before their statement's `ReadyForQuery` is read (a
+/// `prepare`, a `copy_out`, a `copy_in`'s `finish`), and a network may deliver it a moment
+/// later.
+pub(super) const GRACE: Duration = Duration::from_millis(100);
 
 /// A connection returned with a statement in flight, taken out of the pool (whose place is
 /// free for a new connection at once). If the statement does not end within the grace
@@ -103,7 +104,7 @@ const GRACE: Duration = Duration::from_millis(100);
 /// (cancel first: closing alone does not end a running statement, and a proxy forgets a
 /// closed session's cancel key). Either way the connection is not reused: a cancel names a
 /// session, not a statement, so a late one could cancel the next caller's statement.
-pub(super) fn abandon(object: PooledClient) {
+pub(super) fn abandon(object: Box<PooledClient>, grace: Duration) {
     let cancel = Cancel::of(&object);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         // No runtime to cancel on (dropped outside one): closed at once.
@@ -112,7 +113,7 @@ pub(super) fn abandon(object: PooledClient) {
         return;
     };
     drop(runtime.spawn(async move {
-        let ended = tokio::time::timeout(GRACE, object.activity.settled())
+        let ended = tokio::time::timeout(grace, object.activity.settled())
             .await
             .is_ok();
         if ended {

@@ -12,6 +12,7 @@ use tokio_postgres::types::PgLsn;
 
 use super::cancel::{self, CancelHandle};
 use super::lifecycle::Manager;
+use super::pooled::PooledClient;
 use crate::Error;
 use crate::defaults::CANCEL_SETTLE_TIMEOUT;
 
@@ -172,11 +173,16 @@ impl Drop for Connection {
                 .use_time(now.saturating_duration_since(checked_out));
         }
         // A statement still in flight: its caller gave up (a request timed out), or a cancel
-        // sent meanwhile has not ended it yet. The connection leaves the pool (its place is
-        // free for a new one at once). (A session already gone has nothing to cancel
+        // sent meanwhile has not ended it yet. (A session already gone has nothing to cancel
         // through: it is retired as broken.)
         if object.activity.in_flight() && !object.client.is_closed() {
-            cancel::abandon(managed::Object::take(object));
+            if object.activity.only_ready_to_come() && !object.lease.cancelled() {
+                // Finished but for its `ReadyForQuery`: returned once that is in.
+                settle_then_return(object);
+            } else {
+                // The connection leaves the pool (its place is free for a new one at once).
+                cancel::abandon(managed::Object::take(object), cancel::GRACE);
+            }
             return;
         }
         if object.lease.cancelled() {
@@ -188,16 +194,39 @@ impl Drop for Connection {
             drop(managed::Object::take(object));
             return;
         }
-        // The object returns to the pool right after this; idle time starts now.
-        object.lease.next();
-        object.idle_since = now;
-        if object.activity.driver_behind() {
-            // A statement may have been queued just before its future was dropped, and not
-            // written yet: found and cancelled once the driver has written it, unless the
-            // next checkout comes first (and finds it itself).
-            cancel::watch_returned(&object);
-        }
+        back_to_pool(&mut object, now);
     }
+}
+
+/// What the pool notes of a connection as it goes back: the next lease begins, idle time
+/// starts now, and a statement its driver may still have queued is watched for.
+fn back_to_pool(object: &mut PooledClient, now: Instant) {
+    object.lease.next();
+    object.idle_since = now;
+    if object.activity.driver_behind() {
+        // A statement may have been queued just before its future was dropped, and not
+        // written yet: found and cancelled once the driver has written it, unless the next
+        // checkout comes first (and finds it itself).
+        cancel::watch_returned(object);
+    }
+}
+
+/// A connection whose statement had all its results, returned before its `ReadyForQuery`
+/// was read: held (its place in the pool taken) until that comes, within the grace period,
+/// then returned as usual; else its statement counts as abandoned after all.
+fn settle_then_return(mut object: managed::Object<Manager>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        cancel::abandon(managed::Object::take(object), Duration::ZERO);
+        return;
+    };
+    drop(runtime.spawn(async move {
+        let settled = tokio::time::timeout(cancel::GRACE, object.activity.settled()).await;
+        if settled.is_ok() && !object.activity.in_flight() && !object.client.is_closed() {
+            back_to_pool(&mut object, Instant::now());
+        } else {
+            cancel::abandon(managed::Object::take(object), Duration::ZERO);
+        }
+    }));
 }
 
 impl fmt::Debug for Connection {

@@ -193,10 +193,13 @@ impl Manager {
 }
 
 impl managed::Manager for Manager {
-    type Type = PooledClient;
+    /// Boxed: deadpool moves the pooled object at every checkout and return (queue, object,
+    /// connection), and a pointer moves for free where the whole object (twice the size of
+    /// the client it holds) took a `memcpy` each time.
+    type Type = Box<PooledClient>;
     type Error = Error;
 
-    async fn create(&self) -> Result<PooledClient, Error> {
+    async fn create(&self) -> Result<Box<PooledClient>, Error> {
         // Boxed: opening a connection (discovery, token, retries, TLS) is a large state
         // machine, and unboxed it would be part of every checkout's future, copied in full
         // (about 19 KB) each time a caller's future moves, even when no connect happens.
@@ -212,7 +215,7 @@ impl managed::Manager for Manager {
         self.counters
             .telemetry
             .create_time(now.saturating_duration_since(started));
-        Ok(PooledClient {
+        Ok(Box::new(PooledClient {
             client,
             created: now,
             retire_at: self.lifecycle.retire_at(now),
@@ -225,10 +228,10 @@ impl managed::Manager for Manager {
             cancel,
             counters: Arc::clone(&self.counters),
             lease: Arc::default(),
-        })
+        }))
     }
 
-    async fn recycle(&self, client: &mut PooledClient, _: &Metrics) -> RecycleResult<Error> {
+    async fn recycle(&self, client: &mut Box<PooledClient>, _: &Metrics) -> RecycleResult<Error> {
         // A statement queued just before its future was dropped may not be written yet (the
         // driver has not run since: on a current-thread runtime, or another worker has not
         // got to it), and the session would look idle. The driver's next poll writes it, so
@@ -246,6 +249,15 @@ impl managed::Manager for Manager {
                 self.retire(RetireReason::Abandoned, client);
                 return Err(RecycleError::message(RetireReason::Abandoned.as_str()));
             }
+        }
+        if client.activity.only_ready_to_come() {
+            // A statement that had all its results, its `ReadyForQuery` on its way: given
+            // the grace period to end, as at its return, before it counts as abandoned.
+            let settled = Box::pin(tokio::time::timeout(
+                super::cancel::GRACE,
+                client.activity.settled(),
+            ));
+            let _ = settled.await;
         }
         let now = Instant::now();
         if let Some(reason) = self.lifecycle.retire_reason(client, now) {

@@ -71,13 +71,27 @@ struct PoolInner {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShutdownReport {
-    /// Connections checked out when the shutdown began.
+    /// Connections checked out when the shutdown began (the read replicas' included).
     pub in_use: usize,
-    /// Of those, the ones still checked out when the grace period ended: their connections
-    /// were closed under them, so their next query fails with a closed-connection error.
+    /// Of those, the ones still checked out when the grace period ended: a statement still
+    /// running on one was cancelled, then its connection closed under it, so its next query
+    /// fails with a closed-connection error. (What such a caller had already sent beyond the
+    /// cancelled statement may still have run, as with any lost connection: its outcome is
+    /// unknown.)
     pub forced: usize,
     /// How long the shutdown waited for connections to be returned.
     pub waited: Duration,
+}
+
+impl ShutdownReport {
+    /// Two pools' reports as one (the primary's and its replicas').
+    fn and(self, other: ShutdownReport) -> ShutdownReport {
+        ShutdownReport {
+            in_use: self.in_use + other.in_use,
+            forced: self.forced + other.forced,
+            waited: self.waited.max(other.waited),
+        }
+    }
 }
 
 impl Pool {
@@ -305,8 +319,9 @@ impl Pool {
     }
 
     /// Shuts the pool down gracefully: [`close`](Self::close)s it, waits up to `grace` for
-    /// the connections in use to be returned (each is closed as it comes back), then closes
-    /// the connections of any still in use, and waits for the pool's background task to end.
+    /// the connections in use to be returned (each is closed as it comes back; the read
+    /// replicas' too), then cancels the statements still running and closes the connections
+    /// still in use, and waits for the pool's background tasks to end.
     ///
     /// Call it when the service stops, after the HTTP server has stopped taking requests, so
     /// that the server sees clean disconnects. Clones of the pool share the shutdown. A
@@ -321,10 +336,14 @@ impl Pool {
     /// # }
     /// ```
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
-        if let Some(replicas) = &self.inner.replicas {
-            replicas.close();
+        let primary = self.inner.primary.shutdown(grace);
+        let Some(replicas) = &self.inner.replicas else {
+            return primary.await;
+        };
+        match tokio::join!(primary, replicas.shutdown(grace)) {
+            (report, Some(replicas)) => report.and(replicas),
+            (report, None) => report,
         }
-        self.inner.primary.shutdown(grace).await
     }
 
     /// Whether [`close`](Self::close) has been called.

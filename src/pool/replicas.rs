@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 use tokio_postgres::types::PgLsn;
 
+use super::ShutdownReport;
 use super::endpoint::{EndpointParts, EndpointPool};
 use super::stats::{ReadCounters, ReplicaStats};
 use super::{Connection, Pool};
@@ -667,6 +668,26 @@ impl ReplicaSet {
         if let Some(members) = self.members.get() {
             members.iter().for_each(|member| member.pool.close());
         }
+    }
+
+    /// Shuts every replica's pool down, together, as the primary's (see
+    /// [`Pool::shutdown`](crate::Pool::shutdown)): their reports, summed.
+    pub(crate) async fn shutdown(&self, grace: Duration) -> Option<ShutdownReport> {
+        let members = self.members.get()?;
+        let mut shutdowns = tokio::task::JoinSet::new();
+        for member in members {
+            let member = Arc::clone(member);
+            let _ = shutdowns.spawn(async move { member.pool.shutdown(grace).await });
+        }
+        let mut total: Option<ShutdownReport> = None;
+        while let Some(report) = shutdowns.join_next().await {
+            let Ok(report) = report else { continue };
+            total = Some(match total {
+                None => report,
+                Some(sum) => sum.and(report),
+            });
+        }
+        total
     }
 }
 

@@ -6,6 +6,7 @@ mod branch_faults;
 mod branches;
 mod cancel;
 mod cancel_break;
+mod cancel_break3;
 mod cancel_review;
 mod cancel_web;
 mod cold_path;

@@ -56,24 +56,6 @@ pub(super) fn base64_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_and_forms_decode() {
-        assert_eq!(
-            base64_decode("aWQ6c2VjcmV0").as_deref(),
-            Some(&b"id:secret"[..])
-        );
-        assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
-        assert_eq!(base64_decode("not base64!"), None);
-        let form = parse_form(b"grant_type=client_credentials&scope=all-apis&x=a+b%26c");
-        assert_eq!(form["scope"], "all-apis");
-        assert_eq!(form["x"], "a b&c");
-    }
-}
-
 /// An answer of the mock workspace.
 pub(super) type Answer = Response<BoxBody<Bytes, std::io::Error>>;
 
@@ -98,4 +80,22 @@ pub(super) fn api_error(status: u16, code: &str, message: &str) -> Answer {
 
 pub(super) fn ok(value: Value) -> Answer {
     answer(200, value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_and_forms_decode() {
+        assert_eq!(
+            base64_decode("aWQ6c2VjcmV0").as_deref(),
+            Some(&b"id:secret"[..])
+        );
+        assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
+        assert_eq!(base64_decode("not base64!"), None);
+        let form = parse_form(b"grant_type=client_credentials&scope=all-apis&x=a+b%26c");
+        assert_eq!(form["scope"], "all-apis");
+        assert_eq!(form["x"], "a b&c");
+    }
 }
