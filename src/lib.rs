@@ -96,6 +96,7 @@ mod backoff;
 pub mod branch;
 mod config;
 mod connect;
+mod connector;
 pub mod credentials;
 pub mod databricks;
 pub mod defaults;
@@ -125,6 +126,7 @@ pub use deadpool_postgres;
 pub use tokio_postgres;
 
 pub use crate::config::Environment;
+pub use crate::connector::{Connector, Session, SessionDriver};
 pub use crate::credentials::cache::{TokenCache, TokenStats};
 pub use crate::credentials::policy::CachePolicy;
 pub use crate::endpoint::EndpointName;

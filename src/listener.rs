@@ -173,7 +173,7 @@ impl Pool {
         let span = tracing::info_span!("lakebase.listener", channels = ?channels);
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
         let worker = Worker {
-            connector: Arc::clone(self.connector()),
+            connector: Arc::clone(self.connect_path()),
             listen: listen_statement(&channels),
             events,
         };

@@ -357,7 +357,22 @@ impl Pool {
         self.inner.primary.is_closed()
     }
 
-    pub(crate) fn connector(&self) -> &Arc<Connector> {
+    /// Opens sessions outside the pool the way the pool opens its own (same target, token
+    /// cache, TLS, resolver and retries): see [`Connector`](crate::Connector).
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
+    /// let session = pool.connector().connect().await?;
+    /// tokio::spawn(session.driver);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn connector(&self) -> crate::Connector {
+        crate::Connector::new(Arc::clone(self.connect_path()))
+    }
+
+    /// The connect path of the primary's pool (listeners open their sessions through it).
+    pub(crate) fn connect_path(&self) -> &Arc<Connector> {
         self.inner.primary.connector()
     }
 

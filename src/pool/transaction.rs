@@ -188,7 +188,7 @@ impl Pool {
         F: FnMut(TransactionHandle) -> Fut,
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
     {
-        let policy = self.connector().retry_policy();
+        let policy = self.connect_path().retry_policy();
         let started = Instant::now();
         let deadline = deadline_after(started, policy.total_deadline());
         let mut attempts: u32 = 0;

@@ -12,6 +12,7 @@ mod cancel_web;
 mod cold_path;
 mod cold_start;
 mod compute_faults;
+mod connector;
 mod emulator;
 mod lakebase;
 mod lifecycle;
