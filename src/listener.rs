@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use postgres_protocol::escape::escape_identifier;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_postgres::{AsyncMessage, Notification};
@@ -214,7 +215,7 @@ fn check_channels(channels: &[String]) -> Result<(), Error> {
 fn listen_statement(channels: &[String]) -> String {
     channels
         .iter()
-        .map(|channel| format!("LISTEN \"{}\";", channel.replace('"', "\"\"")))
+        .map(|channel| format!("LISTEN {};", escape_identifier(channel)))
         .collect::<Vec<_>>()
         .join(" ")
 }

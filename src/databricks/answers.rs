@@ -7,6 +7,22 @@ use serde::de::DeserializeOwned;
 
 use crate::error::RequestProblem;
 
+/// The states an API reports, by their wire names, written once per enum: `from_api` maps a
+/// name to its variant, and keeps a name this version does not know in `Other`.
+macro_rules! api_states {
+    ($enum:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $enum {
+            pub(crate) fn from_api(text: &str) -> Self {
+                match text {
+                    $($text => $enum::$variant,)+
+                    other => $enum::Other(other.to_owned()),
+                }
+            }
+        }
+    };
+}
+pub(crate) use api_states;
+
 /// Decodes a JSON answer without echoing any of its values (they may be secrets).
 pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestProblem> {
     serde_json::from_slice(body).map_err(|e| {

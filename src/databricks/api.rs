@@ -160,17 +160,12 @@ pub enum EndpointState {
     Other(String),
 }
 
-impl EndpointState {
-    fn from_api(text: &str) -> Self {
-        match text {
-            "ACTIVE" => EndpointState::Active,
-            "IDLE" => EndpointState::Idle,
-            "INIT" => EndpointState::Init,
-            "DEGRADED" => EndpointState::Degraded,
-            other => EndpointState::Other(other.to_owned()),
-        }
-    }
-}
+super::answers::api_states!(EndpointState {
+    Active => "ACTIVE",
+    Idle => "IDLE",
+    Init => "INIT",
+    Degraded => "DEGRADED",
+});
 
 /// A Lakebase endpoint as the API describes it. Fields the API left out are `None`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -160,19 +160,14 @@ pub enum BranchState {
     Other(String),
 }
 
-impl BranchState {
-    fn parse(text: &str) -> Self {
-        match text {
-            "INIT" => BranchState::Init,
-            "READY" => BranchState::Ready,
-            "ARCHIVED" => BranchState::Archived,
-            "DELETED" => BranchState::Deleted,
-            "IMPORTING" => BranchState::Importing,
-            "RESETTING" => BranchState::Resetting,
-            other => BranchState::Other(other.to_owned()),
-        }
-    }
-}
+super::answers::api_states!(BranchState {
+    Init => "INIT",
+    Ready => "READY",
+    Archived => "ARCHIVED",
+    Deleted => "DELETED",
+    Importing => "IMPORTING",
+    Resetting => "RESETTING",
+});
 
 /// A branch of a Lakebase project.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -299,7 +294,7 @@ impl BranchAnswer {
             state: status
                 .as_ref()
                 .and_then(|s| s.current_state.as_deref())
-                .map(BranchState::parse),
+                .map(BranchState::from_api),
             default: status.as_ref().is_some_and(|s| s.default),
             source_branch: status.as_ref().and_then(|s| s.source_branch.clone()),
             expire_time: status

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use postgres_protocol::escape::{escape_identifier, escape_literal};
 use tokio_postgres::NoTls;
 
 mod server;
@@ -396,11 +397,11 @@ impl LocalPostgres {
     /// ```
     pub async fn create_role(&self, role: &str, password: &Secret) -> Result<(), HarnessError> {
         let admin = self.admin().await?;
-        let ident = quote_ident(role);
+        let ident = escape_identifier(role);
         admin
             .batch_execute(&format!(
                 "CREATE ROLE {ident} LOGIN PASSWORD {}",
-                quote_literal(password.expose())
+                escape_literal(password.expose())
             ))
             .await?;
         // CREATE DATABASE cannot share a multi-statement query (an implicit transaction).
@@ -431,7 +432,7 @@ impl LocalPostgres {
         }
         let statements: String = roles
             .iter()
-            .map(|role| format!("CREATE ROLE {} LOGIN;", quote_ident(role)))
+            .map(|role| format!("CREATE ROLE {} LOGIN;", escape_identifier(role)))
             .collect();
         self.admin().await?.batch_execute(&statements).await?;
         Ok(())
@@ -457,8 +458,8 @@ impl LocalPostgres {
         admin
             .batch_execute(&format!(
                 "CREATE DATABASE {} OWNER {}",
-                quote_ident(name),
-                quote_ident(owner)
+                escape_identifier(name),
+                escape_identifier(owner)
             ))
             .await?;
         Ok(())
@@ -494,9 +495,9 @@ impl LocalPostgres {
             .get(0);
         let statement = format!(
             "CREATE DATABASE {} TEMPLATE {} OWNER {}",
-            quote_ident(target),
-            quote_ident(source),
-            quote_ident(&owner)
+            escape_identifier(target),
+            escape_identifier(source),
+            escape_identifier(&owner)
         );
         let mut tries = 0;
         loop {
@@ -540,7 +541,7 @@ impl LocalPostgres {
         admin
             .batch_execute(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                quote_ident(name)
+                escape_identifier(name)
             ))
             .await?;
         Ok(())
@@ -585,9 +586,9 @@ impl LocalPostgres {
         admin
             .batch_execute(&format!(
                 "ALTER ROLE {} PASSWORD {} VALID UNTIL {}",
-                quote_ident(role),
-                quote_literal(password.expose()),
-                quote_literal(&until),
+                escape_identifier(role),
+                escape_literal(password.expose()),
+                escape_literal(&until),
             ))
             .await?;
         Ok(())
@@ -650,26 +651,5 @@ impl LocalPostgres {
     /// ```
     pub fn resume(&self) -> Result<(), HarnessError> {
         self.inner.spawn_server()
-    }
-}
-
-/// A SQL identifier in double quotes.
-fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// A SQL string literal (standard_conforming_strings is on by default since PostgreSQL 9.1).
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting_doubles_the_quote_characters() {
-        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
-        assert_eq!(quote_literal("it's"), "'it''s'");
     }
 }
