@@ -22,8 +22,8 @@ use crate::credentials::{Credential, TokenCache};
 use crate::error::{BoxError, BoxFuture, Error, error_chain};
 use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolveError};
+use crate::retry::policy::RetryPolicy;
 use crate::retry::{ErrorClass, classify, fix_for};
-use crate::retry_policy::RetryPolicy;
 use crate::target::{
     HIDDEN_USER, RedactedServerError, TlsSettings, describe_target, redact, settle,
 };

@@ -207,6 +207,9 @@ pub enum Error {
         /// [`StatementTimedOut`] when `BEGIN` or `ROLLBACK` got no answer.
         #[source]
         source: BoxError,
+        /// Whether that error was transient (then the retry deadline passed): what
+        /// [`Error::is_transient`] says of this error.
+        transient: bool,
     },
 
     /// The connection failed while `COMMIT` was in flight, so whether the transaction was
@@ -557,20 +560,8 @@ impl Error {
             | Error::ReplicaUnavailable { .. }
             | Error::ReplicaBehind { .. }
             | Error::UserPoolsFull { .. } => true,
-            Error::Transaction { source, .. } => {
-                if source.is::<StatementTimedOut>() {
-                    return true;
-                }
-                source
-                    .downcast_ref::<tokio_postgres::Error>()
-                    .is_some_and(|source| {
-                        matches!(
-                            crate::retry::classify_in_transaction(source),
-                            crate::retry::ErrorClass::Transient
-                                | crate::retry::ErrorClass::RateLimited
-                        )
-                    })
-            }
+            // Decided where it was made, by the transaction's own classification.
+            Error::Transaction { transient, .. } => *transient,
             Error::WorkspaceApi { status, .. } => *status == 429 || *status >= 500,
             Error::WorkspaceRequest { problem, .. } => {
                 matches!(

@@ -111,7 +111,6 @@ mod metrics;
 mod pool;
 pub mod resolve;
 pub mod retry;
-mod retry_policy;
 mod secret;
 mod session;
 mod target;
@@ -138,7 +137,7 @@ pub use crate::pool::{
     CancelHandle, Connection, Dangerous, Pool, PoolBuilder, ReadFallback, ReplicaStats,
     ShutdownReport, Stats, TransactionHandle,
 };
-pub use crate::retry_policy::RetryPolicy;
+pub use crate::retry::policy::RetryPolicy;
 pub use crate::secret::Secret;
 pub use crate::tls::{ChannelBinding, SslMode, SslNegotiation};
 

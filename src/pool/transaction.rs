@@ -237,6 +237,7 @@ impl Pool {
                 return Err(Error::Transaction {
                     attempts,
                     source: error,
+                    transient: class != ErrorClass::Fatal,
                 });
             };
             tracing::info!(

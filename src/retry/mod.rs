@@ -62,6 +62,8 @@
 //!
 //! How long to wait between attempts is the [`RetryPolicy`](crate::RetryPolicy)'s business.
 
+pub(crate) mod policy;
+
 use std::error::Error as StdError;
 use std::io;
 
@@ -495,7 +497,7 @@ mod tests {
 
     #[test]
     fn every_fatal_proxy_text_says_what_to_fix_and_the_docs_list_every_text() {
-        let docs: String = include_str!("retry.rs")
+        let docs: String = include_str!("mod.rs")
             .lines()
             .filter(|line| line.starts_with("//!"))
             .collect::<Vec<_>>()
