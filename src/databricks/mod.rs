@@ -9,11 +9,13 @@
 //!
 //! ```no_run
 //! use lakebase_pool::Pool;
+//! use lakebase_pool::databricks::Workspace;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Workspace from DATABRICKS_* (or ~/.databrickscfg); host and user discovered.
 //! let pool = Pool::builder()
+//!     .workspace(Workspace::from_env()?)
 //!     .lakebase_endpoint("projects/shop/branches/production/endpoints/ep-primary")
 //!     .build()?;
 //! let conn = pool.get().await?;

@@ -39,7 +39,9 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let users = UserPools::builder(
-//!     Pool::builder().lakebase_endpoint("projects/shop/branches/production/endpoints/ep-primary"),
+//!     Pool::builder()
+//!         .workspace(lakebase_pool::databricks::Workspace::from_env()?)
+//!         .lakebase_endpoint("projects/shop/branches/production/endpoints/ep-primary"),
 //! )
 //! .build()?;
 //! let alice = ForwardedUser::new("alice@example.com", "token-from-x-forwarded-access-token");
@@ -96,7 +98,7 @@ const CHECKED_TOKENS: usize = 1;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), lakebase_pool::Error> {
-/// let users = UserPools::builder(Pool::builder().lakebase_endpoint("projects/p/branches/b/endpoints/e"))
+/// let users = UserPools::builder(lakebase_pool::PoolBuilder::from_env()?)
 ///     .max_users(50)
 ///     .build()?;
 /// let app_pool: lakebase_pool::Pool = users.app_pool().clone(); // the service principal's

@@ -83,18 +83,20 @@ impl PoolBuilder {
         let mut provider = self.provider;
         let primary_endpoint = self.endpoint.transpose()?;
         // Replicas by endpoint name mint through the same workspace: one authentication.
-        let mut primary_workspace = self.workspace;
+        let primary_workspace = self.workspace;
         let discovery = match primary_endpoint.clone() {
             None => None,
             Some(endpoint) => {
-                let workspace = match primary_workspace.clone() {
-                    Some(workspace) => workspace,
-                    None => {
-                        let workspace = Workspace::from_env()?;
-                        primary_workspace = Some(workspace.clone());
-                        workspace
-                    }
-                };
+                // No environment is read here: the one door to it is `from_env`.
+                let workspace = primary_workspace.clone().ok_or_else(|| {
+                    Error::invalid(
+                        "workspace",
+                        "a Lakebase endpoint's tokens are minted through a Databricks \
+                         workspace: call `.workspace(Workspace::from_env()?)` (or give another \
+                         `Workspace`), or start from `PoolBuilder::from_env()`, which reads \
+                         LAKEBASE_ENDPOINT and the DATABRICKS_* variables together",
+                    )
+                })?;
                 if provider.is_none() {
                     let minted = LakebaseCredentials::new(workspace.clone(), endpoint.clone());
                     provider = Some(Box::new(minted));

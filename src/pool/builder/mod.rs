@@ -346,7 +346,9 @@ impl PoolBuilder {
     /// Connect to a Lakebase endpoint, `projects/<project>/branches/<branch>/endpoints/<id>`.
     ///
     /// Unless set explicitly: tokens are minted for this endpoint through the
-    /// [`workspace`](Self::workspace) (default: [`Workspace::from_env`]); the host is looked up
+    /// [`workspace`](Self::workspace), which must be given (no environment is read at
+    /// [`build`](Self::build); [`from_env`](Self::from_env) reads `LAKEBASE_ENDPOINT` and the
+    /// workspace's variables together); the host is looked up
     /// with get-endpoint; the user is the service principal's client id with OAuth M2M, else
     /// the workspace user name; the database is `databricks_postgres`. Lookups happen at the
     /// first connect. A malformed name makes [`build`](Self::build) fail with

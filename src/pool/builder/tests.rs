@@ -129,3 +129,25 @@ async fn plaintext_to_a_non_loopback_host_is_refused() {
 fn build_outside_a_runtime_is_an_error_not_a_panic() {
     assert_eq!(setting_of(base().build()), "build");
 }
+
+/// An endpoint without a workspace is a build error naming the fix: `build` reads no
+/// environment (before, it built a workspace from the process environment behind the
+/// caller's back).
+#[tokio::test]
+async fn an_endpoint_without_a_workspace_names_the_fix_and_reads_no_environment() {
+    let err = Pool::builder()
+        .lakebase_endpoint("projects/p/branches/b/endpoints/e")
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                setting: "workspace",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("PoolBuilder::from_env()"), "{err}");
+}
