@@ -219,8 +219,30 @@ impl Connector {
         &self.tokens
     }
 
-    /// Opens one connection, or explains why it could not.
+    /// The bound on opening one connection, whoever asks (the pool, a listener, a
+    /// `Connector`): the retry deadline and one more attempt, and two token mints (a forced
+    /// refresh can add the second). The endpoint look-up runs within it too.
+    pub(crate) fn bound(&self) -> Duration {
+        self.retry
+            .total_deadline()
+            .saturating_add(self.retry.attempt_timeout())
+            .saturating_add(self.tokens.mint_timeout().saturating_mul(2))
+    }
+
+    /// Opens one connection within [`bound`](Self::bound), or explains why it could not.
     pub(crate) async fn connect(&self) -> Result<Opened, Error> {
+        let bound = self.bound();
+        tokio::time::timeout(bound, self.connect_unbounded())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::ConnectTimeout {
+                    target: self.target().to_owned(),
+                    after: bound,
+                })
+            })
+    }
+
+    async fn connect_unbounded(&self) -> Result<Opened, Error> {
         // The target source runs once (if it fails, the next checkout tries again), beside
         // the token: on a cold start the look-ups and the mint are round trips to the same
         // workspace, and neither needs the other.

@@ -25,6 +25,8 @@ use crate::session::{Driver, Opened};
 /// Cheap to clone. The session it opens is the caller's: spawn its
 /// [`driver`](Session::driver), as with `tokio_postgres::connect`. Lifetimes, idle
 /// timeouts and cancel-on-drop are the pool's; a session opened here has none of them.
+/// Once the pool is closed (or shut down), it opens no more sessions; those already open
+/// are the caller's to close.
 ///
 /// ```no_run
 /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), Box<dyn std::error::Error>> {
@@ -39,11 +41,16 @@ use crate::session::{Driver, Opened};
 #[derive(Clone)]
 pub struct Connector {
     inner: Arc<connect::Connector>,
+    /// Whether the pool it came from is closed.
+    closed: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl Connector {
-    pub(crate) fn new(inner: Arc<connect::Connector>) -> Self {
-        Connector { inner }
+    pub(crate) fn new(
+        inner: Arc<connect::Connector>,
+        closed: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> Self {
+        Connector { inner, closed }
     }
 
     /// Opens one session.
@@ -52,7 +59,9 @@ impl Connector {
     ///
     /// Those of [`Pool::get`](crate::Pool::get) that come from opening a connection:
     /// [`Error::Credentials`], [`Error::ConnectRetriesExhausted`], [`Error::AuthRejected`],
-    /// [`Error::Connect`], and a failed endpoint look-up.
+    /// [`Error::Connect`], a failed endpoint look-up, and [`Error::ConnectTimeout`] past the
+    /// pool's bound on opening one (a look-up that never answers); [`Error::PoolClosed`] once
+    /// the pool is closed.
     ///
     /// ```no_run
     /// # async fn demo(connector: lakebase_pool::Connector) -> Result<(), lakebase_pool::Error> {
@@ -62,8 +71,16 @@ impl Connector {
     /// # }
     /// ```
     pub async fn connect(&self) -> Result<Session, Error> {
+        if (self.closed)() {
+            return Err(Error::PoolClosed);
+        }
         // Boxed: the connect path is a large state machine (discovery, token, retries, TLS).
+        // Bounded there, as for the pool's own connections.
         let Opened { client, driver, .. } = Box::pin(self.inner.connect()).await?;
+        // Closed while the session opened: dropped, which closes it.
+        if (self.closed)() {
+            return Err(Error::PoolClosed);
+        }
         Ok(Session {
             client,
             driver: SessionDriver(driver),

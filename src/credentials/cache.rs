@@ -223,6 +223,11 @@ impl Drop for Flight {
 }
 
 impl TokenCache {
+    /// How long one mint may take (the cache's policy).
+    pub(crate) fn mint_timeout(&self) -> Duration {
+        self.inner.policy.mint_timeout_value()
+    }
+
     /// A cache in front of `provider`. The policy is not checked here;
     /// [`PoolBuilder::build`](crate::PoolBuilder::build) checks it.
     ///

@@ -76,14 +76,10 @@ impl EndpointPool {
             parts.hide_user,
         )?;
         let interval = parts.lifecycle.housekeeping_interval();
+        // Opening a connection is bounded by the connector itself; deadpool's backstop is
+        // the same bound.
+        let create_bound = connector.bound();
         let manager = Manager::new(connector, parts.lifecycle.clone(), Arc::clone(&counters));
-        // Opening a connection is already bounded by the retry deadline and the token mint
-        // timeout (a forced refresh can add a second mint); this is deadpool's backstop.
-        let create_bound = parts
-            .retry
-            .total_deadline()
-            .saturating_add(parts.retry.attempt_timeout())
-            .saturating_add(parts.cache_policy.mint_timeout_value().saturating_mul(2));
         let pool = managed::Pool::builder(manager)
             .max_size(max_size)
             .runtime(Runtime::Tokio1)

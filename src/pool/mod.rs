@@ -368,7 +368,11 @@ impl Pool {
     /// # }
     /// ```
     pub fn connector(&self) -> crate::Connector {
-        crate::Connector::new(Arc::clone(self.connect_path()))
+        let pool = Arc::downgrade(&self.inner);
+        crate::Connector::new(
+            Arc::clone(self.connect_path()),
+            Arc::new(move || pool.upgrade().is_none_or(|inner| inner.primary.is_closed())),
+        )
     }
 
     /// The connect path of the primary's pool (listeners open their sessions through it).

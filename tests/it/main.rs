@@ -13,6 +13,7 @@ mod cold_path;
 mod cold_start;
 mod compute_faults;
 mod connector;
+mod connector_break;
 mod emulator;
 mod lakebase;
 mod lifecycle;
