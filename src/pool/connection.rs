@@ -172,26 +172,29 @@ impl Drop for Connection {
                 .telemetry
                 .use_time(now.saturating_duration_since(checked_out));
         }
-        // A statement still in flight: its caller gave up (a request timed out), or a cancel
-        // sent meanwhile has not ended it yet. (A session already gone has nothing to cancel
-        // through: it is retired as broken.)
-        if object.activity.in_flight() && !object.client.is_closed() {
-            if object.activity.only_ready_to_come() && !object.lease.cancelled() {
+        let in_flight = object.activity.in_flight() && !object.client.is_closed();
+        if object.lease.cancelled() {
+            // A cancel was sent on it: closed, not reused (see `Lease`); a statement still in
+            // flight is cancelled again if it does not end within the grace period.
+            object
+                .counters
+                .retired(crate::metrics::RetireReason::Broken);
+            let object = managed::Object::take(object);
+            if in_flight {
+                cancel::abandon(object, cancel::GRACE);
+            }
+            return;
+        }
+        // A statement still in flight: its caller gave up (a request timed out). (A session
+        // already gone has nothing to cancel through: it is retired as broken.)
+        if in_flight {
+            if object.activity.only_ready_to_come() {
                 // Finished but for its `ReadyForQuery`: returned once that is in.
                 settle_then_return(object);
             } else {
                 // The connection leaves the pool (its place is free for a new one at once).
                 cancel::abandon(managed::Object::take(object), cancel::GRACE);
             }
-            return;
-        }
-        if object.lease.cancelled() {
-            // A cancel was sent on it: closed, not reused (its statement, if any, ends with
-            // the cancel, then the session; see `Lease`).
-            object
-                .counters
-                .retired(crate::metrics::RetireReason::Broken);
-            drop(managed::Object::take(object));
             return;
         }
         back_to_pool(&mut object, now);
