@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use lakebase_pool::testing::{LocalLakebase, LocalPostgres};
 use lakebase_pool::{Error, Pool};
 
-use crate::support::{app_pool, cluster};
+use crate::support::{ROLE, app_pool, cluster};
 
 /// Sessions on `pg` running `pg_sleep`.
 pub(crate) async fn sleeping(pg: &LocalPostgres) -> i64 {
@@ -23,17 +23,48 @@ pub(crate) async fn sleeping(pg: &LocalPostgres) -> i64 {
         .get(0)
 }
 
-/// Waits up to `within` for no session to run `pg_sleep`; how long it took.
-async fn sleep_ends_within(pg: &LocalPostgres, within: Duration) -> Duration {
+/// Waits up to `within` for no session to run `pg_sleep`, panicking with `what` if one still
+/// does; how long it took.
+pub(crate) async fn sleep_ends_within(
+    pg: &LocalPostgres,
+    within: Duration,
+    what: &str,
+) -> Duration {
     let started = Instant::now();
     while sleeping(pg).await > 0 {
         assert!(
             started.elapsed() < within,
-            "the abandoned statement still runs after {within:?}"
+            "{what}: a pg_sleep still runs on the server {within:?} later"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     started.elapsed()
+}
+
+/// Sessions of the app role that are not idle (running something, or stuck in a
+/// transaction or a COPY).
+pub(crate) async fn busy(pg: &LocalPostgres) -> i64 {
+    pg.admin()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state <> 'idle'",
+            &[&ROLE],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Polls `fut` exactly once, then drops it: a statement's request queued for the driver,
+/// not yet written.
+pub(crate) async fn poll_once_then_drop<F: std::future::Future>(fut: F) {
+    let mut fut = Box::pin(fut);
+    std::future::poll_fn(|cx| {
+        let _ = fut.as_mut().poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
 }
 
 /// The measurement of the issue as a test: `max_size(1)`, a `SELECT pg_sleep(5)` dropped
@@ -60,7 +91,7 @@ async fn a_dropped_statement_stops_and_the_next_caller_is_served_at_once(
         took < Duration::from_millis(900),
         "the next caller waited {took:?}"
     );
-    let ended = sleep_ends_within(pg, Duration::from_secs(1)).await;
+    let ended = sleep_ends_within(pg, Duration::from_secs(1), "the abandoned statement").await;
     // For BENCHMARKS.md (`--nocapture`): from the drop to a served statement, and then to
     // the abandoned statement's end on the server.
     eprintln!("next checkout + SELECT 1 after the drop: {took:?}; the sleep ended {ended:?} later");
@@ -316,7 +347,7 @@ async fn a_burst_of_timeouts_leaves_nothing_running_and_cancels_no_one_else() {
             completed.expect("a statement nobody gave up on is never cancelled");
         }
     }
-    let _ = sleep_ends_within(&pg, Duration::from_secs(2)).await;
+    let _ = sleep_ends_within(&pg, Duration::from_secs(2), "the abandoned statement").await;
     let started = Instant::now();
     let one: i32 = pool
         .get()

@@ -3,61 +3,20 @@
 //! and what "Should" hold, which the code now does); 6 to 8 passed at once and cover what no
 //! other test does.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use lakebase_pool::Pool;
-use lakebase_pool::testing::LocalPostgres;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cancel::sleeping;
-use crate::support::{ROLE, app_pool, backend_pid, cluster};
+use crate::cancel::{busy, poll_once_then_drop, sleep_ends_within, sleeping};
+use crate::support::{app_pool, backend_pid, cluster};
 
 /// Every test is bounded.
 const BOUND: Duration = Duration::from_secs(30);
-
-/// Polls `fut` exactly once, then drops it.
-async fn poll_once_then_drop<F: Future>(fut: F) {
-    let mut fut = Box::pin(fut);
-    std::future::poll_fn(|cx| {
-        let _ = fut.as_mut().poll(cx);
-        Poll::Ready(())
-    })
-    .await;
-}
-
-/// Sessions of the app role that are not idle (running something, or stuck in a
-/// transaction or a COPY).
-async fn busy(pg: &LocalPostgres) -> i64 {
-    pg.admin()
-        .await
-        .unwrap()
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state <> 'idle'",
-            &[&ROLE],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// Waits up to `within` for no `pg_sleep` to run on the server; panics with `what` if one
-/// still does.
-async fn no_sleep_within(pg: &LocalPostgres, within: Duration, what: &str) {
-    let until = Instant::now() + within;
-    while sleeping(pg).await > 0 {
-        assert!(
-            Instant::now() < until,
-            "{what}: a pg_sleep still runs on the server {within:?} later"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // 1. A cancel sent earlier in the checkout turns cancel-on-drop off for the rest of it.
@@ -91,7 +50,7 @@ async fn a_cancel_handle_used_while_idle_does_not_turn_cancel_on_drop_off() {
         .await;
         assert!(gave_up.is_err());
         drop(conn);
-        no_sleep_within(
+        sleep_ends_within(
             &pg,
             Duration::from_millis(1500),
             &format!("dropped after an earlier idle cancel; {:?}", pool.stats()),
@@ -129,7 +88,7 @@ async fn a_statement_queued_then_dropped_is_cancelled_without_another_checkout()
         drop(conn);
         // Nobody checks a connection out afterwards (a quiet moment of the service).
         tokio::time::sleep(Duration::from_millis(300)).await;
-        no_sleep_within(
+        sleep_ends_within(
             &pg,
             Duration::from_millis(1500),
             &format!("no later checkout; {:?}", pool.stats()),
@@ -245,7 +204,7 @@ async fn a_statement_dropped_while_being_written_is_neither_handed_on_nor_left_r
             started.elapsed(),
             pool.stats()
         );
-        no_sleep_within(&pg, Duration::from_millis(2500), "dropped mid-write").await;
+        sleep_ends_within(&pg, Duration::from_millis(2500), "dropped mid-write").await;
     })
     .await
     .expect("bounded");
@@ -357,7 +316,7 @@ async fn a_forced_shutdown_cancels_the_statements_it_cuts_off() {
         assert_eq!(report.forced, 1);
         let result = running.await.unwrap();
         assert!(result.is_err(), "cut off");
-        no_sleep_within(
+        sleep_ends_within(
             &pg,
             Duration::from_millis(1500),
             &format!("after a forced shutdown; {:?}", pool.stats()),
@@ -448,7 +407,7 @@ async fn a_pipeline_given_up_midway_leaves_nothing_running() {
             started.elapsed()
         );
         drop(next);
-        no_sleep_within(&pg, Duration::from_millis(2500), "pipeline").await;
+        sleep_ends_within(&pg, Duration::from_millis(2500), "pipeline").await;
         assert_eq!(busy(&pg).await, 0);
     })
     .await
@@ -616,7 +575,7 @@ async fn random_drops(latency: Option<Duration>) {
         while let Some(result) = tasks.join_next().await {
             result.unwrap();
         }
-        no_sleep_within(
+        sleep_ends_within(
             &pg,
             Duration::from_millis(3000),
             &format!("after the storm; {:?}", pool.stats()),

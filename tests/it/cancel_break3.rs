@@ -11,42 +11,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lakebase_pool::Pool;
-use lakebase_pool::testing::LocalPostgres;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cancel::sleeping;
+use crate::cancel::{busy, poll_once_then_drop, sleep_ends_within, sleeping};
 use crate::support::{ROLE, app_pool, backend_pid, cluster};
 
 /// Every test is bounded.
 const BOUND: Duration = Duration::from_secs(30);
-
-/// Sessions of the app role that are not idle.
-async fn busy(pg: &LocalPostgres) -> i64 {
-    pg.admin()
-        .await
-        .unwrap()
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state <> 'idle'",
-            &[&ROLE],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// Waits up to `within` for no `pg_sleep` to run on the server; panics with `what` if one
-/// still does.
-async fn no_sleep_within(pg: &LocalPostgres, within: Duration, what: &str) {
-    let until = Instant::now() + within;
-    while sleeping(pg).await > 0 {
-        assert!(
-            Instant::now() < until,
-            "{what}: a pg_sleep still runs on the server {within:?} later"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // 1. A COPY FROM STDIN whose sink outlives its connection guard is handed to the next caller.
@@ -545,16 +517,6 @@ async fn a_normal_workload_with_latency_closes_nothing_and_cancels_nothing() {
     normal_workload(60, Some(Duration::from_millis(1))).await;
 }
 
-/// Polls `fut` exactly once, then drops it.
-async fn poll_once_then_drop<F: std::future::Future>(fut: F) {
-    let mut fut = Box::pin(fut);
-    std::future::poll_fn(|cx| {
-        let _ = fut.as_mut().poll(cx);
-        std::task::Poll::Ready(())
-    })
-    .await;
-}
-
 // ---------------------------------------------------------------------------------------
 // 6. (passes) Watchers of returns racing with checkouts on other workers, on a pool of one: every
 //    return with a statement queued (dropped after one poll, inside a transaction or not)
@@ -611,7 +573,7 @@ async fn watchers_racing_checkouts_on_a_pool_of_one_cancel_no_one_else() {
         while let Some(result) = tasks.join_next().await {
             result.unwrap();
         }
-        no_sleep_within(
+        sleep_ends_within(
             &pg,
             Duration::from_millis(3000),
             &format!("after the race; {:?}", pool.stats()),
@@ -701,7 +663,7 @@ async fn a_shutdown_with_idle_busy_queued_and_waiting_leaves_nothing_running() {
             started.elapsed()
         );
         let waited = tokio::time::timeout(Duration::from_secs(2), waiter).await;
-        no_sleep_within(&pg, Duration::from_millis(1500), &format!("{report:?}")).await;
+        sleep_ends_within(&pg, Duration::from_millis(1500), &format!("{report:?}")).await;
         let (slow, queued) = tokio::time::timeout(Duration::from_secs(3), pipeline)
             .await
             .unwrap()

@@ -1,37 +1,18 @@
 //! An outside attempt to break cancellation: each test reproduced a defect of the first
 //! version (its comment says what went wrong, and "Should" what it now holds the code to).
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use lakebase_pool::{Connection, Pool};
+use lakebase_pool::Pool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cancel::sleeping;
-use crate::support::{app_pool, cluster};
+use crate::cancel::{poll_once_then_drop, sleeping};
+use crate::support::{app_pool, backend_pid, cluster};
 
 /// Every test is bounded.
 const BOUND: Duration = Duration::from_secs(30);
-
-async fn backend_pid(conn: &Connection) -> i32 {
-    conn.query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// Polls `fut` exactly once, then drops it.
-async fn poll_once_then_drop<F: Future>(fut: F) {
-    let mut fut = Box::pin(fut);
-    std::future::poll_fn(|cx| {
-        let _ = fut.as_mut().poll(cx);
-        Poll::Ready(())
-    })
-    .await;
-}
 
 // ---------------------------------------------------------------------------------------
 // 1. COPY FROM STDIN leaves the session "in flight" for ever.

@@ -6,14 +6,13 @@
 //! that never answers was unbounded; a closed pool still opened sessions); the code now does
 //! what "Should" says.
 
-use std::future::Future;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use lakebase_pool::testing::{FaultProxy, LocalLakebase, LocalPostgres, NetworkFault};
 use lakebase_pool::{CachePolicy, Error, RetryPolicy, Session};
 use tokio_postgres::AsyncMessage;
 
+use crate::cancel::poll_once_then_drop;
 use crate::support::{LogCapture, ROLE, app_pool, chain, cluster};
 
 /// Every test is bounded.
@@ -48,16 +47,6 @@ async fn settle_sessions(pg: &LocalPostgres, user: &str, want: i64) -> i64 {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Polls `fut` exactly once, then drops it.
-async fn poll_once_then_drop<F: Future>(fut: F) {
-    let mut fut = Box::pin(fut);
-    std::future::poll_fn(|cx| {
-        let _ = fut.as_mut().poll(cx);
-        Poll::Ready(())
-    })
-    .await;
 }
 
 // ---------------------------------------------------------------------------------------
