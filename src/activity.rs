@@ -26,6 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio_postgres::tls::{ChannelBinding, TlsStream};
 
+use crate::metrics::Counted;
+
 /// What a session has sent and had answered, shared by its stream and its pool entry.
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
@@ -93,7 +95,7 @@ impl Activity {
     }
 
     async fn until(&self, done: impl Fn(&Self) -> bool) {
-        let _waiting = Waiting::new(&self.waiting);
+        let _waiting = Counted::new(&self.waiting);
         loop {
             // Made before the check: a notification after it is not missed.
             let changed = self.answered.notified();
@@ -205,22 +207,6 @@ const RESULTS_IN: u8 = 4;
 /// cancelled if it runs on.)
 fn ends_results(kind: u8) -> bool {
     matches!(kind, b'C' | b'I' | b'E' | b's' | b'T' | b'n' | b'c')
-}
-
-/// One waiter in `settled`, counted while it lives.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        let _ = count.fetch_add(1, Ordering::SeqCst);
-        Waiting(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// Parses message boundaries out of a byte stream, one direction of a session.

@@ -3,7 +3,7 @@
 //! observe it). They carry the pool's histograms too, which are recorded where the counters
 //! are bumped.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::telemetry::{PoolTelemetry, RetryCause};
@@ -138,5 +138,22 @@ impl Counters {
             .position(|bound| waited <= *bound)
             .unwrap_or(WAIT_BUCKETS.len());
         bump(&self.checkout_wait[bucket]);
+    }
+}
+
+/// One of those counted in `count` while it lives (a waiter, a checkout under way), also when
+/// its future is dropped.
+pub(crate) struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    pub(crate) fn new(count: &'a AtomicUsize) -> Self {
+        let _ = count.fetch_add(1, Ordering::SeqCst);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

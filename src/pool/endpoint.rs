@@ -20,7 +20,7 @@ use crate::RetryPolicy;
 use crate::backoff::millis;
 use crate::connect::{Connector, Target};
 use crate::credentials::{CachePolicy, TokenCache};
-use crate::metrics::Counters;
+use crate::metrics::{Counted, Counters};
 use crate::resolve::Resolve;
 use crate::target::TlsSettings;
 use crate::telemetry::{PoolTelemetry, Telemetry};
@@ -135,7 +135,7 @@ impl EndpointPool {
                 result => return result,
             }
         }
-        let _waiting = Waiting::start(&self.waiters);
+        let _waiting = Counted::new(&self.waiters);
         self.pool.timeout_get(&timeouts).await
     }
 
@@ -311,22 +311,6 @@ impl EndpointPool {
 impl Drop for EndpointPool {
     fn drop(&mut self) {
         let _ = self.take_housekeeper();
-    }
-}
-
-/// Counts a waiting checkout for as long as it waits (also when its future is dropped).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn start(waiters: &'a AtomicUsize) -> Self {
-        let _ = waiters.fetch_add(1, Ordering::Relaxed);
-        Waiting(waiters)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
