@@ -198,23 +198,31 @@ impl Cancel {
 
 /// A cancel request for one session, sent the way the session went, counted.
 #[derive(Clone)]
-struct CancelRequest {
+pub(super) struct CancelRequest {
     token: CancelToken,
     route: CancelRoute,
     counters: Arc<Counters>,
 }
 
 impl CancelRequest {
-    fn of(object: &PooledClient) -> Self {
+    pub(super) fn new(token: CancelToken, route: CancelRoute, counters: Arc<Counters>) -> Self {
         CancelRequest {
-            token: object.client.cancel_token(),
-            route: object.cancel.clone(),
-            counters: Arc::clone(&object.counters),
+            token,
+            route,
+            counters,
         }
     }
 
+    fn of(object: &PooledClient) -> Self {
+        Self::new(
+            object.client.cancel_token(),
+            object.cancel.clone(),
+            Arc::clone(&object.counters),
+        )
+    }
+
     /// Sends one cancel request, within [`CANCEL_TIMEOUT`].
-    async fn send(&self) -> Result<(), Error> {
+    pub(super) async fn send(&self) -> Result<(), Error> {
         let sent = self.route.cancel(&self.token, CANCEL_TIMEOUT).await;
         self.counters.cancel(sent.is_ok());
         sent.map_err(|error| Error::CancelFailed {

@@ -246,11 +246,7 @@ impl EndpointPool {
         }
         let waited = started.elapsed();
         let forced = self.pool.status().size;
-        self.pool
-            .manager()
-            .drivers()
-            .close_all(&self.counters)
-            .await;
+        self.pool.manager().drivers().close_all().await;
         if forced > 0 {
             tracing::warn!(
                 forced,

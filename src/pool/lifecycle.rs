@@ -8,15 +8,13 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::ClientWrapper;
 
+use super::cancel::CancelRequest;
 use super::pooled::PooledClient;
 use crate::Error;
 use crate::activity::{Activity, Driven};
 use crate::connect::{Connector, Driver, Opened};
-use crate::defaults::CANCEL_TIMEOUT;
 use crate::error::error_chain;
 use crate::metrics::{Counters, RetireReason};
-use crate::session::CancelRoute;
-use tokio_postgres::CancelToken;
 
 /// The rules that decide when a connection is closed.
 #[derive(Clone, Debug)]
@@ -91,8 +89,7 @@ pub(crate) struct Drivers {
 struct DriverTask {
     task: tokio::task::AbortHandle,
     activity: Arc<Activity>,
-    token: CancelToken,
-    route: CancelRoute,
+    cancel: CancelRequest,
 }
 
 impl std::fmt::Debug for DriverTask {
@@ -116,7 +113,7 @@ impl Drivers {
         driver: Driver,
         client: tokio_postgres::Client,
         activity: &Arc<Activity>,
-        route: &CancelRoute,
+        cancel: CancelRequest,
     ) -> (ClientWrapper, tokio::task::AbortHandle) {
         let driven = Driven::new(driver, Arc::clone(activity));
         let task = tokio::spawn(async move {
@@ -133,8 +130,7 @@ impl Drivers {
         tasks.push(DriverTask {
             task: handle.clone(),
             activity: Arc::clone(activity),
-            token: client.cancel_token(),
-            route: route.clone(),
+            cancel,
         });
         drop(task);
         (ClientWrapper::new(client, tokio::spawn(async {})), handle)
@@ -143,18 +139,17 @@ impl Drivers {
     /// Ends every connection task still running, closing its socket; a statement still
     /// running on one is cancelled first (closing alone does not end it: the server notices
     /// only when it next writes), the cancels sent together, each within `CANCEL_TIMEOUT`.
-    pub(crate) async fn close_all(&self, counters: &Counters) {
+    pub(crate) async fn close_all(&self) {
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
         let mut cancels = tokio::task::JoinSet::new();
         for driver in &tasks {
             if !driver.task.is_finished() && driver.activity.in_flight() {
-                let (token, route) = (driver.token.clone(), driver.route.clone());
-                let _ = cancels.spawn(async move { route.cancel(&token, CANCEL_TIMEOUT).await });
+                let cancel = driver.cancel.clone();
+                // Counted by `send`; a failure is the closing's business no further.
+                let _ = cancels.spawn(async move { cancel.send().await.is_ok() });
             }
         }
-        while let Some(sent) = cancels.join_next().await {
-            counters.cancel(matches!(sent, Ok(Ok(()))));
-        }
+        while cancels.join_next().await.is_some() {}
         tasks.iter().for_each(|driver| driver.task.abort());
     }
 }
@@ -210,7 +205,12 @@ impl managed::Manager for Manager {
             activity,
             cancel,
         } = Box::pin(self.connector.connect()).await?;
-        let (client, driver) = self.drivers.spawn(driver, client, &activity, &cancel);
+        let request = CancelRequest::new(
+            client.cancel_token(),
+            cancel.clone(),
+            Arc::clone(&self.counters),
+        );
+        let (client, driver) = self.drivers.spawn(driver, client, &activity, request);
         let now = Instant::now();
         self.counters
             .telemetry
