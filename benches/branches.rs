@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use lakebase_pool::testing::LocalLakebase;
+use lakebase_pool_testing::LocalLakebase;
 
 const ROUNDS: usize = 15;
 const SEED: &str = "CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL, created timestamptz DEFAULT now());

@@ -22,10 +22,10 @@
 
 use std::time::{Duration, Instant};
 
-use lakebase_pool::testing::{
+use lakebase_pool::{Environment, PoolBuilder, SslNegotiation};
+use lakebase_pool_testing::{
     FaultProxy, LocalLakebase, NetworkFault, RecordedRequest, sequential_round_trips,
 };
-use lakebase_pool::{Environment, PoolBuilder, SslNegotiation};
 use rustls_pki_types::pem::PemObject;
 
 const ROUNDS: usize = 5;
@@ -228,7 +228,7 @@ fn recipe_tls(
         roots.add(cert?)?;
     }
     let config =
-        rustls::ClientConfig::builder_with_provider(lakebase_pool::testing::crypto_provider())
+        rustls::ClientConfig::builder_with_provider(lakebase_pool_testing::crypto_provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();

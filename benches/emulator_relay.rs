@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use lakebase_pool::databricks::WorkspaceBuilder;
 use lakebase_pool::resolve::StaticResolver;
-use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace, TestCa};
 use lakebase_pool::{Connection, Environment, Pool, Secret, SslMode};
+use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace, TestCa};
 
 const ROUNDS: usize = 7;
 const QUERIES_PER_ROUND: usize = 2_000;

@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lakebase_pool::databricks::WorkspaceBuilder;
-use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
 use lakebase_pool::{CachePolicy, Environment, Pool, Secret};
+use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
 
 const STATIC_ROLE: &str = "bench_static";
 const STATIC_PASSWORD: &str = "bench-static-password";

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lakebase_pool::testing::{LocalPostgres, StopMode};
 use lakebase_pool::{Pool, Secret};
+use lakebase_pool_testing::{LocalPostgres, StopMode};
 
 const ROLE: &str = "bench";
 const PASSWORD: &str = "bench-password";

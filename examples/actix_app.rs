@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use lakebase_pool::integrations::{HttpError, ReadConnection};
-use lakebase_pool::testing::LocalLakebase;
 use lakebase_pool::{Connection, Environment, Pool};
+use lakebase_pool_testing::LocalLakebase;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 

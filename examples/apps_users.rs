@@ -21,9 +21,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use lakebase_pool::integrations::{HttpError, UserConnection};
-use lakebase_pool::testing::LocalLakebase;
 use lakebase_pool::users::{ForwardedHeaders, ForwardedUser, UserPools};
 use lakebase_pool::{Connection, Environment, Pool};
+use lakebase_pool_testing::LocalLakebase;
 
 /// The routes. The state is the user pools; `Connection` extractors get the app's pool.
 pub fn router(users: UserPools) -> Router {
@@ -109,7 +109,7 @@ async fn main() -> Result<(), lakebase_pool::BoxError> {
     if let Some(local) = &local {
         // Two signed-in users, as the Apps proxy would forward them; each writes a note and
         // reads back only their own. (Over HTTP the routes do the same with the proxy's
-        // headers; `lakebase_pool::testing::apps_proxy_headers` makes them in tests.)
+        // headers; `lakebase_pool_testing::apps_proxy_headers` makes them in tests.)
         let emails = ["alice@example.com", "bob@example.com"];
         let tokens = local.add_users(&emails).await?;
         for (email, token) in emails.iter().zip(tokens) {

@@ -19,8 +19,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use lakebase_pool::integrations::{HttpError, ReadConnection};
-use lakebase_pool::testing::LocalLakebase;
 use lakebase_pool::{Connection, Environment, Pool};
+use lakebase_pool_testing::LocalLakebase;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use lakebase_pool::branch::EphemeralBranch;
 use lakebase_pool::databricks::{Workspace, WorkspaceBuilder};
-use lakebase_pool::testing::LocalLakebase;
 use lakebase_pool::{BoxError, Environment, PoolBuilder};
+use lakebase_pool_testing::LocalLakebase;
 
 /// What a run did, for its report.
 #[derive(Debug)]

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use lakebase_pool::Environment;
-use lakebase_pool::testing::LocalLakebase;
+use lakebase_pool_testing::LocalLakebase;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
 #[tokio::main]

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use lakebase_pool::Environment;
-use lakebase_pool::testing::LocalLakebase;
+use lakebase_pool_testing::LocalLakebase;
 use tracing_subscriber::EnvFilter;
 
 /// Short enough to watch a connection being replaced; the default is 45 minutes.

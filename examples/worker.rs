@@ -19,8 +19,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lakebase_pool::testing::LocalLakebase;
 use lakebase_pool::{Environment, Error, ListenerEvent, Pool};
+use lakebase_pool_testing::LocalLakebase;
 use tokio::sync::Notify;
 
 /// Creates the job and result tables if they are missing.

@@ -57,8 +57,9 @@
 //!   metrics with OpenTelemetry's database-client semantic conventions, and spans; the README
 //!   lists every metric.
 //! * [`defaults`]: every default value with the reason for it.
-//! * `testing` (feature `testing`): a throwaway local PostgreSQL, mock workspace and Lakebase
-//!   emulator for tests and demos (`LocalLakebase` starts all three).
+//! * Tests and demos: the companion crate `lakebase-pool-testing`, a dev-dependency, has a
+//!   throwaway local PostgreSQL, a mock workspace and a Lakebase emulator (`LocalLakebase`
+//!   starts all three), and the `lakebase-emulator` program.
 //!
 //! # Features
 //!
@@ -69,7 +70,6 @@
 //! | `axum` | no | `Connection` as an Axum extractor; `integrations::HttpError` as a response |
 //! | `actix-web` | no | `Connection` as an Actix Web extractor; `integrations::HttpError` as a response error |
 //! | `opentelemetry` | no | `PoolBuilder::meter`, `pool_name` and `tracer`: metrics with the database-client semantic conventions, and spans (see the README for every metric) |
-//! | `testing` | no | `testing::LocalPostgres`, `MockWorkspace`, `TestCa`, `LakebaseEmulator`, `LocalLakebase`, the `lakebase-emulator` program |
 //!
 //! # Security
 //!
@@ -115,9 +115,6 @@ mod secret;
 mod session;
 mod target;
 mod telemetry;
-#[cfg(feature = "testing")]
-#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
-pub mod testing;
 mod tls;
 pub mod users;
 

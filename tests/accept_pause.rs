@@ -8,7 +8,7 @@ use std::io::{Read, Seek};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use lakebase_pool::testing::{FaultProxy, NetworkFault};
+use lakebase_pool_testing::{FaultProxy, NetworkFault};
 
 /// CPU time this process has used (user + system), from `/proc/self/stat`, read through a
 /// file opened beforehand (no descriptor is left to open one).

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lakebase_pool::databricks::{CredentialRequest, Workspace, WorkspaceBuilder};
-use lakebase_pool::testing::MockWorkspace;
 use lakebase_pool::{EndpointName, Environment};
+use lakebase_pool_testing::MockWorkspace;
 
 const ENDPOINT: &str = "projects/shop/branches/production/endpoints/ep-primary";
 const PAT: &str = "dapi-proxy-test-token";

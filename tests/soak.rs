@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lakebase_pool::CachePolicy;
-use lakebase_pool::testing::LocalLakebase;
+use lakebase_pool_testing::LocalLakebase;
 
 /// Counts live heap bytes.
 struct Counting;

@@ -80,7 +80,6 @@ pub(crate) fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
 
 /// Formats a time as RFC 3339 UTC, with microseconds when `fractional` (the mock workspace
 /// writes `expire_time` with it).
-#[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
 pub(crate) fn format_rfc3339(time: SystemTime, fractional: bool) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = i64::try_from(since.as_secs()).unwrap_or(i64::MAX / 2);
@@ -127,7 +126,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 /// The inverse of [`days_from_civil`].
-#[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
 fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let days = days + 719_468;
     let era = days.div_euclid(146_097);

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use lakebase_pool::branch::EphemeralBranch;
 use lakebase_pool::databricks::{BranchSpec, Expiry, Workspace};
-use lakebase_pool::testing::{Fault, MockWorkspace};
 use lakebase_pool::{Error, RequestProblem};
+use lakebase_pool_testing::{Fault, MockWorkspace};
 
 const PAT: &str = "dapi-branch-faults";
 

@@ -8,8 +8,8 @@ use lakebase_pool::branch::EphemeralBranch;
 use lakebase_pool::databricks::{
     BranchSpec, BranchState, CredentialRequest, Expiry, MAX_BRANCH_TTL, Workspace,
 };
-use lakebase_pool::testing::{LocalLakebase, MockWorkspace};
 use lakebase_pool::{EndpointName, Environment, Error};
+use lakebase_pool_testing::{LocalLakebase, MockWorkspace};
 
 use crate::support::LogCapture;
 
@@ -380,7 +380,7 @@ async fn local_branches_of_one_seeded_database_are_isolated() {
     assert_eq!(seeded, 1001);
     assert!(matches!(
         lakebase.branch("Not_Valid").await,
-        Err(lakebase_pool::testing::HarnessError::InvalidName(_))
+        Err(lakebase_pool_testing::HarnessError::InvalidName(_))
     ));
 }
 

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use lakebase_pool::testing::{LocalLakebase, LocalPostgres};
 use lakebase_pool::{Error, Pool};
+use lakebase_pool_testing::{LocalLakebase, LocalPostgres};
 
 use crate::support::{ROLE, app_pool, cluster};
 
@@ -368,7 +368,7 @@ async fn a_burst_of_timeouts_leaves_nothing_running_and_cancels_no_one_else() {
 /// closed, not reused, within the cancel's bound, and the next caller is not delayed.
 #[tokio::test]
 async fn a_cancel_the_network_swallows_still_closes_the_connection_and_delays_no_one() {
-    use lakebase_pool::testing::{FaultProxy, NetworkFault};
+    use lakebase_pool_testing::{FaultProxy, NetworkFault};
 
     let pg = cluster().await;
     let proxy = FaultProxy::start(pg.addr()).unwrap();

@@ -232,7 +232,7 @@ async fn a_statement_dropped_while_being_written_is_neither_handed_on_nor_left_r
 /// times, through a relay adding `latency` each way (a real network's round trip): how many
 /// times the connection was lost.
 async fn transactions_dropped_then_checked_out(rounds: u32, latency: Duration) {
-    use lakebase_pool::testing::{FaultProxy, NetworkFault};
+    use lakebase_pool_testing::{FaultProxy, NetworkFault};
 
     let pg = cluster().await;
     let proxy = FaultProxy::start(pg.addr()).unwrap();
@@ -334,7 +334,7 @@ async fn a_forced_shutdown_cancels_the_statements_it_cuts_off() {
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn a_per_call_limit_returns_within_its_documented_bound_when_the_cancel_is_swallowed() {
-    use lakebase_pool::testing::{FaultProxy, NetworkFault};
+    use lakebase_pool_testing::{FaultProxy, NetworkFault};
 
     tokio::time::timeout(BOUND, async {
         let pg = cluster().await;
@@ -490,7 +490,7 @@ async fn copies_dropped_midway_leave_nothing_busy() {
 /// Should: every statement nobody gave up on succeeds with its own answer; afterwards nothing
 /// runs on the server and the pool serves at once.
 async fn random_drops(latency: Option<Duration>) {
-    use lakebase_pool::testing::{FaultProxy, NetworkFault};
+    use lakebase_pool_testing::{FaultProxy, NetworkFault};
 
     tokio::time::timeout(BOUND, async {
         let pg = cluster().await;

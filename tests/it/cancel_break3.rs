@@ -353,7 +353,7 @@ async fn a_forced_shutdown_cancels_the_statements_of_replica_readers_too() {
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn dropped_savepoints_of_any_name_keep_their_connection() {
-    use lakebase_pool::testing::{FaultProxy, NetworkFault};
+    use lakebase_pool_testing::{FaultProxy, NetworkFault};
 
     tokio::time::timeout(BOUND, async {
         let pg = cluster().await;
@@ -420,7 +420,7 @@ async fn dropped_savepoints_of_any_name_keep_their_connection() {
 //    finished COPY in and a consumed COPY out.
 // ---------------------------------------------------------------------------------------
 async fn normal_workload(rounds: i32, latency: Option<Duration>) {
-    use lakebase_pool::testing::{FaultProxy, NetworkFault};
+    use lakebase_pool_testing::{FaultProxy, NetworkFault};
 
     tokio::time::timeout(BOUND, async {
         let pg = cluster().await;

@@ -22,7 +22,7 @@ async fn fast(conn: Connection) -> Result<String, HttpError> {
 
 /// `/slow` times out (the server answers `timed_out`), then `/fast` is served within a
 /// second; the sleep no longer runs on the server.
-async fn exercise(addr: SocketAddr, timed_out: u16, pg: &lakebase_pool::testing::LocalPostgres) {
+async fn exercise(addr: SocketAddr, timed_out: u16, pg: &lakebase_pool_testing::LocalPostgres) {
     let client = http_client();
     let started = Instant::now();
     let answer = client

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lakebase_pool::credentials::{Credential, from_fn};
-use lakebase_pool::testing::{LocalLakebase, RecordedRequest};
 use lakebase_pool::{Environment, Error, Pool, PoolBuilder};
+use lakebase_pool_testing::{LocalLakebase, RecordedRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{INITIAL_PASSWORD, ROLE, app_pool, cluster};
@@ -130,7 +130,7 @@ async fn a_token_endpoint_discovered_elsewhere_is_used_and_the_early_guess_dropp
     let (lakebase, ca) = apps_lakebase().await;
     lakebase
         .workspace()
-        .set_discovery(lakebase_pool::testing::MockDiscovery::DatabricksConfig);
+        .set_discovery(lakebase_pool_testing::MockDiscovery::DatabricksConfig);
     let env = apps_environment(&lakebase, &ca, true, &[]);
     let pool = PoolBuilder::from_environment(&env)
         .unwrap()
@@ -200,7 +200,7 @@ async fn direct_handshake(lakebase: &LocalLakebase, alpn: &[Vec<u8>]) -> String 
         roots.add(cert.unwrap()).unwrap();
     }
     let mut config =
-        rustls::ClientConfig::builder_with_provider(lakebase_pool::testing::crypto_provider())
+        rustls::ClientConfig::builder_with_provider(lakebase_pool_testing::crypto_provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)

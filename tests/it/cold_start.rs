@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use lakebase_pool::testing::StopMode;
 use lakebase_pool::{Error, RetryPolicy};
+use lakebase_pool_testing::StopMode;
 
 use crate::support::{LogCapture, app_pool, cluster};
 

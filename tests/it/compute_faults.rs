@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use lakebase_pool::testing::LocalLakebase;
 use lakebase_pool::{Error, RetryPolicy};
+use lakebase_pool_testing::LocalLakebase;
 use tokio_postgres::error::SqlState;
 
 use crate::support::chain;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use lakebase_pool::Secret;
-use lakebase_pool::testing::LocalLakebase;
+use lakebase_pool_testing::LocalLakebase;
 
 use crate::support::{ROLE, cluster};
 

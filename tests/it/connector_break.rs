@@ -8,8 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use lakebase_pool::testing::{FaultProxy, LocalLakebase, LocalPostgres, NetworkFault};
 use lakebase_pool::{CachePolicy, Error, RetryPolicy, Session};
+use lakebase_pool_testing::{FaultProxy, LocalLakebase, LocalPostgres, NetworkFault};
 use tokio_postgres::AsyncMessage;
 
 use crate::cancel::poll_once_then_drop;
@@ -82,7 +82,7 @@ async fn a_connect_is_bounded_when_discovery_hangs() {
         .build()
         .unwrap();
     lakebase.workspace().inject(
-        lakebase_pool::testing::Fault::hang()
+        lakebase_pool_testing::Fault::hang()
             .on(GET_ENDPOINT)
             .for_method("GET")
             .times(1_000),
@@ -482,7 +482,7 @@ async fn a_connect_is_bounded_when_the_mint_hangs() {
             .build()
             .unwrap();
         lakebase.workspace().inject(
-            lakebase_pool::testing::Fault::hang()
+            lakebase_pool_testing::Fault::hang()
                 .on(CREDENTIALS)
                 .for_method("POST")
                 .times(1_000),

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use lakebase_pool::databricks::{CredentialRequest, Workspace, WorkspaceBuilder};
 use lakebase_pool::resolve::StaticResolver;
-use lakebase_pool::testing::{ComputeState, LakebaseEmulator, LocalPostgres, MockWorkspace};
 use lakebase_pool::{EndpointName, Environment, Error, PoolBuilder, RetryPolicy};
+use lakebase_pool_testing::{ComputeState, LakebaseEmulator, LocalPostgres, MockWorkspace};
 use tokio_postgres::error::SqlState;
 
 use crate::support::{LogCapture, lakebase_cluster};
@@ -265,77 +265,6 @@ async fn disabled_and_unknown_endpoints_fail_fast_with_the_servers_message() {
     assert_eq!(pool.stats().connect_attempts_failed, 2);
 }
 
-#[tokio::test]
-async fn the_emulator_program_prints_an_environment_that_works() {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lakebase-emulator"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut exports = Vec::new();
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            if line.starts_with("# Press Ctrl-C") {
-                break;
-            }
-            if let Some((name, value)) =
-                line.strip_prefix("export ").and_then(|l| l.split_once('='))
-            {
-                exports.push((name.to_owned(), value.to_owned()));
-            }
-        }
-        exports
-    });
-    let exports = tokio::time::timeout(Duration::from_secs(60), lines)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        exports.iter().any(|(k, _)| k == "LAKEBASE_ENDPOINT"),
-        "{exports:?}"
-    );
-
-    let pool = PoolBuilder::from_environment(&Environment::from_vars(exports.clone()))
-        .unwrap()
-        .build()
-        .unwrap();
-    let connected: bool = pool
-        .get()
-        .await
-        .unwrap()
-        .query_one("SELECT true", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(connected);
-    drop(pool);
-
-    // SIGTERM (what `docker compose down` sends) stops it cleanly, removing its server.
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap());
-    let status = tokio::time::timeout(Duration::from_secs(30), exited)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
-    let port: u16 = exports
-        .iter()
-        .find(|(k, _)| k == "PGPORT")
-        .map(|(_, v)| v.parse().unwrap())
-        .unwrap();
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "nothing listens any more"
-    );
-}
-
 /// A pool reaching the emulator by IP address (so without SNI), routed by `options` alone.
 fn by_address(lakebase: &Lakebase, options: Option<&str>, password: &str) -> PoolBuilder {
     let mut config = tokio_postgres::Config::new();
@@ -440,9 +369,7 @@ async fn the_workspace_reports_the_compute_state_through_suspend_and_wake() {
 async fn garbage_on_the_wire_is_refused_and_the_emulator_keeps_serving() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let lakebase = lakebase_pool::testing::LocalLakebase::start()
-        .await
-        .unwrap();
+    let lakebase = lakebase_pool_testing::LocalLakebase::start().await.unwrap();
     let port = lakebase.emulator().port();
     let mut rng = fastrand::Rng::with_seed(0x1a4e_ba5e);
     let ssl_request = [0, 0, 0, 8, 4, 210, 22, 47];
@@ -486,9 +413,7 @@ async fn garbage_on_the_wire_is_refused_and_the_emulator_keeps_serving() {
 /// role that exists upstream), it is refused like a wrong password.
 #[tokio::test]
 async fn a_token_is_refused_for_any_user_but_its_own() {
-    let lakebase = lakebase_pool::testing::LocalLakebase::start()
-        .await
-        .unwrap();
+    let lakebase = lakebase_pool_testing::LocalLakebase::start().await.unwrap();
     lakebase
         .postgres()
         .create_role("intruder", &lakebase_pool::Secret::new("unused"))
@@ -496,10 +421,10 @@ async fn a_token_is_refused_for_any_user_but_its_own() {
         .unwrap();
     let workspace = WorkspaceBuilder::from_environment(&Environment::default())
         .host(lakebase.workspace().url())
-        .token(lakebase_pool::testing::LocalLakebase::PAT)
+        .token(lakebase_pool_testing::LocalLakebase::PAT)
         .build()
         .unwrap();
-    let endpoint: EndpointName = lakebase_pool::testing::LocalLakebase::ENDPOINT
+    let endpoint: EndpointName = lakebase_pool_testing::LocalLakebase::ENDPOINT
         .parse()
         .unwrap();
     let token = workspace
@@ -511,7 +436,7 @@ async fn a_token_is_refused_for_any_user_but_its_own() {
             .host(
                 lakebase
                     .emulator()
-                    .host_of(lakebase_pool::testing::LocalLakebase::ENDPOINT),
+                    .host_of(lakebase_pool_testing::LocalLakebase::ENDPOINT),
             )
             .port(lakebase.emulator().port())
             .user(user)
@@ -529,7 +454,7 @@ async fn a_token_is_refused_for_any_user_but_its_own() {
         Some("password authentication failed for user 'intruder'"),
         "{err:?}"
     );
-    as_user(lakebase_pool::testing::LocalLakebase::USER)
+    as_user(lakebase_pool_testing::LocalLakebase::USER)
         .get()
         .await
         .expect("the token works for its own user");
@@ -542,12 +467,10 @@ async fn a_token_is_refused_for_any_user_but_its_own() {
 async fn a_start_up_packet_naming_two_users_is_refused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let lakebase = lakebase_pool::testing::LocalLakebase::start()
-        .await
-        .unwrap();
+    let lakebase = lakebase_pool_testing::LocalLakebase::start().await.unwrap();
     let mut client = crate::support::raw_tls_client(&lakebase).await;
     let packet = crate::support::startup_packet(&[
-        ("user", lakebase_pool::testing::LocalLakebase::USER),
+        ("user", lakebase_pool_testing::LocalLakebase::USER),
         ("database", "databricks_postgres"),
         ("user", "postgres"),
     ]);
@@ -577,9 +500,7 @@ async fn a_start_up_packet_naming_two_users_is_refused() {
 async fn an_idle_client_after_ssl_request_is_closed_by_the_emulator() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let lakebase = lakebase_pool::testing::LocalLakebase::start()
-        .await
-        .unwrap();
+    let lakebase = lakebase_pool_testing::LocalLakebase::start().await.unwrap();
     lakebase
         .emulator()
         .set_handshake_timeout(Duration::from_millis(500));
@@ -605,9 +526,7 @@ async fn an_idle_client_after_ssl_request_is_closed_by_the_emulator() {
 async fn connections_past_the_cap_are_refused_with_too_many_connections() {
     use tokio::io::AsyncReadExt;
 
-    let lakebase = lakebase_pool::testing::LocalLakebase::start()
-        .await
-        .unwrap();
+    let lakebase = lakebase_pool_testing::LocalLakebase::start().await.unwrap();
     let pool = lakebase
         .pool_builder()
         .unwrap()

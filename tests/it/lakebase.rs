@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use lakebase_pool::databricks::{Workspace, WorkspaceBuilder};
-use lakebase_pool::testing::{LocalPostgres, MockWorkspace};
 use lakebase_pool::{CachePolicy, Environment, Error, Pool, PoolBuilder};
+use lakebase_pool_testing::{LocalPostgres, MockWorkspace};
 
 use crate::support::{backend_pid, lakebase_cluster};
 

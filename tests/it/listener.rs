@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use lakebase_pool::testing::{FaultProxy, LocalPostgres, NetworkFault, StopMode};
 use lakebase_pool::{Error, Listener, ListenerEvent, Pool, RetryPolicy};
+use lakebase_pool_testing::{FaultProxy, LocalPostgres, NetworkFault, StopMode};
 
 use crate::support::{ROLE, app_pool, cluster, server_sessions};
 

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use lakebase_pool::retry::{ErrorClass, classify_in_transaction};
-use lakebase_pool::testing::{FaultProxy, LocalPostgres, NetworkFault};
 use lakebase_pool::{Error, PoolBuilder, RetryPolicy};
+use lakebase_pool_testing::{FaultProxy, LocalPostgres, NetworkFault};
 
 use crate::support::{INITIAL_PASSWORD, ROLE, backend_pid, cluster};
 

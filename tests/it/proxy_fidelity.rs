@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lakebase_pool::testing::LocalLakebase;
 use lakebase_pool::{Error, PoolBuilder, RetryPolicy, SslMode};
+use lakebase_pool_testing::LocalLakebase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ID: &str = "ep-local";
@@ -359,7 +359,7 @@ async fn tls_without_sni(port: u16) -> tokio_rustls::client::TlsStream<tokio::ne
         .unwrap();
     tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
     assert_eq!(tcp.read_u8().await.unwrap(), b'S');
-    let provider = lakebase_pool::testing::crypto_provider();
+    let provider = lakebase_pool_testing::crypto_provider();
     let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .unwrap()

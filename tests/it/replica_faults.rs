@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use lakebase_pool::testing::{Fault, LocalLakebase, StopMode};
 use lakebase_pool::{Connection, Error, Pool, ReadFallback, RetryPolicy};
+use lakebase_pool_testing::{Fault, LocalLakebase, StopMode};
 
 use crate::support::{app_pool, cluster};
 

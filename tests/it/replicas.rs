@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use lakebase_pool::testing::{LocalLakebase, StopMode};
 use lakebase_pool::{Connection, Error, Pool, PoolBuilder, ReadFallback, RetryPolicy};
+use lakebase_pool_testing::{LocalLakebase, StopMode};
 
 use crate::support::{app_pool, cluster};
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use lakebase_pool::Pool;
 use lakebase_pool::retry::{ErrorClass, classify_in_transaction};
-use lakebase_pool::testing::StopMode;
+use lakebase_pool_testing::StopMode;
 
 use crate::support::{app_pool, cluster};
 
@@ -87,7 +87,7 @@ async fn restart_under_load(mode: StopMode) {
         std::thread::sleep(Duration::from_millis(300));
         server.resume()?;
         // `resume` returns once the server accepts connections.
-        Ok::<_, lakebase_pool::testing::HarnessError>(Instant::now())
+        Ok::<_, lakebase_pool_testing::HarnessError>(Instant::now())
     })
     .await
     .unwrap()

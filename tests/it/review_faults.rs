@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use lakebase_pool::branch::EphemeralBranch;
-use lakebase_pool::testing::{Fault, MockWorkspace};
 use lakebase_pool::users::{ForwardedHeaders, ForwardedUser, UserPools};
 use lakebase_pool::{Error, PoolBuilder, RequestProblem};
+use lakebase_pool_testing::{Fault, MockWorkspace};
 
 const ME: &str = "/api/2.0/preview/scim/v2/Me";
 
@@ -311,7 +311,7 @@ fn a_token_check_dropped_with_its_runtime_is_started_again() {
 #[tokio::test]
 async fn a_listener_opened_while_the_pool_closes_gets_no_session() {
     use lakebase_pool::Secret;
-    use lakebase_pool::testing::{FaultProxy, LocalPostgres, NetworkFault};
+    use lakebase_pool_testing::{FaultProxy, LocalPostgres, NetworkFault};
 
     let pg = LocalPostgres::start().expect("start a local PostgreSQL");
     pg.create_role("app", &Secret::new("pw")).await.unwrap();
@@ -368,7 +368,7 @@ async fn a_listener_opened_while_the_pool_closes_gets_no_session() {
 #[tokio::test]
 async fn a_user_checkout_racing_close_gets_no_session() {
     use lakebase_pool::Environment;
-    use lakebase_pool::testing::LocalLakebase;
+    use lakebase_pool_testing::LocalLakebase;
 
     const APP: &str = "break-app-principal";
     const APP_SECRET: &str = "break-app-secret";

@@ -41,7 +41,7 @@ async fn tokens_never_appear_in_debug_display_errors_or_trace_logs() {
         .unwrap();
     let held = short.get().await.unwrap();
     let fourth = short.token_cache().token().await.unwrap();
-    pg.stop(lakebase_pool::testing::StopMode::Fast).unwrap();
+    pg.stop(lakebase_pool_testing::StopMode::Fast).unwrap();
     let gave_up = short.get().await.unwrap_err();
     assert!(
         matches!(gave_up, Error::ConnectRetriesExhausted { .. }),
@@ -112,8 +112,8 @@ async fn tokens_never_appear_in_debug_display_errors_or_trace_logs() {
 #[tokio::test]
 async fn workspace_secrets_never_appear_in_debug_errors_or_trace_logs() {
     use lakebase_pool::databricks::{CredentialRequest, LakebaseCredentials, WorkspaceBuilder};
-    use lakebase_pool::testing::{Fault, MockWorkspace};
     use lakebase_pool::{EndpointName, Environment};
+    use lakebase_pool_testing::{Fault, MockWorkspace};
 
     let (logs, _guard) = LogCapture::install();
     let mock = MockWorkspace::start().unwrap();
@@ -189,7 +189,7 @@ async fn workspace_secrets_never_appear_in_debug_errors_or_trace_logs() {
 #[tokio::test]
 async fn listener_transaction_and_http_types_never_show_a_token() {
     use lakebase_pool::integrations::HttpError;
-    use lakebase_pool::testing::{LocalLakebase, StopMode};
+    use lakebase_pool_testing::{LocalLakebase, StopMode};
 
     let (logs, _guard) = LogCapture::install();
     let lakebase = LocalLakebase::start().await.unwrap();

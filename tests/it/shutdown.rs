@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use lakebase_pool::Error;
-use lakebase_pool::testing::LocalPostgres;
+use lakebase_pool_testing::LocalPostgres;
 use tokio::runtime::Handle;
 
 use crate::support::{app_pool, cluster, server_sessions};

@@ -3,8 +3,8 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use lakebase_pool::testing::{LocalLakebase, LocalPostgres};
 use lakebase_pool::{Connection, Environment, PoolBuilder, Secret};
+use lakebase_pool_testing::{LocalLakebase, LocalPostgres};
 
 pub const ROLE: &str = "app";
 pub const INITIAL_PASSWORD: &str = "initial-password";
@@ -179,7 +179,7 @@ pub fn service_principal_pool(
 
 /// A raw client: TCP to the emulator, `SSLRequest`, then TLS for `endpoint`'s host.
 pub async fn raw_tls_client(
-    lakebase: &lakebase_pool::testing::LocalLakebase,
+    lakebase: &lakebase_pool_testing::LocalLakebase,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -196,12 +196,12 @@ pub async fn raw_tls_client(
         roots.add(cert.unwrap()).unwrap();
     }
     let config =
-        rustls::ClientConfig::builder_with_provider(lakebase_pool::testing::crypto_provider())
+        rustls::ClientConfig::builder_with_provider(lakebase_pool_testing::crypto_provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-    let host = emulator.host_of(lakebase_pool::testing::LocalLakebase::ENDPOINT);
+    let host = emulator.host_of(lakebase_pool_testing::LocalLakebase::ENDPOINT);
     let name = rustls_pki_types::ServerName::try_from(host).unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use lakebase_pool::testing::{LocalLakebase, StopMode};
 use lakebase_pool::{Error, Pool, RetryPolicy};
+use lakebase_pool_testing::{LocalLakebase, StopMode};
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use lakebase_pool::databricks::{CredentialRequest, Workspace};
-use lakebase_pool::testing::{LocalLakebase, MockWorkspace};
 use lakebase_pool::{EndpointName, Error};
+use lakebase_pool_testing::{LocalLakebase, MockWorkspace};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{app_pool, cluster, raw_tls_client, startup_packet};

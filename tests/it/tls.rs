@@ -4,8 +4,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use lakebase_pool::resolve::{HickoryResolver, Resolve, StaticResolver};
-use lakebase_pool::testing::{IssuedCertificate, LocalPostgres, MockWorkspace, TestCa};
 use lakebase_pool::{Environment, Error, PoolBuilder, RetryPolicy, Secret, SslMode};
+use lakebase_pool_testing::{IssuedCertificate, LocalPostgres, MockWorkspace, TestCa};
 
 use crate::support::{INITIAL_PASSWORD, ROLE, app_pool, chain, cluster};
 
@@ -421,7 +421,7 @@ async fn mechanism_recorder(
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let provider = lakebase_pool::testing::crypto_provider();
+    let provider = lakebase_pool_testing::crypto_provider();
     let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -540,9 +540,7 @@ async fn scram_logins_over_tls_are_bound_to_the_session_unless_disabled() {
 async fn channel_binding_require_fails_clearly_without_a_bound_login_and_without_tls() {
     use lakebase_pool::ChannelBinding;
 
-    let lakebase = lakebase_pool::testing::LocalLakebase::start()
-        .await
-        .unwrap();
+    let lakebase = lakebase_pool_testing::LocalLakebase::start().await.unwrap();
     let pool = lakebase
         .pool_builder()
         .unwrap()

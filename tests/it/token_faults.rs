@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use lakebase_pool::databricks::WorkspaceBuilder;
-use lakebase_pool::testing::{Fault, LocalLakebase};
 use lakebase_pool::{CachePolicy, Environment, Error, Pool};
+use lakebase_pool_testing::{Fault, LocalLakebase};
 
 use crate::support::chain;
 

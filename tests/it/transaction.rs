@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use lakebase_pool::testing::{FaultProxy, LocalPostgres, NetworkFault};
 use lakebase_pool::{Error, Pool, RetryPolicy, StatementTimedOut};
+use lakebase_pool_testing::{FaultProxy, LocalPostgres, NetworkFault};
 
 use crate::support::{app_pool, backend_pid, cluster};
 

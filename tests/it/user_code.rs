@@ -1,7 +1,7 @@
 //! The application's own code beside the crate: what Cargo merges into the application's
 //! dependencies must not change how they behave.
 
-use lakebase_pool::testing::MockWorkspace;
+use lakebase_pool_testing::MockWorkspace;
 
 /// An application that uses reqwest 0.12 itself gets the crate's reqwest features merged into
 /// its own. Its `reqwest::Client::new()`, with no crypto provider installed, builds and

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use lakebase_pool::databricks::Workspace;
 use lakebase_pool::integrations::HttpError;
-use lakebase_pool::testing::Fault;
 use lakebase_pool::users::{ForwardedHeaders, ForwardedUser, UserPools, UserPoolsBuilder};
 use lakebase_pool::{Error, PoolBuilder, RetryPolicy, UserProblem};
+use lakebase_pool_testing::Fault;
 
 use crate::support::{LogCapture, chain};
 use crate::users::{ALICE, APP, APP_SECRET, BOB, apps_stack};
@@ -20,7 +20,7 @@ fn trusted(builder: PoolBuilder) -> UserPoolsBuilder {
 }
 
 /// Sessions open on the server for `role`.
-async fn sessions_of(lakebase: &lakebase_pool::testing::LocalLakebase, role: &str) -> i64 {
+async fn sessions_of(lakebase: &lakebase_pool_testing::LocalLakebase, role: &str) -> i64 {
     lakebase
         .postgres()
         .admin()

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use lakebase_pool::integrations::UserConnection;
-use lakebase_pool::testing::{LocalLakebase, apps_proxy_headers};
 use lakebase_pool::users::{ForwardedHeaders, ForwardedUser, UserPools, UserPoolsBuilder};
 use lakebase_pool::{Environment, Error, PoolBuilder, Secret, UserProblem};
+use lakebase_pool_testing::{LocalLakebase, apps_proxy_headers};
 
 #[allow(dead_code)]
 #[path = "../../examples/apps_users.rs"]

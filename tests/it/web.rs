@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lakebase_pool::testing::{LocalLakebase, StopMode};
 use lakebase_pool::{Pool, RetryPolicy};
+use lakebase_pool_testing::{LocalLakebase, StopMode};
 
 #[allow(dead_code)]
 #[path = "../../examples/actix_app.rs"]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lakebase_pool::Pool;
-use lakebase_pool::testing::{LocalLakebase, StopMode};
+use lakebase_pool_testing::{LocalLakebase, StopMode};
 use tokio::sync::Notify;
 
 #[allow(dead_code)]

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 use lakebase_pool::databricks::{
     AuthMethod, CredentialRequest, EndpointState, Workspace, WorkspaceBuilder,
 };
-use lakebase_pool::testing::{Fault, MockDiscovery, MockWorkspace};
 use lakebase_pool::{EndpointName, Environment, Error, RequestProblem};
+use lakebase_pool_testing::{Fault, MockDiscovery, MockWorkspace};
 
 use crate::support::chain;
 

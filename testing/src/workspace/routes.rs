@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use super::codec::{Answer, answer, api_error, base64_decode, ok, parse_form};
 use super::faults::{CutOff, FaultKind};
 use super::{MintedToken, MockDiscovery, MockEndpoint, RecordedRequest, Shared, lock};
-use crate::databricks::time::format_rfc3339;
-use crate::testing::rotating::random_token;
+use crate::api_formats::{format_rfc3339, proto_duration};
+use crate::rotating::random_token;
 
 /// The largest request body the mock reads.
 const MAX_REQUEST_BODY: usize = 1024 * 1024;
@@ -355,10 +355,7 @@ async fn mint(state: &Shared, identity: &str, body: &[u8]) -> Answer {
     };
     let lifetime = match request.get("ttl") {
         None => lifetime,
-        Some(ttl) => match ttl
-            .as_str()
-            .and_then(crate::databricks::answers::parse_proto_duration)
-        {
+        Some(ttl) => match ttl.as_str().and_then(proto_duration) {
             Some(ttl) if (300..=3600).contains(&ttl.as_secs()) => ttl,
             _ => {
                 return api_error(

@@ -3,10 +3,10 @@
 use hyper::body::Bytes;
 use serde_json::json;
 
-/// A canned misbehaviour for the next matching requests; see [`MockWorkspace::inject`](crate::testing::MockWorkspace::inject).
+/// A canned misbehaviour for the next matching requests; see [`MockWorkspace::inject`](crate::MockWorkspace::inject).
 ///
 /// ```no_run
-/// use lakebase_pool::testing::{Fault, MockWorkspace};
+/// use lakebase_pool_testing::{Fault, MockWorkspace};
 ///
 /// let mock = MockWorkspace::start().unwrap();
 /// mock.inject(Fault::rate_limited(1).times(2).on("/api/2.0/postgres/credentials"));
@@ -36,8 +36,8 @@ impl Fault {
     /// Answer with `status` and `body` (any text: JSON, HTML, nothing).
     ///
     /// ```no_run
-    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
-    /// mock.inject(lakebase_pool::testing::Fault::status(503, "<html>maintenance</html>"));
+    /// let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool_testing::Fault::status(503, "<html>maintenance</html>"));
     /// ```
     pub fn status(status: u16, body: impl Into<String>) -> Self {
         Fault {
@@ -55,8 +55,8 @@ impl Fault {
     /// Answer 429 with `Retry-After: seconds` and an API error body.
     ///
     /// ```no_run
-    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
-    /// mock.inject(lakebase_pool::testing::Fault::rate_limited(2));
+    /// let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool_testing::Fault::rate_limited(2));
     /// ```
     pub fn rate_limited(seconds: u64) -> Self {
         Fault {
@@ -76,8 +76,8 @@ impl Fault {
     /// Answer 200 with a truncated JSON document.
     ///
     /// ```no_run
-    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
-    /// mock.inject(lakebase_pool::testing::Fault::malformed_json());
+    /// let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool_testing::Fault::malformed_json());
     /// ```
     pub fn malformed_json() -> Self {
         Fault {
@@ -92,8 +92,8 @@ impl Fault {
     /// answer cut off in transit.
     ///
     /// ```no_run
-    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
-    /// mock.inject(lakebase_pool::testing::Fault::truncated());
+    /// let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool_testing::Fault::truncated());
     /// ```
     pub fn truncated() -> Self {
         Fault {
@@ -107,8 +107,8 @@ impl Fault {
     /// Never answer (the connection stays open until the mock stops).
     ///
     /// ```no_run
-    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
-    /// mock.inject(lakebase_pool::testing::Fault::hang());
+    /// let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool_testing::Fault::hang());
     /// ```
     pub fn hang() -> Self {
         Fault {
@@ -123,8 +123,8 @@ impl Fault {
     /// sees a failure for something that happened (a branch created, a token minted).
     ///
     /// ```no_run
-    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
-    /// mock.inject(lakebase_pool::testing::Fault::lost_answer().on("/api/2.0/postgres/projects/shop/branches"));
+    /// let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool_testing::Fault::lost_answer().on("/api/2.0/postgres/projects/shop/branches"));
     /// ```
     pub fn lost_answer() -> Self {
         Fault {
@@ -138,8 +138,8 @@ impl Fault {
     /// Apply to the next `n` matching requests (default 1).
     ///
     /// ```no_run
-    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
-    /// mock.inject(lakebase_pool::testing::Fault::status(500, "").times(3));
+    /// let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool_testing::Fault::status(500, "").times(3));
     /// ```
     #[must_use]
     pub fn times(mut self, n: usize) -> Self {
@@ -151,8 +151,8 @@ impl Fault {
     /// `*` in it stands for any text, and the path must then end as the pattern does.
     ///
     /// ```no_run
-    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
-    /// mock.inject(lakebase_pool::testing::Fault::hang().on("/api/2.0/postgres/credentials"));
+    /// let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool_testing::Fault::hang().on("/api/2.0/postgres/credentials"));
     /// ```
     #[must_use]
     pub fn on(mut self, prefix: impl Into<String>) -> Self {
@@ -163,9 +163,9 @@ impl Fault {
     /// Only for requests with this method (`"GET"`, `"POST"`, ...).
     ///
     /// ```no_run
-    /// let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// mock.inject(
-    ///     lakebase_pool::testing::Fault::status(200, r#"{"endpoints": []}"#)
+    ///     lakebase_pool_testing::Fault::status(200, r#"{"endpoints": []}"#)
     ///         .on("/api/2.0/postgres/projects/shop/branches/*/endpoints")
     ///         .for_method("GET"),
     /// );

@@ -43,7 +43,7 @@ pub enum NetworkFault {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use lakebase_pool::testing::{FaultProxy, LocalPostgres, NetworkFault};
+/// use lakebase_pool_testing::{FaultProxy, LocalPostgres, NetworkFault};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -76,8 +76,8 @@ impl FaultProxy {
     /// When no port can be bound or the thread cannot start.
     ///
     /// ```no_run
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
-    /// let proxy = lakebase_pool::testing::FaultProxy::start(pg.addr())?;
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
+    /// let proxy = lakebase_pool_testing::FaultProxy::start(pg.addr())?;
     /// # let _ = proxy;
     /// # Ok::<(), std::io::Error>(())
     /// ```
@@ -110,7 +110,7 @@ impl FaultProxy {
     /// The proxy's address (on 127.0.0.1).
     ///
     /// ```no_run
-    /// # let proxy = lakebase_pool::testing::FaultProxy::start("127.0.0.1:5432".parse().unwrap()).unwrap();
+    /// # let proxy = lakebase_pool_testing::FaultProxy::start("127.0.0.1:5432".parse().unwrap()).unwrap();
     /// assert!(proxy.addr().ip().is_loopback());
     /// ```
     pub fn addr(&self) -> SocketAddr {
@@ -120,7 +120,7 @@ impl FaultProxy {
     /// The proxy's port.
     ///
     /// ```no_run
-    /// # let proxy = lakebase_pool::testing::FaultProxy::start("127.0.0.1:5432".parse().unwrap()).unwrap();
+    /// # let proxy = lakebase_pool_testing::FaultProxy::start("127.0.0.1:5432".parse().unwrap()).unwrap();
     /// assert_ne!(proxy.port(), 0);
     /// ```
     pub fn port(&self) -> u16 {
@@ -130,8 +130,8 @@ impl FaultProxy {
     /// What happens to connections accepted from now on; open ones keep their setting.
     ///
     /// ```no_run
-    /// # let proxy = lakebase_pool::testing::FaultProxy::start("127.0.0.1:5432".parse().unwrap()).unwrap();
-    /// use lakebase_pool::testing::NetworkFault;
+    /// # let proxy = lakebase_pool_testing::FaultProxy::start("127.0.0.1:5432".parse().unwrap()).unwrap();
+    /// use lakebase_pool_testing::NetworkFault;
     /// proxy.set_fault(NetworkFault::Blackhole);
     /// proxy.set_fault(NetworkFault::Pass);
     /// ```
@@ -146,7 +146,7 @@ impl FaultProxy {
     /// Resets (TCP RST) every connection open through the proxy now, on both sides.
     ///
     /// ```no_run
-    /// # let proxy = lakebase_pool::testing::FaultProxy::start("127.0.0.1:5432".parse().unwrap()).unwrap();
+    /// # let proxy = lakebase_pool_testing::FaultProxy::start("127.0.0.1:5432".parse().unwrap()).unwrap();
     /// proxy.reset_connections();
     /// ```
     pub fn reset_connections(&self) {
@@ -158,7 +158,7 @@ impl FaultProxy {
     /// How many connections the proxy has accepted.
     ///
     /// ```no_run
-    /// # let proxy = lakebase_pool::testing::FaultProxy::start("127.0.0.1:5432".parse().unwrap()).unwrap();
+    /// # let proxy = lakebase_pool_testing::FaultProxy::start("127.0.0.1:5432".parse().unwrap()).unwrap();
     /// assert_eq!(proxy.accepted(), 0);
     /// ```
     pub fn accepted(&self) -> usize {

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 
 use super::LocalPostgres;
 use super::server_thread::{ServerThread, accept};
-use crate::Secret;
+use lakebase_pool::Secret;
 
 mod branches;
 mod codec;
@@ -65,7 +65,7 @@ pub struct RecordedRequest {
 /// one cold start among several.
 ///
 /// ```
-/// use lakebase_pool::testing::sequential_round_trips;
+/// use lakebase_pool_testing::sequential_round_trips;
 ///
 /// assert_eq!(sequential_round_trips(&[]), 0);
 /// ```
@@ -203,7 +203,7 @@ pub(super) fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
 /// are counted ([`count`](Self::count)).
 ///
 /// ```no_run
-/// use lakebase_pool::testing::MockWorkspace;
+/// use lakebase_pool_testing::MockWorkspace;
 ///
 /// let mock = MockWorkspace::start().unwrap();
 /// mock.add_pat("dapi-test", "someone@example.com");
@@ -232,7 +232,7 @@ impl MockWorkspace {
     /// When no loopback port can be bound or the thread cannot start.
     ///
     /// ```no_run
-    /// let mock = lakebase_pool::testing::MockWorkspace::start()?;
+    /// let mock = lakebase_pool_testing::MockWorkspace::start()?;
     /// println!("DATABRICKS_HOST={}", mock.url());
     /// # Ok::<(), std::io::Error>(())
     /// ```
@@ -248,7 +248,7 @@ impl MockWorkspace {
     /// When `addr` cannot be bound or the thread cannot start.
     ///
     /// ```no_run
-    /// let mock = lakebase_pool::testing::MockWorkspace::start_on("127.0.0.1:8080".parse().unwrap())?;
+    /// let mock = lakebase_pool_testing::MockWorkspace::start_on("127.0.0.1:8080".parse().unwrap())?;
     /// # let _ = mock;
     /// # Ok::<(), std::io::Error>(())
     /// ```
@@ -296,7 +296,7 @@ impl MockWorkspace {
     /// The base URL, e.g. `http://127.0.0.1:41234`: the `DATABRICKS_HOST` of clients.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// let builder = lakebase_pool::databricks::Workspace::builder().host(mock.url());
     /// # let _ = builder;
     /// ```
@@ -307,7 +307,7 @@ impl MockWorkspace {
     /// The address the mock listens on.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// assert!(mock.addr().ip().is_loopback());
     /// ```
     pub fn addr(&self) -> SocketAddr {
@@ -317,7 +317,7 @@ impl MockWorkspace {
     /// Accepts `token` as a personal access token of `user_name`.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// mock.add_pat("dapi-test", "someone@example.com");
     /// ```
     pub fn add_pat(&self, token: &str, user_name: &str) {
@@ -329,7 +329,7 @@ impl MockWorkspace {
     /// Accepts OAuth client credentials of a service principal; its identity is the client id.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// mock.add_service_principal("client-id", "client-secret");
     /// ```
     pub fn add_service_principal(&self, client_id: &str, client_secret: &str) {
@@ -344,7 +344,7 @@ impl MockWorkspace {
     /// Postgres role `user`. Call it again for the refreshed token the proxy would send next.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// let token = mock.issue_user_token("alice@example.com");
     /// # let _ = token;
     /// ```
@@ -355,7 +355,7 @@ impl MockWorkspace {
     /// A token of `user` that has already expired: the workspace answers 401 to it.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// let stale = mock.issue_expired_user_token("alice@example.com");
     /// # let _ = stale;
     /// ```
@@ -367,7 +367,7 @@ impl MockWorkspace {
     /// user authorization lacks it): the credential call answers 403.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// let unscoped = mock.issue_user_token_without_database_scope("alice@example.com");
     /// # let _ = unscoped;
     /// ```
@@ -378,7 +378,7 @@ impl MockWorkspace {
     /// Revokes every token issued for `user`: the workspace answers 401 to them.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// mock.revoke_user_tokens("alice@example.com");
     /// ```
     pub fn revoke_user_tokens(&self, user: &str) {
@@ -393,7 +393,7 @@ impl MockWorkspace {
         lifetime: Duration,
         database_scope: bool,
     ) -> Secret {
-        let token = crate::testing::rotating::random_token();
+        let token = crate::rotating::random_token();
         let _ = lock(&self.state).access_tokens.insert(
             token.expose().to_owned(),
             AccessToken {
@@ -408,7 +408,7 @@ impl MockWorkspace {
     /// Adds an active endpoint (`projects/../branches/../endpoints/..`) served at `host`.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// mock.add_endpoint("projects/p/branches/b/endpoints/ep-test", "127.0.0.1");
     /// ```
     pub fn add_endpoint(&self, name: &str, host: &str) {
@@ -419,7 +419,7 @@ impl MockWorkspace {
     /// host; it is listed and minted for like any other.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// mock.add_read_only_endpoint("projects/p/branches/b/endpoints/ep-replica", "ep-replica.db.test");
     /// ```
     pub fn add_read_only_endpoint(&self, name: &str, host: &str) {
@@ -429,7 +429,7 @@ impl MockWorkspace {
     /// Sets an endpoint's reported state (`ACTIVE`, `IDLE`, `INIT`, `DEGRADED`).
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// mock.set_endpoint_state("projects/p/branches/b/endpoints/ep-test", "IDLE");
     /// ```
     pub fn set_endpoint_state(&self, name: &str, state: &str) {
@@ -439,7 +439,7 @@ impl MockWorkspace {
     /// Marks an endpoint disabled (or enabled again): minting for it fails.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// mock.set_endpoint_disabled("projects/p/branches/b/endpoints/ep-test", true);
     /// ```
     pub fn set_endpoint_disabled(&self, name: &str, disabled: bool) {
@@ -456,7 +456,7 @@ impl MockWorkspace {
     /// Lifetime of minted database tokens when the request gives no `ttl` (default 1 hour).
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// mock.set_token_lifetime(std::time::Duration::from_secs(10));
     /// ```
     pub fn set_token_lifetime(&self, lifetime: Duration) {
@@ -466,7 +466,7 @@ impl MockWorkspace {
     /// Whether `expire_time` carries fractional seconds (default: no).
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// mock.set_fractional_expire_time(true);
     /// ```
     pub fn set_fractional_expire_time(&self, fractional: bool) {
@@ -476,8 +476,8 @@ impl MockWorkspace {
     /// How token-endpoint discovery answers (default: [`MockDiscovery::Workspace`]).
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
-    /// mock.set_discovery(lakebase_pool::testing::MockDiscovery::OidcOnly);
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
+    /// mock.set_discovery(lakebase_pool_testing::MockDiscovery::OidcOnly);
     /// ```
     pub fn set_discovery(&self, discovery: MockDiscovery) {
         lock(&self.state).discovery = discovery;
@@ -487,10 +487,10 @@ impl MockWorkspace {
     /// the server checks the tokens. Only the newest token then logs in.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
-    /// let pg = lakebase_pool::testing::LocalPostgres::start()?;
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
+    /// let pg = lakebase_pool_testing::LocalPostgres::start()?;
     /// mock.apply_tokens_to(&pg, "someone@example.com");
-    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// # Ok::<(), lakebase_pool_testing::HarnessError>(())
     /// ```
     pub fn apply_tokens_to(&self, pg: &LocalPostgres, role: &str) {
         lock(&self.state).apply_to = Some((pg.clone(), role.to_owned()));
@@ -502,7 +502,7 @@ impl MockWorkspace {
     /// the limit.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// mock.set_rate_limit("/api/2.0/postgres/credentials", 10);
     /// ```
     pub fn set_rate_limit(&self, path_prefix: &str, per_second: usize) {
@@ -516,7 +516,7 @@ impl MockWorkspace {
     /// Delays every answer by `latency`.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// mock.set_latency(std::time::Duration::from_millis(50));
     /// ```
     pub fn set_latency(&self, latency: Duration) {
@@ -526,8 +526,8 @@ impl MockWorkspace {
     /// Queues a fault for the next matching requests.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
-    /// mock.inject(lakebase_pool::testing::Fault::rate_limited(1));
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool_testing::Fault::rate_limited(1));
     /// ```
     pub fn inject(&self, fault: Fault) {
         lock(&self.state).faults.push(fault);
@@ -536,8 +536,8 @@ impl MockWorkspace {
     /// Drops every queued fault: the workspace answers normally again.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
-    /// mock.inject(lakebase_pool::testing::Fault::status(503, "down").times(1000));
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
+    /// mock.inject(lakebase_pool_testing::Fault::status(503, "down").times(1000));
     /// mock.clear_faults();
     /// ```
     pub fn clear_faults(&self) {
@@ -547,7 +547,7 @@ impl MockWorkspace {
     /// How many requests with this method had a path starting with `path_prefix`.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// assert_eq!(mock.count("POST", "/api/2.0/postgres/credentials"), 0);
     /// ```
     pub fn count(&self, method: &str, path_prefix: &str) -> usize {
@@ -562,7 +562,7 @@ impl MockWorkspace {
     /// 64 KiB of each body.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// for request in mock.requests() {
     ///     println!("{} {} at {:?}", request.method, request.path, request.started);
     /// }
@@ -578,7 +578,7 @@ impl MockWorkspace {
     /// trips.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// assert_eq!(mock.sequential_round_trips(), 0, "nothing asked yet");
     /// ```
     pub fn sequential_round_trips(&self) -> usize {
@@ -590,7 +590,7 @@ impl MockWorkspace {
     /// on. Tokens minted afterwards work.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// mock.revoke_minted();
     /// ```
     pub fn revoke_minted(&self) {
@@ -603,7 +603,7 @@ impl MockWorkspace {
     /// poll it as the real service makes them.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// mock.set_operation_polls(5);
     /// ```
     pub fn set_operation_polls(&self, polls: u32) {
@@ -614,7 +614,7 @@ impl MockWorkspace {
     /// reports one: `{"error": {"error_code": code, "message": message}}`.
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// mock.fail_next_operation("INTERNAL_ERROR", "compute provisioning failed");
     /// ```
     pub fn fail_next_operation(&self, code: &str, message: &str) {
@@ -624,7 +624,7 @@ impl MockWorkspace {
     /// Every database token minted so far (the newest 10,000: older ones no longer log in).
     ///
     /// ```no_run
-    /// # let mock = lakebase_pool::testing::MockWorkspace::start().unwrap();
+    /// # let mock = lakebase_pool_testing::MockWorkspace::start().unwrap();
     /// for token in mock.minted() {
     ///     println!("{} for {}", token.identity, token.endpoint);
     /// }

@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 
 use super::codec::{self, Answer, parse_form};
 use super::{MockEndpoint, Shared, lock};
-use crate::databricks::time::{format_rfc3339, parse_rfc3339};
-use crate::error::BoxFuture;
-use crate::testing::rotating::random_token;
+use crate::api_formats::{format_rfc3339, parse_rfc3339, proto_duration, valid_id};
+use crate::rotating::random_token;
+use lakebase_pool::BoxFuture;
 
 /// The most unarchived branches a project may have, as the service allows.
 pub(super) const BRANCH_LIMIT: usize = 10;
@@ -185,10 +185,7 @@ fn get_project(state: &Shared, project: &str) -> Option<Answer> {
 
 fn create_branch(state: &Shared, project: &str, query: &str, body: &[u8]) -> Option<Answer> {
     let form = parse_form(query.as_bytes());
-    let Some(id) = form
-        .get("branch_id")
-        .filter(|id| crate::endpoint::check_id("branch", id).is_ok())
-    else {
+    let Some(id) = form.get("branch_id").filter(|id| valid_id(id)) else {
         return api_error(
             400,
             "INVALID_PARAMETER_VALUE",
@@ -211,9 +208,7 @@ fn create_branch(state: &Shared, project: &str, query: &str, body: &[u8]) -> Opt
         );
     }
     let expire_time = if let Some(ttl) = spec["ttl"].as_str() {
-        match crate::databricks::answers::parse_proto_duration(ttl)
-            .filter(|ttl| !ttl.is_zero() && *ttl <= MAX_TTL)
-        {
+        match proto_duration(ttl).filter(|ttl| !ttl.is_zero() && *ttl <= MAX_TTL) {
             Some(ttl) => Some(SystemTime::now() + ttl),
             None => {
                 return api_error(
@@ -225,8 +220,8 @@ fn create_branch(state: &Shared, project: &str, query: &str, body: &[u8]) -> Opt
         }
     } else if let Some(at) = spec["expire_time"].as_str() {
         match parse_rfc3339(at) {
-            Ok(at) => Some(at),
-            Err(_) => {
+            Some(at) => Some(at),
+            None => {
                 return api_error(
                     400,
                     "INVALID_PARAMETER_VALUE",
@@ -384,10 +379,7 @@ fn delete_branch(state: &Shared, name: &str) -> Option<Answer> {
 
 fn create_endpoint(state: &Shared, branch: &str, query: &str, body: &[u8]) -> Option<Answer> {
     let form = parse_form(query.as_bytes());
-    let Some(id) = form
-        .get("endpoint_id")
-        .filter(|id| crate::endpoint::check_id("endpoint", id).is_ok())
-    else {
+    let Some(id) = form.get("endpoint_id").filter(|id| valid_id(id)) else {
         return api_error(
             400,
             "INVALID_PARAMETER_VALUE",

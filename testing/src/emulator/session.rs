@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::testing::server_thread::accept;
+use crate::server_thread::accept;
 
 use super::relay::relay;
 use super::wire::{
@@ -135,7 +135,7 @@ async fn serve_tls_client(
     direct: bool,
 ) -> std::io::Result<()> {
     let handshake = lock(&shared.settings).handshake_timeout;
-    if direct && client.get_ref().1.alpn_protocol() != Some(crate::tls::POSTGRES_ALPN) {
+    if direct && client.get_ref().1.alpn_protocol() != Some(super::POSTGRES_ALPN) {
         return refuse(
             &mut client,
             "received direct SSL connection request without ALPN protocol negotiation extension",

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use super::emulator::EmulatorHandle;
 use super::workspace::{BranchEvent, BranchHook};
 use super::{HarnessError, LocalPostgres};
-use crate::defaults::LAKEBASE_DATABASE;
-use crate::{Environment, Error, PoolBuilder};
+use crate::LAKEBASE_DATABASE;
+use lakebase_pool::{Environment, Error, PoolBuilder};
 
 /// Makes branches real on one `LocalPostgres` behind one emulator.
 #[derive(Clone)]
@@ -138,7 +138,7 @@ pub struct LocalBranch {
     branching: Branching,
     workspace_url: String,
     ca_pem: String,
-    resolver: crate::resolve::StaticResolver,
+    resolver: lakebase_pool::resolve::StaticResolver,
     port: u16,
     name: String,
     endpoint: String,
@@ -174,7 +174,7 @@ impl LocalBranch {
     /// `projects/local/branches/<name>`.
     ///
     /// ```no_run
-    /// # async fn demo(branch: lakebase_pool::testing::LocalBranch) {
+    /// # async fn demo(branch: lakebase_pool_testing::LocalBranch) {
     /// assert!(branch.name().starts_with("projects/local/branches/"));
     /// # }
     /// ```
@@ -185,7 +185,7 @@ impl LocalBranch {
     /// The branch's endpoint, `projects/local/branches/<name>/endpoints/primary`.
     ///
     /// ```no_run
-    /// # async fn demo(branch: lakebase_pool::testing::LocalBranch) {
+    /// # async fn demo(branch: lakebase_pool_testing::LocalBranch) {
     /// assert!(branch.endpoint().ends_with("/endpoints/primary"));
     /// # }
     /// ```
@@ -202,7 +202,7 @@ impl LocalBranch {
     /// Those of [`PoolBuilder::from_environment`]; none with this environment.
     ///
     /// ```no_run
-    /// # async fn demo(branch: lakebase_pool::testing::LocalBranch) -> Result<(), lakebase_pool::Error> {
+    /// # async fn demo(branch: lakebase_pool_testing::LocalBranch) -> Result<(), lakebase_pool::Error> {
     /// let pool = branch.pool_builder()?.build()?;
     /// # let _ = pool;
     /// # Ok(())

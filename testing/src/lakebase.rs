@@ -4,7 +4,7 @@ use std::fmt;
 
 use super::branching::{Branching, LocalBranch};
 use super::{HarnessError, LakebaseEmulator, LocalPostgres, MockWorkspace};
-use crate::{BoxError, Environment, Error, PoolBuilder, Secret};
+use lakebase_pool::{BoxError, Environment, Error, PoolBuilder, Secret};
 
 /// A throwaway PostgreSQL, a mock Databricks workspace and the Lakebase emulator, wired
 /// together like a Databricks App's environment: one endpoint, one user, one personal access
@@ -15,7 +15,7 @@ use crate::{BoxError, Environment, Error, PoolBuilder, Secret};
 /// Everything stops and is removed when it is dropped (the emulator first).
 ///
 /// ```no_run
-/// use lakebase_pool::testing::LocalLakebase;
+/// use lakebase_pool_testing::LocalLakebase;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -56,8 +56,8 @@ impl LocalLakebase {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
-    /// let lakebase = lakebase_pool::testing::LocalLakebase::start().await?;
+    /// # async fn main() -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// let lakebase = lakebase_pool_testing::LocalLakebase::start().await?;
     /// # let _ = lakebase;
     /// # Ok(())
     /// # }
@@ -76,8 +76,8 @@ impl LocalLakebase {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
-    /// let lakebase = lakebase_pool::testing::LocalLakebase::start_with_replicas(2).await?;
+    /// # async fn main() -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// let lakebase = lakebase_pool_testing::LocalLakebase::start_with_replicas(2).await?;
     /// assert_eq!(lakebase.replica_endpoint(1), "projects/local/branches/main/endpoints/ep-local-replica-2");
     /// # Ok(())
     /// # }
@@ -89,7 +89,7 @@ impl LocalLakebase {
             .create_role(Self::USER, &Secret::new("unused-local-password"))
             .await?;
         postgres
-            .create_database(crate::defaults::LAKEBASE_DATABASE, Self::USER)
+            .create_database(crate::LAKEBASE_DATABASE, Self::USER)
             .await?;
         let workspace = MockWorkspace::start().map_err(|source| HarnessError::Io {
             action: "start the mock workspace",
@@ -128,7 +128,7 @@ impl LocalLakebase {
     ///
     /// ```no_run
     /// use lakebase_pool::Environment;
-    /// use lakebase_pool::testing::LocalLakebase;
+    /// use lakebase_pool_testing::LocalLakebase;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -156,7 +156,7 @@ impl LocalLakebase {
     /// `LAKEBASE_ENDPOINT`, and `PGPORT` (the emulator's port; Lakebase listens on 5432).
     ///
     /// ```no_run
-    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) {
+    /// # async fn demo(lakebase: lakebase_pool_testing::LocalLakebase) {
     /// let env = lakebase.environment();
     /// assert!(env.get("DATABRICKS_HOST").is_some());
     /// # }
@@ -180,7 +180,7 @@ impl LocalLakebase {
     /// Those of [`PoolBuilder::from_environment`]; none with this environment.
     ///
     /// ```no_run
-    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) -> Result<(), lakebase_pool::Error> {
+    /// # async fn demo(lakebase: lakebase_pool_testing::LocalLakebase) -> Result<(), lakebase_pool::Error> {
     /// let pool = lakebase.pool_builder()?.max_size(4).build()?;
     /// # let _ = pool;
     /// # Ok(())
@@ -196,7 +196,7 @@ impl LocalLakebase {
     /// `57P01`, and the next connection wakes it.
     ///
     /// ```no_run
-    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) {
+    /// # async fn demo(lakebase: lakebase_pool_testing::LocalLakebase) {
     /// lakebase.suspend();
     /// # }
     /// ```
@@ -207,7 +207,7 @@ impl LocalLakebase {
     /// The emulator, for faults: wake delays, refusals, disabling the endpoint.
     ///
     /// ```no_run
-    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) {
+    /// # async fn demo(lakebase: lakebase_pool_testing::LocalLakebase) {
     /// lakebase.emulator().set_wake_delay(std::time::Duration::from_millis(300));
     /// # }
     /// ```
@@ -218,7 +218,7 @@ impl LocalLakebase {
     /// The mock workspace, for faults and request counts.
     ///
     /// ```no_run
-    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) {
+    /// # async fn demo(lakebase: lakebase_pool_testing::LocalLakebase) {
     /// println!("workspace at {}", lakebase.workspace().url());
     /// # }
     /// ```
@@ -229,8 +229,8 @@ impl LocalLakebase {
     /// The PostgreSQL server behind the emulator: stop and resume it to simulate an outage.
     ///
     /// ```no_run
-    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) -> Result<(), lakebase_pool::testing::HarnessError> {
-    /// lakebase.postgres().stop(lakebase_pool::testing::StopMode::Fast)?;
+    /// # async fn demo(lakebase: lakebase_pool_testing::LocalLakebase) -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// lakebase.postgres().stop(lakebase_pool_testing::StopMode::Fast)?;
     /// lakebase.postgres().resume()?;
     /// # Ok(())
     /// # }
@@ -246,8 +246,8 @@ impl LocalLakebase {
     /// copies only a database nobody uses); pools replace them.
     ///
     /// The same branches can be made through the workspace's branch API
-    /// ([`Workspace::create_branch`](crate::databricks::Workspace::create_branch), or
-    /// [`EphemeralBranch`](crate::branch::EphemeralBranch)), which this mock serves.
+    /// ([`Workspace::create_branch`](lakebase_pool::databricks::Workspace::create_branch), or
+    /// [`EphemeralBranch`](lakebase_pool::branch::EphemeralBranch)), which this mock serves.
     ///
     /// # Errors
     ///
@@ -255,7 +255,7 @@ impl LocalLakebase {
     /// [`HarnessError::Sql`] when the copy fails (a session on the database stayed busy).
     ///
     /// ```no_run
-    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) -> Result<(), Box<dyn std::error::Error>> {
+    /// # async fn demo(lakebase: lakebase_pool_testing::LocalLakebase) -> Result<(), Box<dyn std::error::Error>> {
     /// let branch = lakebase.branch("test-signup").await?;
     /// let pool = branch.pool_builder()?.build()?;
     /// pool.get().await?.batch_execute("INSERT INTO users (name) VALUES ('a')").await?;
@@ -263,9 +263,11 @@ impl LocalLakebase {
     /// # }
     /// ```
     pub async fn branch(&self, name: &str) -> Result<LocalBranch, HarnessError> {
-        crate::endpoint::check_id("branch", name).map_err(HarnessError::InvalidName)?;
         let branch = format!("projects/local/branches/{name}");
         let endpoint = format!("{branch}/endpoints/primary");
+        // The crate's own check of ids, with its message naming the rule.
+        let _ = lakebase_pool::EndpointName::parse(&endpoint)
+            .map_err(|error| HarnessError::InvalidName(error.to_string()))?;
         let main = Self::ENDPOINT
             .rsplit_once("/endpoints/")
             .map_or(Self::ENDPOINT, |(branch, _)| branch);
@@ -287,7 +289,7 @@ impl LocalLakebase {
     /// [`HarnessError::Sql`] when the role cannot be created (it exists).
     ///
     /// ```no_run
-    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// # async fn demo(lakebase: lakebase_pool_testing::LocalLakebase) -> Result<(), lakebase_pool_testing::HarnessError> {
     /// lakebase.add_service_principal("app-client-id", "app-client-secret").await?;
     /// # Ok(())
     /// # }
@@ -315,7 +317,7 @@ impl LocalLakebase {
     /// [`HarnessError::Sql`] when a role cannot be created (it exists).
     ///
     /// ```no_run
-    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// # async fn demo(lakebase: lakebase_pool_testing::LocalLakebase) -> Result<(), lakebase_pool_testing::HarnessError> {
     /// let tokens = lakebase.add_users(&["alice@example.com", "bob@example.com"]).await?;
     /// assert_eq!(tokens.len(), 2);
     /// # Ok(())
@@ -333,7 +335,7 @@ impl LocalLakebase {
     /// `projects/local/branches/main/endpoints/ep-local-replica-<index + 1>`.
     ///
     /// ```
-    /// use lakebase_pool::testing::LocalLakebase;
+    /// use lakebase_pool_testing::LocalLakebase;
     /// # fn demo(lakebase: LocalLakebase) {
     /// assert!(lakebase.replica_endpoint(0).ends_with("/ep-local-replica-1"));
     /// # }
@@ -351,7 +353,7 @@ impl LocalLakebase {
     /// ([`start_with_replicas`](Self::start_with_replicas)).
     ///
     /// ```no_run
-    /// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase) -> Result<(), lakebase_pool::testing::HarnessError> {
+    /// # async fn demo(lakebase: lakebase_pool_testing::LocalLakebase) -> Result<(), lakebase_pool_testing::HarnessError> {
     /// if let Some(standby) = lakebase.replica(0) {
     ///     standby.pause_replay().await?;
     /// }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::{
     HarnessError, LocalPostgres, READY_LINES, READY_TIMEOUT, SUPERUSER, StopMode, io_error,
 };
-use crate::testing::IssuedCertificate;
+use crate::IssuedCertificate;
 
 pub(super) struct Inner {
     /// Deleted on drop, after the server has stopped.

@@ -2,7 +2,7 @@
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::users::{ACCESS_TOKEN_HEADER, EMAIL_HEADER, ForwardedUser};
+use lakebase_pool::users::{ACCESS_TOKEN_HEADER, EMAIL_HEADER, ForwardedUser};
 
 /// The headers the Databricks Apps proxy adds to a request of the signed-in `user`:
 /// `X-Forwarded-Email`, `X-Forwarded-User`, `X-Forwarded-Preferred-Username`,
@@ -11,8 +11,8 @@ use crate::users::{ACCESS_TOKEN_HEADER, EMAIL_HEADER, ForwardedUser};
 /// as it does in Databricks Apps).
 ///
 /// ```no_run
-/// # async fn demo(lakebase: lakebase_pool::testing::LocalLakebase, url: &str) -> Result<(), Box<dyn std::error::Error>> {
-/// use lakebase_pool::testing::apps_proxy_headers;
+/// # async fn demo(lakebase: lakebase_pool_testing::LocalLakebase, url: &str) -> Result<(), Box<dyn std::error::Error>> {
+/// use lakebase_pool_testing::apps_proxy_headers;
 /// use lakebase_pool::users::ForwardedUser;
 ///
 /// let token = lakebase.workspace().issue_user_token("alice@example.com");

@@ -12,7 +12,7 @@ mod server;
 
 use self::server::{Inner, find_bin_dir, run};
 use super::{IssuedCertificate, RotatingPassword};
-use crate::{PoolBuilder, Secret};
+use lakebase_pool::{PoolBuilder, Secret};
 
 /// How long a starting server may take before the harness gives up.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -114,7 +114,7 @@ pub enum StopMode {
 /// Cloning is cheap; clones drive the same server.
 ///
 /// ```no_run
-/// use lakebase_pool::testing::LocalPostgres;
+/// use lakebase_pool_testing::LocalPostgres;
 /// use lakebase_pool::Secret;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -149,9 +149,9 @@ impl LocalPostgres {
     /// [`HarnessError`] saying what is missing or what failed.
     ///
     /// ```no_run
-    /// let pg = lakebase_pool::testing::LocalPostgres::start()?;
+    /// let pg = lakebase_pool_testing::LocalPostgres::start()?;
     /// println!("listening on port {}", pg.port());
-    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// # Ok::<(), lakebase_pool_testing::HarnessError>(())
     /// ```
     pub fn start() -> Result<Self, HarnessError> {
         Self::start_inner(None)
@@ -165,11 +165,11 @@ impl LocalPostgres {
     /// As for [`start`](Self::start).
     ///
     /// ```no_run
-    /// use lakebase_pool::testing::{LocalPostgres, TestCa};
+    /// use lakebase_pool_testing::{LocalPostgres, TestCa};
     /// let ca = TestCa::new("Test CA")?;
     /// let pg = LocalPostgres::start_with_tls(&ca.issue(&["db.test"])?)?;
     /// # let _ = pg;
-    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// # Ok::<(), lakebase_pool_testing::HarnessError>(())
     /// ```
     pub fn start_with_tls(certificate: &IssuedCertificate) -> Result<Self, HarnessError> {
         Self::start_inner(Some(certificate))
@@ -196,10 +196,10 @@ impl LocalPostgres {
     /// [`HarnessError::NotReady`] when the standby does not come up.
     ///
     /// ```no_run
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// let standby = pg.start_standby()?;
     /// assert_ne!(standby.port(), pg.port());
-    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// # Ok::<(), lakebase_pool_testing::HarnessError>(())
     /// ```
     pub fn start_standby(&self) -> Result<LocalPostgres, HarnessError> {
         let mut standby = Inner::new(self.inner.bin_dir.clone())?;
@@ -226,8 +226,8 @@ impl LocalPostgres {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # async fn main() -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// let standby = pg.start_standby()?;
     /// standby.pause_replay().await?;
     /// standby.resume_replay().await?;
@@ -251,8 +251,8 @@ impl LocalPostgres {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # async fn main() -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// # let standby = pg.start_standby()?;
     /// standby.resume_replay().await?;
     /// # Ok(())
@@ -270,7 +270,7 @@ impl LocalPostgres {
     /// The host to connect to: `127.0.0.1`.
     ///
     /// ```no_run
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// assert_eq!(pg.host(), "127.0.0.1");
     /// ```
     pub fn host(&self) -> &str {
@@ -280,7 +280,7 @@ impl LocalPostgres {
     /// The TCP port the server listens on.
     ///
     /// ```no_run
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// println!("postgres://app@127.0.0.1:{}/app", pg.port());
     /// ```
     pub fn port(&self) -> u16 {
@@ -290,7 +290,7 @@ impl LocalPostgres {
     /// The server's TCP address: `127.0.0.1` and [`port`](Self::port).
     ///
     /// ```no_run
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// assert!(pg.addr().ip().is_loopback());
     /// ```
     pub fn addr(&self) -> std::net::SocketAddr {
@@ -308,12 +308,12 @@ impl LocalPostgres {
     /// [`create_role`](Self::create_role) creates); add credentials and build.
     ///
     /// ```no_run
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// let builder = pg.pool_builder("app").password("app-password");
     /// # let _ = builder;
     /// ```
     pub fn pool_builder(&self, role: &str) -> PoolBuilder {
-        crate::Pool::builder()
+        lakebase_pool::Pool::builder()
             .host(self.host())
             .port(self.port())
             .user(role)
@@ -324,7 +324,7 @@ impl LocalPostgres {
     /// real password (valid for `ttl`), so Postgres itself checks each token.
     ///
     /// ```no_run
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// let tokens = pg.rotating_password("app", std::time::Duration::from_secs(3600));
     /// assert_eq!(tokens.mint_count(), 0);
     /// ```
@@ -340,8 +340,8 @@ impl LocalPostgres {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # async fn main() -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// let admin = pg.admin().await?;
     /// admin.batch_execute("CREATE EXTENSION IF NOT EXISTS pgcrypto").await?;
     /// # Ok(())
@@ -359,8 +359,8 @@ impl LocalPostgres {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # async fn main() -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// let admin = pg.admin_of("databricks_postgres").await?;
     /// admin.batch_execute("CREATE TABLE seed (id int)").await?;
     /// # Ok(())
@@ -389,8 +389,8 @@ impl LocalPostgres {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # async fn main() -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// pg.create_role("app", &lakebase_pool::Secret::new("pw")).await?;
     /// # Ok(())
     /// # }
@@ -420,8 +420,8 @@ impl LocalPostgres {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # async fn main() -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// pg.create_login_roles(&["alice@example.com", "bob@example.com"]).await?;
     /// # Ok(())
     /// # }
@@ -447,8 +447,8 @@ impl LocalPostgres {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # async fn main() -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// pg.create_database("databricks_postgres", "app").await?;
     /// # Ok(())
     /// # }
@@ -477,8 +477,8 @@ impl LocalPostgres {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # async fn main() -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// pg.copy_database("app", "app_branch_1").await?;
     /// # Ok(())
     /// # }
@@ -530,8 +530,8 @@ impl LocalPostgres {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # async fn main() -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// pg.drop_database("app_branch_1").await?;
     /// # Ok(())
     /// # }
@@ -556,8 +556,8 @@ impl LocalPostgres {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # async fn main() -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// pg.set_password("app", &lakebase_pool::Secret::new("new-pw"), None).await?;
     /// # Ok(())
     /// # }
@@ -603,8 +603,8 @@ impl LocalPostgres {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lakebase_pool::testing::HarnessError> {
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # async fn main() -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// let killed = pg.terminate_sessions("app").await?;
     /// println!("{killed} sessions terminated");
     /// # Ok(())
@@ -628,10 +628,10 @@ impl LocalPostgres {
     /// [`HarnessError::CommandFailed`] when `pg_ctl stop` fails.
     ///
     /// ```no_run
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
-    /// pg.stop(lakebase_pool::testing::StopMode::Fast)?;
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
+    /// pg.stop(lakebase_pool_testing::StopMode::Fast)?;
     /// pg.resume()?;
-    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// # Ok::<(), lakebase_pool_testing::HarnessError>(())
     /// ```
     pub fn stop(&self, mode: StopMode) -> Result<(), HarnessError> {
         self.inner.stop(mode)
@@ -644,10 +644,10 @@ impl LocalPostgres {
     /// [`HarnessError::NotReady`] when it does not come up.
     ///
     /// ```no_run
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
-    /// pg.stop(lakebase_pool::testing::StopMode::Immediate)?;
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
+    /// pg.stop(lakebase_pool_testing::StopMode::Immediate)?;
     /// pg.resume()?;
-    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// # Ok::<(), lakebase_pool_testing::HarnessError>(())
     /// ```
     pub fn resume(&self) -> Result<(), HarnessError> {
         self.inner.spawn_server()

@@ -10,7 +10,7 @@ use super::HarnessError;
 /// installed, else ring), for raw TLS clients and servers in tests.
 ///
 /// ```
-/// let config = rustls::ClientConfig::builder_with_provider(lakebase_pool::testing::crypto_provider())
+/// let config = rustls::ClientConfig::builder_with_provider(lakebase_pool_testing::crypto_provider())
 ///     .with_safe_default_protocol_versions()
 ///     .unwrap()
 ///     .with_root_certificates(rustls::RootCertStore::empty())
@@ -18,20 +18,25 @@ use super::HarnessError;
 /// assert!(config.alpn_protocols.is_empty());
 /// ```
 pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    crate::tls::provider()
+    // As the crate's own TLS does: ring's provider is deprecated for lacking post-quantum key
+    // exchange, but it is the one both ends of a loopback test are built with.
+    #[allow(deprecated)]
+    rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()))
 }
 
 /// A throwaway certificate authority: trust its [`cert_pem`](Self::cert_pem) in the client,
 /// serve one of its [`issue`](Self::issue)d certificates from the server.
 ///
 /// ```
-/// use lakebase_pool::testing::TestCa;
+/// use lakebase_pool_testing::TestCa;
 ///
 /// let ca = TestCa::new("Test CA")?;
 /// let server = ca.issue(&["ep-test.db.lakebase.test"])?;
 /// assert!(ca.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
 /// assert!(server.cert_pem().contains("BEGIN CERTIFICATE"));
-/// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+/// # Ok::<(), lakebase_pool_testing::HarnessError>(())
 /// ```
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
@@ -57,9 +62,9 @@ impl TestCa {
     /// [`HarnessError::Certificate`] if generation fails.
     ///
     /// ```
-    /// let ca = lakebase_pool::testing::TestCa::new("My test CA")?;
+    /// let ca = lakebase_pool_testing::TestCa::new("My test CA")?;
     /// # let _ = ca;
-    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// # Ok::<(), lakebase_pool_testing::HarnessError>(())
     /// ```
     pub fn new(name: &str) -> Result<Self, HarnessError> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
@@ -76,10 +81,10 @@ impl TestCa {
     /// The CA certificate, to trust in clients.
     ///
     /// ```
-    /// let ca = lakebase_pool::testing::TestCa::new("My test CA")?;
+    /// let ca = lakebase_pool_testing::TestCa::new("My test CA")?;
     /// let builder = lakebase_pool::Pool::builder().root_certificates_pem(ca.cert_pem());
     /// # let _ = builder;
-    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// # Ok::<(), lakebase_pool_testing::HarnessError>(())
     /// ```
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
@@ -92,10 +97,10 @@ impl TestCa {
     /// [`HarnessError::Certificate`] for an invalid name.
     ///
     /// ```
-    /// let ca = lakebase_pool::testing::TestCa::new("My test CA")?;
+    /// let ca = lakebase_pool_testing::TestCa::new("My test CA")?;
     /// let server = ca.issue(&["db.test", "127.0.0.1"])?;
     /// # let _ = server;
-    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// # Ok::<(), lakebase_pool_testing::HarnessError>(())
     /// ```
     pub fn issue(&self, names: &[&str]) -> Result<IssuedCertificate, HarnessError> {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
@@ -117,9 +122,9 @@ impl IssuedCertificate {
     /// The certificate.
     ///
     /// ```
-    /// let server = lakebase_pool::testing::TestCa::new("CA")?.issue(&["db.test"])?;
+    /// let server = lakebase_pool_testing::TestCa::new("CA")?.issue(&["db.test"])?;
     /// assert!(server.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
-    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// # Ok::<(), lakebase_pool_testing::HarnessError>(())
     /// ```
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
@@ -128,9 +133,9 @@ impl IssuedCertificate {
     /// The private key.
     ///
     /// ```
-    /// let server = lakebase_pool::testing::TestCa::new("CA")?.issue(&["db.test"])?;
+    /// let server = lakebase_pool_testing::TestCa::new("CA")?.issue(&["db.test"])?;
     /// assert!(server.key_pem().contains("PRIVATE KEY"));
-    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// # Ok::<(), lakebase_pool_testing::HarnessError>(())
     /// ```
     pub fn key_pem(&self) -> &str {
         &self.key_pem

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::server_thread::ServerThread;
 use super::workspace::WorkspaceHandle;
 use super::{HarnessError, LocalPostgres, MockWorkspace, TestCa};
-use crate::resolve::StaticResolver;
+use lakebase_pool::resolve::StaticResolver;
 
 mod relay;
 mod session;
@@ -26,6 +26,9 @@ use self::session::serve;
 
 /// How long a client may take over each step of its handshake (start-up request, TLS,
 /// start-up message, password) by default.
+/// The ALPN protocol of PostgreSQL's direct TLS (`sslnegotiation=direct`).
+const POSTGRES_ALPN: &[u8] = b"postgresql";
+
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many client connections are served at once by default; more are refused (`53300`).
 const MAX_CONNECTIONS: usize = 1024;
@@ -139,7 +142,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 ///
 /// ```no_run
 /// use lakebase_pool::Secret;
-/// use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+/// use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -180,7 +183,7 @@ impl LakebaseEmulator {
     /// When the certificate cannot be made or the port bound.
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -205,12 +208,12 @@ impl LakebaseEmulator {
     /// As for [`start`](Self::start).
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// let lakebase = LakebaseEmulator::start_on(&pg, &workspace, "127.0.0.1:6432".parse().unwrap(), "lakebase.test")?;
     /// # let _ = lakebase;
-    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// # Ok::<(), lakebase_pool_testing::HarnessError>(())
     /// ```
     pub fn start_on(
         upstream: &LocalPostgres,
@@ -225,14 +228,14 @@ impl LakebaseEmulator {
             .map_err(|e| HarnessError::Certificate(e.to_string()))?;
         let key = PrivateKeyDer::from_pem_slice(issued.key_pem().as_bytes())
             .map_err(|e| HarnessError::Certificate(e.to_string()))?;
-        let mut tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        let mut tls = rustls::ServerConfig::builder_with_provider(crate::crypto_provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| HarnessError::Certificate(e.to_string()))?
             .with_no_client_auth()
             .with_single_cert(vec![certificate], key)
             .map_err(|e| HarnessError::Certificate(e.to_string()))?;
         // Offered ALPN must be `postgresql`; none offered is accepted after an SSLRequest.
-        tls.alpn_protocols = vec![crate::tls::POSTGRES_ALPN.to_vec()];
+        tls.alpn_protocols = vec![POSTGRES_ALPN.to_vec()];
         let listener = std::net::TcpListener::bind(addr).map_err(io("bind the emulator's port"))?;
         listener
             .set_nonblocking(true)
@@ -275,7 +278,7 @@ impl LakebaseEmulator {
     /// The port clients connect to.
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -289,7 +292,7 @@ impl LakebaseEmulator {
     /// The CA certificate clients must trust.
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -303,7 +306,7 @@ impl LakebaseEmulator {
     /// The host name of an endpoint: `<endpoint-id>.<domain>`.
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -317,7 +320,7 @@ impl LakebaseEmulator {
     /// branches' endpoints included) to the emulator's address.
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -337,7 +340,7 @@ impl LakebaseEmulator {
     /// the mock workspace too, with host `<id>.<domain>`.
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -353,13 +356,13 @@ impl LakebaseEmulator {
     /// for any endpoint, and it scales to zero on its own.
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
     /// let standby = pg.start_standby()?;
     /// lakebase.add_read_only_endpoint("projects/p/branches/b/endpoints/ep-replica", &standby);
-    /// # Ok::<(), lakebase_pool::testing::HarnessError>(())
+    /// # Ok::<(), lakebase_pool_testing::HarnessError>(())
     /// ```
     pub fn add_read_only_endpoint(&self, name: &str, standby: &LocalPostgres) {
         self.add(name, standby.socket_path(), true);
@@ -379,7 +382,7 @@ impl LakebaseEmulator {
     /// wakes it.
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -392,7 +395,7 @@ impl LakebaseEmulator {
     /// Disables (or enables) an endpoint: connections are refused with "endpoint is disabled".
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -407,7 +410,7 @@ impl LakebaseEmulator {
     /// The state of an endpoint's compute.
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -420,7 +423,7 @@ impl LakebaseEmulator {
     /// Open client sessions of an endpoint.
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -435,7 +438,7 @@ impl LakebaseEmulator {
     /// How long waking a suspended compute takes (default 300 ms).
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -450,7 +453,7 @@ impl LakebaseEmulator {
     /// (default 10 s).
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -464,7 +467,7 @@ impl LakebaseEmulator {
     /// once with `53300`, so that a flood of idle clients cannot exhaust the process.
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -478,7 +481,7 @@ impl LakebaseEmulator {
     /// (`XX000`), instead of holding them (default 0: hold, as the proxy usually does).
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -491,7 +494,7 @@ impl LakebaseEmulator {
     /// Suspend endpoints that had no session for `idle` (default: never on its own).
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -506,7 +509,7 @@ impl LakebaseEmulator {
     /// would (default: both are accepted).
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -522,7 +525,7 @@ impl LakebaseEmulator {
     /// outage this long stands for). Computes already running are not affected.
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
@@ -536,7 +539,7 @@ impl LakebaseEmulator {
     /// attempts"), before any check.
     ///
     /// ```no_run
-    /// # use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
     /// # let pg = LocalPostgres::start().unwrap();
     /// # let workspace = MockWorkspace::start().unwrap();
     /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();

@@ -1,13 +1,28 @@
-//! Test support (feature `testing`): a throwaway local PostgreSQL, a provider that rotates a
-//! role's real password, and a mock Databricks workspace, for this crate's tests and for its
-//! users' tests and demos.
+//! Local stand-ins for Databricks Lakebase, for the tests and demos of services built on
+//! [`lakebase_pool`]: a throwaway PostgreSQL, a provider that rotates a role's real password, a
+//! mock Databricks workspace, and a Lakebase emulator in front of PostgreSQL (TLS, SNI routing,
+//! tokens checked at login, scale-to-zero, the real proxy's wake-up errors).
+//!
+//! Use it as a dev-dependency, beside `lakebase-pool` as a dependency, so none of it reaches an
+//! application's production build:
+//!
+//! ```toml
+//! [dependencies]
+//! lakebase-pool = "0.2"
+//!
+//! [dev-dependencies]
+//! lakebase-pool-testing = "0.2"
+//! ```
+//!
+//! The `lakebase-emulator` program of this crate runs the same stand-ins for any client, in any
+//! language (`cargo run -p lakebase-pool-testing --bin lakebase-emulator`).
 //!
 //! Nothing here needs Docker or set-up by hand: [`LocalPostgres::start`] creates a cluster in a
 //! temporary directory, on a free loopback port, and removes it when dropped.
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use lakebase_pool::testing::LocalPostgres;
+//! use lakebase_pool_testing::LocalPostgres;
 //! use lakebase_pool::Secret;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -23,6 +38,17 @@
 //! # }
 //! ```
 
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms, rustdoc::broken_intra_doc_links)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    unused_results,
+    unused_qualifications
+)]
+
+mod api_formats;
 mod apps;
 mod branching;
 mod emulator;
@@ -33,6 +59,9 @@ mod rotating;
 mod server_thread;
 mod tls;
 mod workspace;
+
+/// The database a new Lakebase project starts with.
+const LAKEBASE_DATABASE: &str = "databricks_postgres";
 
 pub use self::apps::apps_proxy_headers;
 pub use self::branching::LocalBranch;

@@ -2,7 +2,7 @@
 //! Lakebase client, in any language) without an account.
 //!
 //! ```text
-//! cargo run --features testing --bin lakebase-emulator [-- OPTIONS]
+//! cargo run -p lakebase-pool-testing --bin lakebase-emulator [-- OPTIONS]
 //! ```
 //!
 //! It starts a throwaway PostgreSQL, the Lakebase emulator in front of it (TLS with a private
@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use lakebase_pool::Secret;
-use lakebase_pool::testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
 
 const ENDPOINT: &str = "projects/local/branches/production/endpoints/ep-local";
 const USER: &str = "local@example.com";

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::LocalPostgres;
-use crate::credentials::{Credential, CredentialProvider};
-use crate::error::BoxFuture;
-use crate::{BoxError, Secret};
+use lakebase_pool::BoxFuture;
+use lakebase_pool::credentials::{Credential, CredentialProvider};
+use lakebase_pool::{BoxError, Secret};
 
 /// Mints a random token on every call and makes it `role`'s password on a [`LocalPostgres`],
 /// valid for the configured time-to-live: the local stand-in for a Lakebase token service.
@@ -39,7 +39,7 @@ impl RotatingPassword {
     /// How many tokens have been minted (and applied to the role) so far.
     ///
     /// ```no_run
-    /// # let pg = lakebase_pool::testing::LocalPostgres::start().unwrap();
+    /// # let pg = lakebase_pool_testing::LocalPostgres::start().unwrap();
     /// let tokens = pg.rotating_password("app", std::time::Duration::from_secs(60));
     /// assert_eq!(tokens.mint_count(), 0);
     /// ```
