@@ -1,6 +1,7 @@
 //! `EphemeralBranch`: a Lakebase branch made for one CI run or test session, with a pool
 //! builder for it, deleted at the end (or by its TTL if the run dies).
 
+use crate::error::WorkspaceError;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
@@ -150,7 +151,7 @@ impl EphemeralBranch {
     /// # Errors
     ///
     /// Those of [`Workspace::delete_branch`] and [`Workspace::wait_for`];
-    /// [`Error::OperationTimedOut`] past the ready timeout. The branch is then left to its
+    /// [`WorkspaceError::OperationTimedOut`] past the ready timeout. The branch is then left to its
     /// TTL.
     ///
     /// ```no_run
@@ -179,9 +180,11 @@ async fn delete_within(
 ) -> Result<(), Error> {
     let started = tokio::time::Instant::now();
     let left = || limit.saturating_sub(started.elapsed());
-    let timed_out = || Error::OperationTimedOut {
-        name: format!("deletion of {branch}"),
-        waited: started.elapsed(),
+    let timed_out = || {
+        Error::Workspace(WorkspaceError::OperationTimedOut {
+            name: format!("deletion of {branch}"),
+            waited: started.elapsed(),
+        })
     };
     loop {
         let attempt = tokio::time::timeout(left(), workspace.delete_branch(branch));
@@ -195,8 +198,8 @@ async fn delete_within(
                 .await?;
                 return Ok(());
             }
-            Err(Error::WorkspaceApi { status: 404, .. }) => return Ok(()),
-            Err(Error::WorkspaceApi { status: 409, .. }) if !left().is_zero() => {
+            Err(Error::Workspace(WorkspaceError::Api { status: 404, .. })) => return Ok(()),
+            Err(Error::Workspace(WorkspaceError::Api { status: 409, .. })) if !left().is_zero() => {
                 tokio::time::sleep(poll.min(left())).await;
             }
             Err(error) => return Err(error),
@@ -402,8 +405,8 @@ impl EphemeralBranchBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for a prefix that makes no valid id or a bad TTL, before any
-    /// request; [`Error::BranchLimit`]; [`Error::Operation`] with the service's message;
-    /// [`Error::OperationTimedOut`] past the ready timeout; the workspace's errors. A branch
+    /// request; [`WorkspaceError::BranchLimit`]; [`WorkspaceError::Operation`] with the service's message;
+    /// [`WorkspaceError::OperationTimedOut`] past the ready timeout; the workspace's errors. A branch
     /// created before a later step failed is deleted again (or, if that fails too, left to
     /// its TTL).
     ///
@@ -433,9 +436,11 @@ impl EphemeralBranchBuilder {
             poll,
             armed: true,
         };
-        let timed_out = || Error::OperationTimedOut {
-            name: format!("creation of {name}"),
-            waited: self.ready_timeout,
+        let timed_out = || {
+            Error::Workspace(WorkspaceError::OperationTimedOut {
+                name: format!("creation of {name}"),
+                waited: self.ready_timeout,
+            })
         };
         let request = self.workspace.create_branch(&self.project, &id, &spec);
         let operation = match within(left(), &timed_out, request).await {
@@ -477,9 +482,11 @@ impl EphemeralBranchBuilder {
         left: &impl Fn() -> Duration,
     ) -> Result<(), Error> {
         let workspace = &self.workspace;
-        let timed_out = || Error::OperationTimedOut {
-            name: format!("readiness of {}", branch.name),
-            waited: self.ready_timeout,
+        let timed_out = || {
+            Error::Workspace(WorkspaceError::OperationTimedOut {
+                name: format!("readiness of {}", branch.name),
+                waited: self.ready_timeout,
+            })
         };
         let _ = within(
             left(),
@@ -530,7 +537,7 @@ impl EphemeralBranchBuilder {
                             let _ = within(left(), &timed_out, wait).await?;
                         }
                         // It exists, and the listing has not caught up: wait for it.
-                        Err(Error::WorkspaceApi { status: 409, .. }) => {}
+                        Err(Error::Workspace(WorkspaceError::Api { status: 409, .. })) => {}
                         Err(error) => return Err(error),
                     }
                 }
@@ -543,10 +550,10 @@ impl EphemeralBranchBuilder {
 
     async fn pause(&self, left: Duration, poll: Duration, branch: &str) -> Result<(), Error> {
         if left.is_zero() {
-            return Err(Error::OperationTimedOut {
+            return Err(Error::Workspace(WorkspaceError::OperationTimedOut {
                 name: format!("readiness of {branch}"),
                 waited: self.ready_timeout,
-            });
+            }));
         }
         tokio::time::sleep(poll.min(left)).await;
         Ok(())
@@ -558,8 +565,10 @@ impl EphemeralBranchBuilder {
 /// refused before any request.
 fn nothing_made(error: &Error) -> bool {
     match error {
-        Error::WorkspaceApi { status, .. } => (400..500).contains(status) && *status != 409,
-        Error::BranchLimit { .. } | Error::InvalidConfig { .. } => true,
+        Error::Workspace(WorkspaceError::Api { status, .. }) => {
+            (400..500).contains(status) && *status != 409
+        }
+        Error::Workspace(WorkspaceError::BranchLimit { .. }) | Error::InvalidConfig { .. } => true,
         _ => false,
     }
 }

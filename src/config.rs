@@ -302,7 +302,7 @@ mod properties {
                         Error::InvalidEnv { .. }
                             | Error::InvalidConfig { .. }
                             | Error::InvalidEndpointName { .. }
-                            | Error::WorkspaceConfig { .. }
+                            | Error::Workspace(crate::error::WorkspaceError::Config { .. })
                     ),
                     "{error:?}"
                 );

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 mod problems;
 mod statement;
+mod workspace;
 
 pub use self::problems::{RequestProblem, UserProblem};
 pub use self::statement::StatementTimedOut;
+pub use self::workspace::{AuthMethod, WorkspaceError};
 
 /// A boxed error from a credential provider or another pluggable part.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -28,6 +30,42 @@ pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Which token an [`Error::Credentials`] is about.
+///
+/// ```
+/// use lakebase_pool::credentials::TokenKind;
+///
+/// assert_eq!(TokenKind::Workspace.to_string(), "workspace token");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenKind {
+    /// The database password of the pool's identity (a Lakebase token, or any provider's).
+    Database,
+    /// The token the workspace client authenticates its API calls with.
+    Workspace,
+    /// A signed-in user's database token ([`UserPools`](crate::users::UserPools)).
+    UserDatabase,
+}
+
+impl TokenKind {
+    /// The words messages and logs use for it: `"database token"`, `"workspace token"`,
+    /// `"user database token"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Database => "database token",
+            TokenKind::Workspace => "workspace token",
+            TokenKind::UserDatabase => "user database token",
+        }
+    }
+}
+
+impl std::fmt::Display for TokenKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// An error shared by every caller that waited on the same operation (one token mint serves
@@ -78,8 +116,8 @@ pub enum Error {
     #[error("no valid {kind} is available ({})", retry_hint(*.retry_in))]
     #[non_exhaustive]
     Credentials {
-        /// What kind of token: `"database token"` or `"workspace token"`.
-        kind: &'static str,
+        /// Which token.
+        kind: TokenKind,
         /// How long until the pool asks the provider again, when it is backing off.
         retry_in: Option<Duration>,
         /// The provider's error.
@@ -313,45 +351,10 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
-    /// A long-running workspace operation (creating or deleting a branch or an endpoint)
-    /// ended in error.
-    #[error("operation {name} failed: [{code}] {message}")]
-    #[non_exhaustive]
-    Operation {
-        /// `projects/<p>/operations/<id>`.
-        name: String,
-        /// The service's error code, such as `FAILED_PRECONDITION`.
-        code: String,
-        /// The service's message.
-        message: String,
-    },
-
-    /// A long-running workspace operation was not done within the deadline given to
-    /// [`Workspace::wait_for`](crate::databricks::Workspace::wait_for). It may still finish.
-    #[error(
-        "operation {name} was not done after {waited:.1?} (it may still finish; wait longer \
-         or check it in the workspace)"
-    )]
-    #[non_exhaustive]
-    OperationTimedOut {
-        /// `projects/<p>/operations/<id>`.
-        name: String,
-        /// How long it was waited for.
-        waited: Duration,
-    },
-
-    /// The project has as many branches as the service allows (10 unarchived ones).
-    #[error(
-        "project {project} has reached its branch limit: {message} (delete branches that are \
-         no longer needed, or let their TTL expire; CI branches should always have one)"
-    )]
-    #[non_exhaustive]
-    BranchLimit {
-        /// The project id.
-        project: String,
-        /// The service's message.
-        message: String,
-    },
+    /// The Databricks workspace: its settings, authenticating to it, an API call, or a
+    /// long-running operation (see [`WorkspaceError`](crate::databricks::WorkspaceError)).
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
 
     /// A connection on behalf of a signed-in user ([`UserPools::for_user`](crate::users::UserPools::for_user)
     /// and the `UserConnection` extractors) was refused: the request names no user the app
@@ -428,68 +431,6 @@ pub enum Error {
         /// What is wrong and what it should look like.
         problem: String,
     },
-
-    /// The Databricks workspace settings are incomplete or contradict each other (no host,
-    /// two auth methods at once, a profile that does not exist, an unreadable config file).
-    #[error("invalid Databricks workspace configuration: {problem}")]
-    #[non_exhaustive]
-    WorkspaceConfig {
-        /// What is wrong and how to fix it.
-        problem: String,
-        /// The underlying error, when there is one.
-        #[source]
-        source: Option<BoxError>,
-    },
-
-    /// Getting a workspace token failed (OAuth token endpoint, Databricks CLI, or a custom
-    /// token source).
-    #[error("could not authenticate to the Databricks workspace with {method}: {problem}")]
-    #[non_exhaustive]
-    WorkspaceAuth {
-        /// The auth method: `"OAuth M2M"`, `"Databricks CLI"`, ...
-        method: &'static str,
-        /// What failed, without any secret.
-        problem: String,
-        /// The underlying error, when there is one.
-        #[source]
-        source: Option<BoxError>,
-    },
-
-    /// The workspace answered an API call with an error status.
-    #[error("{method} {path} failed with HTTP {status}{}: {message}", code_suffix(error_code.as_deref()))]
-    #[non_exhaustive]
-    WorkspaceApi {
-        /// HTTP method.
-        method: String,
-        /// Request path, e.g. `/api/2.0/postgres/credentials`.
-        path: String,
-        /// HTTP status code.
-        status: u16,
-        /// The API's `error_code` (e.g. `PERMISSION_DENIED`), when the body had one.
-        error_code: Option<String>,
-        /// The API's message, or a description of a body that was not an API error.
-        message: String,
-    },
-
-    /// A workspace API call failed without an API answer: unreachable, timed out, or an
-    /// answer that could not be used.
-    #[error("{method} {path} failed: {problem}")]
-    #[non_exhaustive]
-    WorkspaceRequest {
-        /// HTTP method.
-        method: String,
-        /// Request path.
-        path: String,
-        /// What went wrong.
-        problem: RequestProblem,
-        /// The transport error, when there was one.
-        #[source]
-        source: Option<BoxError>,
-    },
-}
-
-fn code_suffix(code: Option<&str>) -> String {
-    code.map(|c| format!(" {c}")).unwrap_or_default()
 }
 
 fn retry_hint(retry_in: Option<Duration>) -> String {
@@ -524,20 +465,14 @@ impl Error {
             Error::ReplicaUnavailable { .. } => "ReplicaUnavailable",
             Error::ReplicaBehind { .. } => "ReplicaBehind",
             Error::ReadOnly { .. } => "ReadOnly",
-            Error::Operation { .. } => "Operation",
-            Error::OperationTimedOut { .. } => "OperationTimedOut",
-            Error::BranchLimit { .. } => "BranchLimit",
             Error::UserUnauthorized { .. } => "UserUnauthorized",
             Error::UserPoolsFull { .. } => "UserPoolsFull",
             Error::PoolClosed => "PoolClosed",
             Error::StatementTimeout { .. } => "StatementTimeout",
             Error::CancelFailed { .. } => "CancelFailed",
+            Error::Workspace(error) => error.type_name(),
             Error::InvalidEndpointName { .. } => "InvalidEndpointName",
             Error::InvalidEnv { .. } => "InvalidEnv",
-            Error::WorkspaceConfig { .. } => "WorkspaceConfig",
-            Error::WorkspaceAuth { .. } => "WorkspaceAuth",
-            Error::WorkspaceApi { .. } => "WorkspaceApi",
-            Error::WorkspaceRequest { .. } => "WorkspaceRequest",
         }
     }
 
@@ -562,16 +497,7 @@ impl Error {
             | Error::UserPoolsFull { .. } => true,
             // Decided where it was made, by the transaction's own classification.
             Error::Transaction { transient, .. } => *transient,
-            Error::WorkspaceApi { status, .. } => *status == 429 || *status >= 500,
-            Error::WorkspaceRequest { problem, .. } => {
-                matches!(
-                    problem,
-                    RequestProblem::Unreachable
-                        | RequestProblem::TimedOut(_)
-                        | RequestProblem::CutOff
-                        | RequestProblem::Throttled { .. }
-                )
-            }
+            Error::Workspace(error) => error.is_transient(),
             _ => false,
         }
     }
@@ -584,10 +510,8 @@ impl Error {
     /// ```
     pub fn is_auth(&self) -> bool {
         match self {
-            Error::AuthRejected { .. }
-            | Error::WorkspaceAuth { .. }
-            | Error::UserUnauthorized { .. } => true,
-            Error::WorkspaceApi { status, .. } => *status == 401 || *status == 403,
+            Error::AuthRejected { .. } | Error::UserUnauthorized { .. } => true,
+            Error::Workspace(error) => error.is_auth(),
             _ => false,
         }
     }
@@ -604,16 +528,13 @@ impl Error {
     /// # }
     /// ```
     pub fn is_timeout(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Error::PoolTimeout { .. }
-                | Error::ConnectTimeout { .. }
-                | Error::StatementTimeout { .. }
-                | Error::WorkspaceRequest {
-                    problem: RequestProblem::TimedOut(_),
-                    ..
-                }
-        )
+            | Error::ConnectTimeout { .. }
+            | Error::StatementTimeout { .. } => true,
+            Error::Workspace(error) => error.is_timeout(),
+            _ => false,
+        }
     }
 
     pub(crate) fn invalid(setting: &'static str, problem: impl Into<String>) -> Self {
@@ -624,6 +545,17 @@ impl Error {
         }
     }
 
+    pub(crate) fn workspace_config(problem: impl Into<String>) -> Self {
+        WorkspaceError::config(problem).into()
+    }
+
+    pub(crate) fn workspace_config_because(
+        problem: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        WorkspaceError::config_because(problem, source).into()
+    }
+
     /// [`Error::InvalidConfig`] with its cause kept as the source (not printed twice).
     pub(crate) fn invalid_because(
         setting: &'static str,
@@ -632,43 +564,6 @@ impl Error {
     ) -> Self {
         Error::InvalidConfig {
             setting,
-            problem: problem.into(),
-            source: Some(source.into()),
-        }
-    }
-
-    pub(crate) fn workspace_config(problem: impl Into<String>) -> Self {
-        Error::WorkspaceConfig {
-            problem: problem.into(),
-            source: None,
-        }
-    }
-
-    pub(crate) fn workspace_config_because(
-        problem: impl Into<String>,
-        source: impl Into<BoxError>,
-    ) -> Self {
-        Error::WorkspaceConfig {
-            problem: problem.into(),
-            source: Some(source.into()),
-        }
-    }
-
-    pub(crate) fn workspace_auth(method: &'static str, problem: impl Into<String>) -> Self {
-        Error::WorkspaceAuth {
-            method,
-            problem: problem.into(),
-            source: None,
-        }
-    }
-
-    pub(crate) fn workspace_auth_because(
-        method: &'static str,
-        problem: impl Into<String>,
-        source: impl Into<BoxError>,
-    ) -> Self {
-        Error::WorkspaceAuth {
-            method,
             problem: problem.into(),
             source: Some(source.into()),
         }

@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::policy::CachePolicy;
 use super::{Credential, CredentialProvider};
 use crate::defaults;
-use crate::error::{Error, SharedError};
+use crate::error::{Error, SharedError, TokenKind};
 use crate::telemetry::PoolTelemetry;
 
 /// A token with less life left than this is never handed out, even as a fallback: the login
@@ -77,7 +77,7 @@ pub struct TokenCache {
 
 struct Inner {
     /// What the tokens are, for error messages and logs.
-    kind: &'static str,
+    kind: TokenKind,
     provider: Box<dyn CredentialProvider>,
     policy: CachePolicy,
     clock: Clock,
@@ -239,14 +239,19 @@ impl TokenCache {
     /// # let _ = cache;
     /// ```
     pub fn new(provider: impl CredentialProvider, policy: CachePolicy) -> Self {
-        Self::with_clock(Box::new(provider), policy, Clock::System, "database token")
+        Self::with_clock(
+            Box::new(provider),
+            policy,
+            Clock::System,
+            TokenKind::Database,
+        )
     }
 
-    /// A cache whose errors and logs call its tokens `kind` (e.g. "workspace token").
+    /// A cache whose errors and logs name its tokens as `kind`.
     pub(crate) fn labelled(
         provider: Box<dyn CredentialProvider>,
         policy: CachePolicy,
-        kind: &'static str,
+        kind: TokenKind,
     ) -> Self {
         Self::with_clock(provider, policy, Clock::System, kind)
     }
@@ -255,7 +260,7 @@ impl TokenCache {
         provider: Box<dyn CredentialProvider>,
         policy: CachePolicy,
         clock: Clock,
-        kind: &'static str,
+        kind: TokenKind,
     ) -> Self {
         TokenCache {
             inner: Arc::new(Inner {
@@ -546,7 +551,7 @@ impl TokenCache {
             .now()
             .checked_add(backoff.min(crate::backoff::FAR_FUTURE));
         tracing::warn!(
-            kind = self.inner.kind,
+            kind = self.inner.kind.as_str(),
             error = %error,
             consecutive_failures = state.consecutive_failures,
             retry_in_ms = crate::backoff::millis(backoff),
@@ -566,7 +571,7 @@ impl TokenCache {
         match &state.current {
             Some(current) if self.freshness(current) != Freshness::Expired => {
                 tracing::debug!(
-                    kind = self.inner.kind,
+                    kind = self.inner.kind.as_str(),
                     "serving the cached token while minting fails"
                 );
                 Ok(Arc::clone(current))
@@ -585,7 +590,7 @@ impl TokenCache {
 
     /// One provider call under the mint timeout, with the result checked.
     async fn mint(&self) -> Result<Credential, SharedError> {
-        let span = tracing::info_span!("lakebase.token.mint", kind = self.inner.kind);
+        let span = tracing::info_span!("lakebase.token.mint", kind = self.inner.kind.as_str());
         let timeout = self.inner.policy.mint_timeout;
         let started = Instant::now();
         let call = tokio::time::timeout(timeout, self.inner.provider.credential());
@@ -602,7 +607,7 @@ impl TokenCache {
             }
         };
         if let Some(telemetry) = self.inner.telemetry.get() {
-            telemetry.mint(started.elapsed(), error_type, self.inner.kind);
+            telemetry.mint(started.elapsed(), error_type, self.inner.kind.as_str());
         }
         match &result {
             Ok(credential) => {
@@ -614,11 +619,11 @@ impl TokenCache {
                 });
                 match expires_in {
                     Some(expires_in_s) => {
-                        tracing::info!(parent: &span, kind = self.inner.kind, expires_in_s, "minted a token");
+                        tracing::info!(parent: &span, kind = self.inner.kind.as_str(), expires_in_s, "minted a token");
                     }
                     // A fixed password: nothing was really minted.
                     None => {
-                        tracing::debug!(parent: &span, kind = self.inner.kind, "read a fixed credential")
+                        tracing::debug!(parent: &span, kind = self.inner.kind.as_str(), "read a fixed credential")
                     }
                 }
             }
@@ -643,7 +648,7 @@ impl TokenCache {
         let left = expires_at.duration_since(now).unwrap_or_default();
         if left > defaults::MAX_TOKEN_LIFETIME {
             tracing::warn!(
-                kind = self.inner.kind,
+                kind = self.inner.kind.as_str(),
                 expires_in_s = left.as_secs(),
                 "the credential provider claims a lifetime of more than 24 hours; taking it \
                  as 24 hours"
@@ -652,7 +657,7 @@ impl TokenCache {
         }
         if left < self.inner.policy.min_remaining {
             tracing::warn!(
-                kind = self.inner.kind,
+                kind = self.inner.kind.as_str(),
                 expires_in_s = left.as_secs(),
                 min_remaining_s = self.inner.policy.min_remaining.as_secs(),
                 "the credential provider returned a token that expires sooner than \

@@ -36,6 +36,7 @@ use std::time::SystemTime;
 pub(crate) use self::cache::{TokenCache, TokenStats};
 pub(crate) use self::policy::CachePolicy;
 pub use self::static_password::{FnProvider, StaticPassword, from_fn};
+pub use crate::error::TokenKind;
 use crate::error::{BoxError, BoxFuture};
 use crate::secret::Secret;
 

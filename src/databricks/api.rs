@@ -1,5 +1,6 @@
 //! The Lakebase API calls: mint a credential, look up and list endpoints, who am I.
 
+use crate::error::WorkspaceError;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
@@ -263,8 +264,8 @@ impl Workspace {
     ///
     /// # Errors
     ///
-    /// [`Error::WorkspaceApi`] with the API's `error_code` and message (e.g. 403 when the
-    /// identity may not use the endpoint), [`Error::WorkspaceRequest`] when the workspace is
+    /// [`WorkspaceError::Api`] with the API's `error_code` and message (e.g. 403 when the
+    /// identity may not use the endpoint), [`WorkspaceError::Request`] when the workspace is
     /// unreachable or the answer unusable (an empty token, an `expire_time` that is not RFC
     /// 3339 or already past), [`Error::InvalidConfig`] for a `ttl` the API would refuse.
     ///
@@ -304,11 +305,13 @@ impl Workspace {
                 Some(body),
             )
             .await?;
-        let unusable = |problem: String| Error::WorkspaceRequest {
-            method: String::from("POST"),
-            path: CREDENTIALS_PATH.to_owned(),
-            problem: RequestProblem::InvalidResponse(problem),
-            source: None,
+        let unusable = |problem: String| {
+            Error::Workspace(WorkspaceError::Request {
+                method: reqwest::Method::POST,
+                path: CREDENTIALS_PATH.to_owned(),
+                problem: RequestProblem::InvalidResponse(problem),
+                source: None,
+            })
         };
         if answer.token.is_empty() {
             return Err(unusable(String::from("the token is empty")));
@@ -331,7 +334,7 @@ impl Workspace {
     ///
     /// # Errors
     ///
-    /// [`Error::WorkspaceApi`] (404 when it does not exist), [`Error::WorkspaceRequest`].
+    /// [`WorkspaceError::Api`] (404 when it does not exist), [`WorkspaceError::Request`].
     ///
     /// ```no_run
     /// # async fn demo(workspace: lakebase_pool::databricks::Workspace) -> Result<(), lakebase_pool::Error> {
@@ -357,8 +360,8 @@ impl Workspace {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidEndpointName`] for malformed ids, [`Error::WorkspaceApi`],
-    /// [`Error::WorkspaceRequest`] (also when the server keeps paginating past 100 pages).
+    /// [`Error::InvalidEndpointName`] for malformed ids, [`WorkspaceError::Api`],
+    /// [`WorkspaceError::Request`] (also when the server keeps paginating past 100 pages).
     ///
     /// ```no_run
     /// # async fn demo(workspace: lakebase_pool::databricks::Workspace) -> Result<(), lakebase_pool::Error> {
@@ -386,11 +389,13 @@ impl Workspace {
                 .into_iter()
                 .map(|answer| {
                     // A listing names its entries; one without a valid name is not usable.
-                    let invalid = |problem: String| Error::WorkspaceRequest {
-                        method: String::from("GET"),
-                        path: base.clone(),
-                        problem: RequestProblem::InvalidResponse(problem),
-                        source: None,
+                    let invalid = |problem: String| {
+                        Error::Workspace(WorkspaceError::Request {
+                            method: reqwest::Method::GET,
+                            path: base.clone(),
+                            problem: RequestProblem::InvalidResponse(problem),
+                            source: None,
+                        })
                     };
                     let name = answer
                         .name
@@ -440,21 +445,21 @@ impl Workspace {
                 None => return Ok(entries),
             }
         }
-        Err(Error::WorkspaceRequest {
-            method: String::from("GET"),
+        Err(Error::Workspace(WorkspaceError::Request {
+            method: reqwest::Method::GET,
             path: path.to_owned(),
             problem: RequestProblem::InvalidResponse(format!(
                 "still paginating after {MAX_PAGES} pages"
             )),
             source: None,
-        })
+        }))
     }
 
     /// The identity this client authenticates as (`GET /api/2.0/preview/scim/v2/Me`).
     ///
     /// # Errors
     ///
-    /// [`Error::WorkspaceApi`], [`Error::WorkspaceRequest`].
+    /// [`WorkspaceError::Api`], [`WorkspaceError::Request`].
     ///
     /// ```no_run
     /// # async fn demo(workspace: lakebase_pool::databricks::Workspace) -> Result<(), lakebase_pool::Error> {

@@ -4,6 +4,7 @@
 //! workspace's [`TokenCache`](crate::TokenCache) decides when to call it, as it does for
 //! database tokens.
 
+use crate::error::{AuthMethod, WorkspaceError};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -199,14 +200,15 @@ impl OAuthM2M {
             ]),
         );
         let answer = self.http.send(&call).await?;
-        let auth_error = |problem: String| Error::workspace_auth("OAuth M2M", problem);
+        let auth_error =
+            |problem: String| Error::Workspace(WorkspaceError::auth(AuthMethod::OAuthM2M, problem));
         if answer.status != 200 {
             let error = api_error(&call.method, call.url.path().to_owned(), &answer);
-            return Err(Error::workspace_auth_because(
-                "OAuth M2M",
+            return Err(Error::Workspace(WorkspaceError::auth_because(
+                AuthMethod::OAuthM2M,
                 format!("the token endpoint refused client `{}`", self.client_id),
                 error,
-            ));
+            )));
         }
         let token: TokenAnswer = decode(&answer.body).map_err(|problem| {
             auth_error(format!("the token endpoint answered oddly: {problem}"))
@@ -254,7 +256,9 @@ impl DatabricksCli {
     }
 
     async fn fetch(&self) -> Result<Credential, Error> {
-        let failed = |problem: String| Error::workspace_auth("Databricks CLI", problem);
+        let failed = |problem: String| {
+            Error::Workspace(WorkspaceError::auth(AuthMethod::DatabricksCli, problem))
+        };
         let mut command = tokio::process::Command::new(&self.program);
         let _ = command.args(["auth", "token"]);
         let _ = match &self.profile {
@@ -275,11 +279,11 @@ impl DatabricksCli {
                 ))
             })?
             .map_err(|e| {
-                Error::workspace_auth_because(
-                    "Databricks CLI",
+                Error::Workspace(WorkspaceError::auth_because(
+                    AuthMethod::DatabricksCli,
                     format!("could not run {}", self.program.display()),
                     e,
-                )
+                ))
             })?;
         if !output.status.success() {
             // stderr explains (e.g. "run databricks auth login"); stdout could hold a token.
@@ -300,7 +304,11 @@ impl DatabricksCli {
         let mut credential = Credential::new(token.access_token);
         if let Some(expiry) = token.expiry {
             let at = parse_rfc3339(&expiry).map_err(|e| {
-                Error::workspace_auth_because("Databricks CLI", "its `expiry` is unusable", e)
+                Error::Workspace(WorkspaceError::auth_because(
+                    AuthMethod::DatabricksCli,
+                    "its `expiry` is unusable",
+                    e,
+                ))
             })?;
             credential = credential.expires_at(at);
         }

@@ -1,6 +1,7 @@
 //! The Lakebase branch API: branches, endpoints of a branch, projects, and the long-running
 //! operations that creating and deleting them return.
 
+use crate::error::WorkspaceError;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
@@ -321,8 +322,8 @@ impl Workspace {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for a bad id or spec (a TTL above 30 days);
-    /// [`Error::BranchLimit`] when the project has as many branches as it may;
-    /// [`Error::WorkspaceApi`] and [`Error::WorkspaceRequest`] otherwise.
+    /// [`WorkspaceError::BranchLimit`] when the project has as many branches as it may;
+    /// [`WorkspaceError::Api`] and [`WorkspaceError::Request`] otherwise.
     ///
     /// ```no_run
     /// # use std::time::Duration;
@@ -401,8 +402,8 @@ impl Workspace {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a malformed name; [`Error::WorkspaceApi`] and
-    /// [`Error::WorkspaceRequest`].
+    /// [`Error::InvalidConfig`] for a malformed name; [`WorkspaceError::Api`] and
+    /// [`WorkspaceError::Request`].
     ///
     /// ```no_run
     /// # use std::time::Duration;
@@ -455,8 +456,8 @@ impl Workspace {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a malformed id; [`Error::WorkspaceApi`],
-    /// [`Error::WorkspaceRequest`] (also when the server keeps paginating past 100 pages).
+    /// [`Error::InvalidConfig`] for a malformed id; [`WorkspaceError::Api`],
+    /// [`WorkspaceError::Request`] (also when the server keeps paginating past 100 pages).
     ///
     /// ```no_run
     /// # async fn demo(workspace: lakebase_pool::databricks::Workspace) -> Result<(), lakebase_pool::Error> {
@@ -514,8 +515,8 @@ impl Workspace {
     ///
     /// # Errors
     ///
-    /// [`Error::Operation`] with the service's code and message when it ended in error;
-    /// [`Error::OperationTimedOut`] past the deadline; the errors of the polls.
+    /// [`WorkspaceError::Operation`] with the service's code and message when it ended in error;
+    /// [`WorkspaceError::OperationTimedOut`] past the deadline; the errors of the polls.
     ///
     /// ```no_run
     /// # use std::time::Duration;
@@ -571,10 +572,10 @@ impl Workspace {
             let wait = step.saturating_mul(polls.min(10)).saturating_add(jitter);
             let left = deadline.saturating_sub(started.elapsed());
             if left.is_zero() {
-                return Err(Error::OperationTimedOut {
+                return Err(Error::Workspace(WorkspaceError::OperationTimedOut {
                     name: operation.name,
                     waited: started.elapsed(),
-                });
+                }));
             }
             tokio::time::sleep(wait.min(left)).await;
             // The poll itself within the deadline too (a call's own retries can take a minute).
@@ -584,10 +585,10 @@ impl Workspace {
             let answer: OperationAnswer = match tokio::time::timeout(left, poll).await {
                 Ok(answer) => answer?,
                 Err(_) => {
-                    return Err(Error::OperationTimedOut {
+                    return Err(Error::Workspace(WorkspaceError::OperationTimedOut {
                         name: operation.name,
                         waited: started.elapsed(),
-                    });
+                    }));
                 }
             };
             tracing::debug!(
@@ -598,11 +599,13 @@ impl Workspace {
                 "polled a long-running operation"
             );
             operation = self::operation(answer).map_err(|error| match error {
-                Error::Operation { code, message, .. } => Error::Operation {
-                    name: operation.name.clone(),
-                    code,
-                    message,
-                },
+                Error::Workspace(WorkspaceError::Operation { code, message, .. }) => {
+                    Error::Workspace(WorkspaceError::Operation {
+                        name: operation.name.clone(),
+                        code,
+                        message,
+                    })
+                }
                 other => other,
             })?;
         }
@@ -634,15 +637,15 @@ fn check_operation_name(name: &str) -> Result<(), Error> {
         return Ok(());
     }
     let shown: String = name.chars().take(100).collect();
-    Err(Error::WorkspaceRequest {
-        method: String::from("GET"),
+    Err(Error::Workspace(WorkspaceError::Request {
+        method: reqwest::Method::GET,
         path: String::from("/api/2.0/postgres/<operation>"),
         problem: RequestProblem::InvalidResponse(format!(
             "the service named an operation `{shown}`, which is not a resource name \
              (projects/<project>/operations/<id>); it was not polled"
         )),
         source: None,
-    })
+    }))
 }
 
 /// An operation answer as an [`Operation`], or its error.
@@ -657,11 +660,11 @@ fn operation(answer: OperationAnswer) -> Result<Operation, Error> {
                     .map(|c| c.to_string().trim_matches('"').to_owned())
             })
             .unwrap_or_else(|| String::from("UNKNOWN"));
-        return Err(Error::Operation {
+        return Err(Error::Workspace(WorkspaceError::Operation {
             name,
             code,
             message: error.message.unwrap_or_default(),
-        });
+        }));
     }
     if name.is_empty() && !answer.done {
         return Err(Error::workspace_config(String::from(
@@ -678,22 +681,22 @@ fn operation(answer: OperationAnswer) -> Result<Operation, Error> {
     })
 }
 
-/// A branch-limit refusal as [`Error::BranchLimit`]; other errors as they are.
+/// A branch-limit refusal as [`WorkspaceError::BranchLimit`]; other errors as they are.
 fn limit_error(error: Error, project: &str) -> Error {
     match error {
-        Error::WorkspaceApi {
+        Error::Workspace(WorkspaceError::Api {
             status: 400..=499,
             ref error_code,
             ref message,
             ..
-        } if error_code
+        }) if error_code
             .as_deref()
             .is_some_and(|c| LIMIT_CODES.contains(&c)) =>
         {
-            Error::BranchLimit {
+            Error::Workspace(WorkspaceError::BranchLimit {
                 project: project.to_owned(),
                 message: message.clone(),
-            }
+            })
         }
         other => other,
     }
@@ -771,7 +774,7 @@ mod tests {
         .unwrap();
         let err = operation(answer).unwrap_err();
         assert!(
-            matches!(&err, Error::Operation { code, message, .. } if code == "FAILED_PRECONDITION" && message == "branch has children"),
+            matches!(&err, Error::Workspace(WorkspaceError::Operation { code, message, .. }) if code == "FAILED_PRECONDITION" && message == "branch has children"),
             "{err:?}"
         );
         let done: OperationAnswer =

@@ -179,14 +179,14 @@ mod properties {
 
     proptest! {
         /// Any text, and any requested profile, gives a profile, none, or a
-        /// `WorkspaceConfig` error; none panics.
+        /// `WorkspaceError::Config`; none panics.
         #[test]
         fn any_config_text_is_read_or_refused_typed(
             text in any::<String>(),
             requested in proptest::option::of("[A-Za-z_]{0,10}"),
         ) {
             if let Err(error) = parse(&text, "test.cfg", requested.as_deref()) {
-                prop_assert!(matches!(error, Error::WorkspaceConfig { .. }), "{error:?}");
+                prop_assert!(matches!(error, Error::Workspace(crate::error::WorkspaceError::Config { .. })), "{error:?}");
             }
         }
 

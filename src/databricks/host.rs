@@ -225,7 +225,10 @@ mod tests {
         ] {
             let err = WorkspaceHost::parse(bad).unwrap_err();
             assert!(
-                matches!(err, Error::WorkspaceConfig { .. }),
+                matches!(
+                    err,
+                    Error::Workspace(crate::error::WorkspaceError::Config { .. })
+                ),
                 "{bad}: {err:?}"
             );
         }
@@ -239,11 +242,11 @@ mod properties {
     use super::*;
 
     proptest! {
-        /// Any text parses or fails with `WorkspaceConfig`; none panics.
+        /// Any text parses or fails with `WorkspaceError::Config`; none panics.
         #[test]
         fn any_text_parses_or_fails_typed(text in any::<String>()) {
             if let Err(error) = WorkspaceHost::parse(&text) {
-                prop_assert!(matches!(error, Error::WorkspaceConfig { .. }), "{error:?}");
+                prop_assert!(matches!(error, Error::Workspace(crate::error::WorkspaceError::Config { .. })), "{error:?}");
             }
         }
 

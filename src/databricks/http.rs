@@ -18,6 +18,7 @@
 //! another host. Tokens travel in headers and secrets in bodies, never in URLs, so an error
 //! that names a URL is safe to print.
 
+use crate::error::WorkspaceError;
 use std::time::Duration;
 
 use reqwest::Url;
@@ -98,12 +99,12 @@ impl<'a> Call<'a> {
     }
 
     fn request_error(&self, problem: RequestProblem, source: Option<reqwest::Error>) -> Error {
-        Error::WorkspaceRequest {
-            method: self.method.to_string(),
+        Error::Workspace(WorkspaceError::Request {
+            method: self.method.clone(),
             path: self.path(),
             problem,
             source: source.map(|e| Box::new(e.without_url()) as crate::BoxError),
-        }
+        })
     }
 }
 
@@ -328,7 +329,7 @@ impl HttpClient {
     }
 
     /// Sends `call` and decodes a successful JSON answer; an error status becomes
-    /// [`Error::WorkspaceApi`].
+    /// [`WorkspaceError::Api`].
     pub(crate) async fn json<T: DeserializeOwned>(&self, call: &Call<'_>) -> Result<T, Error> {
         let answer = self.send(call).await?;
         if !(200..300).contains(&answer.status) {
@@ -412,13 +413,13 @@ impl HttpClient {
 
 pub(crate) fn api_error(method: &reqwest::Method, path: String, answer: &Answer) -> Error {
     let body = parse_error_body(&answer.body);
-    Error::WorkspaceApi {
-        method: method.to_string(),
+    Error::Workspace(WorkspaceError::Api {
+        method: method.clone(),
         path,
         status: answer.status,
         error_code: body.error_code,
         message: body.message,
-    }
+    })
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ pub use self::branches::{
 };
 pub(crate) use self::discovery::{LakebaseDiscovery, endpoint_host};
 pub use self::provider::LakebaseCredentials;
-pub use self::settings::AuthMethod;
 pub(crate) use self::time::format_rfc3339;
 pub(crate) use self::workspace::Caller;
 pub use self::workspace::{Workspace, WorkspaceBuilder};
+pub use crate::error::{AuthMethod, WorkspaceError};

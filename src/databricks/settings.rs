@@ -1,7 +1,6 @@
 //! Building a workspace client: the settings from builder, environment and profile (in that
 //! order), the auth method they choose, and the token source for it.
 
-use std::fmt;
 use std::path::PathBuf;
 
 use super::auth::{CustomSource, DatabricksCli, OAuthM2M, find_on_path};
@@ -10,52 +9,8 @@ use super::host::WorkspaceHost;
 use super::http::HttpClient;
 use crate::config::Environment;
 use crate::credentials::{Credential, CredentialProvider, StaticPassword};
-use crate::error::{BoxError, BoxFuture, Error};
+use crate::error::{AuthMethod, BoxError, BoxFuture, Error};
 use crate::secret::Secret;
-
-/// How a [`Workspace`](super::Workspace) authenticates, as chosen by
-/// [`WorkspaceBuilder::build`](super::WorkspaceBuilder::build).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AuthMethod {
-    /// A personal access token (`DATABRICKS_TOKEN`).
-    Pat,
-    /// OAuth client credentials of a service principal (`DATABRICKS_CLIENT_ID` and
-    /// `DATABRICKS_CLIENT_SECRET`), as Databricks Apps use.
-    OAuthM2M,
-    /// The Databricks CLI's login (`databricks auth token`).
-    DatabricksCli,
-    /// A token source given with
-    /// [`WorkspaceBuilder::token_source`](super::WorkspaceBuilder::token_source).
-    Custom,
-}
-
-impl std::str::FromStr for AuthMethod {
-    type Err = Error;
-
-    /// The names of `DATABRICKS_AUTH_TYPE` and the profiles' `auth_type`.
-    fn from_str(text: &str) -> Result<Self, Error> {
-        match text.trim() {
-            "pat" => Ok(AuthMethod::Pat),
-            "oauth-m2m" => Ok(AuthMethod::OAuthM2M),
-            "databricks-cli" => Ok(AuthMethod::DatabricksCli),
-            other => Err(Error::workspace_config(format!(
-                "auth_type `{other}` is not supported (use pat, oauth-m2m or databricks-cli)"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for AuthMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AuthMethod::Pat => "pat",
-            AuthMethod::OAuthM2M => "oauth-m2m",
-            AuthMethod::DatabricksCli => "databricks-cli",
-            AuthMethod::Custom => "custom",
-        })
-    }
-}
 
 /// The settings given to a [`WorkspaceBuilder`](super::WorkspaceBuilder) explicitly.
 #[derive(Default)]

@@ -1,5 +1,6 @@
 //! `Workspace`: an authenticated client of one Databricks workspace.
 
+use crate::error::WorkspaceError;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,8 +10,9 @@ use serde::de::DeserializeOwned;
 
 use super::host::{WorkspaceHost, without_user_info};
 use super::http::{Auth, Body, Call, HttpClient, HttpPolicy, ProxySettings};
-use super::settings::{AuthMethod, GivenSettings, ResolvedSettings};
+use super::settings::{GivenSettings, ResolvedSettings};
 use crate::credentials::{CachePolicy, CredentialProvider, TokenCache};
+use crate::error::AuthMethod;
 use crate::tls::{Trust, parse_pem_certificates};
 use crate::{Environment, Error, Secret};
 
@@ -153,7 +155,7 @@ impl Workspace {
         loop {
             let call = self.request(&method, &url, body.as_ref(), token.secret());
             match self.inner.http.json(&call).await {
-                Err(Error::WorkspaceApi { status: 401, .. })
+                Err(Error::Workspace(WorkspaceError::Api { status: 401, .. }))
                     if !retried && self.inner.method != AuthMethod::Pat =>
                 {
                     retried = true;
@@ -472,7 +474,7 @@ impl WorkspaceBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::WorkspaceConfig`] when no host is set, two auth methods are configured at
+    /// [`WorkspaceError::Config`] when no host is set, two auth methods are configured at
     /// once, a requested profile does not exist, or no credentials are found.
     ///
     /// ```no_run
@@ -530,7 +532,11 @@ impl WorkspaceBuilder {
         let settings = ResolvedSettings::read(self.given, env)?;
         let method = settings.auth_method()?;
         let source = settings.token_source(method, &http, env)?;
-        let tokens = TokenCache::labelled(source, workspace_token_policy(), "workspace token");
+        let tokens = TokenCache::labelled(
+            source,
+            workspace_token_policy(),
+            crate::error::TokenKind::Workspace,
+        );
         Ok(Workspace {
             inner: Arc::new(Inner {
                 client_id: settings

@@ -1,5 +1,5 @@
 //! Why a user's connection was refused, and how a workspace request failed: the details
-//! that `Error::UserUnauthorized` and `Error::WorkspaceRequest` carry.
+//! that `Error::UserUnauthorized` and `WorkspaceError::Request` carry.
 
 use std::time::Duration;
 
@@ -79,7 +79,7 @@ impl std::fmt::Display for UserProblem {
 }
 
 /// How a workspace request failed without an API error answer; see
-/// [`Error::WorkspaceRequest`](crate::Error::WorkspaceRequest).
+/// [`WorkspaceError::Request`](crate::databricks::WorkspaceError::Request).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RequestProblem {

@@ -1,6 +1,7 @@
 //! What the errors say.
 
 use super::*;
+use super::{AuthMethod, WorkspaceError};
 
 #[test]
 fn error_is_send_sync_and_static() {
@@ -12,7 +13,7 @@ fn error_is_send_sync_and_static() {
 fn credentials_display_names_the_retry_and_keeps_the_cause_in_source() {
     let cause: SharedError = Arc::new(std::io::Error::other("workspace unreachable"));
     let err = Error::Credentials {
-        kind: "database token",
+        kind: TokenKind::Database,
         retry_in: Some(Duration::from_secs(2)),
         source: cause,
     };
@@ -38,11 +39,11 @@ fn causes_live_in_source_and_are_not_printed_twice() {
             "could not read the config file ~/.databrickscfg",
             std::io::Error::other("permission denied (os error 13)"),
         ),
-        Error::workspace_auth_because(
-            "Databricks CLI",
+        Error::Workspace(WorkspaceError::auth_because(
+            AuthMethod::DatabricksCli,
             "could not run databricks",
             std::io::Error::other("permission denied (os error 13)"),
-        ),
+        )),
     ] {
         let display = err.to_string();
         let source = StdError::source(&err).map(ToString::to_string);

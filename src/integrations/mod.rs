@@ -328,13 +328,13 @@ mod tests {
     #[test]
     fn credentials_wait_rounds_up_to_whole_seconds() {
         let err = HttpError::from(Error::Credentials {
-            kind: "database token",
+            kind: crate::error::TokenKind::Database,
             retry_in: Some(Duration::from_millis(2_300)),
             source: Arc::new(std::io::Error::other("down")),
         });
         assert_eq!((err.status(), err.retry_after_secs()), (503, Some(3)));
         let err = HttpError::from(Error::Credentials {
-            kind: "database token",
+            kind: crate::error::TokenKind::Database,
             retry_in: Some(Duration::ZERO),
             source: Arc::new(std::io::Error::other("down")),
         });

@@ -17,7 +17,7 @@ use crate::backoff::millis;
 use crate::connect::Target;
 use crate::credentials::TokenCache;
 use crate::databricks::{LakebaseCredentials, LakebaseDiscovery, Workspace};
-use crate::error::error_chain;
+use crate::error::{TokenKind, error_chain};
 use crate::telemetry::replica_pool_name;
 use crate::{EndpointName, Error, defaults};
 
@@ -218,7 +218,7 @@ impl ReplicaFactory {
                 let tokens = TokenCache::labelled(
                     Box::new(credentials),
                     self.parts.cache_policy.clone(),
-                    "database token",
+                    TokenKind::Database,
                 );
                 let base = without_hosts(&self.base, primary_port);
                 let source = LakebaseDiscovery {

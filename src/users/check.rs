@@ -2,6 +2,7 @@
 //! email's. One check in flight per user and token, run on a task of its own so that it
 //! survives the cancellation of the request that started it (as a token mint does).
 
+use crate::error::WorkspaceError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -77,12 +78,12 @@ impl TokenChecks {
                 Err(error) => Err(reissue(error)),
             },
             // The task ended without an answer: the runtime is shutting down.
-            None => Err(Error::WorkspaceRequest {
-                method: String::from("GET"),
+            None => Err(Error::Workspace(WorkspaceError::Request {
+                method: reqwest::Method::GET,
                 path: String::from(ME_PATH),
                 problem: RequestProblem::CutOff,
                 source: None,
-            }),
+            })),
         }
     }
 
@@ -151,38 +152,38 @@ async fn check_with_workspace(
 fn reissue(error: &Error) -> Error {
     match error {
         Error::UserUnauthorized { problem } => Error::UserUnauthorized { problem: *problem },
-        Error::WorkspaceApi {
+        Error::Workspace(WorkspaceError::Api {
             method,
             path,
             status,
             error_code,
             message,
-        } => Error::WorkspaceApi {
+        }) => Error::Workspace(WorkspaceError::Api {
             method: method.clone(),
             path: path.clone(),
             status: *status,
             error_code: error_code.clone(),
             message: message.clone(),
-        },
-        Error::WorkspaceRequest {
+        }),
+        Error::Workspace(WorkspaceError::Request {
             method,
             path,
             problem,
             source,
-        } => Error::WorkspaceRequest {
+        }) => Error::Workspace(WorkspaceError::Request {
             method: method.clone(),
             path: path.clone(),
             problem: problem.clone(),
             source: source
                 .as_deref()
                 .map(|source| crate::error::error_chain(source).into()),
-        },
-        other => Error::WorkspaceRequest {
-            method: String::from("GET"),
+        }),
+        other => Error::Workspace(WorkspaceError::Request {
+            method: reqwest::Method::GET,
             path: String::from(ME_PATH),
             problem: RequestProblem::InvalidResponse(crate::error::error_chain(other)),
             source: None,
-        },
+        }),
     }
 }
 
@@ -203,13 +204,13 @@ mod tests {
 
     #[test]
     fn each_waiter_gets_the_same_error() {
-        let api = Error::WorkspaceApi {
-            method: String::from("GET"),
+        let api = Error::Workspace(WorkspaceError::Api {
+            method: reqwest::Method::GET,
             path: String::from(ME_PATH),
             status: 503,
             error_code: None,
             message: String::from("down"),
-        };
+        });
         assert_eq!(reissue(&api).to_string(), api.to_string());
         let refused = Error::UserUnauthorized {
             problem: UserProblem::TokenRejected,

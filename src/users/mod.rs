@@ -475,7 +475,7 @@ impl UserPools {
         let tokens = TokenCache::labelled(
             Box::new(provider),
             inner.template.cache_policy().clone(),
-            "user database token",
+            crate::error::TokenKind::UserDatabase,
         );
         let target = match &inner.host {
             Some(host) => Target::Lazy {

@@ -1,6 +1,7 @@
 //! Refusals of a user's request, and what keeps the user's email out of every error: one
 //! place for both.
 
+use crate::error::WorkspaceError;
 use crate::target::redact;
 use crate::{Error, UserProblem};
 
@@ -13,8 +14,10 @@ pub(super) struct Refused(pub(super) UserProblem);
 /// are the user's (never retried).
 pub(super) fn refusal(error: &Error) -> Option<UserProblem> {
     match error {
-        Error::WorkspaceApi { status: 401, .. } => Some(UserProblem::TokenRejected),
-        Error::WorkspaceApi { status: 403, .. } => Some(UserProblem::Forbidden),
+        Error::Workspace(WorkspaceError::Api { status: 401, .. }) => {
+            Some(UserProblem::TokenRejected)
+        }
+        Error::Workspace(WorkspaceError::Api { status: 403, .. }) => Some(UserProblem::Forbidden),
         _ => None,
     }
 }
@@ -22,19 +25,19 @@ pub(super) fn refusal(error: &Error) -> Option<UserProblem> {
 /// `error` without the user's email in an API message (messages may name the user).
 pub(super) fn without_email(error: Error, email: &str) -> Error {
     match error {
-        Error::WorkspaceApi {
+        Error::Workspace(WorkspaceError::Api {
             method,
             path,
             status,
             error_code,
             message,
-        } => Error::WorkspaceApi {
+        }) => Error::Workspace(WorkspaceError::Api {
             method,
             path,
             status,
             error_code,
             message: redact(&message, email),
-        },
+        }),
         other => other,
     }
 }
@@ -79,7 +82,7 @@ mod tests {
     #[test]
     fn refusals_are_found_anywhere_in_the_chain() {
         let error = Error::Credentials {
-            kind: "user database token",
+            kind: crate::error::TokenKind::UserDatabase,
             retry_in: None,
             source: Arc::new(Refused(UserProblem::Forbidden)),
         };
@@ -90,7 +93,7 @@ mod tests {
             }
         ));
         let other = Error::Credentials {
-            kind: "user database token",
+            kind: crate::error::TokenKind::UserDatabase,
             retry_in: None,
             source: Arc::new(std::io::Error::other("down")),
         };

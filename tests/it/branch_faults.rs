@@ -2,6 +2,7 @@
 //! endlessly, and a caller that gives up: every loop waits and ends, nothing foreign is
 //! adopted or polled, and nothing is left behind.
 
+use lakebase_pool::databricks::WorkspaceError;
 use std::time::{Duration, Instant};
 
 use lakebase_pool::branch::EphemeralBranch;
@@ -61,7 +62,13 @@ async fn an_ephemeral_branch_gives_up_at_ready_timeout_with_a_bounded_number_of_
         .await
         .unwrap_err();
     let took = started.elapsed();
-    assert!(matches!(err, Error::OperationTimedOut { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Workspace(WorkspaceError::OperationTimedOut { .. })
+        ),
+        "{err:?}"
+    );
     assert!(took < Duration::from_secs(5), "took {took:?}");
     let calls = mock.requests().len();
     assert!(calls < 200, "{calls} calls in {took:?}");
@@ -89,7 +96,13 @@ async fn delete_waits_at_most_the_ready_timeout() {
         .await
         .expect("delete() returned within its bound")
         .unwrap_err();
-    assert!(matches!(err, Error::OperationTimedOut { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Workspace(WorkspaceError::OperationTimedOut { .. })
+        ),
+        "{err:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
@@ -118,7 +131,7 @@ async fn an_ephemeral_branch_never_adopts_another_branchs_endpoint() {
     assert!(
         matches!(
             &err,
-            Error::WorkspaceRequest { problem: RequestProblem::InvalidResponse(text), .. }
+            Error::Workspace(WorkspaceError::Request { problem: RequestProblem::InvalidResponse(text), .. })
                 if text.contains("belongs to another branch")
         ),
         "{err:?}"
@@ -152,10 +165,10 @@ async fn an_operation_name_that_is_not_a_resource_name_is_never_polled() {
         assert!(
             matches!(
                 err,
-                Error::WorkspaceRequest {
+                Error::Workspace(WorkspaceError::Request {
                     problem: RequestProblem::InvalidResponse(_),
                     ..
-                }
+                })
             ),
             "{name}: {err:?}"
         );
@@ -229,13 +242,25 @@ async fn absurd_poll_intervals_neither_panic_nor_spin() {
         .wait_for_every(operation.clone(), Duration::from_millis(200), Duration::MAX)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::OperationTimedOut { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Workspace(WorkspaceError::OperationTimedOut { .. })
+        ),
+        "{err:?}"
+    );
     let before = mock.requests().len();
     let err = workspace(&mock)
         .wait_for_every(operation, Duration::from_millis(300), Duration::ZERO)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::OperationTimedOut { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Workspace(WorkspaceError::OperationTimedOut { .. })
+        ),
+        "{err:?}"
+    );
     let polls = mock.requests().len() - before;
     assert!(polls <= 40, "{polls} polls in 300 ms");
 
@@ -245,5 +270,11 @@ async fn absurd_poll_intervals_neither_panic_nor_spin() {
         .create()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::OperationTimedOut { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Workspace(WorkspaceError::OperationTimedOut { .. })
+        ),
+        "{err:?}"
+    );
 }

@@ -2,6 +2,7 @@
 //! wire shapes, the service's checks and limits), `EphemeralBranch` through it against real
 //! local branches, and `LocalLakebase::branch` for a branch per test.
 
+use lakebase_pool::databricks::WorkspaceError;
 use std::time::Duration;
 
 use lakebase_pool::branch::EphemeralBranch;
@@ -97,7 +98,7 @@ async fn a_branch_is_created_polled_until_done_minted_for_and_deleted_with_the_r
     let _ = wait(&ws, deleting).await.unwrap();
     assert!(matches!(
         ws.get_branch("projects/shop/branches/ci-1").await,
-        Err(Error::WorkspaceApi { status: 404, .. })
+        Err(Error::Workspace(WorkspaceError::Api { status: 404, .. }))
     ));
 
     // The wire: the create call's query and body, the polls, the delete.
@@ -167,7 +168,7 @@ async fn service_errors_limits_and_deadlines_are_typed() {
     let operation = ws.create_branch("shop", "doomed", &spec()).await.unwrap();
     let err = wait(&ws, operation).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Operation { code, message, .. } if code == "INTERNAL_ERROR" && message == "compute provisioning failed"),
+        matches!(&err, Error::Workspace(WorkspaceError::Operation { code, message, .. }) if code == "INTERNAL_ERROR" && message == "compute provisioning failed"),
         "{err:?}"
     );
     assert!(
@@ -182,7 +183,13 @@ async fn service_errors_limits_and_deadlines_are_typed() {
         .wait_for(operation, Duration::from_millis(300))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::OperationTimedOut { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Workspace(WorkspaceError::OperationTimedOut { .. })
+        ),
+        "{err:?}"
+    );
     mock.set_operation_polls(1);
 
     // A branch with children cannot be deleted.
@@ -198,7 +205,7 @@ async fn service_errors_limits_and_deadlines_are_typed() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::WorkspaceApi { status: 400, message, .. } if message.contains("child branches")),
+        matches!(&err, Error::Workspace(WorkspaceError::Api { status: 400, message, .. }) if message.contains("child branches")),
         "{err:?}"
     );
 
@@ -214,7 +221,7 @@ async fn service_errors_limits_and_deadlines_are_typed() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::BranchLimit { ref project, .. } if project == "shop"),
+        matches!(err, Error::Workspace(WorkspaceError::BranchLimit { ref project, .. }) if project == "shop"),
         "{err:?}"
     );
     assert!(err.to_string().contains("delete branches"), "{err}");
@@ -301,7 +308,7 @@ async fn an_ephemeral_branch_is_a_real_copy_with_its_own_endpoint_and_is_deleted
     branch.delete().await.unwrap();
     assert!(matches!(
         local_workspace(&lakebase).get_branch(&name).await,
-        Err(Error::WorkspaceApi { status: 404, .. })
+        Err(Error::Workspace(WorkspaceError::Api { status: 404, .. }))
     ));
 }
 

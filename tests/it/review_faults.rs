@@ -2,6 +2,7 @@
 //! the listener): each test reproduced a defect in the first fixes. Each comment says what
 //! went wrong, and "Should" what the test now holds the code to.
 
+use lakebase_pool::databricks::WorkspaceError;
 use std::time::{Duration, Instant};
 
 use lakebase_pool::branch::EphemeralBranch;
@@ -280,11 +281,11 @@ fn a_token_check_dropped_with_its_runtime_is_started_again() {
             let result =
                 tokio::time::timeout(Duration::from_secs(20), users.for_user(&alice)).await;
             let result = result.expect("bounded");
-            if let Err(Error::WorkspaceRequest {
+            if let Err(Error::Workspace(WorkspaceError::Request {
                 problem: RequestProblem::CutOff,
                 path,
                 ..
-            }) = &result
+            })) = &result
             {
                 panic!(
                     "attempt {attempt}: refused with CutOff on {path} from a check that died \

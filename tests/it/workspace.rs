@@ -1,5 +1,6 @@
 //! Workspace auth and the Lakebase API over real HTTP to `MockWorkspace`.
 
+use lakebase_pool::databricks::WorkspaceError;
 use std::time::{Duration, SystemTime};
 
 use lakebase_pool::databricks::{
@@ -119,7 +120,7 @@ async fn endpoints_are_looked_up_and_listed_across_pages() {
         .await
         .unwrap_err();
     assert!(
-        matches!(missing, Error::WorkspaceApi { status: 404, ref error_code, .. } if error_code.as_deref() == Some("NOT_FOUND"))
+        matches!(missing, Error::Workspace(WorkspaceError::Api { status: 404, ref error_code, .. }) if error_code.as_deref() == Some("NOT_FOUND"))
     );
 }
 
@@ -478,10 +479,10 @@ async fn a_hanging_server_hits_the_request_timeout_within_the_budget() {
     assert!(
         matches!(
             err,
-            Error::WorkspaceRequest {
+            Error::Workspace(WorkspaceError::Request {
                 problem: RequestProblem::TimedOut(_),
                 ..
-            }
+            })
         ),
         "{err:?}"
     );
@@ -507,10 +508,10 @@ async fn an_unreachable_workspace_is_reported_as_such() {
     assert!(
         matches!(
             err,
-            Error::WorkspaceRequest {
+            Error::Workspace(WorkspaceError::Request {
                 problem: RequestProblem::Unreachable,
                 ..
-            }
+            })
         ),
         "{err:?}"
     );
@@ -579,10 +580,10 @@ async fn absurd_retry_after_retry_info_and_expires_in_give_errors_not_panics() {
         assert!(
             matches!(
                 err,
-                Error::WorkspaceRequest {
+                Error::Workspace(WorkspaceError::Request {
                     problem: RequestProblem::Throttled { .. },
                     ..
-                }
+                })
             ),
             "{err:?}"
         );
@@ -695,7 +696,10 @@ async fn special_files_as_config_or_ca_paths_fail_build_clearly() {
         .await
         .expect("no hang");
         let err = built.unwrap_err();
-        assert!(matches!(err, Error::WorkspaceConfig { .. }), "{err:?}");
+        assert!(
+            matches!(err, Error::Workspace(WorkspaceError::Config { .. })),
+            "{err:?}"
+        );
         assert!(chain(&err).contains("not a regular file"), "{err}");
 
         let err = lakebase_pool::Pool::builder()

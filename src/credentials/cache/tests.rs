@@ -68,7 +68,7 @@ fn harness(policy: CachePolicy, first: Step) -> Harness {
         step: Arc::clone(&step),
     };
     Harness {
-        cache: TokenCache::with_clock(Box::new(provider), policy, clock, "database token"),
+        cache: TokenCache::with_clock(Box::new(provider), policy, clock, TokenKind::Database),
         calls,
         step,
     }

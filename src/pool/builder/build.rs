@@ -167,7 +167,11 @@ impl PoolBuilder {
             // query sent to a vanished server) only this ends the wait in the same minute.
             .tcp_user_timeout(defaults::TCP_USER_TIMEOUT);
 
-        let tokens = TokenCache::labelled(provider, self.cache_policy.clone(), "database token");
+        let tokens = TokenCache::labelled(
+            provider,
+            self.cache_policy.clone(),
+            crate::error::TokenKind::Database,
+        );
         let name = metrics_name(self.pool_name, primary_endpoint.as_ref(), &pg_config);
         let telemetry = self.telemetry.pool(&name);
         // Before the replicas: plain Postgres replicas share this cache, and it reports under

@@ -184,7 +184,7 @@ impl PoolBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidEnv`] naming the variable that is missing or malformed and what it
-    /// should look like; [`Error::WorkspaceConfig`] for workspace settings.
+    /// should look like; [`WorkspaceError::Config`](crate::databricks::WorkspaceError::Config) for workspace settings.
     ///
     /// ```
     /// use lakebase_pool::{Environment, Error, PoolBuilder};
