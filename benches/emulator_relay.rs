@@ -12,9 +12,9 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use lakebase_pool::databricks::WorkspaceBuilder;
+use lakebase_pool::databricks::Workspace;
 use lakebase_pool::resolve::StaticResolver;
-use lakebase_pool::{Connection, Environment, Pool, Secret, SslMode};
+use lakebase_pool::{Connection, Pool, Secret, SslMode};
 use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace, TestCa};
 
 const ROUNDS: usize = 7;
@@ -58,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tls = direct(SslMode::VerifyFull)?;
     let via_emulator = Pool::builder()
         .workspace(
-            WorkspaceBuilder::from_environment(&Environment::default())
+            Workspace::builder()
                 .host(workspace.url())
                 .token("dapi-bench")
                 .build()?,

@@ -33,8 +33,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lakebase_pool::databricks::WorkspaceBuilder;
-use lakebase_pool::{CachePolicy, Environment, Pool, Secret};
+use lakebase_pool::databricks::Workspace;
+use lakebase_pool::{CachePolicy, Pool, Secret};
 use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
 
 const STATIC_ROLE: &str = "bench_static";
@@ -421,7 +421,7 @@ async fn cold_fill(pg: &LocalPostgres) -> Result<(), Box<dyn std::error::Error>>
     mock.add_endpoint("projects/b/branches/main/endpoints/ep-fill", pg.host());
     mock.apply_tokens_to(pg, role);
     mock.set_latency(Duration::from_millis(50));
-    let workspace = WorkspaceBuilder::from_environment(&Environment::default())
+    let workspace = Workspace::builder()
         .host(mock.url())
         .token("dapi-bench")
         .build()?;
@@ -550,7 +550,7 @@ async fn cold_start() -> Result<(), Box<dyn std::error::Error>> {
     emulator.set_wake_delay(wake);
     let pool = Pool::builder()
         .workspace(
-            WorkspaceBuilder::from_environment(&Environment::default())
+            Workspace::builder()
                 .host(mock.url())
                 .token("dapi-bench")
                 .build()?,

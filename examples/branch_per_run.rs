@@ -59,7 +59,7 @@ async fn main() -> ExitCode {
 pub async fn run(env: &Environment) -> Result<Report, BoxError> {
     match env.get("LAKEBASE_PROJECT") {
         Some(project) => {
-            let workspace = WorkspaceBuilder::from_environment(env).build()?;
+            let workspace = WorkspaceBuilder::from_environment(env)?.build()?;
             let mut builder = EphemeralBranch::builder(workspace, project).prefix("ci");
             if let Some(source) = env.get("LAKEBASE_SOURCE_BRANCH") {
                 builder = builder.source_branch(source);

@@ -97,6 +97,9 @@ pub(crate) struct PoolSettings {
     pub(crate) user: Option<String>,
     pub(crate) dbname: Option<String>,
     pub(crate) application_name: Option<String>,
+    /// Whether the process runs as a Databricks App (`DATABRICKS_APP_NAME` is set, as the
+    /// Apps runtime does): per-user pools trust forwarded user headers by default only then.
+    pub(crate) in_databricks_app: bool,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) ssl_mode: Option<SslMode>,
     pub(crate) channel_binding: Option<ChannelBinding>,
@@ -243,6 +246,9 @@ pub(crate) fn pool_settings(env: &Environment) -> Result<PoolSettings, Error> {
             .get("PGAPPNAME")
             .or_else(|| env.get("DATABRICKS_APP_NAME"))
             .map(str::to_owned),
+        in_databricks_app: env
+            .get("DATABRICKS_APP_NAME")
+            .is_some_and(|name| !name.trim().is_empty()),
         connect_timeout,
         ssl_mode,
         channel_binding,

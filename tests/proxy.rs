@@ -86,6 +86,7 @@ fn workspace_credentials_never_reach_a_proxy_in_clear_and_https_proxy_tunnels() 
             "ALL_PROXY",
             proxy.url.as_str(),
         )]))
+        .unwrap()
         .host(mock.url())
         .client_credentials(CLIENT_ID, CLIENT_SECRET)
         .build()
@@ -113,6 +114,7 @@ fn workspace_credentials_never_reach_a_proxy_in_clear_and_https_proxy_tunnels() 
             ];
             vars.extend_from_slice(extra);
             WorkspaceBuilder::from_environment(&Environment::from_vars(vars))
+                .unwrap()
                 .request_timeout(Duration::from_secs(2))
                 .retry_budget(Duration::from_secs(1))
                 .build()
@@ -146,6 +148,7 @@ fn workspace_credentials_never_reach_a_proxy_in_clear_and_https_proxy_tunnels() 
             "HTTPS_PROXY",
             proxy.url.as_str(),
         )]))
+        .unwrap()
         .host("https://127.0.0.1:1")
         .token(PAT)
         .retry_budget(Duration::from_secs(1))
@@ -156,14 +159,12 @@ fn workspace_credentials_never_reach_a_proxy_in_clear_and_https_proxy_tunnels() 
             .await;
         assert_eq!(proxy.heads().len(), before, "{:?}", proxy.heads());
 
-        // 4. A malformed proxy setting is a typed error that does not echo the value.
+        // 4. A malformed proxy setting is a typed error, when the environment is read, that does
+        // not echo the value.
         let err = WorkspaceBuilder::from_environment(&Environment::from_vars([(
             "HTTPS_PROXY",
             "http://user:proxy-pass@[bad",
         )]))
-        .host(mock.url())
-        .token(PAT)
-        .build()
         .unwrap_err();
         assert!(err.to_string().contains("HTTPS_PROXY"), "{err}");
         assert!(!err.to_string().contains("proxy-pass"), "{err}");

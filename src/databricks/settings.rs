@@ -58,7 +58,8 @@ impl ResolvedSettings {
             None if requested_profile.is_some() => {
                 return Err(Error::workspace_config(
                     "a profile was requested but no config file is known (set \
-                     DATABRICKS_CONFIG_FILE or HOME)",
+                     DATABRICKS_CONFIG_FILE or HOME in the environment the builder was made \
+                     from, e.g. `WorkspaceBuilder::from_env()`, or call `.config_file(..)`)",
                 ));
             }
             None => None,

@@ -60,7 +60,9 @@ impl fmt::Debug for Workspace {
 }
 
 impl Workspace {
-    /// Starts configuring a workspace client.
+    /// Starts configuring a workspace client from explicit settings only: nothing is read from
+    /// the environment or `~/.databrickscfg` unless a profile or config file is given. Start
+    /// from [`WorkspaceBuilder::from_env`] for the official SDKs' unified auth.
     ///
     /// ```no_run
     /// let workspace = lakebase_pool::databricks::Workspace::builder()
@@ -75,7 +77,7 @@ impl Workspace {
     }
 
     /// A client configured from the process environment and `~/.databrickscfg`; the same as
-    /// `Workspace::builder().build()`.
+    /// `WorkspaceBuilder::from_env()?.build()`.
     ///
     /// # Errors
     ///
@@ -87,7 +89,7 @@ impl Workspace {
     /// # Ok::<(), lakebase_pool::Error>(())
     /// ```
     pub fn from_env() -> Result<Self, Error> {
-        Workspace::builder().build()
+        WorkspaceBuilder::from_env()?.build()
     }
 
     /// The workspace URL.
@@ -361,7 +363,7 @@ impl WorkspaceBuilder {
     ///     ("DATABRICKS_CLIENT_ID", "sp-id"),
     ///     ("DATABRICKS_CLIENT_SECRET", "sp-secret"),
     /// ]);
-    /// let workspace = WorkspaceBuilder::from_environment(&env).auth_method(AuthMethod::Pat).build()?;
+    /// let workspace = WorkspaceBuilder::from_environment(&env)?.auth_method(AuthMethod::Pat).build()?;
     /// assert_eq!(workspace.auth_method(), AuthMethod::Pat);
     /// # Ok::<(), lakebase_pool::Error>(())
     /// ```
@@ -470,7 +472,9 @@ impl WorkspaceBuilder {
         self
     }
 
-    /// Builds the client from the builder, the process environment and the config file.
+    /// Builds the client from the builder's settings, then the environment it was made from
+    /// ([`from_env`](Self::from_env), [`from_environment`](Self::from_environment); none for
+    /// [`Workspace::builder`]), then the config file. It reads no environment of its own.
     ///
     /// # Errors
     ///
@@ -478,21 +482,44 @@ impl WorkspaceBuilder {
     /// once, a requested profile does not exist, or no credentials are found.
     ///
     /// ```no_run
-    /// let workspace = lakebase_pool::databricks::Workspace::builder().profile("staging").build()?;
+    /// let workspace = lakebase_pool::databricks::WorkspaceBuilder::from_env()?.profile("staging").build()?;
     /// # let _ = workspace;
     /// # Ok::<(), lakebase_pool::Error>(())
     /// ```
     pub fn build(mut self) -> Result<Workspace, Error> {
-        let env = self
-            .environment
-            .take()
-            .unwrap_or_else(Environment::from_process);
+        let env = self.environment.take().unwrap_or_default();
         self.build_with(&env)
     }
 
-    /// A builder that reads `env` instead of the process environment, as
-    /// [`PoolBuilder::from_environment`](crate::PoolBuilder::from_environment) does; settings
-    /// made on the builder still come first.
+    /// A builder over the process environment (`DATABRICKS_*`, `HOME` for
+    /// `~/.databrickscfg`, the proxy variables), read and checked now; settings made on the
+    /// builder afterwards still come first. The same as
+    /// `WorkspaceBuilder::from_environment(&Environment::from_process())`.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_environment`](Self::from_environment).
+    ///
+    /// ```no_run
+    /// let workspace = lakebase_pool::databricks::WorkspaceBuilder::from_env()?
+    ///     .request_timeout(std::time::Duration::from_secs(10))
+    ///     .build()?;
+    /// # let _ = workspace;
+    /// # Ok::<(), lakebase_pool::Error>(())
+    /// ```
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_environment(&Environment::from_process())
+    }
+
+    /// A builder over `env` instead of the process environment, as
+    /// [`PoolBuilder::from_environment`](crate::PoolBuilder::from_environment) is; settings
+    /// made on the builder still come first, and the config file is read at `build` (after
+    /// them, as a `profile` set on the builder decides which profile is read).
+    ///
+    /// # Errors
+    ///
+    /// [`WorkspaceError::Config`] at once for a malformed `DATABRICKS_HOST` or an unknown
+    /// `DATABRICKS_AUTH_TYPE`; [`Error::InvalidConfig`] for a malformed proxy variable.
     ///
     /// ```
     /// use lakebase_pool::Environment;
@@ -502,15 +529,22 @@ impl WorkspaceBuilder {
     ///     ("DATABRICKS_HOST", "my-workspace.cloud.databricks.com"),
     ///     ("DATABRICKS_TOKEN", "dapi-example"),
     /// ]);
-    /// let workspace = WorkspaceBuilder::from_environment(&env).build()?;
+    /// let workspace = WorkspaceBuilder::from_environment(&env)?.build()?;
     /// assert_eq!(workspace.auth_method(), AuthMethod::Pat);
     /// # Ok::<(), lakebase_pool::Error>(())
     /// ```
-    pub fn from_environment(env: &Environment) -> Self {
-        WorkspaceBuilder {
+    pub fn from_environment(env: &Environment) -> Result<Self, Error> {
+        if let Some(host) = env.get("DATABRICKS_HOST") {
+            let _ = WorkspaceHost::parse(host)?;
+        }
+        if let Some(method) = env.get("DATABRICKS_AUTH_TYPE") {
+            let _ = method.parse::<AuthMethod>()?;
+        }
+        let _ = ProxySettings::from_environment(env)?;
+        Ok(WorkspaceBuilder {
             environment: Some(env.clone()),
             ..WorkspaceBuilder::default()
-        }
+        })
     }
 
     fn build_with(self, env: &Environment) -> Result<Workspace, Error> {
@@ -565,7 +599,31 @@ mod tests {
     use super::*;
 
     fn build(vars: &[(&str, &str)]) -> Result<Workspace, Error> {
-        WorkspaceBuilder::from_environment(&Environment::from_vars(vars.iter().copied())).build()
+        WorkspaceBuilder::from_environment(&Environment::from_vars(vars.iter().copied()))?.build()
+    }
+
+    /// `HOME` is set in every test process: a builder not made from an environment must not
+    /// use it to find `~/.databrickscfg` (it used to read the process environment at `build`).
+    #[test]
+    fn a_builder_not_made_from_an_environment_reads_none() {
+        assert!(std::env::var_os("HOME").is_some());
+        let err = Workspace::builder().profile("staging").build().unwrap_err();
+        assert!(err.to_string().contains("no config file is known"), "{err}");
+        assert!(err.to_string().contains("from_env()"), "{err}");
+    }
+
+    #[test]
+    fn from_environment_checks_the_variables_at_once() {
+        for (var, value) in [
+            ("DATABRICKS_HOST", "ftp://w.example.com"),
+            ("DATABRICKS_AUTH_TYPE", "magic"),
+            ("HTTPS_PROXY", "http://[bad"),
+        ] {
+            let env = Environment::from_vars([(var, value)]);
+            let err = WorkspaceBuilder::from_environment(&env).unwrap_err();
+            let text = crate::error::error_chain(&err);
+            assert!(text.contains(var) || text.contains(value), "{var}: {text}");
+        }
     }
 
     #[test]
@@ -612,6 +670,7 @@ mod tests {
             ("DATABRICKS_TOKEN", "t"),
         ]);
         let workspace = WorkspaceBuilder::from_environment(&env)
+            .unwrap()
             .host("explicit.example.com")
             .build()
             .unwrap();

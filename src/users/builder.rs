@@ -11,7 +11,7 @@ use super::check::TokenChecks;
 use super::forwarded::ForwardedHeaders;
 use super::provider::SharedHost;
 use super::{Counters, Inner, UserPools, lock};
-use crate::{Environment, Error, PoolBuilder};
+use crate::{Error, PoolBuilder};
 
 /// The limits every user's pool and the registry keep to.
 #[derive(Clone, Debug)]
@@ -46,7 +46,6 @@ pub struct UserPoolsBuilder {
     app: PoolBuilder,
     settings: Settings,
     forwarded_headers: ForwardedHeaders,
-    environment: Option<Environment>,
 }
 
 impl UserPoolsBuilder {
@@ -62,7 +61,6 @@ impl UserPoolsBuilder {
                 fall_back_to_app: false,
             },
             forwarded_headers: ForwardedHeaders::default(),
-            environment: None,
         }
     }
 
@@ -162,21 +160,6 @@ impl UserPoolsBuilder {
         self
     }
 
-    /// Reads whether the process runs as a Databricks App from `env` rather than the process
-    /// environment (for [`ForwardedHeaders::WhenInDatabricksApps`]).
-    ///
-    /// ```no_run
-    /// # fn demo(builder: lakebase_pool::users::UserPoolsBuilder) {
-    /// let env = lakebase_pool::Environment::from_vars([("DATABRICKS_APP_NAME", "shop")]);
-    /// let builder = builder.environment(&env);
-    /// # let _ = builder;
-    /// # }
-    /// ```
-    pub fn environment(mut self, env: &Environment) -> Self {
-        self.environment = Some(env.clone());
-        self
-    }
-
     /// Builds the app's pool and the (empty) user pools.
     ///
     /// Must be called within a Tokio runtime, like [`PoolBuilder::build`].
@@ -210,6 +193,7 @@ impl UserPoolsBuilder {
                 "must be greater than zero",
             ));
         }
+        let in_databricks_app = self.app.in_databricks_app();
         let (app, template) = self.app.build_with_template()?;
         let (Some(workspace), Some(endpoint)) =
             (template.workspace.clone(), template.endpoint.clone())
@@ -227,13 +211,18 @@ impl UserPoolsBuilder {
                 host: OnceCell::new(),
             })
         });
-        let env = self.environment.unwrap_or_else(Environment::from_process);
-        let trusted = self.forwarded_headers.trusted_in(&env);
+        let trusted = self.forwarded_headers.trusted(in_databricks_app);
         tracing::info!(
             trusted,
             max_users = settings.max_users,
             "per-user pools ready; forwarded user headers are {}",
-            if trusted { "trusted" } else { "ignored" }
+            match (trusted, self.forwarded_headers) {
+                (true, _) => "trusted",
+                (false, ForwardedHeaders::WhenInDatabricksApps) => {
+                    "ignored: the app's pool builder did not come from an environment with                      DATABRICKS_APP_NAME (use PoolBuilder::from_env, or                      ForwardedHeaders::Trusted behind a proxy that sets them)"
+                }
+                (false, _) => "ignored",
+            }
         );
         let sweep_every = (settings.evict_idle_after / 4)
             .clamp(Duration::from_millis(100), Duration::from_secs(60));

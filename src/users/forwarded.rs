@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::{Environment, Secret, UserProblem};
+use crate::{Secret, UserProblem};
 
 /// The header with the signed-in user's email: their Postgres role in Lakebase.
 pub const EMAIL_HEADER: &str = "x-forwarded-email";
@@ -150,12 +150,10 @@ pub enum ForwardedHeaders {
 }
 
 impl ForwardedHeaders {
-    /// Whether the headers are read, in a process with environment `env`.
-    pub(crate) fn trusted_in(self, env: &Environment) -> bool {
+    /// Whether the headers are read, in a process that runs as a Databricks App or not.
+    pub(crate) fn trusted(self, in_databricks_app: bool) -> bool {
         match self {
-            ForwardedHeaders::WhenInDatabricksApps => env
-                .get("DATABRICKS_APP_NAME")
-                .is_some_and(|name| !name.trim().is_empty()),
+            ForwardedHeaders::WhenInDatabricksApps => in_databricks_app,
             ForwardedHeaders::Trusted => true,
             ForwardedHeaders::Ignored => false,
         }
@@ -212,11 +210,9 @@ mod tests {
 
     #[test]
     fn headers_are_trusted_in_databricks_apps_only_by_default() {
-        let app = Environment::from_vars([("DATABRICKS_APP_NAME", "shop")]);
-        let elsewhere = Environment::from_vars([("DATABRICKS_HOST", "w.example.com")]);
         let auto = ForwardedHeaders::default();
-        assert!(auto.trusted_in(&app) && !auto.trusted_in(&elsewhere));
-        assert!(ForwardedHeaders::Trusted.trusted_in(&elsewhere));
-        assert!(!ForwardedHeaders::Ignored.trusted_in(&app));
+        assert!(auto.trusted(true) && !auto.trusted(false));
+        assert!(ForwardedHeaders::Trusted.trusted(false));
+        assert!(!ForwardedHeaders::Ignored.trusted(true));
     }
 }

@@ -228,7 +228,7 @@ async fn service_errors_limits_and_deadlines_are_typed() {
 }
 
 fn local_workspace(lakebase: &LocalLakebase) -> Workspace {
-    lakebase_pool::databricks::WorkspaceBuilder::from_environment(&Environment::default())
+    lakebase_pool::databricks::Workspace::builder()
         .host(lakebase.workspace().url())
         .token(LocalLakebase::PAT)
         .build()

@@ -4,9 +4,9 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use lakebase_pool::databricks::{CredentialRequest, Workspace, WorkspaceBuilder};
+use lakebase_pool::databricks::{CredentialRequest, Workspace};
 use lakebase_pool::resolve::StaticResolver;
-use lakebase_pool::{EndpointName, Environment, Error, PoolBuilder, RetryPolicy};
+use lakebase_pool::{EndpointName, Error, PoolBuilder, RetryPolicy};
 use lakebase_pool_testing::{ComputeState, LakebaseEmulator, LocalPostgres, MockWorkspace};
 use tokio_postgres::error::SqlState;
 
@@ -40,7 +40,7 @@ async fn lakebase() -> Lakebase {
 
 impl Lakebase {
     fn workspace_client(&self) -> Workspace {
-        WorkspaceBuilder::from_environment(&Environment::default())
+        Workspace::builder()
             .host(self.workspace.url())
             .token(PAT)
             .build()
@@ -419,7 +419,7 @@ async fn a_token_is_refused_for_any_user_but_its_own() {
         .create_role("intruder", &lakebase_pool::Secret::new("unused"))
         .await
         .unwrap();
-    let workspace = WorkspaceBuilder::from_environment(&Environment::default())
+    let workspace = Workspace::builder()
         .host(lakebase.workspace().url())
         .token(lakebase_pool_testing::LocalLakebase::PAT)
         .build()

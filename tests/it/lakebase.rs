@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lakebase_pool::databricks::{Workspace, WorkspaceBuilder};
+use lakebase_pool::databricks::Workspace;
 use lakebase_pool::{CachePolicy, Environment, Error, Pool, PoolBuilder};
 use lakebase_pool_testing::{LocalPostgres, MockWorkspace};
 
@@ -24,7 +24,7 @@ async fn setup(role: &str) -> (LocalPostgres, MockWorkspace) {
 /// A workspace client authenticating with a PAT the mock accepts for `user`.
 fn workspace_with_pat(mock: &MockWorkspace, user: &str) -> Workspace {
     mock.add_pat("dapi-test", user);
-    WorkspaceBuilder::from_environment(&Environment::default())
+    Workspace::builder()
         .host(mock.url())
         .token("dapi-test")
         .build()

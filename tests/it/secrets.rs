@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use lakebase_pool::credentials::{Credential, StaticPassword, from_fn};
+use lakebase_pool::databricks::Workspace;
 use lakebase_pool::{CachePolicy, Error, Secret, TokenCache};
 
 use crate::support::{LogCapture, ROLE, cluster};
@@ -111,7 +112,7 @@ async fn tokens_never_appear_in_debug_display_errors_or_trace_logs() {
 
 #[tokio::test]
 async fn workspace_secrets_never_appear_in_debug_errors_or_trace_logs() {
-    use lakebase_pool::databricks::{CredentialRequest, LakebaseCredentials, WorkspaceBuilder};
+    use lakebase_pool::databricks::{CredentialRequest, LakebaseCredentials};
     use lakebase_pool::{EndpointName, Environment};
     use lakebase_pool_testing::{Fault, MockWorkspace};
 
@@ -122,7 +123,7 @@ async fn workspace_secrets_never_appear_in_debug_errors_or_trace_logs() {
     mock.add_service_principal("sp-id", "sp-client-secret-value");
     mock.add_pat("dapi-pat-secret-value", "someone@example.com");
 
-    let m2m_builder = WorkspaceBuilder::from_environment(&Environment::default())
+    let m2m_builder = Workspace::builder()
         .host(mock.url())
         .client_credentials("sp-id", "sp-client-secret-value");
     let mut shown = vec![format!("{m2m_builder:?}")];
@@ -131,14 +132,14 @@ async fn workspace_secrets_never_appear_in_debug_errors_or_trace_logs() {
         .generate_database_credential(&endpoint, &CredentialRequest::default())
         .await
         .unwrap();
-    let pat = WorkspaceBuilder::from_environment(&Environment::default())
+    let pat = Workspace::builder()
         .host(mock.url())
         .token("dapi-pat-secret-value")
         .build()
         .unwrap();
     let provider = LakebaseCredentials::new(pat.clone(), endpoint.clone());
     // Failures: a refused secret, a refused PAT call, and a rate-limit retry in the logs.
-    let wrong = WorkspaceBuilder::from_environment(&Environment::default())
+    let wrong = Workspace::builder()
         .host(mock.url())
         .client_credentials("sp-id", "sp-client-secret-value-but-wrong")
         .build()

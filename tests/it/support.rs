@@ -164,14 +164,29 @@ pub fn service_principal_pool(
     client_id: &str,
     client_secret: &str,
 ) -> PoolBuilder {
-    let env = Environment::from_vars([
+    service_principal_pool_with(lakebase, client_id, client_secret, &[])
+}
+
+/// As [`service_principal_pool`], with `extra` variables in the environment.
+pub fn service_principal_pool_with(
+    lakebase: &LocalLakebase,
+    client_id: &str,
+    client_secret: &str,
+    extra: &[(&str, &str)],
+) -> PoolBuilder {
+    let mut vars = vec![
         ("DATABRICKS_HOST", lakebase.workspace().url()),
         ("DATABRICKS_CLIENT_ID", client_id.to_owned()),
         ("DATABRICKS_CLIENT_SECRET", client_secret.to_owned()),
         ("LAKEBASE_ENDPOINT", LocalLakebase::ENDPOINT.to_owned()),
         ("PGPORT", lakebase.emulator().port().to_string()),
-    ]);
-    PoolBuilder::from_environment(&env)
+    ];
+    vars.extend(
+        extra
+            .iter()
+            .map(|(name, value)| (*name, (*value).to_owned())),
+    );
+    PoolBuilder::from_environment(&Environment::from_vars(vars))
         .unwrap()
         .resolver(lakebase.emulator().resolver())
         .root_certificates_pem(lakebase.emulator().ca_cert_pem())

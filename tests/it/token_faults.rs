@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use lakebase_pool::databricks::WorkspaceBuilder;
-use lakebase_pool::{CachePolicy, Environment, Error, Pool};
+use lakebase_pool::databricks::Workspace;
+use lakebase_pool::{CachePolicy, Error, Pool};
 use lakebase_pool_testing::{Fault, LocalLakebase};
 
 use crate::support::chain;
@@ -13,7 +13,7 @@ const CREDENTIALS: &str = "/api/2.0/postgres/credentials";
 
 /// A pool on the local Lakebase whose workspace client gives up quickly.
 fn pool(lakebase: &LocalLakebase, retry_budget: Duration, cache: CachePolicy) -> Pool {
-    let workspace = WorkspaceBuilder::from_environment(&Environment::default())
+    let workspace = Workspace::builder()
         .host(lakebase.workspace().url())
         .token(LocalLakebase::PAT)
         .request_timeout(Duration::from_millis(300))

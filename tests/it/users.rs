@@ -227,10 +227,7 @@ async fn forwarded_headers_are_ignored_unless_trusted() {
     let alice = apps_proxy_headers(&ForwardedUser::new(ALICE, tokens[0].clone()));
 
     // Outside Databricks Apps (no DATABRICKS_APP_NAME), the default ignores them: 401.
-    let outside = UserPools::builder(builder)
-        .environment(&Environment::from_vars([("PATH", "/usr/bin")]))
-        .build()
-        .unwrap();
+    let outside = UserPools::builder(builder).build().unwrap();
     assert!(!outside.trusts_forwarded_headers());
     apps_users::migrate(outside.app_pool()).await.unwrap();
     let (addr, server) = serve(outside.clone()).await;
@@ -243,12 +240,29 @@ async fn forwarded_headers_are_ignored_unless_trusted() {
     );
     server.abort();
 
-    // Inside Databricks Apps, the default trusts them.
-    let inside = UserPools::builder(app_builder(&lakebase))
-        .environment(&Environment::from_vars([("DATABRICKS_APP_NAME", "notes")]))
-        .build()
-        .unwrap();
+    // Inside Databricks Apps (the app's builder read DATABRICKS_APP_NAME from its
+    // environment), the default trusts them.
+    let in_apps = [("DATABRICKS_APP_NAME", "notes")];
+    let in_apps = crate::support::service_principal_pool_with(&lakebase, APP, APP_SECRET, &in_apps);
+    let inside = UserPools::builder(in_apps).build().unwrap();
     assert!(inside.trusts_forwarded_headers());
+    // A name of blanks is no Databricks App.
+    let blank = PoolBuilder::from_environment(&Environment::from_vars([
+        ("PGHOST", "127.0.0.1"),
+        ("PGPASSWORD", "p"),
+        ("DATABRICKS_APP_NAME", "  "),
+    ]))
+    .unwrap();
+    let blank = UserPools::builder(
+        blank.lakebase_endpoint(LocalLakebase::ENDPOINT).workspace(
+            lakebase_pool::databricks::Workspace::builder()
+                .host(lakebase.workspace().url())
+                .token(LocalLakebase::PAT)
+                .build()
+                .unwrap(),
+        ),
+    );
+    assert!(!blank.build().unwrap().trusts_forwarded_headers());
 
     // Explicitly ignored, with the fallback to the app asked for: served as the app.
     let fallback = UserPools::builder(app_builder(&lakebase))

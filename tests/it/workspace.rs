@@ -27,7 +27,7 @@ fn endpoint() -> EndpointName {
 }
 
 fn with_pat(mock: &MockWorkspace) -> Workspace {
-    WorkspaceBuilder::from_environment(&Environment::default())
+    Workspace::builder()
         .host(mock.url())
         .token(PAT)
         .build()
@@ -133,6 +133,7 @@ async fn m2m_token_requests(discovery: MockDiscovery, token_path: &str) {
         ("DATABRICKS_CLIENT_ID", "sp-client-id"),
         ("DATABRICKS_CLIENT_SECRET", "sp-secret"),
     ]))
+    .unwrap()
     .build()
     .unwrap();
     assert_eq!(workspace.auth_method(), AuthMethod::OAuthM2M);
@@ -181,7 +182,7 @@ async fn oauth_m2m_falls_back_to_the_conventional_path_when_discovery_fails() {
 async fn oauth_m2m_with_a_wrong_secret_is_an_auth_error_naming_the_client() {
     let mock = mock();
     mock.add_service_principal("sp-client-id", "right");
-    let workspace = WorkspaceBuilder::from_environment(&Environment::default())
+    let workspace = Workspace::builder()
         .host(mock.url())
         .client_credentials("sp-client-id", "wrong-secret")
         .build()
@@ -217,6 +218,7 @@ async fn config_file_profiles_are_chosen_by_env_and_by_default_profile() {
     let path = cfg.path().to_str().unwrap();
     let who = |vars: &[(&str, &str)]| {
         let workspace = WorkspaceBuilder::from_environment(&env(vars))
+            .unwrap()
             .build()
             .unwrap();
         async move { workspace.current_user().await.unwrap().user_name }
@@ -254,6 +256,7 @@ async fn config_file_profiles_are_chosen_by_env_and_by_default_profile() {
         ("DATABRICKS_CONFIG_FILE", path),
         ("DATABRICKS_TOKEN", PAT),
     ]))
+    .unwrap()
     .token("dapi-staging")
     .build()
     .unwrap();
@@ -266,6 +269,7 @@ async fn config_file_profiles_are_chosen_by_env_and_by_default_profile() {
         ("DATABRICKS_CONFIG_FILE", path),
         ("DATABRICKS_CONFIG_PROFILE", "prod"),
     ]))
+    .unwrap()
     .build()
     .unwrap_err()
     .to_string();
@@ -287,6 +291,7 @@ async fn a_token_from_env_and_a_client_id_from_the_file_conflict() {
         ("DATABRICKS_CONFIG_FILE", cfg.path().to_str().unwrap()),
         ("DATABRICKS_TOKEN", PAT),
     ]))
+    .unwrap()
     .build()
     .unwrap_err();
     assert!(
@@ -319,6 +324,7 @@ async fn databricks_cli_tokens_are_used_when_nothing_else_is_configured() {
         ("DATABRICKS_HOST", &mock.url()),
         ("PATH", path),
     ]))
+    .unwrap()
     .build()
     .unwrap();
     assert_eq!(workspace.auth_method(), AuthMethod::DatabricksCli);
@@ -337,6 +343,7 @@ async fn databricks_cli_tokens_are_used_when_nothing_else_is_configured() {
         ("DATABRICKS_HOST", &mock.url()),
         ("PATH", path),
     ]))
+    .unwrap()
     .build()
     .unwrap();
     let err = workspace.current_user().await.unwrap_err();
@@ -462,7 +469,7 @@ async fn odd_answers_give_clear_errors_never_panics() {
 async fn a_hanging_server_hits_the_request_timeout_within_the_budget() {
     let mock = mock();
     mock.inject(Fault::hang().times(10));
-    let workspace = WorkspaceBuilder::from_environment(&Environment::default())
+    let workspace = Workspace::builder()
         .host(mock.url())
         .token(PAT)
         .request_timeout(Duration::from_millis(300))
@@ -498,7 +505,7 @@ async fn an_unreachable_workspace_is_reported_as_such() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let workspace = WorkspaceBuilder::from_environment(&Environment::default())
+    let workspace = Workspace::builder()
         .host(url)
         .token(PAT)
         .retry_budget(Duration::from_millis(500))
@@ -539,7 +546,7 @@ async fn discovered_token_endpoints_on_other_origins_never_get_the_client_secret
         mock.add_service_principal("sp-client-id", "sp-secret");
         mock.set_discovery(MockDiscovery::DatabricksConfig);
         mock.inject(Fault::status(200, body).on(path));
-        let workspace = WorkspaceBuilder::from_environment(&Environment::default())
+        let workspace = Workspace::builder()
             .host(mock.url())
             .client_credentials("sp-client-id", "sp-secret")
             .build()
@@ -603,7 +610,7 @@ async fn absurd_retry_after_retry_info_and_expires_in_give_errors_not_panics() {
         )
         .on("/oidc/v1/token"),
     );
-    let workspace = WorkspaceBuilder::from_environment(&Environment::default())
+    let workspace = Workspace::builder()
         .host(mock.url())
         .client_credentials("sp-client-id", "sp-secret")
         .build()
@@ -633,6 +640,7 @@ async fn a_databricks_cli_error_is_quoted_without_control_characters_or_length()
         ("DATABRICKS_HOST", &mock.url()),
         ("PATH", bin.path().to_str().unwrap()),
     ]))
+    .unwrap()
     .build()
     .unwrap();
     let err = workspace.current_user().await.unwrap_err();
@@ -687,7 +695,7 @@ async fn special_files_as_config_or_ca_paths_fail_build_clearly() {
     );
     for path in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
         let built = tokio::time::timeout(Duration::from_secs(5), async {
-            WorkspaceBuilder::from_environment(&Environment::default())
+            Workspace::builder()
                 .host("https://x.cloud.databricks.com")
                 .token(PAT)
                 .config_file(path)

@@ -80,6 +80,8 @@ pub struct PoolBuilder {
     pub(super) pool_name: Option<String>,
     /// Sent at login as `-c statement_timeout=<ms>`, after the user's own options.
     statement_timeout: Option<Duration>,
+    /// Read by `from_environment`: whether the process runs as a Databricks App.
+    in_databricks_app: bool,
 }
 
 impl Default for PoolBuilder {
@@ -110,6 +112,7 @@ impl Default for PoolBuilder {
             replicas: ReplicaSettings::default(),
             telemetry: Telemetry::default(),
             statement_timeout: None,
+            in_databricks_app: false,
             pool_name: None,
         }
     }
@@ -144,6 +147,11 @@ impl fmt::Debug for PoolBuilder {
 }
 
 impl PoolBuilder {
+    /// Whether `from_environment` found the process running as a Databricks App.
+    pub(crate) fn in_databricks_app(&self) -> bool {
+        self.in_databricks_app
+    }
+
     /// Settings from the process environment; see [`from_environment`](Self::from_environment).
     ///
     /// # Errors
@@ -173,7 +181,7 @@ impl PoolBuilder {
     /// | `PGPORT` | server port, default 5432 |
     /// | `PGUSER` | role (with an endpoint, resolved from the workspace identity when unset) |
     /// | `PGDATABASE` | database, default `databricks_postgres` with an endpoint |
-    /// | `PGAPPNAME`, else `DATABRICKS_APP_NAME` | `application_name` |
+    /// | `PGAPPNAME`, else `DATABRICKS_APP_NAME` | `application_name`; `DATABRICKS_APP_NAME` also says the process runs as a Databricks App, where [`UserPools`](crate::users::UserPools) trust forwarded user headers by default |
     /// | `PGCONNECT_TIMEOUT` | seconds per connection attempt |
     /// | `PGSSLMODE` | see [`SslMode`]; every mode but `disable` verifies the certificate |
     /// | `PGCHANNELBINDING` | see [`ChannelBinding`]: `disable`, `prefer` (default), `require` |
@@ -199,6 +207,7 @@ impl PoolBuilder {
         builder.host = settings.host;
         builder.port = settings.port;
         builder.hostaddr = settings.hostaddr;
+        builder.in_databricks_app = settings.in_databricks_app;
         if let Some(user) = settings.user {
             builder = builder.user(user);
         }
@@ -219,7 +228,7 @@ impl PoolBuilder {
         }
         Ok(match settings.password_source {
             PasswordSource::Endpoint(endpoint) => {
-                builder.workspace = Some(WorkspaceBuilder::from_environment(env).build()?);
+                builder.workspace = Some(WorkspaceBuilder::from_environment(env)?.build()?);
                 builder.endpoint = Some(Ok(endpoint));
                 builder
             }
@@ -372,7 +381,7 @@ impl PoolBuilder {
     ///     .host("127.0.0.1")
     ///     .user("app")
     ///     .password("local-dev-password")
-    ///     .workspace(Workspace::builder().host("my-workspace.cloud.databricks.com").build()?)
+    ///     .workspace(Workspace::from_env()?)
     ///     .lakebase_endpoint("projects/shop/branches/production/endpoints/ep-primary")
     ///     .build()?;
     /// # Ok(())
