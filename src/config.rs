@@ -44,6 +44,11 @@ impl Environment {
         }
     }
 
+    /// Every variable, for a child process that must see this environment, not the process's.
+    pub(crate) fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// An environment made of the given pairs.
     ///
     /// ```

@@ -236,6 +236,9 @@ pub(crate) struct DatabricksCli {
     program: PathBuf,
     host: String,
     profile: Option<String>,
+    /// The whole environment the CLI runs with: the builder's (secrets included, as the
+    /// CLI may need them; never printed).
+    environment: Vec<(String, String)>,
     timeout: Duration,
 }
 
@@ -246,11 +249,17 @@ struct CliToken {
 }
 
 impl DatabricksCli {
-    pub(crate) fn new(program: PathBuf, host: &WorkspaceHost, profile: Option<String>) -> Self {
+    pub(crate) fn new(
+        program: PathBuf,
+        host: &WorkspaceHost,
+        profile: Option<String>,
+        environment: Vec<(String, String)>,
+    ) -> Self {
         DatabricksCli {
             program,
             host: host.to_string(),
             profile,
+            environment,
             timeout: Duration::from_secs(30),
         }
     }
@@ -266,6 +275,8 @@ impl DatabricksCli {
             None => command.args(["--host", &self.host]),
         };
         let _ = command
+            .env_clear()
+            .envs(self.environment.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

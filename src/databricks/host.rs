@@ -93,12 +93,14 @@ impl WorkspaceHost {
     }
 }
 
-/// `given` with anything between `://` and an `@` replaced, for error messages: a URL with
-/// user info carries a secret, and the error must not repeat it.
+/// `given` with anything between `://` and its last `@` replaced, for error messages: a URL
+/// with user info carries a secret, and the error must not repeat it. The last `@` of the
+/// whole text, not of the authority: a password may hold an unescaped `/`, `?` or `#` (the
+/// text is not a valid URL then, which is why it is in an error), and hiding part of a path
+/// that holds an `@` costs nothing.
 pub(crate) fn without_user_info(given: &str) -> String {
     let (scheme, rest) = given.split_once("://").unwrap_or(("", given));
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    match rest.rfind('@') {
         Some(at) => {
             let prefix = if scheme.is_empty() {
                 String::new()

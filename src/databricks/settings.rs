@@ -37,6 +37,8 @@ pub(super) struct ResolvedSettings {
     token_source: Option<CustomSource>,
     /// The profile the CLI is told to use, when one was requested and exists.
     cli_profile: Option<String>,
+    /// The config file the profile was read from, for the CLI to read the same one.
+    config_path: Option<PathBuf>,
 }
 
 impl ResolvedSettings {
@@ -73,7 +75,9 @@ impl ResolvedSettings {
             .pick(builder.host, "DATABRICKS_HOST", "host")
             .ok_or_else(|| {
                 Error::workspace_config(
-                    "no workspace host (set DATABRICKS_HOST, or `host` in a ~/.databrickscfg profile)",
+                    "no workspace host (call `.host(..)`, or set DATABRICKS_HOST or `host` in a \
+                     ~/.databrickscfg profile, read from the environment the builder was made \
+                     from: `WorkspaceBuilder::from_env()`)",
                 )
             })?;
         let chosen = match builder.auth_method {
@@ -104,6 +108,7 @@ impl ResolvedSettings {
             ),
             token_source: builder.token_source,
             cli_profile: requested_profile.filter(|_| !profile.name.is_empty()),
+            config_path,
         })
     }
 
@@ -156,15 +161,32 @@ impl ResolvedSettings {
             AuthMethod::DatabricksCli => {
                 let program = find_on_path("databricks", env.get("PATH")).ok_or_else(|| {
                     Error::workspace_config(
-                        "no workspace credentials found (set DATABRICKS_TOKEN, or \
+                        "no workspace credentials found (call `.token(..)` or \
+                         `.client_credentials(..)`, or set DATABRICKS_TOKEN, or \
                          DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET, or install the \
-                         Databricks CLI and run `databricks auth login`)",
+                         Databricks CLI and run `databricks auth login`; variables and the \
+                         CLI's PATH are read from the environment the builder was made from: \
+                         `WorkspaceBuilder::from_env()`)",
                     )
                 })?;
+                // The CLI sees the builder's environment, not the process's, and reads the
+                // config file the profile came from.
+                let mut cli_env: Vec<(String, String)> = env
+                    .vars()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect();
+                if let Some(path) = &self.config_path {
+                    cli_env.retain(|(k, _)| k != "DATABRICKS_CONFIG_FILE");
+                    cli_env.push((
+                        "DATABRICKS_CONFIG_FILE".into(),
+                        path.to_string_lossy().into_owned(),
+                    ));
+                }
                 Box::new(DatabricksCli::new(
                     program,
                     &self.host,
                     self.cli_profile.clone(),
+                    cli_env,
                 ))
             }
         })

@@ -199,8 +199,10 @@ pub(crate) enum Caller<'a> {
 
 /// Configures a [`Workspace`].
 ///
-/// Each setting is taken from, in order: the builder, the environment
-/// (`DATABRICKS_HOST`, `DATABRICKS_TOKEN`, `DATABRICKS_CLIENT_ID`,
+/// Each setting is taken from, in order: the builder, the environment it was made from
+/// ([`WorkspaceBuilder::from_env`] for the process's, [`WorkspaceBuilder::from_environment`];
+/// none for [`Workspace::builder`]:
+/// `DATABRICKS_HOST`, `DATABRICKS_TOKEN`, `DATABRICKS_CLIENT_ID`,
 /// `DATABRICKS_CLIENT_SECRET`, `DATABRICKS_AUTH_TYPE`, `DATABRICKS_WORKSPACE_ID`), then the
 /// config-file profile (`DATABRICKS_CONFIG_FILE`, default `~/.databrickscfg`; profile
 /// `DATABRICKS_CONFIG_PROFILE`, else `[__settings__] default_profile`, else `[DEFAULT]`). A
@@ -208,7 +210,8 @@ pub(crate) enum Caller<'a> {
 ///
 /// The auth method is `auth_type` when set (`pat`, `oauth-m2m`, `databricks-cli`); otherwise a
 /// token means a PAT, a client id means OAuth M2M (both at once is an error), and with
-/// neither the Databricks CLI is used when it is on `PATH`.
+/// neither the Databricks CLI is used when it is on that environment's `PATH` (it runs with
+/// that environment, and reads the config file the profile came from).
 ///
 /// ```no_run
 /// use lakebase_pool::databricks::Workspace;

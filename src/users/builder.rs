@@ -219,7 +219,11 @@ impl UserPoolsBuilder {
             match (trusted, self.forwarded_headers) {
                 (true, _) => "trusted",
                 (false, ForwardedHeaders::WhenInDatabricksApps) => {
-                    "ignored: the app's pool builder did not come from an environment with                      DATABRICKS_APP_NAME (use PoolBuilder::from_env, or                      ForwardedHeaders::Trusted behind a proxy that sets them)"
+                    concat!(
+                        "ignored: the app's pool builder did not come from an environment ",
+                        "with DATABRICKS_APP_NAME (use PoolBuilder::from_env, or ",
+                        "ForwardedHeaders::Trusted behind a proxy that sets them)"
+                    )
                 }
                 (false, _) => "ignored",
             }

@@ -1,6 +1,7 @@
 //! Integration tests: one binary (one link step), each test against its own throwaway
 //! PostgreSQL cluster started by `LocalPostgres`.
 
+mod arch_break;
 mod auth;
 mod branch_faults;
 mod branches;
