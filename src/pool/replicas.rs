@@ -131,7 +131,7 @@ impl ReplicaSettings {
     pub(super) fn build(
         self,
         parts: &EndpointParts,
-        primary: &tokio_postgres::Config,
+        base: ReplicaBase,
         primary_max_size: usize,
         workspace: Option<Workspace>,
         primary_endpoint: Option<&EndpointName>,
@@ -141,6 +141,24 @@ impl ReplicaSettings {
         if specs.is_empty() && !self.of_branch {
             return Ok(None);
         }
+        let ReplicaBase {
+            config: base,
+            port: primary_port,
+        } = base;
+        if !base.get_hosts().is_empty()
+            || !base.get_hostaddrs().is_empty()
+            || !base.get_ports().is_empty()
+        {
+            // tokio-postgres's setters only add hosts: a replica's settings can be made from
+            // a base without any, not from one with the primary's.
+            return Err(Error::invalid(
+                "read_replicas",
+                "replicas take the primary's settings but its host, port and address, which \
+                 must then be given with `.host(..)`, `.port(..)` and `.hostaddr(..)` (or \
+                 discovered with `.lakebase_endpoint(..)`), not inside `pg_config(..)`",
+            ));
+        }
+        let primary_port = primary_port.or_else(|| base.get_ports().first().copied());
         let max_size = self.max_size.unwrap_or(primary_max_size);
         if max_size == 0 {
             return Err(Error::invalid("replica_max_size", "must be at least 1"));
@@ -158,7 +176,8 @@ impl ReplicaSettings {
         };
         let factory = ReplicaFactory {
             parts: parts.clone(),
-            base: primary.clone(),
+            base,
+            primary_port,
             workspace,
             primary_tokens: primary_tokens.clone(),
             max_size,
@@ -188,8 +207,11 @@ impl ReplicaSettings {
 /// Builds the pool of one replica with the primary's settings.
 struct ReplicaFactory {
     parts: EndpointParts,
-    /// The primary's configuration; a replica's is this without its hosts.
+    /// The primary's configuration without its host, port and address; a replica's is this
+    /// with its own.
     base: tokio_postgres::Config,
+    /// The primary's port: a replica's unless it names its own.
+    primary_port: Option<u16>,
     workspace: Option<Workspace>,
     /// For plain Postgres replicas, which share the primary's roles and so its password.
     primary_tokens: TokenCache,
@@ -198,11 +220,10 @@ struct ReplicaFactory {
 
 impl ReplicaFactory {
     fn member(&self, spec: &ReplicaSpec) -> Result<Arc<Member>, Error> {
-        let primary_port = self.base.get_ports().first().copied();
+        let primary_port = self.primary_port;
         let (target, tokens) = match spec {
             ReplicaSpec::Host { host, port } => {
-                let mut config = without_hosts(&self.base, port.or(primary_port));
-                let _ = config.host(host);
+                let config = replica_config(&self.base, Some(host), port.or(primary_port));
                 (Target::Fixed(config), self.primary_tokens.clone())
             }
             ReplicaSpec::Endpoint(endpoint) => {
@@ -220,7 +241,7 @@ impl ReplicaFactory {
                     self.parts.cache_policy.clone(),
                     TokenKind::Database,
                 );
-                let base = without_hosts(&self.base, primary_port);
+                let base = replica_config(&self.base, None, primary_port);
                 let source = LakebaseDiscovery {
                     host: true,
                     user: base.get_user().is_none(),
@@ -252,43 +273,28 @@ impl ReplicaFactory {
     }
 }
 
-/// `config` without its hosts and addresses, with `port`: a replica's settings from the
-/// primary's (tokio-postgres's setters only append hosts).
-fn without_hosts(config: &tokio_postgres::Config, port: Option<u16>) -> tokio_postgres::Config {
-    let mut copy = tokio_postgres::Config::new();
-    if let Some(user) = config.get_user() {
-        let _ = copy.user(user);
-    }
-    if let Some(dbname) = config.get_dbname() {
-        let _ = copy.dbname(dbname);
-    }
-    if let Some(options) = config.get_options() {
-        let _ = copy.options(options);
-    }
-    if let Some(name) = config.get_application_name() {
-        let _ = copy.application_name(name);
+/// What the replicas' settings are made from: the primary's configuration without its host,
+/// port and address, and the primary's port.
+pub(super) struct ReplicaBase {
+    pub(super) config: tokio_postgres::Config,
+    pub(super) port: Option<u16>,
+}
+
+/// A replica's configuration: `base` (the primary's without its host settings) with the
+/// replica's host, when known before discovery, and port. Nothing is copied field by field.
+fn replica_config(
+    base: &tokio_postgres::Config,
+    host: Option<&str>,
+    port: Option<u16>,
+) -> tokio_postgres::Config {
+    let mut config = base.clone();
+    if let Some(host) = host {
+        let _ = config.host(host);
     }
     if let Some(port) = port {
-        let _ = copy.port(port);
+        let _ = config.port(port);
     }
-    if let Some(timeout) = config.get_connect_timeout() {
-        let _ = copy.connect_timeout(*timeout);
-    }
-    if let Some(timeout) = config.get_tcp_user_timeout() {
-        let _ = copy.tcp_user_timeout(*timeout);
-    }
-    let _ = copy
-        .keepalives(config.get_keepalives())
-        .keepalives_idle(config.get_keepalives_idle())
-        .channel_binding(config.get_channel_binding())
-        .ssl_negotiation(config.get_ssl_negotiation());
-    if let Some(interval) = config.get_keepalives_interval() {
-        let _ = copy.keepalives_interval(interval);
-    }
-    if let Some(retries) = config.get_keepalives_retries() {
-        let _ = copy.keepalives_retries(retries);
-    }
-    copy
+    config
 }
 
 /// A replica, its pool and its health.

@@ -11,6 +11,7 @@ use crate::defaults;
 use crate::pool::Pool;
 use crate::pool::endpoint::{EndpointParts, EndpointPool};
 use crate::pool::lifecycle::Lifecycle;
+use crate::pool::replicas::ReplicaBase;
 use crate::target::check_needs_tls;
 use crate::telemetry::{self, PoolTelemetry};
 use crate::tls::{self, SslMode};
@@ -18,40 +19,31 @@ use crate::{EndpointName, Error};
 
 impl PoolBuilder {
     /// `pg_config` with the builder's host, port, address, channel binding and TLS
-    /// negotiation applied.
+    /// negotiation applied, as the primary's pool gets it.
+    #[cfg(test)]
     pub(super) fn target_config(&self) -> Result<tokio_postgres::Config, Error> {
+        self.hosts().apply(self.base_config())
+    }
+
+    /// `pg_config` with the builder's channel binding and TLS negotiation applied, and none
+    /// of its host settings: what the primary and its replicas share.
+    fn hosts(&self) -> HostSettings {
+        HostSettings {
+            host: self.host.clone(),
+            port: self.port,
+            hostaddr: self.hostaddr,
+        }
+    }
+
+    fn base_config(&self) -> tokio_postgres::Config {
         let mut config = self.pg_config.clone();
-        let twice = |setting: &'static str| {
-            Error::invalid(
-                setting,
-                format!("set both in `pg_config` and with `.{setting}(..)`; set it in one place"),
-            )
-        };
-        if let Some(host) = &self.host {
-            if !config.get_hosts().is_empty() {
-                return Err(twice("host"));
-            }
-            let _ = config.host(host);
-        }
-        if let Some(port) = self.port {
-            if !config.get_ports().is_empty() {
-                return Err(twice("port"));
-            }
-            let _ = config.port(port);
-        }
-        if let Some(address) = self.hostaddr {
-            if !config.get_hostaddrs().is_empty() {
-                return Err(twice("hostaddr"));
-            }
-            let _ = config.hostaddr(address);
-        }
         if let Some(binding) = self.channel_binding {
             let _ = config.channel_binding(binding.to_tokio_postgres());
         }
         if let Some(negotiation) = self.ssl_negotiation {
             let _ = config.ssl_negotiation(negotiation.to_tokio_postgres());
         }
-        Ok(config)
+        config
     }
 
     /// Checks every setting and builds the pool. No connection is opened until the first
@@ -79,7 +71,10 @@ impl PoolBuilder {
     /// [`build`](Self::build), also returning what pools of other identities on the same
     /// endpoint share with this one (per-user pools).
     pub(crate) fn build_with_template(self) -> Result<(Pool, PoolTemplate), Error> {
-        let mut pg_config = self.target_config()?;
+        // Checked now, so that a host given twice is an error whatever else is wrong.
+        let hosts = self.hosts();
+        let _ = hosts.apply(self.base_config())?;
+        let mut pg_config = self.base_config();
         let mut provider = self.provider;
         let primary_endpoint = self.endpoint.transpose()?;
         // Replicas by endpoint name mint through the same workspace: one authentication.
@@ -105,7 +100,7 @@ impl PoolBuilder {
                     let _ = pg_config.dbname(defaults::LAKEBASE_DATABASE);
                 }
                 Some(LakebaseDiscovery {
-                    host: pg_config.get_hosts().is_empty(),
+                    host: pg_config.get_hosts().is_empty() && hosts.host.is_none(),
                     user: pg_config.get_user().is_none(),
                     workspace,
                     endpoint,
@@ -166,6 +161,9 @@ impl PoolBuilder {
             // Keep-alive probes only start on an idle socket; with data unacknowledged (a
             // query sent to a vanished server) only this ends the wait in the same minute.
             .tcp_user_timeout(defaults::TCP_USER_TIMEOUT);
+        // The replicas' base; the primary's own settings add its host.
+        let base = pg_config;
+        let pg_config = hosts.apply(base.clone())?;
 
         let tokens = TokenCache::labelled(
             provider,
@@ -204,7 +202,10 @@ impl PoolBuilder {
         };
         let replicas = self.replicas.build(
             &parts,
-            &pg_config,
+            ReplicaBase {
+                config: base,
+                port: hosts.port,
+            },
             self.max_size,
             primary_workspace.clone(),
             primary_endpoint.as_ref(),
@@ -322,4 +323,44 @@ fn check_no_password(config: &tokio_postgres::Config) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// The builder's host, port and address, kept apart from the base configuration until a
+/// pool's own configuration is made: a replica's is the base with its own host, never a copy
+/// of the primary's with its hosts taken out (tokio-postgres has no way to take them out).
+struct HostSettings {
+    host: Option<String>,
+    port: Option<u16>,
+    hostaddr: Option<std::net::IpAddr>,
+}
+
+impl HostSettings {
+    /// `config` with these settings; one also set inside `config` is an error.
+    fn apply(&self, mut config: tokio_postgres::Config) -> Result<tokio_postgres::Config, Error> {
+        let twice = |setting: &'static str| {
+            Error::invalid(
+                setting,
+                format!("set both in `pg_config` and with `.{setting}(..)`; set it in one place"),
+            )
+        };
+        if let Some(host) = &self.host {
+            if !config.get_hosts().is_empty() {
+                return Err(twice("host"));
+            }
+            let _ = config.host(host);
+        }
+        if let Some(port) = self.port {
+            if !config.get_ports().is_empty() {
+                return Err(twice("port"));
+            }
+            let _ = config.port(port);
+        }
+        if let Some(address) = self.hostaddr {
+            if !config.get_hostaddrs().is_empty() {
+                return Err(twice("hostaddr"));
+            }
+            let _ = config.hostaddr(address);
+        }
+        Ok(config)
+    }
 }
