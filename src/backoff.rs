@@ -17,6 +17,16 @@ pub(crate) fn deadline_after(from: Instant, after: Duration) -> Instant {
 }
 
 /// Whole milliseconds, for log fields; saturating.
+/// `max` shortened by `jitter` times `draw` (a number in `[0, 1)`, drawn once per
+/// connection): each connection's lifetime, so that connections opened together do not all
+/// reconnect together.
+pub(crate) fn jittered_lifetime(max: Duration, jitter: f64, draw: f64) -> Duration {
+    let keep = 1.0 - jitter * draw;
+    Duration::try_from_secs_f64(max.as_secs_f64() * keep)
+        .unwrap_or(max)
+        .min(max)
+}
+
 pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

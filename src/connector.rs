@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio_postgres::AsyncMessage;
 
@@ -43,14 +44,36 @@ pub struct Connector {
     inner: Arc<connect::Connector>,
     /// Whether the pool it came from is closed.
     closed: Arc<dyn Fn() -> bool + Send + Sync>,
+    lifetimes: Lifetimes,
+}
+
+/// The pool's rules for how long a connection lives, told to the holders of sessions opened
+/// outside it (driver adapters keep their sessions as the pool keeps its connections).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Lifetimes {
+    pub(crate) max_lifetime: Duration,
+    pub(crate) jitter: f64,
+    pub(crate) idle_timeout: Duration,
+}
+
+impl Lifetimes {
+    /// A session's lifetime for `draw` in `[0, 1)`.
+    pub(crate) fn draw(&self, draw: f64) -> Duration {
+        crate::backoff::jittered_lifetime(self.max_lifetime, self.jitter, draw)
+    }
 }
 
 impl Connector {
     pub(crate) fn new(
         inner: Arc<connect::Connector>,
         closed: Arc<dyn Fn() -> bool + Send + Sync>,
+        lifetimes: Lifetimes,
     ) -> Self {
-        Connector { inner, closed }
+        Connector {
+            inner,
+            closed,
+            lifetimes,
+        }
     }
 
     /// Opens one session.
@@ -81,10 +104,43 @@ impl Connector {
         if (self.closed)() {
             return Err(Error::PoolClosed);
         }
+        let lifetime = self.lifetimes.draw(fastrand::f64());
         Ok(Session {
             client,
             driver: SessionDriver(driver),
+            retire_at: Instant::now().checked_add(lifetime),
         })
+    }
+
+    /// The pool's lifetime rules, for adapters whose pools keep no per-session state.
+    #[cfg_attr(not(feature = "diesel-async"), allow(dead_code))]
+    pub(crate) fn lifetimes(&self) -> Lifetimes {
+        self.lifetimes
+    }
+
+    /// How long a session may stay idle before it is closed: the pool's
+    /// [`idle_timeout`](crate::PoolBuilder::idle_timeout), for the pools of driver adapters.
+    ///
+    /// ```no_run
+    /// # fn demo(connector: lakebase_pool::Connector) {
+    /// println!("idle sessions close after {:?}", connector.idle_timeout());
+    /// # }
+    /// ```
+    pub fn idle_timeout(&self) -> Duration {
+        self.lifetimes.idle_timeout
+    }
+
+    /// The bound on each statement the pool sends itself (a validation, a `ROLLBACK`):
+    /// [`RetryPolicy::command_timeout`](crate::RetryPolicy::command_timeout), for adapters
+    /// that check a session before handing it out.
+    ///
+    /// ```no_run
+    /// # fn demo(connector: lakebase_pool::Connector) {
+    /// assert!(connector.command_timeout() > std::time::Duration::ZERO);
+    /// # }
+    /// ```
+    pub fn command_timeout(&self) -> Duration {
+        self.inner.retry_policy().command_timeout_value()
     }
 
     /// What it connects to, `user@host:port/dbname` (the user hidden where the pool hides
@@ -128,6 +184,11 @@ pub struct Session {
     /// Drives the session's socket; it ends when the client is dropped (after the answers
     /// in flight) or the connection is lost.
     pub driver: SessionDriver,
+    /// When to close the session: the pool's
+    /// [`max_lifetime`](crate::PoolBuilder::max_lifetime) shortened by its jitter, drawn for
+    /// this session, so that sessions opened together are not all replaced together. `None`
+    /// for a lifetime too long to count.
+    pub retire_at: Option<Instant>,
 }
 
 impl fmt::Debug for Session {

@@ -56,6 +56,8 @@
 //! * `PoolBuilder::meter`, `pool_name` and `tracer` (feature `opentelemetry`): the pool's
 //!   metrics with OpenTelemetry's database-client semantic conventions, and spans; the README
 //!   lists every metric.
+//! * [`drivers`]: bb8 and diesel-async over the pool's [`Connector`] (features `bb8`,
+//!   `diesel-async`).
 //! * [`defaults`]: every default value with the reason for it.
 //! * Tests and demos: the companion crate `lakebase-pool-testing`, a dev-dependency, has a
 //!   throwaway local PostgreSQL, a mock workspace and a Lakebase emulator (`LocalLakebase`
@@ -69,6 +71,8 @@
 //! | `native-roots` | no | trust the operating system's certificate store too |
 //! | `axum` | no | `Connection` as an Axum extractor; `integrations::HttpError` as a response |
 //! | `actix-web` | no | `Connection` as an Actix Web extractor; `integrations::HttpError` as a response error |
+//! | `bb8` | no | [`drivers::bb8`]: a bb8 connection manager of `tokio_postgres` clients opened the pool's way |
+//! | `diesel-async` | no | [`drivers::diesel_async`]: diesel-async's `AsyncPgConnection`, in its deadpool or bb8 pool |
 //! | `opentelemetry` | no | `PoolBuilder::meter`, `pool_name` and `tracer`: metrics with the database-client semantic conventions, and spans (see the README for every metric) |
 //!
 //! # Security
@@ -100,6 +104,7 @@ mod connector;
 pub mod credentials;
 pub mod databricks;
 pub mod defaults;
+pub mod drivers;
 mod endpoint;
 mod error;
 mod files;

@@ -217,6 +217,11 @@ impl EndpointPool {
         self.pool.manager().connector()
     }
 
+    /// The lifetimes its connections get, for sessions opened outside it.
+    pub(crate) fn lifetimes(&self) -> crate::connector::Lifetimes {
+        self.pool.manager().lifecycle().lifetimes()
+    }
+
     /// Closes the pool: idle connections now, checked-out ones when returned; the
     /// housekeeper ends.
     pub(crate) fn close(&self) {

@@ -31,11 +31,20 @@ impl Lifecycle {
     /// a random fraction in `[0, jitter)`, chosen once per connection so that connections
     /// opened together do not all reconnect together. `None` means never.
     fn retire_at(&self, created: Instant) -> Option<Instant> {
-        let keep = 1.0 - self.jitter * fastrand::f64();
-        let lifetime = Duration::try_from_secs_f64(self.max_lifetime.as_secs_f64() * keep)
-            .unwrap_or(self.max_lifetime)
-            .min(self.max_lifetime);
-        created.checked_add(lifetime)
+        created.checked_add(crate::backoff::jittered_lifetime(
+            self.max_lifetime,
+            self.jitter,
+            fastrand::f64(),
+        ))
+    }
+
+    /// What a session opened outside the pool (`Connector`) is told of these rules.
+    pub(crate) fn lifetimes(&self) -> crate::connector::Lifetimes {
+        crate::connector::Lifetimes {
+            max_lifetime: self.max_lifetime,
+            jitter: self.jitter,
+            idle_timeout: self.idle_timeout,
+        }
     }
 
     /// Why `client` must be closed now, if it must.
@@ -166,6 +175,10 @@ impl Manager {
 
     pub(crate) fn drivers(&self) -> &Drivers {
         &self.drivers
+    }
+
+    pub(crate) fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
     }
 
     pub(crate) fn connector(&self) -> &Arc<Connector> {

@@ -372,6 +372,7 @@ impl Pool {
         crate::Connector::new(
             Arc::clone(self.connect_path()),
             Arc::new(move || pool.upgrade().is_none_or(|inner| inner.primary.is_closed())),
+            self.inner.primary.lifetimes(),
         )
     }
 

@@ -15,6 +15,7 @@ mod cold_start;
 mod compute_faults;
 mod connector;
 mod connector_break;
+mod drivers;
 mod emulator;
 mod lakebase;
 mod lifecycle;
