@@ -7,7 +7,7 @@
 //!
 //! Checkout + `SELECT 1` by 1, 8 and 32 workers on pools of 16: bb8 through
 //! `LakebaseConnectionManager` against bb8 with a plain `tokio_postgres` manager, and
-//! diesel-async's deadpool pool from `deadpool_builder` against the same pool over
+//! diesel-async's deadpool pool from `deadpool(&pool, ..)` against the same pool over
 //! `AsyncDieselConnectionManager::new(url)`. Both sides of a pair validate on checkout the
 //! same way (bb8's `test_on_check_out`, diesel-async's `Verified` recycling). The sides
 //! alternate in short slices; the table gives the median of the per-round ratios
@@ -21,7 +21,7 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool as DieselPool;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use lakebase_pool::drivers::bb8::LakebaseConnectionManager;
-use lakebase_pool::drivers::diesel_async::deadpool_builder;
+use lakebase_pool::drivers::diesel_async::deadpool;
 use lakebase_pool::{Pool, Secret};
 use lakebase_pool_testing::LocalPostgres;
 
@@ -155,7 +155,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .build(PlainManager(config))
             .await?,
     );
-    let diesel_adapter = Side::Diesel(deadpool_builder(&pool).max_size(SIZE).build()?);
+    let diesel_adapter = Side::Diesel(deadpool(&pool, |builder| builder.max_size(SIZE))?);
     let diesel_plain = Side::Diesel(
         DieselPool::builder(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url))
             .max_size(SIZE)

@@ -26,6 +26,8 @@ use crate::session::{Driver, Opened};
 /// Cheap to clone. The session it opens is the caller's: spawn its
 /// [`driver`](Session::driver), as with `tokio_postgres::connect`. Lifetimes, idle
 /// timeouts and cancel-on-drop are the pool's; a session opened here has none of them.
+/// It does not keep the pool alive, and a pool dropped without being closed leaves it
+/// working (it holds the token cache and the target itself).
 /// Once the pool is closed (or shut down), it opens no more sessions; those already open
 /// are the caller's to close.
 ///
@@ -57,6 +59,13 @@ pub(crate) struct Lifetimes {
 }
 
 impl Lifetimes {
+    /// How often to look for sessions to retire: often enough to honour short lifetimes and
+    /// idle timeouts, rarely enough to cost nothing.
+    pub(crate) fn housekeeping_interval(&self) -> Duration {
+        (self.max_lifetime.min(self.idle_timeout) / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(30))
+    }
+
     /// A session's lifetime for `draw` in `[0, 1)`.
     pub(crate) fn draw(&self, draw: f64) -> Duration {
         crate::backoff::jittered_lifetime(self.max_lifetime, self.jitter, draw)
@@ -99,7 +108,12 @@ impl Connector {
         }
         // Boxed: the connect path is a large state machine (discovery, token, retries, TLS).
         // Bounded there, as for the pool's own connections.
-        let Opened { client, driver, .. } = Box::pin(self.inner.connect()).await?;
+        let Opened {
+            client,
+            driver,
+            activity,
+            cancel,
+        } = Box::pin(self.inner.connect()).await?;
         // Closed while the session opened: dropped, which closes it.
         if (self.closed)() {
             return Err(Error::PoolClosed);
@@ -109,11 +123,12 @@ impl Connector {
             client,
             driver: SessionDriver(driver),
             retire_at: Instant::now().checked_add(lifetime),
+            watch: SessionWatch { activity, cancel },
         })
     }
 
     /// The pool's lifetime rules, for adapters whose pools keep no per-session state.
-    #[cfg_attr(not(feature = "diesel-async"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "bb8", feature = "diesel-async")), allow(dead_code))]
     pub(crate) fn lifetimes(&self) -> Lifetimes {
         self.lifetimes
     }
@@ -189,6 +204,35 @@ pub struct Session {
     /// this session, so that sessions opened together are not all replaced together. `None`
     /// for a lifetime too long to count.
     pub retire_at: Option<Instant>,
+    /// Whether a statement is in flight, and the way a cancel for it goes.
+    #[cfg_attr(not(feature = "bb8"), allow(dead_code))]
+    pub(crate) watch: SessionWatch,
+}
+
+/// What an adapter needs to find a statement abandoned on a session handed back to it, and
+/// to cancel it as the pool cancels its own.
+#[cfg_attr(not(feature = "bb8"), allow(dead_code))]
+pub(crate) struct SessionWatch {
+    activity: Arc<crate::activity::Activity>,
+    cancel: crate::session::CancelRoute,
+}
+
+#[cfg_attr(not(feature = "bb8"), allow(dead_code))]
+impl SessionWatch {
+    /// Whether a statement was sent whose answer has not all come back.
+    pub(crate) fn in_flight(&self) -> bool {
+        self.activity.in_flight()
+    }
+
+    /// Sends a cancel for `client`'s statement in flight, on a task of its own, bounded.
+    pub(crate) fn cancel(&self, client: &tokio_postgres::Client) {
+        let (token, route) = (client.cancel_token(), self.cancel.clone());
+        drop(tokio::spawn(async move {
+            if let Err(error) = route.cancel(&token, crate::defaults::CANCEL_TIMEOUT).await {
+                tracing::debug!(%error, "cancel of an abandoned statement not delivered");
+            }
+        }));
+    }
 }
 
 impl fmt::Debug for Session {

@@ -23,6 +23,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
+use crate::connector::SessionWatch;
 use crate::error::error_chain;
 use crate::{Connector, Error, Pool, StatementTimedOut};
 
@@ -54,7 +55,8 @@ impl LakebaseConnectionManager {
     /// lifetime of bb8's own (each session's jittered lifetime is checked when it comes back;
     /// bb8's would replace them all at once); and no retries of bb8's own (the connector
     /// already retries cold starts within the pool's retry deadline; bb8's on top would
-    /// repeat them); and an error sink that logs each failure with its causes (`WARN`).
+    /// repeat them); an idle check as often as the pool's own; and an error sink that logs
+    /// each failure with its causes (`WARN`).
     ///
     /// bb8 opens connections in the background and reports their failures only to its
     /// error sink: a `get` whose connection could not be opened answers `TimedOut` after
@@ -69,8 +71,11 @@ impl LakebaseConnectionManager {
     /// # }
     /// ```
     pub fn pool_builder(pool: &Pool) -> ::bb8::Builder<Self> {
+        let lifetimes = pool.connector().lifetimes();
         ::bb8::Pool::builder()
-            .idle_timeout(Some(pool.connector().idle_timeout()))
+            .idle_timeout(Some(lifetimes.idle_timeout))
+            // bb8 looks for idle sessions every 30 s by default; as often as the pool does.
+            .reaper_rate(lifetimes.housekeeping_interval())
             .max_lifetime(None)
             .retry_connection(false)
             .error_sink(Box::new(LogErrors))
@@ -83,7 +88,13 @@ struct LogErrors;
 
 impl ::bb8::ErrorSink<Error> for LogErrors {
     fn sink(&self, error: Error) {
-        tracing::warn!(error = %error_chain(&error), "bb8 could not open or check a connection");
+        let past_lifetime =
+            matches!(&error, Error::Statement { source, .. } if source.is::<PastLifetime>());
+        if past_lifetime {
+            tracing::debug!("a session idle past its lifetime was replaced at checkout");
+        } else {
+            tracing::warn!(error = %error_chain(&error), "bb8 could not open or check a connection");
+        }
     }
 
     fn boxed_clone(&self) -> Box<dyn ::bb8::ErrorSink<Error>> {
@@ -91,11 +102,17 @@ impl ::bb8::ErrorSink<Error> for LogErrors {
     }
 }
 
+/// A session found past its lifetime at checkout: replaced, not a failure.
+#[derive(Debug, thiserror::Error)]
+#[error("the session is past its lifetime")]
+struct PastLifetime;
+
 /// A `tokio_postgres` client from a [`LakebaseConnectionManager`], with the time it is to be
 /// replaced; it derefs to the client.
 pub struct PooledSession {
     client: tokio_postgres::Client,
     retire_at: Option<Instant>,
+    watch: SessionWatch,
 }
 
 impl PooledSession {
@@ -139,17 +156,33 @@ impl ::bb8::ManageConnection for LakebaseConnectionManager {
         Ok(PooledSession {
             client: session.client,
             retire_at: session.retire_at,
+            watch: session.watch,
         })
     }
 
+    /// At checkout (bb8's `test_on_check_out`): a session idle past its lifetime is replaced
+    /// (bb8 calls `has_broken` only when a session comes back).
     async fn is_valid(&self, conn: &mut PooledSession) -> Result<(), Error> {
+        if past(conn.retire_at) {
+            return Err(Error::Statement {
+                statement: "lifetime check",
+                source: Box::new(PastLifetime),
+            });
+        }
         let timeout = self.connector.command_timeout();
         bounded("validation", timeout, conn.client.simple_query(""))
             .await
             .map(drop)
     }
 
+    /// When a session comes back: closed, past its lifetime, or with a statement its caller
+    /// gave up on still in flight. That statement is cancelled, as the pool cancels its own,
+    /// and the session dropped, so that the next caller never waits behind it.
     fn has_broken(&self, conn: &mut PooledSession) -> bool {
+        if conn.watch.in_flight() && !conn.client.is_closed() {
+            conn.watch.cancel(&conn.client);
+            return true;
+        }
         conn.client.is_closed() || past(conn.retire_at)
     }
 }

@@ -71,8 +71,7 @@ impl Lifecycle {
     /// How often the housekeeper looks for idle connections to retire: often enough to honour
     /// short lifetimes, rarely enough to cost nothing.
     pub(crate) fn housekeeping_interval(&self) -> Duration {
-        (self.max_lifetime.min(self.idle_timeout) / 4)
-            .clamp(Duration::from_millis(100), Duration::from_secs(30))
+        self.lifetimes().housekeeping_interval()
     }
 }
 

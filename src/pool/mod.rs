@@ -371,7 +371,12 @@ impl Pool {
         let pool = Arc::downgrade(&self.inner);
         crate::Connector::new(
             Arc::clone(self.connect_path()),
-            Arc::new(move || pool.upgrade().is_none_or(|inner| inner.primary.is_closed())),
+            // A pool dropped without `close` leaves its connector working: an adapter's pool
+            // built from it (and then the `Pool` dropped) goes on.
+            Arc::new(move || {
+                pool.upgrade()
+                    .is_some_and(|inner| inner.primary.is_closed())
+            }),
             self.inner.primary.lifetimes(),
         )
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use diesel_async::RunQueryDsl;
 use lakebase_pool::drivers::bb8::LakebaseConnectionManager;
-use lakebase_pool::drivers::diesel_async::deadpool_builder;
+use lakebase_pool::drivers::diesel_async::deadpool;
 use lakebase_pool::{CachePolicy, Pool};
 use lakebase_pool_testing::LocalLakebase;
 
@@ -31,11 +31,12 @@ impl Sessions {
                     .unwrap(),
             ),
             "diesel" => Sessions::Diesel(
-                deadpool_builder(pool)
-                    .max_size(max_size)
-                    .wait_timeout(Some(Duration::from_secs(30)))
-                    .build()
-                    .unwrap(),
+                deadpool(pool, |builder| {
+                    builder
+                        .max_size(max_size)
+                        .wait_timeout(Some(Duration::from_secs(30)))
+                })
+                .unwrap(),
             ),
             other => unreachable!("{other}"),
         }
@@ -89,7 +90,7 @@ async fn load(sessions: &Arc<Sessions>, tasks: usize, rounds: usize) -> Vec<Stri
     errors
 }
 
-/// Tokens that live 1.5 s and sessions that live at most 300 ms: through 3 s of load, every
+/// Tokens that live 1.5 s and sessions that live at most 300 ms: through about 3 s of load, every
 /// new session logs in with a token fresh at that moment (the emulator refuses an expired
 /// one, which would show as a forced refresh or an error), and no query fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +112,7 @@ async fn a_token_rotation_under_load_fails_no_query_and_needs_no_forced_refresh(
             .build()
             .unwrap();
         let sessions = Arc::new(Sessions::of(driver, &pool, 4).await);
-        let errors = load(&sessions, 6, 120).await;
+        let errors = load(&sessions, 6, 400).await;
         assert!(errors.is_empty(), "{driver}: {errors:?}");
         let stats = pool.stats();
         let minted = lakebase.workspace().minted().len();

@@ -16,6 +16,7 @@ mod compute_faults;
 mod connector;
 mod connector_break;
 mod drivers;
+mod drivers_break;
 mod emulator;
 mod lakebase;
 mod lifecycle;
