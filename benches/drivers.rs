@@ -12,6 +12,11 @@
 //! same way (bb8's `test_on_check_out`, diesel-async's `Verified` recycling). The sides
 //! alternate in short slices; the table gives the median of the per-round ratios
 //! (adapter / plain: above 1 is faster).
+//!
+//! For instruction counts: `DRIVERS_BENCH_FIXED=bb8-adapter|bb8-plain|diesel-adapter|diesel-plain`
+//! runs `DRIVERS_BENCH_QUERIES` checkouts + `SELECT 1` (default 1,024) by
+//! `DRIVERS_BENCH_WORKERS` workers (default 8) on that one pool, then exits: run it under
+//! callgrind with two query counts and divide the difference by the difference in queries.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,11 +74,11 @@ impl Side {
         match self {
             Side::Bb8Adapter(pool) => {
                 let conn = pool.get().await.expect("checkout");
-                conn.simple_query("SELECT 1").await.expect("query");
+                let _ = conn.query_one("SELECT 1", &[]).await.expect("query");
             }
             Side::Bb8Plain(pool) => {
                 let conn = pool.get().await.expect("checkout");
-                conn.simple_query("SELECT 1").await.expect("query");
+                let _ = conn.query_one("SELECT 1", &[]).await.expect("query");
             }
             Side::Diesel(pool) => {
                 let mut conn = pool.get().await.expect("checkout");
@@ -107,6 +112,37 @@ async fn done_in(side: &Side, workers: usize, slice: Duration) -> u64 {
         task.await.expect("worker");
     }
     done.load(Ordering::Relaxed)
+}
+
+/// Exactly `queries` checkouts + `SELECT 1`, shared by `workers`, after every connection is
+/// opened (so that the count is the checkout path's, not the logins').
+async fn fixed_count(side: &Side, queries: usize, workers: usize) {
+    let warm: Vec<_> = (0..SIZE)
+        .map(|_| {
+            let side = side.clone();
+            tokio::spawn(async move { side.select_one().await })
+        })
+        .collect();
+    for task in warm {
+        task.await.expect("warm-up");
+    }
+    let left = Arc::new(AtomicU64::new(queries as u64));
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (side, left) = (side.clone(), Arc::clone(&left));
+            tokio::spawn(async move {
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    side.select_one().await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("worker");
+    }
 }
 
 /// The median over rounds of adapter / plain, the sides alternating.
@@ -162,6 +198,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .build()?,
     );
 
+    if let Ok(fixed) = std::env::var("DRIVERS_BENCH_FIXED") {
+        let number = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let (queries, workers) = (
+            number("DRIVERS_BENCH_QUERIES", 1024),
+            number("DRIVERS_BENCH_WORKERS", 8),
+        );
+        let side = match fixed.as_str() {
+            "bb8-adapter" => bb8_adapter,
+            "bb8-plain" => bb8_plain,
+            "diesel-adapter" => diesel_adapter,
+            "diesel-plain" => diesel_plain,
+            other => return Err(format!("unknown DRIVERS_BENCH_FIXED {other}").into()),
+        };
+        fixed_count(&side, queries, workers).await;
+        return Ok(());
+    }
     println!("| pair | 1 worker | 8 workers | 32 workers |");
     println!("|---|---|---|---|");
     for (name, adapter, plain) in [
