@@ -24,8 +24,9 @@ use crate::session::{Driver, Opened};
 /// counters.
 ///
 /// Cheap to clone. The session it opens is the caller's: spawn its
-/// [`driver`](Session::driver), as with `tokio_postgres::connect`. Lifetimes, idle
-/// timeouts and cancel-on-drop are the pool's; a session opened here has none of them.
+/// [`driver`](Session::driver), as with `tokio_postgres::connect`. Idle timeouts and
+/// cancel-on-drop are the pool's; a session opened here has none of them, and
+/// [`retire_at`](Session::retire_at) says when the pool would replace it.
 /// It does not keep the pool alive, and a pool dropped without being closed leaves it
 /// working (it holds the token cache and the target itself).
 /// Once the pool is closed (or shut down), it opens no more sessions; those already open
