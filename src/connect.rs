@@ -215,6 +215,11 @@ impl Connector {
         &self.retry
     }
 
+    /// The pool's counters, which cancels of sessions opened here are counted in too.
+    pub(crate) fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
     pub(crate) fn tokens(&self) -> &TokenCache {
         &self.tokens
     }

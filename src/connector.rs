@@ -13,7 +13,7 @@ use tokio_postgres::AsyncMessage;
 use crate::connect;
 use crate::credentials::TokenCache;
 use crate::error::Error;
-use crate::session::{Driver, Opened};
+use crate::session::{CancelRequest, Driver, Opened};
 
 /// Opens one session the way a [`Pool`](crate::Pool) opens each of its connections: the
 /// target (discovered once for a Lakebase endpoint), a token fresh at that moment from the
@@ -120,11 +120,16 @@ impl Connector {
             return Err(Error::PoolClosed);
         }
         let lifetime = self.lifetimes.draw(fastrand::f64());
+        let request = CancelRequest::new(
+            client.cancel_token(),
+            cancel,
+            Arc::clone(self.inner.counters()),
+        );
         Ok(Session {
             client,
             driver: SessionDriver(driver),
             retire_at: Instant::now().checked_add(lifetime),
-            watch: SessionWatch { activity, cancel },
+            watch: SessionWatch { request, activity },
         })
     }
 
@@ -215,7 +220,7 @@ pub struct Session {
 #[cfg_attr(not(feature = "bb8"), allow(dead_code))]
 pub(crate) struct SessionWatch {
     activity: Arc<crate::activity::Activity>,
-    cancel: crate::session::CancelRoute,
+    request: CancelRequest,
 }
 
 #[cfg_attr(not(feature = "bb8"), allow(dead_code))]
@@ -225,13 +230,14 @@ impl SessionWatch {
         self.activity.in_flight()
     }
 
-    /// Sends a cancel for `client`'s statement in flight, on a task of its own, bounded.
-    pub(crate) fn cancel(&self, client: &tokio_postgres::Client) {
-        let (token, route) = (client.cancel_token(), self.cancel.clone());
+    /// Cancels the statement in flight as the pool cancels its own (sent again while it has
+    /// not ended, counted in the pool's stats), on a task of its own, bounded.
+    pub(crate) fn cancel(&self) {
+        let (request, activity) = (self.request.clone(), Arc::clone(&self.activity));
         drop(tokio::spawn(async move {
-            if let Err(error) = route.cancel(&token, crate::defaults::CANCEL_TIMEOUT).await {
-                tracing::debug!(%error, "cancel of an abandoned statement not delivered");
-            }
+            let _ = request
+                .until_ended(&activity, crate::defaults::CANCEL_SETTLE_TIMEOUT)
+                .await;
         }));
     }
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -25,7 +25,10 @@ use tokio_postgres::tls::{MakeTlsConnect, NoTls, NoTlsStream, TlsConnect};
 use tokio_postgres::{AsyncMessage, CancelToken, Client, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::Error;
 use crate::activity::{Activity, Watched};
+use crate::defaults::CANCEL_TIMEOUT;
+use crate::metrics::Counters;
 
 type RustlsStream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
 type RustlsConnect = <MakeRustlsConnect as MakeTlsConnect<Socket>>::TlsConnect;
@@ -280,3 +283,70 @@ async fn within_connect_timeout<T>(
         None => connect.await,
     }
 }
+
+/// A cancel request for one session, sent the way the session went, counted.
+#[derive(Clone)]
+pub(crate) struct CancelRequest {
+    token: CancelToken,
+    route: CancelRoute,
+    counters: Arc<Counters>,
+}
+
+impl CancelRequest {
+    pub(crate) fn new(token: CancelToken, route: CancelRoute, counters: Arc<Counters>) -> Self {
+        CancelRequest {
+            token,
+            route,
+            counters,
+        }
+    }
+
+    /// Counts a cancel that could not be sent at all (no runtime to send it on).
+    pub(crate) fn count_unsent(&self) {
+        self.counters.cancel(false);
+    }
+
+    /// Sends one cancel request, within [`CANCEL_TIMEOUT`].
+    pub(crate) async fn send(&self) -> Result<(), Error> {
+        let sent = self.route.cancel(&self.token, CANCEL_TIMEOUT).await;
+        self.counters.cancel(sent.is_ok());
+        sent.map_err(|error| Error::CancelFailed {
+            source: Box::new(error),
+        })
+    }
+
+    /// Cancels the statement in flight on the session of `activity` and waits, up to
+    /// `within` after the first request was delivered, for it to end; whether it did.
+    ///
+    /// PostgreSQL drops a cancel that arrives while the backend still reads the statement
+    /// (before it runs it): a statement found the moment it was written may miss its cancel.
+    /// While it has not ended, the request is sent again every [`RESEND`] (counted once; the
+    /// session is never reused after a cancel, so a late one hits nothing of anyone's).
+    pub(crate) async fn until_ended(&self, activity: &Activity, within: Duration) -> bool {
+        if let Err(error) = self.send().await {
+            tracing::warn!(error = %crate::error::error_chain(&error), "could not cancel a statement; closing its connection");
+            return false;
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(RESEND.min(left), activity.settled())
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            if left <= RESEND {
+                return false;
+            }
+            // Not counted again: the statement already counts as cancelled.
+            let _ = self
+                .route
+                .cancel(&self.token, left.min(CANCEL_TIMEOUT))
+                .await;
+        }
+    }
+}
+
+/// How often a cancel is sent again while its statement has not ended.
+const RESEND: Duration = Duration::from_millis(200);

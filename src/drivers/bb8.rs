@@ -180,7 +180,7 @@ impl ::bb8::ManageConnection for LakebaseConnectionManager {
     /// and the session dropped, so that the next caller never waits behind it.
     fn has_broken(&self, conn: &mut PooledSession) -> bool {
         if conn.watch.in_flight() && !conn.client.is_closed() {
-            conn.watch.cancel(&conn.client);
+            conn.watch.cancel();
             return true;
         }
         conn.client.is_closed() || past(conn.retire_at)

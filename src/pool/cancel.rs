@@ -9,16 +9,14 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use tokio_postgres::CancelToken;
+use std::time::Duration;
 
 use super::pooled::{Lease, PooledClient};
 use crate::Error;
 use crate::activity::Activity;
-use crate::defaults::{CANCEL_SETTLE_TIMEOUT, CANCEL_TIMEOUT};
+use crate::defaults::CANCEL_SETTLE_TIMEOUT;
 use crate::metrics::Counters;
-use crate::session::CancelRoute;
+use crate::session::CancelRequest;
 
 /// Cancels what a checked-out connection is running, from another task: the pool's way to
 /// `tokio_postgres::Client::cancel_token`, through the same address, TLS settings and SNI as
@@ -56,7 +54,7 @@ impl CancelHandle {
     /// A handle for `object`'s current checkout.
     pub(super) fn of(object: &PooledClient) -> Self {
         CancelHandle {
-            request: CancelRequest::of(object),
+            request: request_of(object),
             lease: Arc::clone(&object.lease),
             epoch: object.lease.epoch(),
         }
@@ -142,7 +140,7 @@ pub(super) fn watch_returned(object: &PooledClient) {
         let activity = &cancel.activity;
         let caught_up = tokio::time::timeout(DRIVER_CATCH_UP, activity.driver_caught_up()).await;
         if caught_up.is_ok() && activity.in_flight() && lease.mark_cancelled(epoch) {
-            cancel.request.counters.closed_abandoned();
+            cancel.counters.closed_abandoned();
             cancel.run().await;
         }
     }));
@@ -166,6 +164,7 @@ pub(super) fn cancel_then_close(object: &PooledClient) {
 /// What cancelling a session's statement and then closing the session takes.
 struct Cancel {
     request: CancelRequest,
+    counters: Arc<Counters>,
     activity: Arc<Activity>,
     driver: tokio::task::AbortHandle,
 }
@@ -173,7 +172,8 @@ struct Cancel {
 impl Cancel {
     fn of(object: &PooledClient) -> Self {
         Cancel {
-            request: CancelRequest::of(object),
+            request: request_of(object),
+            counters: Arc::clone(&object.counters),
             activity: Arc::clone(&object.activity),
             driver: object.driver.clone(),
         }
@@ -191,77 +191,16 @@ impl Cancel {
 
     /// Closes without a cancel (none can be sent outside a runtime), counted as failed.
     fn close_without(self) {
-        self.request.counters.cancel(false);
+        self.request.count_unsent();
         self.driver.abort();
     }
 }
 
-/// A cancel request for one session, sent the way the session went, counted.
-#[derive(Clone)]
-pub(super) struct CancelRequest {
-    token: CancelToken,
-    route: CancelRoute,
-    counters: Arc<Counters>,
+/// The cancel request for a pooled session's statement, counted in its pool's stats.
+fn request_of(object: &PooledClient) -> CancelRequest {
+    CancelRequest::new(
+        object.client.cancel_token(),
+        object.cancel.clone(),
+        Arc::clone(&object.counters),
+    )
 }
-
-impl CancelRequest {
-    pub(super) fn new(token: CancelToken, route: CancelRoute, counters: Arc<Counters>) -> Self {
-        CancelRequest {
-            token,
-            route,
-            counters,
-        }
-    }
-
-    fn of(object: &PooledClient) -> Self {
-        Self::new(
-            object.client.cancel_token(),
-            object.cancel.clone(),
-            Arc::clone(&object.counters),
-        )
-    }
-
-    /// Sends one cancel request, within [`CANCEL_TIMEOUT`].
-    pub(super) async fn send(&self) -> Result<(), Error> {
-        let sent = self.route.cancel(&self.token, CANCEL_TIMEOUT).await;
-        self.counters.cancel(sent.is_ok());
-        sent.map_err(|error| Error::CancelFailed {
-            source: Box::new(error),
-        })
-    }
-
-    /// Cancels the statement in flight on the session of `activity` and waits, up to
-    /// `within` after the first request was delivered, for it to end; whether it did.
-    ///
-    /// PostgreSQL drops a cancel that arrives while the backend still reads the statement
-    /// (before it runs it): a statement found the moment it was written may miss its cancel.
-    /// While it has not ended, the request is sent again every [`RESEND`] (counted once; the
-    /// session is never reused after a cancel, so a late one hits nothing of anyone's).
-    async fn until_ended(&self, activity: &Activity, within: Duration) -> bool {
-        if let Err(error) = self.send().await {
-            tracing::warn!(error = %crate::error::error_chain(&error), "could not cancel a statement; closing its connection");
-            return false;
-        }
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(RESEND.min(left), activity.settled())
-                .await
-                .is_ok()
-            {
-                return true;
-            }
-            if left <= RESEND {
-                return false;
-            }
-            // Not counted again: the statement already counts as cancelled.
-            let _ = self
-                .route
-                .cancel(&self.token, left.min(CANCEL_TIMEOUT))
-                .await;
-        }
-    }
-}
-
-/// How often a cancel is sent again while its statement has not ended.
-const RESEND: Duration = Duration::from_millis(200);

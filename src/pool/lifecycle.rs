@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::ClientWrapper;
 
-use super::cancel::CancelRequest;
 use super::pooled::PooledClient;
 use crate::Error;
 use crate::activity::{Activity, Driven};
 use crate::connect::{Connector, Driver, Opened};
 use crate::error::error_chain;
 use crate::metrics::{Counters, RetireReason};
+use crate::session::CancelRequest;
 
 /// The rules that decide when a connection is closed.
 #[derive(Clone, Debug)]
