@@ -1,7 +1,7 @@
 //! Reproducers against the last three commits: the test crate's own time formats, the nested
 //! `WorkspaceError`, and "one door to the environment". Each test says at its top whether it
-//! shows a DEFECT (it fails on the code it was written against) or is COVERAGE (it holds, and
-//! guards a claim that a regression would break).
+//! showed a DEFECT (it failed on the code it was written against; fixed since) or is COVERAGE
+//! (it holds, and guards a claim that a regression would break).
 
 use std::time::Duration;
 
@@ -50,14 +50,14 @@ async fn create_branch_expiring_at(mock: &MockWorkspace, id: &str, at: &str) -> 
     (status, answer.text().await.unwrap_or_default())
 }
 
-// DEFECT. The mock's `expire_time` check (testing/src/api_formats.rs:26 `parse_rfc3339`, on the
+// Was a DEFECT, now fixed. The mock's `expire_time` check (testing/src/api_formats.rs:26 `parse_rfc3339`, on the
 // `time` crate) accepts texts the in-library parser it replaced refused with 400 (see
 // `git show HEAD~3:src/databricks/time.rs`): a time before 1970 ("no credential expires
 // then"), and any byte at all between date and time (`time` takes "any separator"; the old
 // code took `T`, `t` or a space, and the API's protobuf-JSON timestamps take `T`). The mock
 // now creates such branches, so a client bug that sends them passes against the mock.
 #[tokio::test]
-async fn arch_break_mock_expire_time_accepts_what_the_old_check_refused() {
+async fn arch_break_mock_refuses_expire_times_the_api_refuses() {
     let mock = mock();
     let mut accepted = Vec::new();
     for (i, text) in [
@@ -79,7 +79,7 @@ async fn arch_break_mock_expire_time_accepts_what_the_old_check_refused() {
     );
 }
 
-// DEFECT. An `expire_time` the mock accepts can make it panic when it writes the branch back:
+// Was a DEFECT, now fixed. An `expire_time` the mock accepts can make it panic when it writes the branch back:
 // "9999-12-31T23:59:59-23:59" is valid RFC 3339 (year 9999 with an offset), i.e. 10000-01-01
 // in UTC. `format_rfc3339` (testing/src/api_formats.rs:14, `OffsetDateTime::from(SystemTime)`)
 // panics past year 9999 without `time`'s `large-dates` ("resulting value is out of range"),
@@ -110,7 +110,7 @@ async fn arch_break_mock_survives_an_expire_time_past_year_9999() {
     }
 }
 
-// DEFECT (fidelity). With `set_fractional_expire_time(true)` the mock used to write exactly
+// Was a DEFECT, now fixed (fidelity). With `set_fractional_expire_time(true)` the mock used to write exactly
 // six fractional digits (`.{:06}` of the microseconds); the `time`-based formatter
 // (testing/src/api_formats.rs:14-23) writes 1 to 9 digits with trailing zeros cut (".25"),
 // and invents a 1 ns fraction on whole seconds (`replace_nanosecond(1)`), so the time it
@@ -152,7 +152,7 @@ async fn arch_break_mock_fractional_expire_times_have_0_3_6_or_9_digits() {
     );
 }
 
-// DEFECT (secret in an error). `WorkspaceBuilder::from_environment` now parses
+// Was a DEFECT, now fixed (secret in an error). `WorkspaceBuilder::from_environment` now parses
 // DATABRICKS_HOST at once and names it in the error with `without_user_info`
 // (src/databricks/host.rs:98-112), which looks for the `@` only before the first `/`, `?` or
 // `#`. A password holding one of those (a token copied into the URL) is printed whole: the
@@ -176,7 +176,7 @@ fn arch_break_host_password_with_a_slash_is_not_echoed_by_from_environment() {
     }
 }
 
-// DEFECT (secret in Debug). The same `without_user_info` serves `WorkspaceBuilder`'s Debug
+// Was a DEFECT, now fixed (secret in Debug). The same `without_user_info` serves `WorkspaceBuilder`'s Debug
 // (src/databricks/workspace.rs:236): a host given with a password holding `/` shows it.
 #[test]
 fn arch_break_workspace_builder_debug_hides_a_host_password_with_a_slash() {
@@ -188,7 +188,7 @@ fn arch_break_workspace_builder_debug_hides_a_host_password_with_a_slash() {
     );
 }
 
-// DEFECT (a message that lies). `Workspace::builder()` now reads no environment, so it never
+// Was a DEFECT, now fixed (a message that lies). `Workspace::builder()` now reads no environment, so it never
 // finds the Databricks CLI (find_on_path gets no PATH, src/databricks/settings.rs:157) and
 // DATABRICKS_HOST / DATABRICKS_TOKEN have no effect on it. Yet its errors still say "set
 // DATABRICKS_TOKEN ... or install the Databricks CLI" (settings.rs:157-162) and "set
@@ -222,7 +222,7 @@ fn arch_break_workspace_builder_errors_name_the_missing_environment() {
     }
 }
 
-// DEFECT (hidden read of the process environment). A workspace built from an `Environment`
+// Was a DEFECT, now fixed (hidden read of the process environment). A workspace built from an `Environment`
 // resolves `DATABRICKS_CONFIG_FILE` and `DATABRICKS_CONFIG_PROFILE` from it, then runs
 // `databricks auth token --profile <p>` (src/databricks/auth.rs:262-271) with the *process's*
 // environment: the CLI looks the profile up in another file than the one the builder read
@@ -282,7 +282,7 @@ fn hand_made_app() -> PoolBuilder {
         )
 }
 
-// DEFECT (a message that got worse). The new build log line for an untrusted default
+// Was a DEFECT, now fixed (a message that got worse). The new build log line for an untrusted default
 // (src/users/builder.rs:222) is a string literal broken over lines without `\`, so the
 // message carries two runs of 22 spaces: "...an environment with
 // DATABRICKS_APP_NAME (use PoolBuilder::from_env, or                      ForwardedHeaders...".

@@ -1,6 +1,6 @@
 //! Reproducers against the driver adapters (bb8, diesel-async) and the `Connector` seam they
-//! use. Each test is marked DEFECT (fails now, shows a bug) or COVERAGE (passes, guards a
-//! claim). Every wait is bounded; servers on loopback only (LocalLakebase).
+//! use. Each test is marked as a DEFECT it found (fixed since; the test failed on the code it
+//! was written against) or COVERAGE (it held, and guards a claim). Every wait is bounded; servers on loopback only (LocalLakebase).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,17 +18,9 @@ type DieselPool = diesel_async::pooled_connection::deadpool::Pool<diesel_async::
 const USER: &str = LocalLakebase::USER;
 const BOUND: Duration = Duration::from_secs(15);
 
-/// Sessions of the app's user on the server (all states), counted through the superuser.
+/// Sessions of the app's user on the server (all states).
 async fn server_sessions(lakebase: &LocalLakebase) -> i64 {
-    let admin = lakebase.postgres().admin().await.unwrap();
-    admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-            &[&USER],
-        )
-        .await
-        .unwrap()
-        .get(0)
+    crate::support::server_sessions_of(lakebase.postgres(), USER).await
 }
 
 async fn bb8_pool(
@@ -96,12 +88,12 @@ impl Drop for Stalled {
 // Lifetimes and idle timeouts
 // ---------------------------------------------------------------------------------------
 
-/// DEFECT. The bb8 manager claims a session is replaced after its jittered lifetime; but
+/// Was a DEFECT, now fixed. The bb8 manager claims a session is replaced after its jittered lifetime; but
 /// bb8 calls `has_broken` only when a connection comes back, and on checkout only
 /// `is_valid`, which ignores `retire_at`. A session that went idle before its lifetime ran
 /// out is handed out (and can be held for as long as the caller likes) after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bb8_hands_out_an_idle_session_past_its_lifetime() {
+async fn bb8_replaces_an_idle_session_past_its_lifetime_at_checkout() {
     let lakebase = LocalLakebase::start().await.unwrap();
     let pool = lakebase
         .pool_builder()
@@ -134,12 +126,12 @@ async fn bb8_hands_out_an_idle_session_past_its_lifetime() {
     );
 }
 
-/// DEFECT. `pool_builder` gives bb8 the pool's idle timeout but not a reaper period: bb8
+/// Was a DEFECT, now fixed. `pool_builder` gives bb8 the pool's idle timeout but not a reaper period: bb8
 /// looks for idle connections every 30 s (its default `reaper_rate`), so an idle timeout
 /// of 500 ms keeps an idle session open (and a scale-to-zero compute awake) for up to 30 s.
 /// The crate's own housekeeper runs every min(lifetime, idle)/4 (>= 100 ms).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bb8_idle_timeout_is_not_honoured_for_up_to_thirty_seconds() {
+async fn bb8_closes_idle_sessions_within_the_pools_housekeeping_interval() {
     let lakebase = LocalLakebase::start().await.unwrap();
     let pool = lakebase
         .pool_builder()
@@ -165,12 +157,12 @@ async fn bb8_idle_timeout_is_not_honoured_for_up_to_thirty_seconds() {
     );
 }
 
-/// DEFECT. The diesel manager's docs say `deadpool` sets the lifetime and idle
+/// Was a DEFECT, now fixed. The diesel manager's docs say `deadpool` sets the lifetime and idle
 /// timeout for its deadpool pool; it sets no idle timeout at all, and checks the lifetime
 /// only in `pre_recycle`, which deadpool runs at the next checkout, not when a connection
 /// comes back. A quiet pool keeps a session open on the server forever, past both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn diesel_keeps_an_idle_session_open_past_its_lifetime_and_idle_timeout() {
+async fn diesel_closes_an_unused_session_past_its_lifetime_and_idle_timeout() {
     let lakebase = LocalLakebase::start().await.unwrap();
     let pool = lakebase
         .pool_builder()
@@ -290,12 +282,12 @@ async fn bb8_validation_of_a_stalled_session_is_bounded_by_the_command_timeout()
     );
 }
 
-/// DEFECT. The same stalled server under diesel: deadpool's recycle runs diesel's
+/// Was a DEFECT, now fixed. The same stalled server under diesel: deadpool's recycle runs diesel's
 /// `SELECT 1` ping with no bound (`deadpool` sets no `recycle_timeout`, and the
 /// pool's command timeout reaches nothing in diesel), so `get()` hangs while the server
 /// stalls; the crate's own pool answers within its command timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn diesel_checkout_of_a_stalled_session_hangs_past_the_command_timeout() {
+async fn diesel_checkout_of_a_stalled_session_is_bounded_by_the_command_timeout() {
     let lakebase = LocalLakebase::start().await.unwrap();
     let pool = lakebase
         .pool_builder()
@@ -345,13 +337,13 @@ async fn a_session_killed_by_the_server_is_replaced_at_checkout() {
 // Dropped futures
 // ---------------------------------------------------------------------------------------
 
-/// DEFECT. A caller's query future dropped mid-statement: bb8 takes the session back as if
+/// Was a DEFECT, now fixed. A caller's query future dropped mid-statement: bb8 takes the session back as if
 /// nothing were running (`has_broken` looks only at `is_closed` and `retire_at`). The next
 /// caller's checkout waits behind the abandoned statement until the command timeout, then
 /// bb8 drops the session, but the server keeps running the statement: with max_size 1 the
 /// server holds 2 of the app's sessions. (The crate's pool cancels an abandoned statement.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bb8_an_abandoned_statement_stalls_the_next_checkout_and_outlives_the_session() {
+async fn bb8_cancels_an_abandoned_statement_and_serves_the_next_checkout_at_once() {
     let lakebase = LocalLakebase::start().await.unwrap();
     let pool = lakebase
         .pool_builder()
@@ -564,13 +556,13 @@ async fn a_closed_pools_adapters_open_nothing_on_the_server() {
     assert_eq!(pool.stats().connections_opened, 0);
 }
 
-/// DEFECT (undocumented behaviour). The `Pool` dropped (not closed) while the adapters'
+/// Was a DEFECT, now fixed (undocumented behaviour). The `Pool` dropped (not closed) while the adapters'
 /// pools live: `Pool::connector` keeps only a weak reference, so every new login of the
 /// adapters fails as "the pool is closed"; bb8 answers only `TimedOut` after its
 /// connection timeout. Nothing in `LakebaseConnectionManager::new`, `manager` or
 /// `deadpool` says the `Pool` must outlive them ("none once `pool` is closed").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adapters_stop_opening_sessions_once_the_pool_is_dropped() {
+async fn adapters_go_on_once_the_pool_is_dropped() {
     let lakebase = LocalLakebase::start().await.unwrap();
     let pool = lakebase.pool_builder().unwrap().build().unwrap();
     let sessions = bb8_pool(&pool, 1, Duration::from_secs(2)).await;

@@ -121,11 +121,16 @@ impl LogCapture {
 
 /// Sessions the `app` role has open on the server.
 pub async fn server_sessions(pg: &LocalPostgres) -> i64 {
+    server_sessions_of(pg, ROLE).await
+}
+
+/// Sessions `user` has open on the server (all states), counted through the superuser.
+pub async fn server_sessions_of(pg: &LocalPostgres, user: &str) -> i64 {
     let admin = pg.admin().await.unwrap();
     admin
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-            &[&ROLE],
+            &[&user],
         )
         .await
         .unwrap()
