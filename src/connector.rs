@@ -67,6 +67,12 @@ impl Lifetimes {
             .clamp(Duration::from_millis(100), Duration::from_secs(30))
     }
 
+    /// When a session opened at `created` is to be replaced: its lifetime drawn now, at
+    /// random. `None` for a lifetime too long to count.
+    pub(crate) fn retire_at(&self, created: Instant) -> Option<Instant> {
+        created.checked_add(self.draw(fastrand::f64()))
+    }
+
     /// A session's lifetime for `draw` in `[0, 1)`.
     pub(crate) fn draw(&self, draw: f64) -> Duration {
         crate::backoff::jittered_lifetime(self.max_lifetime, self.jitter, draw)
@@ -119,7 +125,6 @@ impl Connector {
         if (self.closed)() {
             return Err(Error::PoolClosed);
         }
-        let lifetime = self.lifetimes.draw(fastrand::f64());
         let request = CancelRequest::new(
             client.cancel_token(),
             cancel,
@@ -128,7 +133,7 @@ impl Connector {
         Ok(Session {
             client,
             driver: SessionDriver(driver),
-            retire_at: Instant::now().checked_add(lifetime),
+            retire_at: self.lifetimes.retire_at(Instant::now()),
             watch: SessionWatch { request, activity },
         })
     }

@@ -31,11 +31,7 @@ impl Lifecycle {
     /// a random fraction in `[0, jitter)`, chosen once per connection so that connections
     /// opened together do not all reconnect together. `None` means never.
     fn retire_at(&self, created: Instant) -> Option<Instant> {
-        created.checked_add(crate::backoff::jittered_lifetime(
-            self.max_lifetime,
-            self.jitter,
-            fastrand::f64(),
-        ))
+        self.lifetimes().retire_at(created)
     }
 
     /// What a session opened outside the pool (`Connector`) is told of these rules.
