@@ -28,6 +28,7 @@ use crate::target::{
     HIDDEN_USER, RedactedServerError, TlsSettings, describe_target, redact, settle,
 };
 use crate::telemetry::{ConnectSpan, RetryCause, Server};
+use crate::tls::{SslMode, Trust};
 
 /// Completes a connection target that is only known after a look-up (Lakebase discovery of
 /// the endpoint's host and the user, in `databricks`): the connect path knows nothing of
@@ -86,6 +87,18 @@ struct Prepared {
     loopback_only: bool,
     /// `user@host:port/dbname`, for errors and tracing.
     target: String,
+    /// The effective sslmode.
+    mode: SslMode,
+}
+
+/// What a driver that opens its sessions itself (sqlx) needs of the connect path: the
+/// completed target without a password, its effective sslmode and trust, and how its host is
+/// to be reached.
+pub(crate) struct DriverTarget {
+    pub(crate) config: tokio_postgres::Config,
+    pub(crate) mode: SslMode,
+    pub(crate) trust: Trust,
+    pub(crate) resolver: Option<Arc<dyn Resolve>>,
 }
 
 /// Settles a complete configuration: its sslmode, TLS connector and description.
@@ -104,6 +117,7 @@ fn complete(
         uses_tls: mode.uses_tls(),
         loopback_only: loopback_only && !mode.uses_tls(),
         target,
+        mode,
     })
 }
 
@@ -232,6 +246,25 @@ impl Connector {
             .total_deadline()
             .saturating_add(self.retry.attempt_timeout())
             .saturating_add(self.tokens.mint_timeout().saturating_mul(2))
+    }
+
+    /// The completed target (the endpoint looked up, within [`bound`](Self::bound), if it
+    /// has not been yet), for a driver that opens its sessions itself.
+    pub(crate) async fn driver_target(&self) -> Result<DriverTarget, Error> {
+        let bound = self.bound();
+        let prepared =
+            tokio::time::timeout(bound, self.prepared.get_or_try_init(|| self.prepare()))
+                .await
+                .map_err(|_| Error::ConnectTimeout {
+                    target: self.target().to_owned(),
+                    after: bound,
+                })??;
+        Ok(DriverTarget {
+            config: prepared.pg_config.clone(),
+            mode: prepared.mode,
+            trust: self.tls.trust.clone(),
+            resolver: self.resolver.clone(),
+        })
     }
 
     /// Opens one connection within [`bound`](Self::bound), or explains why it could not.

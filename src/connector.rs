@@ -73,6 +73,16 @@ impl Lifetimes {
         created.checked_add(self.draw(fastrand::f64()))
     }
 
+    /// The lifetime of the session known by `key` (something that stays the same for it, such
+    /// as when it was made): drawn at random once, the same at every look, for pools that keep
+    /// nothing of ours beside their sessions.
+    pub(crate) fn lifetime_of(&self, key: impl std::hash::Hash) -> Duration {
+        use std::hash::Hasher;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        self.draw((hasher.finish() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+
     /// A session's lifetime for `draw` in `[0, 1)`.
     pub(crate) fn draw(&self, draw: f64) -> Duration {
         crate::backoff::jittered_lifetime(self.max_lifetime, self.jitter, draw)
@@ -90,6 +100,11 @@ impl Connector {
             closed,
             lifetimes,
         }
+    }
+
+    /// Whether the pool it came from is closed (it opens no more sessions).
+    pub(crate) fn is_closed(&self) -> bool {
+        (self.closed)()
     }
 
     /// Opens one session.

@@ -14,6 +14,9 @@ use crate::defaults;
 use crate::error::{Error, SharedError, TokenKind};
 use crate::telemetry::PoolTelemetry;
 
+mod updates;
+pub use self::updates::TokenUpdates;
+
 /// A token with less life left than this is never handed out, even as a fallback: the login
 /// it is used for must still complete before it expires.
 const LOGIN_MARGIN: Duration = Duration::from_secs(5);
@@ -89,6 +92,8 @@ struct Inner {
     /// Where mint durations (and spans) go: the instruments of the first pool that uses the
     /// cache.
     telemetry: OnceLock<PoolTelemetry>,
+    /// Each token the cache gets, for [`TokenCache::subscribe`].
+    updates: watch::Sender<Option<Arc<Credential>>>,
 }
 
 #[derive(Default)]
@@ -274,6 +279,7 @@ impl TokenCache {
                 served_from_cache: AtomicU64::new(0),
                 forced_refreshes: AtomicU64::new(0),
                 telemetry: OnceLock::new(),
+                updates: watch::Sender::new(None),
             }),
         }
     }
@@ -363,6 +369,42 @@ impl TokenCache {
             Some(next) => self.finish(next).await,
             None => self.mint_alone().await,
         }
+    }
+
+    /// A subscription to the tokens the cache gets from now on: for a pool that keeps a
+    /// password of its own (sqlx's `set_connect_options`) and must be handed each new token.
+    /// Subscribing mints nothing; the cache mints when asked ([`token`](Self::token)), ahead
+    /// of expiry once asked within [`refresh_ahead`](CachePolicy::refresh_ahead) of it.
+    ///
+    /// ```
+    /// use lakebase_pool::{CachePolicy, TokenCache};
+    /// use lakebase_pool::credentials::StaticPassword;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool::Error> {
+    /// let cache = TokenCache::new(StaticPassword::new("pw"), CachePolicy::default());
+    /// let mut updates = cache.subscribe();
+    /// let minted = cache.token().await?;
+    /// let seen = updates.changed().await.expect("the cache is alive");
+    /// assert!(std::sync::Arc::ptr_eq(&minted, &seen));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subscribe(&self) -> TokenUpdates {
+        TokenUpdates {
+            receiver: self.inner.updates.subscribe(),
+        }
+    }
+
+    /// When a holder of `credential` should ask again for the cache to refresh it ahead of
+    /// expiry (`None`: it never expires).
+    pub(crate) fn refresh_due(&self, credential: &Credential) -> Option<SystemTime> {
+        updates::refresh_due(credential, self.inner.policy.refresh_ahead)
+    }
+
+    /// Whether the cache mints a token for every login (`CachePolicy::per_connect`).
+    pub(crate) fn per_connect(&self) -> bool {
+        self.inner.policy.per_connect
     }
 
     /// A snapshot of the cache's counters.
@@ -530,6 +572,10 @@ impl TokenCache {
     }
 
     fn record_success(&self, state: &mut State, credential: Arc<Credential>) {
+        let _ = self
+            .inner
+            .updates
+            .send_replace(Some(Arc::clone(&credential)));
         state.current = Some(credential);
         state.consecutive_failures = 0;
         state.last_error = None;

@@ -33,6 +33,7 @@ mod static_password;
 use std::fmt;
 use std::time::SystemTime;
 
+pub use self::cache::TokenUpdates;
 pub(crate) use self::cache::{TokenCache, TokenStats};
 pub(crate) use self::policy::CachePolicy;
 pub use self::static_password::{FnProvider, StaticPassword, from_fn};

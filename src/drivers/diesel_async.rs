@@ -22,8 +22,6 @@
 //! # }
 //! ```
 
-use std::hash::{Hash, Hasher};
-
 use ::diesel_async::AsyncPgConnection;
 use ::diesel_async::pooled_connection::deadpool::{Pool as DieselPool, PoolBuilder};
 use ::diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
@@ -153,14 +151,7 @@ pub fn deadpool(
 
 /// Whether a connection is within its lifetime and idle timeout.
 fn keep(lifetimes: &Lifetimes, metrics: &Metrics) -> bool {
-    metrics.age() < lifetimes.draw(draw_for(metrics))
+    // Deadpool keeps nothing of ours beside a connection, but keeps when it was made.
+    metrics.age() < lifetimes.lifetime_of(metrics.created)
         && metrics.last_used() < lifetimes.idle_timeout
-}
-
-/// A number in `[0, 1)` that stays the same for one connection: deadpool keeps nothing of
-/// ours beside it, but keeps when it was made.
-fn draw_for(metrics: &Metrics) -> f64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    metrics.created.hash(&mut hasher);
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }

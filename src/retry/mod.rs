@@ -194,6 +194,21 @@ pub(crate) fn classify_server_error(code: &SqlState, message: &str) -> ErrorClas
     }
 }
 
+/// Classifies an error the server sent, counting only errors that come before a session
+/// runs any statement (a refused login, the proxy's wake-up texts, `57P03`, `53300`): for a
+/// driver whose connect errors and statement errors arrive alike (sqlx), so that retrying
+/// never runs a statement twice. Everything else is fatal, `57P01` included (a session
+/// ended mid-statement).
+pub(crate) fn classify_before_statement(code: &SqlState, message: &str) -> ErrorClass {
+    if *code == SqlState::CANNOT_CONNECT_NOW {
+        return ErrorClass::Transient;
+    }
+    match classify_server_error(code, message) {
+        ErrorClass::Transient if *code != SqlState::INTERNAL_ERROR => ErrorClass::Fatal,
+        class => class,
+    }
+}
+
 /// One of the Lakebase proxy's own `XX000` texts; see the [module docs](self).
 struct ProxyText {
     /// Lowercase, matched as a substring of the lowercased message.

@@ -30,6 +30,7 @@ mod review_faults;
 mod rotation;
 mod secrets;
 mod shutdown;
+mod sqlx;
 mod stats;
 mod support;
 #[cfg(feature = "opentelemetry")]
