@@ -28,7 +28,9 @@ use crate::target::{
     HIDDEN_USER, RedactedServerError, TlsSettings, describe_target, redact, settle,
 };
 use crate::telemetry::{ConnectSpan, RetryCause, Server};
-use crate::tls::{SslMode, Trust};
+use crate::tls::SslMode;
+#[cfg(any(feature = "sqlx-0_8", feature = "sqlx-0_9"))]
+use crate::tls::Trust;
 
 /// Completes a connection target that is only known after a look-up (Lakebase discovery of
 /// the endpoint's host and the user, in `databricks`): the connect path knows nothing of
@@ -87,13 +89,15 @@ struct Prepared {
     loopback_only: bool,
     /// `user@host:port/dbname`, for errors and tracing.
     target: String,
-    /// The effective sslmode.
+    /// The effective sslmode (read by the sqlx adapters).
+    #[cfg_attr(not(any(feature = "sqlx-0_8", feature = "sqlx-0_9")), allow(dead_code))]
     mode: SslMode,
 }
 
 /// What a driver that opens its sessions itself (sqlx) needs of the connect path: the
 /// completed target without a password, its effective sslmode and trust, and how its host is
 /// to be reached.
+#[cfg(any(feature = "sqlx-0_8", feature = "sqlx-0_9"))]
 pub(crate) struct DriverTarget {
     pub(crate) config: tokio_postgres::Config,
     pub(crate) mode: SslMode,
@@ -250,6 +254,7 @@ impl Connector {
 
     /// The completed target (the endpoint looked up, within [`bound`](Self::bound), if it
     /// has not been yet), for a driver that opens its sessions itself.
+    #[cfg(any(feature = "sqlx-0_8", feature = "sqlx-0_9"))]
     pub(crate) async fn driver_target(&self) -> Result<DriverTarget, Error> {
         let bound = self.bound();
         let prepared =

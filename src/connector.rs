@@ -76,6 +76,7 @@ impl Lifetimes {
     /// The lifetime of the session known by `key` (something that stays the same for it, such
     /// as when it was made): drawn at random once, the same at every look, for pools that keep
     /// nothing of ours beside their sessions.
+    #[cfg(any(feature = "diesel-async", feature = "sqlx-0_8", feature = "sqlx-0_9"))]
     pub(crate) fn lifetime_of(&self, key: impl std::hash::Hash) -> Duration {
         use std::hash::Hasher;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -103,6 +104,7 @@ impl Connector {
     }
 
     /// Whether the pool it came from is closed (it opens no more sessions).
+    #[cfg(any(feature = "sqlx-0_8", feature = "sqlx-0_9"))]
     pub(crate) fn is_closed(&self) -> bool {
         (self.closed)()
     }

@@ -139,6 +139,9 @@ pub use crate::pool::{
     CancelHandle, Connection, Dangerous, Pool, PoolBuilder, ReadFallback, ReplicaStats,
     ShutdownReport, Stats, TransactionHandle,
 };
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub use crate::pool::{PoolSettings, RetrySettings, TokenSettings};
 pub use crate::retry::policy::RetryPolicy;
 pub use crate::secret::Secret;
 pub use crate::tls::{ChannelBinding, SslMode, SslNegotiation};

@@ -398,11 +398,13 @@ impl TokenCache {
 
     /// When a holder of `credential` should ask again for the cache to refresh it ahead of
     /// expiry (`None`: it never expires).
+    #[cfg(any(feature = "sqlx-0_8", feature = "sqlx-0_9"))]
     pub(crate) fn refresh_due(&self, credential: &Credential) -> Option<SystemTime> {
         updates::refresh_due(credential, self.inner.policy.refresh_ahead)
     }
 
     /// Whether the cache mints a token for every login (`CachePolicy::per_connect`).
+    #[cfg(any(feature = "sqlx-0_8", feature = "sqlx-0_9"))]
     pub(crate) fn per_connect(&self) -> bool {
         self.inner.policy.per_connect
     }

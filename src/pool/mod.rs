@@ -20,6 +20,9 @@ use tokio_postgres::types::PgLsn;
 
 pub(crate) use self::builder::PoolTemplate;
 pub use self::builder::{Dangerous, PoolBuilder};
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub use self::builder::{PoolSettings, RetrySettings, TokenSettings};
 pub use self::cancel::CancelHandle;
 pub use self::connection::Connection;
 pub(crate) use self::endpoint::EndpointPool;

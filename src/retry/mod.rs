@@ -199,6 +199,7 @@ pub(crate) fn classify_server_error(code: &SqlState, message: &str) -> ErrorClas
 /// driver whose connect errors and statement errors arrive alike (sqlx), so that retrying
 /// never runs a statement twice. Everything else is fatal, `57P01` included (a session
 /// ended mid-statement).
+#[cfg(any(feature = "sqlx-0_8", feature = "sqlx-0_9"))]
 pub(crate) fn classify_before_statement(code: &SqlState, message: &str) -> ErrorClass {
     if *code == SqlState::CANNOT_CONNECT_NOW {
         return ErrorClass::Transient;

@@ -202,6 +202,12 @@ impl RetryPolicy {
         RetryPolicy::default().deadline(Duration::ZERO)
     }
 
+    /// The first and the longest wait between retries.
+    #[cfg(feature = "serde")]
+    pub(crate) fn backoff_bounds(&self) -> (Duration, Duration) {
+        (self.backoff.initial, self.backoff.max)
+    }
+
     pub(crate) fn attempt_timeout(&self) -> Duration {
         self.connect_timeout
     }

@@ -29,6 +29,7 @@ mod restart;
 mod review_faults;
 mod rotation;
 mod secrets;
+mod settings;
 mod shutdown;
 mod sqlx;
 mod stats;

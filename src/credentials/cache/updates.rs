@@ -2,7 +2,6 @@
 //! pools that keep a password of their own (sqlx's) and must be told when it changes.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use tokio::sync::watch;
 
@@ -66,14 +65,15 @@ impl TokenUpdates {
 
 /// When a holder of `credential` should ask the cache again so that the cache refreshes it
 /// ahead of expiry: `refresh_ahead` before it expires (`None`: it never expires).
+#[cfg(any(feature = "sqlx-0_8", feature = "sqlx-0_9"))]
 pub(crate) fn refresh_due(
     credential: &Credential,
     refresh_ahead: std::time::Duration,
-) -> Option<SystemTime> {
+) -> Option<std::time::SystemTime> {
     let expiry = credential.expiry()?;
     Some(
         expiry
             .checked_sub(refresh_ahead)
-            .unwrap_or(SystemTime::UNIX_EPOCH),
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH),
     )
 }

@@ -1,6 +1,8 @@
 //! `PoolBuilder`: every setting of a pool, checked as a whole in `build()` (`build.rs`).
 
 mod build;
+#[cfg(feature = "serde")]
+mod settings;
 
 pub(crate) use self::build::PoolTemplate;
 
@@ -22,6 +24,9 @@ use crate::target::TlsSettings;
 use crate::telemetry::Telemetry;
 use crate::tls::{self, ChannelBinding, SslMode, SslNegotiation};
 use crate::{EndpointName, Environment, Error, RetryPolicy, Secret};
+
+#[cfg(feature = "serde")]
+pub use self::settings::{PoolSettings, RetrySettings, TokenSettings};
 
 /// Configures and builds a [`Pool`]. Start with [`Pool::builder`].
 ///
