@@ -32,6 +32,7 @@ mod secrets;
 mod settings;
 mod shutdown;
 mod sqlx;
+mod sqlx_break;
 mod stats;
 mod support;
 #[cfg(feature = "opentelemetry")]

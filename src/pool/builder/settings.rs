@@ -27,7 +27,8 @@ use crate::tls::SslMode;
 ///     r#"{ "endpoint": "projects/shop/branches/main/endpoints/primary",
 ///          "max_size": 32, "max_lifetime": "30m", "retry": { "deadline": "45s" } }"#,
 /// )?;
-/// let builder = PoolBuilder::from_environment(&Default::default())?.settings(settings);
+/// // Usually on top of `PoolBuilder::from_env()?`, which brings the workspace and its token.
+/// let builder = PoolBuilder::default().settings(settings);
 /// # let _ = builder;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
