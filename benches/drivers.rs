@@ -9,11 +9,14 @@
 //! `LakebaseConnectionManager` against bb8 with a plain `tokio_postgres` manager, and
 //! diesel-async's deadpool pool from `deadpool(&pool, ..)` against the same pool over
 //! `AsyncDieselConnectionManager::new(url)`. Both sides of a pair validate on checkout the
-//! same way (bb8's `test_on_check_out`, diesel-async's `Verified` recycling). The sides
+//! same way (bb8's `test_on_check_out`, diesel-async's `Verified` recycling); and sqlx's
+//! `PgPool` from `sqlx_0_8::pg_pool(&pool, ..)` against `PgPoolOptions::connect_lazy_with`
+//! (both pinging on acquire, sqlx's default). The sides
 //! alternate in short slices; the table gives the median of the per-round ratios
 //! (adapter / plain: above 1 is faster).
 //!
-//! For instruction counts: `DRIVERS_BENCH_FIXED=bb8-adapter|bb8-plain|diesel-adapter|diesel-plain`
+//! For instruction counts:
+//! `DRIVERS_BENCH_FIXED=bb8-adapter|bb8-plain|diesel-adapter|diesel-plain|sqlx-adapter|sqlx-plain`
 //! runs `DRIVERS_BENCH_QUERIES` checkouts + `SELECT 1` (default 1,024) by
 //! `DRIVERS_BENCH_WORKERS` workers (default 8) on that one pool, then exits: run it under
 //! callgrind with two query counts and divide the difference by the difference in queries.
@@ -29,6 +32,7 @@ use lakebase_pool::drivers::bb8::LakebaseConnectionManager;
 use lakebase_pool::drivers::diesel_async::deadpool;
 use lakebase_pool::{Pool, Secret};
 use lakebase_pool_testing::LocalPostgres;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
 const ROLE: &str = "bench";
 const PASSWORD: &str = "bench-password";
@@ -67,6 +71,7 @@ enum Side {
     Bb8Adapter(bb8::Pool<LakebaseConnectionManager>),
     Bb8Plain(bb8::Pool<PlainManager>),
     Diesel(DieselPool<AsyncPgConnection>),
+    Sqlx(PgPool),
 }
 
 impl Side {
@@ -84,6 +89,13 @@ impl Side {
                 let mut conn = pool.get().await.expect("checkout");
                 let _: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1"))
                     .get_result(&mut conn)
+                    .await
+                    .expect("query");
+            }
+            Side::Sqlx(pool) => {
+                let mut conn = pool.acquire().await.expect("checkout");
+                let _: (i32,) = sqlx::query_as("SELECT 1")
+                    .fetch_one(&mut *conn)
                     .await
                     .expect("query");
             }
@@ -197,6 +209,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .max_size(SIZE)
             .build()?,
     );
+    let sqlx_adapter = Side::Sqlx(
+        lakebase_pool::drivers::sqlx_0_8::pg_pool(
+            &pool,
+            PgPoolOptions::new().max_connections(SIZE as u32),
+        )
+        .await?,
+    );
+    let sqlx_plain = Side::Sqlx(
+        PgPoolOptions::new()
+            .max_connections(SIZE as u32)
+            .connect_lazy_with(
+                PgConnectOptions::new_without_pgpass()
+                    .host(host)
+                    .port(port)
+                    .username(ROLE)
+                    .password(PASSWORD)
+                    .database(ROLE)
+                    .ssl_mode(PgSslMode::Disable),
+            ),
+    );
 
     if let Ok(fixed) = std::env::var("DRIVERS_BENCH_FIXED") {
         let number = |name: &str, default: usize| {
@@ -214,6 +246,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "bb8-plain" => bb8_plain,
             "diesel-adapter" => diesel_adapter,
             "diesel-plain" => diesel_plain,
+            "sqlx-adapter" => sqlx_adapter,
+            "sqlx-plain" => sqlx_plain,
             other => return Err(format!("unknown DRIVERS_BENCH_FIXED {other}").into()),
         };
         fixed_count(&side, queries, workers).await;
@@ -228,6 +262,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             &diesel_adapter,
             &diesel_plain,
         ),
+        ("sqlx: adapter / plain", &sqlx_adapter, &sqlx_plain),
     ] {
         let mut row = format!("| {name} |");
         for workers in [1, 8, 32] {

@@ -403,6 +403,13 @@ impl TokenCache {
         updates::refresh_due(credential, self.inner.policy.refresh_ahead)
     }
 
+    /// How much life a token must have left to be logged in with: the fallback rule's
+    /// margin, never more than the policy's `min_remaining`.
+    #[cfg(any(feature = "sqlx-0_8", feature = "sqlx-0_9"))]
+    pub(crate) fn login_margin(&self) -> Duration {
+        LOGIN_MARGIN.min(self.inner.policy.min_remaining)
+    }
+
     /// Whether the cache mints a token for every login (`CachePolicy::per_connect`).
     #[cfg(any(feature = "sqlx-0_8", feature = "sqlx-0_9"))]
     pub(crate) fn per_connect(&self) -> bool {

@@ -28,6 +28,16 @@ use crate::{Error, Pool};
 /// `PgPool` and stops when the `PgPool` is closed or `pool` is closed (and then closes the
 /// `PgPool`, so that a closed pool's adapter opens no more sessions, as the others do). Close
 /// the `PgPool` when you are done with it: dropping every handle leaves the task running.
+/// `pg.connect_options()` holds the current token, and sqlx's `Debug` of those options
+/// prints it: do not log them (the `PgPool`'s own `Debug` does not show them). A token
+/// too close to expiry while no new one can be minted is withdrawn: logins are then refused
+/// rather than sent an expired token.
+///
+/// **The environment.** sqlx reads `PGDATABASE`, `PGAPPNAME`, `PGSSLROOTCERT`, `PGOPTIONS`
+/// and `PGHOSTADDR` into every connection itself; the adapter sets or overrides each so that
+/// only the pool's settings count, and refuses a `PGOPTIONS` that differs from the pool's
+/// (sqlx cannot be told to drop it). `PGSSLCERT` and `PGSSLKEY` (a client certificate) are
+/// left to sqlx.
 ///
 /// **Resolver hook, `hostaddr`.** sqlx has neither; it resolves the host name itself. With
 /// either set, the adapter gives sqlx a Unix socket in a private directory, and a relay of
@@ -93,7 +103,11 @@ pub async fn pg_pool(pool: &Pool, options: PgPoolOptions) -> Result<PgPool, Erro
         sqlx_support::keep_token_fresh(
             connector,
             move |token| {
-                pushed.set_connect_options(base.clone().password(token.secret().expose()));
+                pushed.set_connect_options(match token {
+                    Some(token) => base.clone().password(token.secret().expose()),
+                    // No password: sqlx sends an empty one, which is refused.
+                    None => base.clone(),
+                });
             },
             closed,
         )
@@ -246,18 +260,18 @@ fn class_of(error: &sqlx::Error) -> ErrorClass {
     }
 }
 
-/// sqlx's options for `login`, without the password.
+/// sqlx's options for `login`, without the password. sqlx starts them from the process
+/// environment (`PGDATABASE`, `PGAPPNAME`, `PGSSLROOTCERT`, ...): every setting the pool
+/// has an opinion on is set here, so that none of those changes what the adapter does.
+/// (`PGSSLCERT` and `PGSSLKEY`, a client certificate sqlx would present, are left to it.)
 fn connect_options(login: &Login) -> PgConnectOptions {
     let mut options = PgConnectOptions::new_without_pgpass()
         .host(&login.host)
         .port(login.port)
-        .username(&login.user);
-    if let Some(database) = &login.database {
-        options = options.database(database);
-    }
-    if let Some(name) = &login.application_name {
-        options = options.application_name(name);
-    }
+        .username(&login.user)
+        // Postgres's own default, as the pool's sessions have it.
+        .database(login.database.as_deref().unwrap_or(&login.user))
+        .application_name(login.application_name.as_deref().unwrap_or_default());
     if !login.options.is_empty() {
         options = options.options(login.options.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     }
@@ -267,12 +281,10 @@ fn connect_options(login: &Login) -> PgConnectOptions {
     match &login.tls {
         LoginTls::Disable => options.ssl_mode(PgSslMode::Disable),
         LoginTls::AcceptAny => options.ssl_mode(PgSslMode::Require),
-        LoginTls::VerifyFull { extra_roots_pem } => {
-            let options = options.ssl_mode(PgSslMode::VerifyFull);
-            match extra_roots_pem {
-                Some(pem) => options.ssl_root_cert_from_pem(pem.clone()),
-                None => options,
-            }
-        }
+        // The pool's own CA certificates, or none (which also drops a `PGSSLROOTCERT` sqlx
+        // read, that the pool does not trust), beside the webpki roots.
+        LoginTls::VerifyFull { extra_roots_pem } => options
+            .ssl_mode(PgSslMode::VerifyFull)
+            .ssl_root_cert_from_pem(extra_roots_pem.clone().unwrap_or_default()),
     }
 }

@@ -27,7 +27,8 @@ pub(crate) struct Login {
     pub(crate) user: String,
     pub(crate) database: Option<String>,
     pub(crate) application_name: Option<String>,
-    /// `-c name=value` start-up options.
+    /// `-c name=value` start-up options, to add to sqlx's (empty, or the same options that
+    /// sqlx read from `PGOPTIONS` itself: then none are added).
     pub(crate) options: Vec<(String, String)>,
     pub(crate) tls: LoginTls,
     /// A Unix socket directory to connect through: the server's own, or the relay's.
@@ -101,7 +102,7 @@ pub(crate) async fn plan(connector: &connect::Connector) -> Result<Login, Error>
         user,
         database: config.get_dbname().map(str::to_owned),
         application_name: config.get_application_name().map(str::to_owned),
-        options: startup_options(config.get_options().unwrap_or_default())?,
+        options: without_environments(startup_options(config.get_options().unwrap_or_default())?)?,
         tls,
         socket_dir: None,
         #[cfg(unix)]
@@ -120,7 +121,11 @@ pub(crate) async fn plan(connector: &connect::Connector) -> Result<Login, Error>
     // plain text to a name (whose addresses must be checked to be loopback) go through the
     // relay, which reaches the server the pool's way while sqlx keeps the name for TLS.
     let plain_to_name = matches!(login.tls, LoginTls::Disable) && name.parse::<IpAddr>().is_err();
-    let needs_relay = resolver.is_some() || !config.get_hostaddrs().is_empty() || plain_to_name;
+    // sqlx 0.9 also reads `PGHOSTADDR` from the process environment and dials it instead of
+    // the host; only a socket directory overrides it.
+    let env_hostaddr = std::env::var_os("PGHOSTADDR").is_some_and(|v| !v.is_empty());
+    let needs_relay =
+        resolver.is_some() || !config.get_hostaddrs().is_empty() || plain_to_name || env_hostaddr;
     login.host = name.clone();
     if needs_relay {
         #[cfg(unix)]
@@ -132,6 +137,7 @@ pub(crate) async fn plan(connector: &connect::Connector) -> Result<Login, Error>
                 resolver,
                 loopback_only: matches!(login.tls, LoginTls::Disable),
                 connect_timeout: connector.retry_policy().attempt_timeout(),
+                reach_deadline: connector.retry_policy().total_deadline(),
             };
             let relay = Arc::new(Relay::start(route)?);
             login.socket_dir = Some(relay.dir().to_owned());
@@ -172,6 +178,25 @@ fn startup_options(options: &str) -> Result<Vec<(String, String)>, Error> {
         pairs.push((name.replace('-', "_"), value.to_owned()));
     }
     Ok(pairs)
+}
+
+/// `options`, less what sqlx takes from `PGOPTIONS` itself: sqlx reads the variable into
+/// every connection's options and adds to it, so options from the environment that the pool
+/// took too would be sent twice, and options the pool does not have cannot be taken away.
+fn without_environments(options: Vec<(String, String)>) -> Result<Vec<(String, String)>, Error> {
+    let from_environment = std::env::var("PGOPTIONS").unwrap_or_default();
+    if from_environment.trim().is_empty() {
+        return Ok(options);
+    }
+    if startup_options(&from_environment).is_ok_and(|theirs| theirs == options) {
+        return Ok(Vec::new());
+    }
+    Err(Error::invalid(
+        "options",
+        "sqlx adds PGOPTIONS from the process environment to every connection's options, and \
+         they differ from the pool's; unset PGOPTIONS, or build the pool with `from_env` so \
+         that both take it",
+    ))
 }
 
 /// DER certificates as one PEM text, as sqlx's `ssl_root_cert_from_pem` takes them.
@@ -257,10 +282,12 @@ pub(crate) fn class_of(failure: &Failure<'_>) -> ErrorClass {
 /// pool is closed (noticed within half a second).
 ///
 /// A failed mint is logged by the cache and asked again after a pause; the password pushed
-/// last stays meanwhile (it is still valid: the cache refreshes well ahead of expiry).
+/// last stays meanwhile (the cache refreshes well ahead of expiry), until it is too close to
+/// expiry to log in with: then `push(None)` withdraws it, so that an expired token is never
+/// sent (logins fail as refused until a mint succeeds).
 pub(crate) async fn keep_token_fresh(
     connector: crate::Connector,
-    push: impl Fn(&Credential),
+    push: impl Fn(Option<&Credential>),
     stop: impl Future<Output = ()>,
 ) {
     /// How long to wait before asking again: once the refresh is due, a short pause while
@@ -274,31 +301,39 @@ pub(crate) async fn keep_token_fresh(
 
     let cache = connector.token_cache().clone();
     let mut updates = cache.subscribe();
-    let mut pushed: Option<Arc<Credential>> = None;
-    let mut push_new = |token: Arc<Credential>| {
-        if !pushed.as_ref().is_some_and(|old| Arc::ptr_eq(old, &token)) {
-            push(&token);
-            pushed = Some(token);
-        }
+    let mut pushed = Pushed {
+        push,
+        current: None,
+        margin: cache.login_margin(),
     };
     let refresh = async {
         loop {
-            let wait = match cache.token().await {
-                Ok(token) => {
+            // A mint may take its whole timeout (a workspace answering errors, retried): the
+            // pushed token is withdrawn meanwhile if it gets too old to log in with.
+            let asked = tokio::select! {
+                answer = cache.token() => Some(answer),
+                () = pushed.withdrawal() => {
+                    pushed.set(None);
+                    None
+                }
+            };
+            let wait = match asked {
+                Some(Ok(token)) => {
                     let wait = cache.refresh_due(&token).map_or(LONGEST, |due| {
                         due.duration_since(SystemTime::now())
                             .unwrap_or_default()
                             .max(AFTER_DUE)
                     });
-                    push_new(token);
+                    pushed.set(Some(token));
                     wait.min(LONGEST)
                 }
-                Err(_) => AFTER_FAILURE,
+                Some(Err(_)) | None => AFTER_FAILURE,
             };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
+                () = pushed.withdrawal() => pushed.set(None),
                 token = updates.changed() => match token {
-                    Some(token) => push_new(token),
+                    Some(token) => pushed.set(Some(token)),
                     None => return,
                 },
             }
@@ -313,6 +348,46 @@ pub(crate) async fn keep_token_fresh(
         () = refresh => {}
         () = closed => {}
         () = stop => {}
+    }
+}
+
+/// The token last handed to the driver, and how to hand it another.
+struct Pushed<F> {
+    push: F,
+    current: Option<Arc<Credential>>,
+    /// A token with less life left is not to be logged in with (the cache's rule).
+    margin: Duration,
+}
+
+impl<F: Fn(Option<&Credential>)> Pushed<F> {
+    /// Hands over `token` (`None`: withdraws the one handed over), unless it is the same.
+    fn set(&mut self, token: Option<Arc<Credential>>) {
+        let same = match (&self.current, &token) {
+            (Some(old), Some(new)) => Arc::ptr_eq(old, new),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            (self.push)(token.as_deref());
+            self.current = token;
+        }
+    }
+
+    /// Completes when the token handed over gets too close to expiry to log in with (never,
+    /// with none, or one that does not expire).
+    async fn withdrawal(&self) {
+        let at = self
+            .current
+            .as_ref()
+            .and_then(|token| token.expiry())
+            .map(|expiry| {
+                let left = expiry.duration_since(SystemTime::now()).unwrap_or_default();
+                left.saturating_sub(self.margin)
+            });
+        match at {
+            Some(left) => tokio::time::sleep(left).await,
+            None => std::future::pending().await,
+        }
     }
 }
 

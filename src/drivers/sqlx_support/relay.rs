@@ -28,8 +28,13 @@ pub(crate) struct Route {
     pub(crate) resolver: Option<Arc<dyn Resolve>>,
     /// Plain text: every address dialled must be loopback, whatever the name says.
     pub(crate) loopback_only: bool,
-    /// The bound on resolving and connecting, for each session.
+    /// How long one attempt to resolve and connect may take.
     pub(crate) connect_timeout: Duration,
+    /// How long to go on trying to reach the server for one session (the pool's retry
+    /// deadline): a server restarting or waking is waited for, as the pool's own connects
+    /// wait for it, since nothing has been sent to it yet. sqlx's acquire timeout bounds the
+    /// wait from its side.
+    pub(crate) reach_deadline: Duration,
 }
 
 /// A running relay; dropping it stops accepting and removes its directory (sessions already
@@ -97,26 +102,41 @@ impl Drop for Relay {
     }
 }
 
-/// Connects to the server and copies `client`'s bytes to it and back. A failure closes
-/// `client`, which sqlx reports as a connect error; the cause is logged here.
-async fn carry(mut client: UnixStream, route: &Route) {
-    let server = tokio::time::timeout(route.connect_timeout, connect(route)).await;
-    let mut server = match server {
-        Ok(Ok(server)) => server,
-        Ok(Err(cause)) => {
-            tracing::warn!(host = %route.host, %cause, "sqlx relay: could not reach the server");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(
-                host = %route.host,
-                timeout_ms = crate::backoff::millis(route.connect_timeout),
-                "sqlx relay: could not reach the server in time"
-            );
-            return;
-        }
+/// Connects to the server and copies `client`'s bytes to it and back, until either side
+/// ends (then both are closed: a server that never answers a closed client is not waited
+/// for). A server that cannot be reached within the route's deadline closes `client`, which
+/// sqlx reports as a connect error; the cause is logged here.
+async fn carry(client: UnixStream, route: &Route) {
+    let Some(server) = reach(route).await else {
+        return;
     };
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    tokio::select! {
+        _ = tokio::io::copy(&mut from_client, &mut to_server) => {}
+        _ = tokio::io::copy(&mut from_server, &mut to_client) => {}
+    }
+}
+
+/// The server, tried again with backoff (refused, unreachable, not resolved) until the
+/// route's deadline.
+async fn reach(route: &Route) -> Option<TcpStream> {
+    let deadline = tokio::time::Instant::now() + route.reach_deadline;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let cause = match tokio::time::timeout(route.connect_timeout, connect(route)).await {
+            Ok(Ok(server)) => return Some(server),
+            Ok(Err(cause)) => cause,
+            Err(_) => format!("no answer within {:?}", route.connect_timeout),
+        };
+        if tokio::time::Instant::now() + pause >= deadline {
+            tracing::warn!(host = %route.host, %cause, "sqlx relay: could not reach the server");
+            return None;
+        }
+        tracing::debug!(host = %route.host, %cause, "sqlx relay: server not reached yet; trying again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
 }
 
 /// A TCP connection to the first address of the route's host that answers.
@@ -148,6 +168,12 @@ async fn connect(route: &Route) -> Result<TcpStream, String> {
         match TcpStream::connect(SocketAddr::new(address, route.port)).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
+                // A server that vanishes without a word (a compute gone, a network cut) is
+                // noticed, as on the pool's own sessions.
+                let keepalive = socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(30))
+                    .with_interval(Duration::from_secs(10));
+                let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
                 return Ok(stream);
             }
             Err(error) => last = format!("{address}: {error}"),

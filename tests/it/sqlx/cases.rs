@@ -65,6 +65,8 @@ fn options(max: u32) -> PgPoolOptions {
 /// replaced past their lifetime, and no query fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_rotation_under_load_fails_no_query() {
+    // No process environment variable changes while sqlx reads them.
+    let _env = crate::sqlx_break::env_unchanged();
     let lakebase = LocalLakebase::start().await.unwrap();
     lakebase
         .workspace()
@@ -100,6 +102,8 @@ async fn a_token_rotation_under_load_fails_no_query() {
 /// documented limit: sqlx retries only 53300 and 57P03).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_against_a_suspended_compute_surfaces_no_error_through_retry() {
+    // No process environment variable changes while sqlx reads them.
+    let _env = crate::sqlx_break::env_unchanged();
     let lakebase = LocalLakebase::start().await.unwrap();
     let pool = lakebase.pool_builder().unwrap().build().unwrap();
     // `test_before_acquire` (sqlx's default) pings an idle session first, and replaces it if
@@ -133,6 +137,8 @@ async fn a_burst_against_a_suspended_compute_surfaces_no_error_through_retry() {
 /// afterwards use the fresh token too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_is_replaced_by_one_forced_refresh() {
+    // No process environment variable changes while sqlx reads them.
+    let _env = crate::sqlx_break::env_unchanged();
     let lakebase = LocalLakebase::start().await.unwrap();
     let pool = lakebase.pool_builder().unwrap().build().unwrap();
     drop(pool.get().await.unwrap());
@@ -156,6 +162,8 @@ async fn a_revoked_token_is_replaced_by_one_forced_refresh() {
 /// channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_certificate_is_refused() {
+    // No process environment variable changes while sqlx reads them.
+    let _env = crate::sqlx_break::env_unchanged();
     let lakebase = LocalLakebase::start().await.unwrap();
     let pool = lakebase_pool::PoolBuilder::from_environment(&lakebase.environment())
         .unwrap()
@@ -174,6 +182,8 @@ async fn an_untrusted_certificate_is_refused() {
 /// the `PgPool` is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_the_pool_closes_the_pg_pool() {
+    // No process environment variable changes while sqlx reads them.
+    let _env = crate::sqlx_break::env_unchanged();
     let lakebase = LocalLakebase::start().await.unwrap();
     let pool = lakebase.pool_builder().unwrap().build().unwrap();
     let pg = adapter::pg_pool(&pool, options(2)).await.unwrap();
@@ -206,6 +216,8 @@ async fn closing_the_pool_closes_the_pg_pool() {
 /// Settings sqlx cannot honour are refused at once, naming the fix.
 #[tokio::test]
 async fn what_sqlx_cannot_do_the_pools_way_is_refused() {
+    // No process environment variable changes while sqlx reads them.
+    let _env = crate::sqlx_break::env_unchanged();
     let lakebase = LocalLakebase::start().await.unwrap();
     let per_connect = lakebase
         .pool_builder()

@@ -48,6 +48,8 @@ async fn connect(pool: &Pool) -> (PgPool, DatabaseConnection) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seaorm_survives_a_rotation_a_suspend_and_a_revoked_token() {
+    // No process environment variable changes while sqlx reads them.
+    let _env = crate::sqlx_break::env_unchanged();
     let lakebase = LocalLakebase::start().await.unwrap();
     lakebase
         .workspace()
