@@ -52,9 +52,20 @@ pub(crate) struct Activity {
     /// The driver task's own waker, woken through this. A tokio task is polled with the same
     /// waker every time, so it is kept from the first poll (no swap per wake).
     task: OnceLock<Waker>,
+    /// Nobody asks: the stream passes bytes through without reading them (a driver
+    /// adapter's session, whose pool never cancels a statement).
+    unwatched: bool,
 }
 
 impl Activity {
+    /// The activity of a session nobody watches: its stream reads nothing of what passes.
+    pub(crate) fn unwatched() -> Self {
+        Activity {
+            unwatched: true,
+            ..Activity::default()
+        }
+    }
+
     /// Whether a statement sent on the session has not been answered yet (start-up over).
     pub(crate) fn in_flight(&self) -> bool {
         // The start-up's `ReadyForQuery` answers no frontend message of its own.
@@ -335,6 +346,8 @@ pub(crate) struct Watched<S> {
     expected: VecDeque<Expected>,
     /// Whether a message other than `Close` was sent since the last `Sync`.
     batch_has_work: bool,
+    /// Pass bytes through unread (an unwatched session).
+    off: bool,
     /// The flags as this stream last published them to `activity`.
     flags: u8,
 }
@@ -343,6 +356,7 @@ impl<S> Watched<S> {
     /// `inner`, before the start-up message is written on it.
     pub(crate) fn new(inner: S, activity: Arc<Activity>) -> Self {
         Watched {
+            off: activity.unwatched,
             inner,
             activity,
             frontend: Framing::new(true),
@@ -373,7 +387,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let before = buf.filled().len();
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if result.is_ready() {
+        if result.is_ready() && !this.off {
             let (activity, expected, flags) = (&this.activity, &mut this.expected, &mut this.flags);
             this.backend
                 .feed(&buf.filled()[before..], |kind, _| match kind {
@@ -420,7 +434,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(written)) = result {
+        if let Poll::Ready(Ok(written)) = result
+            && !this.off
+        {
             let (activity, expected, work, flags) = (
                 &this.activity,
                 &mut this.expected,

@@ -274,8 +274,15 @@ impl Connector {
 
     /// Opens one connection within [`bound`](Self::bound), or explains why it could not.
     pub(crate) async fn connect(&self) -> Result<Opened, Error> {
+        self.connect_watching(true).await
+    }
+
+    /// As [`connect`](Self::connect); with `watched` false, for a session whose statements
+    /// nobody watches (a driver adapter's pool that never cancels one), its stream passes
+    /// bytes through unread.
+    pub(crate) async fn connect_watching(&self, watched: bool) -> Result<Opened, Error> {
         let bound = self.bound();
-        tokio::time::timeout(bound, self.connect_unbounded())
+        tokio::time::timeout(bound, self.connect_unbounded(watched))
             .await
             .unwrap_or_else(|_| {
                 Err(Error::ConnectTimeout {
@@ -285,7 +292,7 @@ impl Connector {
             })
     }
 
-    async fn connect_unbounded(&self) -> Result<Opened, Error> {
+    async fn connect_unbounded(&self, watched: bool) -> Result<Opened, Error> {
         // The target source runs once (if it fails, the next checkout tries again), beside
         // the token: on a cold start the look-ups and the mint are round trips to the same
         // workspace, and neither needs the other.
@@ -305,7 +312,7 @@ impl Connector {
         let user = prepared.pg_config.get_user().filter(|_| !self.hide_user);
         let mut otel = self.counters.telemetry.connect_span(&server, user);
         let result = self
-            .connect_with_retries(prepared, credential, &mut otel)
+            .connect_with_retries(prepared, credential, &mut otel, watched)
             .instrument(span)
             .await;
         otel.end(result.as_ref().err().map(Error::type_name));
@@ -354,6 +361,7 @@ impl Connector {
         prepared: &Prepared,
         mut credential: Arc<Credential>,
         span: &mut ConnectSpan,
+        watched: bool,
     ) -> Result<Opened, Error> {
         let started = Instant::now();
         let deadline = deadline_after(started, self.retry.total_deadline());
@@ -372,7 +380,7 @@ impl Connector {
                 self.retry.attempt_timeout().min(left)
             };
             just_refreshed = false;
-            let error = match self.attempt(prepared, &credential, timeout).await {
+            let error = match self.attempt(prepared, &credential, timeout, watched).await {
                 Ok(client) => {
                     self.counters.connection_opened();
                     self.opened.notify_waiters();
@@ -482,10 +490,11 @@ impl Connector {
         prepared: &Prepared,
         credential: &Credential,
         timeout: Duration,
+        watched: bool,
     ) -> Result<Opened, AttemptError> {
         let mut config = prepared.pg_config.clone();
         let _ = config.password(credential.secret().expose());
-        match tokio::time::timeout(timeout, self.connect_any(prepared, config)).await {
+        match tokio::time::timeout(timeout, self.connect_any(prepared, config, watched)).await {
             Err(_) => Err(AttemptError::TimedOut(AttemptTimedOut(timeout))),
             Ok(result) => result,
         }
@@ -498,9 +507,10 @@ impl Connector {
         &self,
         prepared: &Prepared,
         config: tokio_postgres::Config,
+        watched: bool,
     ) -> Result<Opened, AttemptError> {
         let [Host::Tcp(name)] = config.get_hosts() else {
-            return self.connect_one(&config, prepared).await;
+            return self.connect_one(&config, prepared, watched).await;
         };
         if !config.get_hostaddrs().is_empty()
             || name.parse::<IpAddr>().is_ok()
@@ -508,7 +518,7 @@ impl Connector {
         {
             // An address given (checked by `settle`), or nothing to check: resolved where
             // the session is opened.
-            return self.connect_one(&config, prepared).await;
+            return self.connect_one(&config, prepared, watched).await;
         }
         let name = name.clone();
         let addresses = match &self.resolver {
@@ -528,7 +538,7 @@ impl Connector {
         for address in addresses {
             let mut config = config.clone();
             let _ = config.hostaddr(address);
-            match self.connect_one(&config, prepared).await {
+            match self.connect_one(&config, prepared, watched).await {
                 Ok(client) => return Ok(client),
                 // The next address may answer; errors that are not about reachability end it.
                 Err(error)
@@ -552,8 +562,13 @@ impl Connector {
         &self,
         config: &tokio_postgres::Config,
         prepared: &Prepared,
+        watched: bool,
     ) -> Result<Opened, AttemptError> {
-        let activity = Arc::new(Activity::default());
+        let activity = Arc::new(if watched {
+            Activity::default()
+        } else {
+            Activity::unwatched()
+        });
         if prepared.uses_tls {
             let tls = WatchedTls {
                 tls: prepared.tls.clone(),

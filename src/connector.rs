@@ -77,7 +77,20 @@ impl Lifetimes {
     /// as when it was made): drawn at random once, the same at every look, for pools that keep
     /// nothing of ours beside their sessions.
     #[cfg(any(feature = "diesel-async", feature = "sqlx-0_8", feature = "sqlx-0_9"))]
-    pub(crate) fn lifetime_of(&self, key: impl std::hash::Hash) -> Duration {
+    /// Whether a session of this age, known by `key` (see [`lifetime_of`](Self::lifetime_of)),
+    /// has lived past its lifetime.
+    pub(crate) fn outlived<K: std::hash::Hash>(
+        &self,
+        age: Duration,
+        key: impl FnOnce() -> K,
+    ) -> bool {
+        // Younger than the shortest lifetime a draw can give (`draw(1.0)`, the bound of
+        // `[0, 1)`): no need to draw (this runs at every checkout).
+        age >= self.draw(1.0) && age >= self.lifetime_of(key())
+    }
+
+    #[cfg(any(feature = "diesel-async", feature = "sqlx-0_8", feature = "sqlx-0_9"))]
+    fn lifetime_of(&self, key: impl std::hash::Hash) -> Duration {
         use std::hash::Hasher;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut hasher);
@@ -127,6 +140,17 @@ impl Connector {
     /// # }
     /// ```
     pub async fn connect(&self) -> Result<Session, Error> {
+        self.open(true).await
+    }
+
+    /// As [`connect`](Self::connect), for a pool that never looks at what its sessions have
+    /// in flight (diesel-async's): the session's stream passes its bytes through unread.
+    #[cfg(feature = "diesel-async")]
+    pub(crate) async fn connect_unwatched(&self) -> Result<Session, Error> {
+        self.open(false).await
+    }
+
+    async fn open(&self, watched: bool) -> Result<Session, Error> {
         if (self.closed)() {
             return Err(Error::PoolClosed);
         }
@@ -137,7 +161,7 @@ impl Connector {
             driver,
             activity,
             cancel,
-        } = Box::pin(self.inner.connect()).await?;
+        } = Box::pin(self.inner.connect_watching(watched)).await?;
         // Closed while the session opened: dropped, which closes it.
         if (self.closed)() {
             return Err(Error::PoolClosed);

@@ -60,8 +60,9 @@ pub fn manager(pool: &Pool) -> AsyncDieselConnectionManager<AsyncPgConnection> {
 }
 
 async fn open(connector: &Connector) -> diesel::ConnectionResult<AsyncPgConnection> {
+    // diesel-async's pools never cancel a statement: nothing needs to watch the session.
     let session = connector
-        .connect()
+        .connect_unwatched()
         .await
         .map_err(|error| diesel::ConnectionError::BadConnection(error_chain(&error)))?;
     // The driver ends when the client is dropped or the connection is lost; diesel-async
@@ -152,6 +153,6 @@ pub fn deadpool(
 /// Whether a connection is within its lifetime and idle timeout.
 fn keep(lifetimes: &Lifetimes, metrics: &Metrics) -> bool {
     // Deadpool keeps nothing of ours beside a connection, but keeps when it was made.
-    metrics.age() < lifetimes.lifetime_of(metrics.created)
+    !lifetimes.outlived(metrics.age(), || metrics.created)
         && metrics.last_used() < lifetimes.idle_timeout
 }

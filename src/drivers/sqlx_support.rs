@@ -239,11 +239,13 @@ fn pem_of<'a>(certificates: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
 /// apart.
 pub(crate) fn retire(lifetimes: &Lifetimes, age: Duration, idle_for: Duration) -> bool {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    let origin = *ORIGIN.get_or_init(Instant::now);
-    let made = Instant::now()
-        .checked_sub(age)
-        .map_or(0, |made| made.saturating_duration_since(origin).as_millis());
-    age >= lifetimes.lifetime_of(made) || idle_for >= lifetimes.idle_timeout
+    idle_for >= lifetimes.idle_timeout
+        || lifetimes.outlived(age, || {
+            let origin = *ORIGIN.get_or_init(Instant::now);
+            Instant::now()
+                .checked_sub(age)
+                .map_or(0, |made| made.saturating_duration_since(origin).as_millis())
+        })
 }
 
 /// sqlx's error, in the parts the retry rule looks at.
