@@ -57,7 +57,7 @@
 //!   metrics with OpenTelemetry's database-client semantic conventions, and spans; the README
 //!   lists every metric.
 //! * [`drivers`]: bb8 and diesel-async over the pool's [`Connector`] (features `bb8`,
-//!   `diesel-async`).
+//!   `diesel-async`; sqlx and SeaORM through `sqlx-0_8` or `sqlx-0_9`).
 //! * [`defaults`]: every default value with the reason for it.
 //! * Tests and demos: the companion crate `lakebase-pool-testing`, a dev-dependency, has a
 //!   throwaway local PostgreSQL, a mock workspace and a Lakebase emulator (`LocalLakebase`
@@ -73,6 +73,9 @@
 //! | `actix-web` | no | `Connection` as an Actix Web extractor; `integrations::HttpError` as a response error |
 //! | `bb8` | no | [`drivers::bb8`]: a bb8 connection manager of `tokio_postgres` clients opened the pool's way |
 //! | `diesel-async` | no | [`drivers::diesel_async`]: diesel-async's `AsyncPgConnection`, in its deadpool or bb8 pool |
+//! | `sqlx-0_8` | no | `drivers::sqlx_0_8`: a `sqlx::PgPool` (sqlx 0.8, SeaORM 1) whose connections log in the pool's way |
+//! | `sqlx-0_9` | no | `drivers::sqlx_0_9`: the same for sqlx 0.9 (SeaORM 2; Rust 1.94) |
+//! | `serde` | no | `PoolSettings`: the pool's settings as data for the `config` crate, durations as `"45m"` |
 //! | `opentelemetry` | no | `PoolBuilder::meter`, `pool_name` and `tracer`: metrics with the database-client semantic conventions, and spans (see the README for every metric) |
 //!
 //! # Security

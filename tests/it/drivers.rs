@@ -204,3 +204,15 @@ async fn adapters_of_a_closed_pool_open_no_session() {
         "{text}"
     );
 }
+
+#[path = "../../examples/drivers.rs"]
+mod drivers_example;
+
+/// `cargo run --example drivers` as it runs with no configuration: a local Lakebase, a count
+/// through bb8, diesel-async, sqlx and SeaORM, a suspend, and the count again.
+#[test]
+fn the_drivers_example_runs() {
+    // No process environment variable changes while sqlx reads them.
+    let _env = crate::sqlx_break::env_unchanged();
+    drivers_example::main().expect("the example runs");
+}

@@ -23,6 +23,7 @@ mod lifecycle;
 mod listener;
 mod network;
 mod proxy_fidelity;
+mod readme;
 mod replica_faults;
 mod replicas;
 mod restart;
