@@ -68,6 +68,8 @@ impl Activity {
 
     /// Whether a statement sent on the session has not been answered yet (start-up over).
     pub(crate) fn in_flight(&self) -> bool {
+        // An unwatched session's counts stay at zero, which would read as "in flight".
+        debug_assert!(!self.unwatched, "in_flight asked of an unwatched session");
         // The start-up's `ReadyForQuery` answers no frontend message of its own.
         self.ready.load(Ordering::SeqCst) <= self.sent.load(Ordering::SeqCst)
             || self.flags.load(Ordering::SeqCst) & (WRITING | COPYING_IN) != 0

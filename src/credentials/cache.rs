@@ -352,6 +352,8 @@ impl TokenCache {
             match &state.current {
                 Some(current) if Arc::ptr_eq(current, rejected) => {
                     state.current = None;
+                    // Subscribers' `latest` no longer offers the refused token.
+                    let _ = self.inner.updates.send_replace(None);
                     let _ = self.inner.forced_refreshes.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(current) if self.freshness(current) != Freshness::Expired => {

@@ -56,6 +56,7 @@ pub(crate) enum LoginTls {
 /// hosts, `verify-ca`, a start-up option not of the form `-c name=value`, a token minted for
 /// every login, or a resolver hook or `hostaddr` where there are no Unix sockets.
 pub(crate) async fn plan(connector: &connect::Connector) -> Result<Login, Error> {
+    let _ = clock_origin();
     if connector.tokens().per_connect() {
         return Err(Error::invalid(
             "cache_policy",
@@ -238,14 +239,21 @@ fn pem_of<'a>(certificates: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
 /// rare look that falls across a millisecond boundary), and different for connections made
 /// apart.
 pub(crate) fn retire(lifetimes: &Lifetimes, age: Duration, idle_for: Duration) -> bool {
+    idle_for >= lifetimes.idle_timeout || lifetimes.outlived(age, || made_at(age))
+}
+
+/// When a session of this age was made, in milliseconds after the clock's origin.
+fn made_at(age: Duration) -> u128 {
+    Instant::now().checked_sub(age).map_or(0, |made| {
+        made.saturating_duration_since(clock_origin()).as_millis()
+    })
+}
+
+/// The moment sessions' creation times are counted from: set by [`plan`], before any sqlx
+/// session is made, so that every one of them has a time of its own.
+fn clock_origin() -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    idle_for >= lifetimes.idle_timeout
-        || lifetimes.outlived(age, || {
-            let origin = *ORIGIN.get_or_init(Instant::now);
-            Instant::now()
-                .checked_sub(age)
-                .map_or(0, |made| made.saturating_duration_since(origin).as_millis())
-        })
+    *ORIGIN.get_or_init(Instant::now)
 }
 
 /// sqlx's error, in the parts the retry rule looks at.
@@ -477,6 +485,18 @@ mod tests {
             ErrorClass::Fatal
         );
         assert_eq!(class_of(&Failure::PoolTimedOut), ErrorClass::Transient);
+    }
+
+    #[test]
+    fn sessions_made_apart_are_told_apart() {
+        let _ = clock_origin();
+        std::thread::sleep(Duration::from_millis(30));
+        let (older, newer) = (
+            made_at(Duration::from_millis(20)),
+            made_at(Duration::from_millis(5)),
+        );
+        assert!(older > 0, "made after the origin");
+        assert!(newer >= older + 10, "{older} {newer}");
     }
 
     #[test]

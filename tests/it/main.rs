@@ -31,6 +31,7 @@ mod review_faults;
 mod rotation;
 mod secrets;
 mod settings;
+mod settings_break;
 mod shutdown;
 mod sqlx;
 mod sqlx_break;

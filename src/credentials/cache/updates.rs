@@ -48,8 +48,10 @@ impl TokenUpdates {
         }
     }
 
-    /// The newest token the cache holds, if any (it may be close to expiry: ask
-    /// [`TokenCache::token`](crate::TokenCache::token) for one to log in with).
+    /// The newest token the cache holds, if any: none before the first mint, nor once the
+    /// server refused it ([`force_refresh`](crate::TokenCache::force_refresh)) until the next
+    /// one. It may be close to expiry: ask [`TokenCache::token`](crate::TokenCache::token)
+    /// for one to log in with.
     ///
     /// ```
     /// use lakebase_pool::{CachePolicy, TokenCache};

@@ -144,8 +144,9 @@ impl PoolBuilder {
             ));
         }
         if let Some(limit) = self.statement_timeout {
-            // Milliseconds, at most what the server takes (an `int`).
-            let millis = limit.as_millis().min(i32::MAX as u128);
+            // Milliseconds, at most what the server takes (an `int`); a limit under one
+            // millisecond is one millisecond, not 0 (which the server reads as no limit).
+            let millis = limit.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128);
             let options = match pg_config.get_options() {
                 Some(own) if !own.is_empty() => format!("{own} -c statement_timeout={millis}"),
                 _ => format!("-c statement_timeout={millis}"),

@@ -75,7 +75,8 @@ pub struct PoolSettings {
     pub wait_timeout: Option<Duration>,
     /// Read-only endpoints (or hosts) to read from ([`PoolBuilder::read_replicas`]).
     pub read_replicas: Option<Vec<String>>,
-    /// `true`: the branch's read-only endpoints ([`PoolBuilder::read_replicas_of_branch`]).
+    /// `true`: the branch's read-only endpoints ([`PoolBuilder::read_replicas_of_branch`]);
+    /// `false`: not them.
     pub read_replicas_of_branch: Option<bool>,
     /// `primary` or `fail` ([`PoolBuilder::read_fallback`]).
     #[serde(deserialize_with = "fallback")]
@@ -244,8 +245,8 @@ impl PoolBuilder {
             replica_max_size => replica_max_size,
             replica_catch_up_timeout => replica_catch_up_timeout,
         );
-        if read_replicas_of_branch == Some(true) {
-            self = self.read_replicas_of_branch();
+        if let Some(of_branch) = read_replicas_of_branch {
+            self.replicas.of_branch = of_branch;
         }
         self.retry = retry.apply(self.retry.clone());
         self.cache_policy = tokens.apply(self.cache_policy.clone());
