@@ -75,6 +75,12 @@ impl Activity {
             || self.flags.load(Ordering::SeqCst) & (WRITING | COPYING_IN) != 0
     }
 
+    /// Whether the server refused a write on the session as read-only (`25006`) since it
+    /// opened.
+    pub(crate) fn refused_write(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & REFUSED_WRITE != 0
+    }
+
     /// Whether the one statement in flight has had all its results, and only its
     /// `ReadyForQuery` is still on its way (a `prepare`, a `copy_out` or a `copy_in`'s
     /// `finish` end before it; a network may deliver it a moment later): it ends on its own
@@ -212,6 +218,9 @@ const WRITING: u8 = 1;
 const COPYING_IN: u8 = 2;
 /// The one statement in flight has had all its results; only its `ReadyForQuery` is to come.
 const RESULTS_IN: u8 = 4;
+/// The server refused a write as read-only (`25006`): sticky, the session is retired when it
+/// comes back.
+const REFUSED_WRITE: u8 = 8;
 
 /// Backend messages after which a statement's results are all in (its `ReadyForQuery` aside):
 /// `CommandComplete`, `EmptyQueryResponse`, `ErrorResponse`, `PortalSuspended`, the end of a
@@ -380,6 +389,13 @@ impl<S> Watched<S> {
     }
 }
 
+/// Whether an `ErrorResponse` body carries SQLSTATE `25006` (`read_only_sql_transaction`):
+/// fields are a type byte and a NUL-terminated value each, `C` the code.
+fn is_read_only_refusal(body: &[u8]) -> bool {
+    let mut fields = body.split(|b| *b == 0);
+    fields.any(|field| field == b"C25006")
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -392,7 +408,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         if result.is_ready() && !this.off {
             let (activity, expected, flags) = (&this.activity, &mut this.expected, &mut this.flags);
             this.backend
-                .feed(&buf.filled()[before..], |kind, _| match kind {
+                .feed(&buf.filled()[before..], |kind, body| match kind {
+                    b'E' if body.is_some_and(is_read_only_refusal) => {
+                        *flags |= REFUSED_WRITE;
+                    }
                     b'Z' => {
                         *flags &= !RESULTS_IN;
                         // The start-up's `ReadyForQuery` was expected by nothing, and counts.

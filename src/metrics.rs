@@ -19,6 +19,11 @@ pub(crate) enum RetireReason {
     Broken,
     /// A statement was left running on it (cancelled, then the session closed).
     Abandoned,
+    /// The server refused a write on it as read-only (`25006`): a primary that failed over
+    /// and came back as a standby, or a replica behind the primary's host.
+    ReadOnly,
+    /// [`Pool::retire_all`](crate::Pool::retire_all) was called after it was opened.
+    RetiredAll,
 }
 
 impl RetireReason {
@@ -28,6 +33,8 @@ impl RetireReason {
             RetireReason::Idle => "idle timeout reached",
             RetireReason::Broken => "connection closed or failed validation",
             RetireReason::Abandoned => "a statement was left running on it",
+            RetireReason::ReadOnly => "the server refused a write as read-only",
+            RetireReason::RetiredAll => "every connection was retired (retire_all)",
         }
     }
 }
@@ -43,6 +50,8 @@ pub(crate) struct Counters {
     pub(crate) retired_lifetime: AtomicU64,
     pub(crate) retired_idle: AtomicU64,
     pub(crate) retired_broken: AtomicU64,
+    pub(crate) retired_read_only: AtomicU64,
+    pub(crate) retired_all: AtomicU64,
     pub(crate) checkouts: AtomicU64,
     pub(crate) checkout_failures: AtomicU64,
     /// Failed checkouts that ran out of the wait timeout (counted in `checkout_failures` too).
@@ -118,6 +127,8 @@ impl Counters {
             RetireReason::Idle => bump(&self.retired_idle),
             RetireReason::Broken => bump(&self.retired_broken),
             RetireReason::Abandoned => bump(&self.closed_abandoned),
+            RetireReason::ReadOnly => bump(&self.retired_read_only),
+            RetireReason::RetiredAll => bump(&self.retired_all),
         }
     }
 

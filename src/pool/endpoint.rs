@@ -229,6 +229,11 @@ impl EndpointPool {
         let _ = self.take_housekeeper();
     }
 
+    /// Retires every connection: idle ones now, in-use ones when they come back.
+    pub(crate) fn retire_all(&self) {
+        super::lifecycle::retire_all(&self.pool);
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.pool.is_closed()
     }

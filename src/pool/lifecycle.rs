@@ -1,7 +1,7 @@
 //! When a connection is retired: max lifetime with jitter, idle timeout, validation; and the
 //! deadpool manager and housekeeper that apply those rules.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,9 @@ pub(crate) struct Lifecycle {
     pub(crate) jitter: f64,
     pub(crate) idle_timeout: Duration,
     pub(crate) validate_after_idle: Duration,
+    /// The pool serves reads only (a replica's): a write refused as read-only there is the
+    /// caller's mistake, not a failover, and does not retire the connection.
+    pub(crate) reads_only: bool,
 }
 
 impl Lifecycle {
@@ -43,8 +46,13 @@ impl Lifecycle {
         }
     }
 
-    /// Why `client` must be closed now, if it must.
-    fn retire_reason(&self, client: &PooledClient, now: Instant) -> Option<RetireReason> {
+    /// Why `client` must be closed now, if it must, in a pool now at `generation`.
+    fn retire_reason(
+        &self,
+        client: &PooledClient,
+        now: Instant,
+        generation: u64,
+    ) -> Option<RetireReason> {
         if client.client.is_closed() || client.lease.cancelled() {
             // (A cancel was sent on it, by a watcher of its return among others: whatever
             // that cancel is for, it is taken care of.)
@@ -55,6 +63,12 @@ impl Lifecycle {
             Some(RetireReason::Abandoned)
         } else if client.in_transaction.load(Ordering::Relaxed) {
             Some(RetireReason::Broken)
+        } else if !self.reads_only && client.activity.refused_write() {
+            // Never handed out for writes again: after a failover, a new session reaches the
+            // new primary.
+            Some(RetireReason::ReadOnly)
+        } else if client.generation < generation {
+            Some(RetireReason::RetiredAll)
         } else if client.retire_at.is_some_and(|at| now >= at) {
             Some(RetireReason::Lifetime)
         } else if now.saturating_duration_since(client.idle_since) >= self.idle_timeout {
@@ -80,6 +94,8 @@ pub(crate) struct Manager {
     lifecycle: Lifecycle,
     counters: Arc<Counters>,
     drivers: Drivers,
+    /// Counted up by `retire_all`: connections opened in an earlier generation are retired.
+    generation: AtomicU64,
 }
 
 /// The tasks that drive the pool's connections, so that a shutdown can end the ones still
@@ -165,6 +181,7 @@ impl Manager {
             lifecycle,
             counters,
             drivers: Drivers::default(),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -207,12 +224,23 @@ impl managed::Manager for Manager {
         // machine, and unboxed it would be part of every checkout's future, copied in full
         // (about 19 KB) each time a caller's future moves, even when no connect happens.
         let started = Instant::now();
+        // A `retire_all` while the session logs in: it is the old generation's (logged in,
+        // say, with a token just replaced), and a checkout after the call must get a session
+        // opened after it. One more login, no more (the next call would do the same).
+        let mut generation = self.generation.load(Ordering::Acquire);
+        let mut opened = Box::pin(self.connector.connect()).await?;
+        let now_at = self.generation.load(Ordering::Acquire);
+        if now_at != generation {
+            drop(opened);
+            generation = now_at;
+            opened = Box::pin(self.connector.connect()).await?;
+        }
         let Opened {
             client,
             driver,
             activity,
             cancel,
-        } = Box::pin(self.connector.connect()).await?;
+        } = opened;
         let request = CancelRequest::new(
             client.cancel_token(),
             cancel.clone(),
@@ -236,6 +264,7 @@ impl managed::Manager for Manager {
             cancel,
             counters: Arc::clone(&self.counters),
             lease: Arc::default(),
+            generation,
         }))
     }
 
@@ -268,7 +297,8 @@ impl managed::Manager for Manager {
             let _ = settled.await;
         }
         let now = Instant::now();
-        if let Some(reason) = self.lifecycle.retire_reason(client, now) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(reason) = self.lifecycle.retire_reason(client, now, generation) {
             self.retire(reason, client);
             return Err(RecycleError::message(reason.as_str()));
         }
@@ -312,20 +342,29 @@ pub(crate) fn spawn_housekeeper(
     })
 }
 
+/// Retires every connection of `pool`: idle ones now, in-use ones when they come back, and
+/// ones logging in when they first come back; the next ones open fresh.
+pub(crate) fn retire_all<W: From<managed::Object<Manager>>>(pool: &managed::Pool<Manager, W>) {
+    let _ = pool.manager().generation.fetch_add(1, Ordering::AcqRel);
+    retire_idle(pool);
+}
+
 /// Removes idle connections that must be retired now; never sends a query.
-fn retire_idle(pool: &managed::Pool<Manager>) {
+fn retire_idle<W: From<managed::Object<Manager>>>(pool: &managed::Pool<Manager, W>) {
     let manager = pool.manager();
     let now = Instant::now();
+    let generation = manager.generation.load(Ordering::Acquire);
     let mut reasons = Vec::new();
-    let removed = pool.retain(
-        |client, _| match manager.lifecycle.retire_reason(client, now) {
-            Some(reason) => {
-                reasons.push(reason);
-                false
-            }
-            None => true,
-        },
-    );
+    let removed =
+        pool.retain(
+            |client, _| match manager.lifecycle.retire_reason(client, now, generation) {
+                Some(reason) => {
+                    reasons.push(reason);
+                    false
+                }
+                None => true,
+            },
+        );
     for (reason, client) in reasons.into_iter().zip(&removed.removed) {
         manager.retire(reason, client);
     }

@@ -304,6 +304,33 @@ impl Pool {
         self.inner.primary.token_cache()
     }
 
+    /// Replaces every connection: idle ones close now, those in use close when they are
+    /// returned (their work is not interrupted), and every checkout from now on gets a
+    /// connection opened after the call. The read replicas' connections too. Counted in
+    /// [`Stats::retired_all`].
+    ///
+    /// For what the application learns before the pool can: a failover it was told of, a
+    /// credential revoked, a role's rights changed. New connections log in with the cached
+    /// token; to replace it too, [`force_refresh`](crate::TokenCache::force_refresh) the
+    /// [`token_cache`](Self::token_cache)'s current one first.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: lakebase_pool::Pool) -> Result<(), lakebase_pool::Error> {
+    /// // The role's password was rotated by an administrator: no session logged in with the
+    /// // old one may serve another request.
+    /// let old = pool.token_cache().token().await?;
+    /// pool.token_cache().force_refresh(&old).await?;
+    /// pool.retire_all();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn retire_all(&self) {
+        self.inner.primary.retire_all();
+        if let Some(replicas) = &self.inner.replicas {
+            replicas.retire_all();
+        }
+    }
+
     /// Closes the pool: idle connections are closed now, checked-out ones when they are
     /// returned, every later [`get`](Self::get) fails with [`Error::PoolClosed`], and the
     /// background task ends.

@@ -227,6 +227,8 @@ fn observe_lakebase(observer: &Observer<'_, Stats>) {
                     ("idle", s.retired_idle),
                     ("broken", s.retired_broken),
                     ("abandoned", s.closed_abandoned),
+                    ("read_only", s.retired_read_only),
+                    ("retire_all", s.retired_all),
                 ],
             )
         },

@@ -40,6 +40,9 @@ pub(crate) struct PooledClient {
     pub(crate) counters: Arc<Counters>,
     /// Which checkout it is in, and whether a cancel was sent during it.
     pub(crate) lease: Arc<Lease>,
+    /// The pool's generation when it was opened: an older one is retired
+    /// ([`Pool::retire_all`](crate::Pool::retire_all)).
+    pub(crate) generation: u64,
 }
 
 /// Which lease a connection is in (counted up when it is checked out and when it is

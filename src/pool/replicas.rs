@@ -174,8 +174,10 @@ impl ReplicaSettings {
                 ));
             }
         };
+        let mut parts = parts.clone();
+        parts.lifecycle.reads_only = true;
         let factory = ReplicaFactory {
-            parts: parts.clone(),
+            parts,
             base,
             primary_port,
             workspace,
@@ -673,6 +675,13 @@ impl ReplicaSet {
     pub(crate) fn close(&self) {
         if let Some(members) = self.members.get() {
             members.iter().for_each(|member| member.pool.close());
+        }
+    }
+
+    /// Retires every replica's connections, as the primary's.
+    pub(crate) fn retire_all(&self) {
+        if let Some(members) = self.members.get() {
+            members.iter().for_each(|member| member.pool.retire_all());
         }
     }
 

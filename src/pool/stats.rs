@@ -53,6 +53,12 @@ pub struct Stats {
     pub retired_idle: u64,
     /// Connections discarded because the server closed them or they failed validation.
     pub retired_broken: u64,
+    /// Connections closed because the server refused a write on them as read-only (`25006`):
+    /// after a failover, the old primary back as a standby.
+    pub retired_read_only: u64,
+    /// Connections closed because [`Pool::retire_all`](crate::Pool::retire_all) was called
+    /// after they were opened.
+    pub retired_all: u64,
     /// Successful [`Pool::get`](crate::Pool::get) calls.
     pub checkouts: u64,
     /// Failed [`Pool::get`](crate::Pool::get) calls.
@@ -115,6 +121,8 @@ impl Stats {
             retired_lifetime: load(&counters.retired_lifetime),
             retired_idle: load(&counters.retired_idle),
             retired_broken: load(&counters.retired_broken),
+            retired_read_only: load(&counters.retired_read_only),
+            retired_all: load(&counters.retired_all),
             checkouts: load(&counters.checkouts),
             checkout_failures: load(&counters.checkout_failures),
             checkout_timeouts: load(&counters.checkout_timeouts),

@@ -18,6 +18,7 @@ mod connector_break;
 mod drivers;
 mod drivers_break;
 mod emulator;
+mod failover;
 mod lakebase;
 mod lifecycle;
 mod listener;

@@ -112,6 +112,7 @@ impl Default for PoolBuilder {
                 jitter: defaults::LIFETIME_JITTER,
                 idle_timeout: defaults::IDLE_TIMEOUT,
                 validate_after_idle: defaults::VALIDATE_AFTER_IDLE,
+                reads_only: false,
             },
             wait_timeout: defaults::WAIT_TIMEOUT,
             replicas: ReplicaSettings::default(),
