@@ -19,6 +19,7 @@ mod drivers;
 mod drivers_break;
 mod emulator;
 mod failover;
+mod failover_break;
 mod lakebase;
 mod lifecycle;
 mod listener;
