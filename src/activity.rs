@@ -75,10 +75,17 @@ impl Activity {
             || self.flags.load(Ordering::SeqCst) & (WRITING | COPYING_IN) != 0
     }
 
-    /// Whether the server refused a write on the session as read-only (`25006`) since it
-    /// opened.
-    pub(crate) fn refused_write(&self) -> bool {
-        self.flags.load(Ordering::Relaxed) & REFUSED_WRITE != 0
+    /// Whether the session met a failover's read-only server: the server refused a write on
+    /// it (`25006`) and reports itself read-only. A read-only transaction of the caller's own,
+    /// on a server that takes writes, is not one.
+    pub(crate) fn refused_write_as_standby(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & (REFUSED_WRITE | SERVER_READ_ONLY)
+            == REFUSED_WRITE | SERVER_READ_ONLY
+    }
+
+    /// Whether the server reports itself read-only now.
+    pub(crate) fn server_read_only(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & SERVER_READ_ONLY != 0
     }
 
     /// Whether the one statement in flight has had all its results, and only its
@@ -218,9 +225,11 @@ const WRITING: u8 = 1;
 const COPYING_IN: u8 = 2;
 /// The one statement in flight has had all its results; only its `ReadyForQuery` is to come.
 const RESULTS_IN: u8 = 4;
-/// The server refused a write as read-only (`25006`): sticky, the session is retired when it
-/// comes back.
+/// The server refused a write as read-only (`25006`) since the session opened: sticky.
 const REFUSED_WRITE: u8 = 8;
+/// The server reports itself read-only (`in_hot_standby` or `default_transaction_read_only`
+/// on, in its `ParameterStatus` messages): a standby, or a primary demoted after a failover.
+const SERVER_READ_ONLY: u8 = 16;
 
 /// Backend messages after which a statement's results are all in (its `ReadyForQuery` aside):
 /// `CommandComplete`, `EmptyQueryResponse`, `ErrorResponse`, `PortalSuspended`, the end of a
@@ -241,27 +250,59 @@ struct Framing {
     skip: usize,
     /// The next message has no type byte (the frontend's start-up message).
     untyped: bool,
+    /// Message types whose bodies are wanted even when they arrive split across reads:
+    /// their callback comes once the body is whole.
+    wanted: &'static [u8],
+    /// The body of a wanted message being gathered, with its type.
+    gathering: Option<(u8, Vec<u8>)>,
 }
 
+/// The longest body of a wanted message that is gathered across reads (errors and parameter
+/// statuses are far smaller; a larger one is passed on without its body).
+const GATHER_LIMIT: usize = 16 * 1024;
+
 impl Framing {
-    fn new(untyped_first: bool) -> Self {
+    fn new(untyped_first: bool, wanted: &'static [u8]) -> Self {
         Framing {
             header: [0; 5],
             have: 0,
             skip: 0,
             untyped: untyped_first,
+            wanted,
+            gathering: None,
         }
+    }
+
+    /// Starts gathering the body of a `kind` message of `length` bytes, if it is wanted and
+    /// not too long; whether it does.
+    fn gather(&mut self, kind: u8, length: usize, first: &[u8]) -> bool {
+        if !self.wanted.contains(&kind) || length > GATHER_LIMIT {
+            return false;
+        }
+        let mut body = Vec::with_capacity(length);
+        body.extend_from_slice(first);
+        self.gathering = Some((kind, body));
+        true
     }
 
     /// Feeds `bytes`, calling `on_message` with each message's type byte once its header is
     /// complete (`0` for the untyped start-up message), and its body when the whole body is
-    /// in these bytes (else `None`).
+    /// in these bytes (else `None`). A wanted message's callback comes once its whole body
+    /// is in, however many reads it took.
     fn feed(&mut self, mut bytes: &[u8], mut on_message: impl FnMut(u8, Option<&[u8]>)) {
         while !bytes.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len());
                 self.skip -= n;
+                if let Some((_, body)) = &mut self.gathering {
+                    body.extend_from_slice(&bytes[..n]);
+                }
                 bytes = &bytes[n..];
+                if self.skip == 0
+                    && let Some((kind, body)) = self.gathering.take()
+                {
+                    on_message(kind, Some(&body));
+                }
                 continue;
             }
             // The common case: a whole typed header in the bytes at hand.
@@ -274,6 +315,10 @@ impl Framing {
                 let n = body.min(bytes.len() - 5);
                 self.skip = body - n;
                 let whole = (n == body).then(|| &bytes[5..5 + n]);
+                if whole.is_none() && self.gather(kind, body, &bytes[5..5 + n]) {
+                    bytes = &bytes[5 + n..];
+                    continue;
+                }
                 bytes = &bytes[5 + n..];
                 on_message(kind, whole);
                 continue;
@@ -307,7 +352,11 @@ impl Framing {
             self.skip = usize::try_from(length).unwrap_or(4).saturating_sub(4);
             self.have = 0;
             self.untyped = false;
-            on_message(kind, None);
+            if self.skip == 0 {
+                on_message(kind, Some(&[]));
+            } else if !self.gather(kind, self.skip, &[]) {
+                on_message(kind, None);
+            }
         }
     }
 }
@@ -359,6 +408,8 @@ pub(crate) struct Watched<S> {
     batch_has_work: bool,
     /// Pass bytes through unread (an unwatched session).
     off: bool,
+    /// Which of the server's read-only parameters are on ([`ReadOnlyStatus`] bits).
+    standby: u8,
     /// The flags as this stream last published them to `activity`.
     flags: u8,
 }
@@ -368,10 +419,12 @@ impl<S> Watched<S> {
     pub(crate) fn new(inner: S, activity: Arc<Activity>) -> Self {
         Watched {
             off: activity.unwatched,
+            standby: 0,
             inner,
             activity,
-            frontend: Framing::new(true),
-            backend: Framing::new(false),
+            frontend: Framing::new(true, &[]),
+            // Errors (a refused write) and parameter statuses (a read-only server), whole.
+            backend: Framing::new(false, b"ES"),
             expected: VecDeque::new(),
             batch_has_work: false,
             flags: 0,
@@ -387,6 +440,38 @@ impl<S> Watched<S> {
             self.activity.flags.store(self.flags, Ordering::SeqCst);
         }
     }
+}
+
+/// One of the server's parameters that say it takes no writes, as a `ParameterStatus` set it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ReadOnlyStatus {
+    /// `1`: `in_hot_standby`; `2`: `default_transaction_read_only`.
+    bit: u8,
+    on: bool,
+}
+
+impl ReadOnlyStatus {
+    fn apply(self, bits: u8) -> u8 {
+        if self.on {
+            bits | self.bit
+        } else {
+            bits & !self.bit
+        }
+    }
+}
+
+/// The read-only parameter a `ParameterStatus` body (`name\0value\0`) sets, if it is one.
+fn read_only_status(body: &[u8]) -> Option<ReadOnlyStatus> {
+    let mut parts = body.split(|b| *b == 0);
+    let bit = match parts.next()? {
+        b"in_hot_standby" => 1,
+        b"default_transaction_read_only" => 2,
+        _ => return None,
+    };
+    Some(ReadOnlyStatus {
+        bit,
+        on: parts.next()? == b"on",
+    })
 }
 
 /// Whether an `ErrorResponse` body carries SQLSTATE `25006` (`read_only_sql_transaction`):
@@ -406,12 +491,27 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if result.is_ready() && !this.off {
-            let (activity, expected, flags) = (&this.activity, &mut this.expected, &mut this.flags);
-            this.backend
-                .feed(&buf.filled()[before..], |kind, body| match kind {
-                    b'E' if body.is_some_and(is_read_only_refusal) => {
-                        *flags |= REFUSED_WRITE;
+            let (activity, expected, flags, standby_flags) = (
+                &this.activity,
+                &mut this.expected,
+                &mut this.flags,
+                &mut this.standby,
+            );
+            this.backend.feed(&buf.filled()[before..], |kind, body| {
+                if kind == b'E' && body.is_some_and(is_read_only_refusal) {
+                    *flags |= REFUSED_WRITE;
+                }
+                if kind == b'S'
+                    && let Some(read_only) = body.and_then(read_only_status)
+                {
+                    *standby_flags = read_only.apply(*standby_flags);
+                    if *standby_flags != 0 {
+                        *flags |= SERVER_READ_ONLY;
+                    } else {
+                        *flags &= !SERVER_READ_ONLY;
                     }
+                }
+                match kind {
                     b'Z' => {
                         *flags &= !RESULTS_IN;
                         // The start-up's `ReadyForQuery` was expected by nothing, and counts.
@@ -440,7 +540,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                         *flags |= RESULTS_IN;
                     }
                     _ => {}
-                });
+                }
+            });
             this.publish();
         }
         result
@@ -520,6 +621,30 @@ impl<S: TlsStream + Unpin> TlsStream for Watched<S> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_wanted_body_split_across_reads_is_delivered_whole_and_once() {
+        let status = message(b'S', b"in_hot_standby\0on\0");
+        for cut in 1..status.len() {
+            let mut framing = Framing::new(false, b"S");
+            let mut seen = Vec::new();
+            for part in [&status[..cut], &status[cut..]] {
+                framing.feed(part, |kind, body| {
+                    seen.push((kind, body.map(<[u8]>::to_vec)))
+                });
+            }
+            assert_eq!(seen, [(b'S', Some(status[5..].to_vec()))], "cut at {cut}");
+            assert_eq!(
+                read_only_status(&status[5..]),
+                Some(ReadOnlyStatus { bit: 1, on: true })
+            );
+        }
+        assert_eq!(
+            read_only_status(b"default_transaction_read_only\0off\0").map(|s| s.on),
+            Some(false)
+        );
+        assert_eq!(read_only_status(b"TimeZone\0UTC\0"), None);
+    }
+
     fn message(kind: u8, body: &[u8]) -> Vec<u8> {
         let mut bytes = vec![kind];
         bytes.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
@@ -546,7 +671,7 @@ mod tests {
         frontend.extend(message(b'S', b""));
         for chunk in [1, 2, 3, 7, 1000] {
             assert_eq!(
-                kinds(&mut Framing::new(true), &frontend, chunk),
+                kinds(&mut Framing::new(true, &[]), &frontend, chunk),
                 [0, b'p', b'Q', b'P', b'S'],
                 "chunks of {chunk}"
             );

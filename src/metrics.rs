@@ -62,6 +62,10 @@ pub(crate) struct Counters {
     pub(crate) cancels_failed: AtomicU64,
     /// Connections closed because a statement was left in flight on them.
     pub(crate) closed_abandoned: AtomicU64,
+    /// Counted up by `Pool::retire_all`: connections opened in an earlier generation are
+    /// retired (here, beside the counters every connection holds, so that its return can
+    /// tell at the cost of one load).
+    pub(crate) generation: AtomicU64,
     /// Checkout waits by bucket; the last counts waits above every bound.
     pub(crate) checkout_wait: [AtomicU64; WAIT_BUCKETS.len() + 1],
     /// The pool's OpenTelemetry histograms and spans (nothing without the feature).

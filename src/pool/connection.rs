@@ -197,6 +197,13 @@ impl Drop for Connection {
             }
             return;
         }
+        if let Some(reason) = object.retire_on_return() {
+            // Closed now, not at the next checkout that reaches it: its place is free at once.
+            object.counters.retired(reason);
+            let object = managed::Object::take(object);
+            object.driver.abort();
+            return;
+        }
         back_to_pool(&mut object, now);
     }
 }

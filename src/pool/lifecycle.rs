@@ -1,7 +1,7 @@
 //! When a connection is retired: max lifetime with jitter, idle timeout, validation; and the
 //! deadpool manager and housekeeper that apply those rules.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -46,13 +46,8 @@ impl Lifecycle {
         }
     }
 
-    /// Why `client` must be closed now, if it must, in a pool now at `generation`.
-    fn retire_reason(
-        &self,
-        client: &PooledClient,
-        now: Instant,
-        generation: u64,
-    ) -> Option<RetireReason> {
+    /// Why `client` must be closed now, if it must.
+    fn retire_reason(&self, client: &PooledClient, now: Instant) -> Option<RetireReason> {
         if client.client.is_closed() || client.lease.cancelled() {
             // (A cancel was sent on it, by a watcher of its return among others: whatever
             // that cancel is for, it is taken care of.)
@@ -63,12 +58,9 @@ impl Lifecycle {
             Some(RetireReason::Abandoned)
         } else if client.in_transaction.load(Ordering::Relaxed) {
             Some(RetireReason::Broken)
-        } else if !self.reads_only && client.activity.refused_write() {
-            // Never handed out for writes again: after a failover, a new session reaches the
-            // new primary.
-            Some(RetireReason::ReadOnly)
-        } else if client.generation < generation {
-            Some(RetireReason::RetiredAll)
+        } else if let Some(reason) = client.retire_on_return() {
+            // A failover's read-only server, or `retire_all` since it opened.
+            Some(reason)
         } else if client.retire_at.is_some_and(|at| now >= at) {
             Some(RetireReason::Lifetime)
         } else if now.saturating_duration_since(client.idle_since) >= self.idle_timeout {
@@ -94,8 +86,6 @@ pub(crate) struct Manager {
     lifecycle: Lifecycle,
     counters: Arc<Counters>,
     drivers: Drivers,
-    /// Counted up by `retire_all`: connections opened in an earlier generation are retired.
-    generation: AtomicU64,
 }
 
 /// The tasks that drive the pool's connections, so that a shutdown can end the ones still
@@ -181,7 +171,6 @@ impl Manager {
             lifecycle,
             counters,
             drivers: Drivers::default(),
-            generation: AtomicU64::new(0),
         }
     }
 
@@ -197,7 +186,7 @@ impl Manager {
         &self.connector
     }
 
-    fn retire(&self, reason: RetireReason, client: &PooledClient) {
+    pub(crate) fn retire(&self, reason: RetireReason, client: &PooledClient) {
         self.counters.retired(reason);
         if reason == RetireReason::Abandoned {
             // Cancel first: dropping the client leaves the session open only until its
@@ -227,9 +216,9 @@ impl managed::Manager for Manager {
         // A `retire_all` while the session logs in: it is the old generation's (logged in,
         // say, with a token just replaced), and a checkout after the call must get a session
         // opened after it. One more login, no more (the next call would do the same).
-        let mut generation = self.generation.load(Ordering::Acquire);
+        let mut generation = self.counters.generation.load(Ordering::Acquire);
         let mut opened = Box::pin(self.connector.connect()).await?;
-        let now_at = self.generation.load(Ordering::Acquire);
+        let now_at = self.counters.generation.load(Ordering::Acquire);
         if now_at != generation {
             drop(opened);
             generation = now_at;
@@ -265,6 +254,7 @@ impl managed::Manager for Manager {
             counters: Arc::clone(&self.counters),
             lease: Arc::default(),
             generation,
+            takes_writes: !self.lifecycle.reads_only,
         }))
     }
 
@@ -297,8 +287,7 @@ impl managed::Manager for Manager {
             let _ = settled.await;
         }
         let now = Instant::now();
-        let generation = self.generation.load(Ordering::Acquire);
-        if let Some(reason) = self.lifecycle.retire_reason(client, now, generation) {
+        if let Some(reason) = self.lifecycle.retire_reason(client, now) {
             self.retire(reason, client);
             return Err(RecycleError::message(reason.as_str()));
         }
@@ -345,7 +334,11 @@ pub(crate) fn spawn_housekeeper(
 /// Retires every connection of `pool`: idle ones now, in-use ones when they come back, and
 /// ones logging in when they first come back; the next ones open fresh.
 pub(crate) fn retire_all<W: From<managed::Object<Manager>>>(pool: &managed::Pool<Manager, W>) {
-    let _ = pool.manager().generation.fetch_add(1, Ordering::AcqRel);
+    let _ = pool
+        .manager()
+        .counters
+        .generation
+        .fetch_add(1, Ordering::AcqRel);
     retire_idle(pool);
 }
 
@@ -353,18 +346,16 @@ pub(crate) fn retire_all<W: From<managed::Object<Manager>>>(pool: &managed::Pool
 fn retire_idle<W: From<managed::Object<Manager>>>(pool: &managed::Pool<Manager, W>) {
     let manager = pool.manager();
     let now = Instant::now();
-    let generation = manager.generation.load(Ordering::Acquire);
     let mut reasons = Vec::new();
-    let removed =
-        pool.retain(
-            |client, _| match manager.lifecycle.retire_reason(client, now, generation) {
-                Some(reason) => {
-                    reasons.push(reason);
-                    false
-                }
-                None => true,
-            },
-        );
+    let removed = pool.retain(
+        |client, _| match manager.lifecycle.retire_reason(client, now) {
+            Some(reason) => {
+                reasons.push(reason);
+                false
+            }
+            None => true,
+        },
+    );
     for (reason, client) in reasons.into_iter().zip(&removed.removed) {
         manager.retire(reason, client);
     }

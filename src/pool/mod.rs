@@ -307,7 +307,8 @@ impl Pool {
     /// Replaces every connection: idle ones close now, those in use close when they are
     /// returned (their work is not interrupted), and every checkout from now on gets a
     /// connection opened after the call. The read replicas' connections too. Counted in
-    /// [`Stats::retired_all`].
+    /// [`Stats::retired_all`] (a replica's in its [`ReplicaStats::retired`]). A
+    /// [`Listener`](crate::Listener) keeps its own session: drop it and open a new one.
     ///
     /// For what the application learns before the pool can: a failover it was told of, a
     /// credential revoked, a role's rights changed. New connections log in with the cached

@@ -43,6 +43,23 @@ pub(crate) struct PooledClient {
     /// The pool's generation when it was opened: an older one is retired
     /// ([`Pool::retire_all`](crate::Pool::retire_all)).
     pub(crate) generation: u64,
+    /// Its pool takes writes (a primary's, not a replica's): a write refused as read-only
+    /// means a failover.
+    pub(crate) takes_writes: bool,
+}
+
+impl PooledClient {
+    /// Why it must be closed on its return rather than go back to the pool, if it must:
+    /// `retire_all` was called since it opened, or it met a failover's read-only server.
+    pub(crate) fn retire_on_return(&self) -> Option<crate::metrics::RetireReason> {
+        if self.takes_writes && self.activity.refused_write_as_standby() {
+            Some(crate::metrics::RetireReason::ReadOnly)
+        } else if self.generation < self.counters.generation.load(Ordering::Acquire) {
+            Some(crate::metrics::RetireReason::RetiredAll)
+        } else {
+            None
+        }
+    }
 }
 
 /// Which lease a connection is in (counted up when it is checked out and when it is

@@ -418,7 +418,11 @@ impl Member {
             size: stats.size,
             in_use: stats.size.saturating_sub(stats.available),
             connections_opened: stats.connections_opened,
-            retired: stats.retired_lifetime + stats.retired_idle + stats.retired_broken,
+            retired: stats.retired_lifetime
+                + stats.retired_idle
+                + stats.retired_broken
+                + stats.retired_read_only
+                + stats.retired_all,
             unhealthy_periods: health.unhealthy_periods,
             lag_waits: self.lag_waits.load(Ordering::Relaxed),
             lag_fallbacks: self.lag_fallbacks.load(Ordering::Relaxed),

@@ -57,7 +57,8 @@ pub struct Stats {
     /// after a failover, the old primary back as a standby.
     pub retired_read_only: u64,
     /// Connections closed because [`Pool::retire_all`](crate::Pool::retire_all) was called
-    /// after they were opened.
+    /// after they were opened (the primary's; a replica's count in its
+    /// [`ReplicaStats::retired`]).
     pub retired_all: u64,
     /// Successful [`Pool::get`](crate::Pool::get) calls.
     pub checkouts: u64,

@@ -69,8 +69,18 @@ enum Failure {
 }
 
 impl Failure {
-    fn rolled_back(error: tokio_postgres::Error) -> Self {
-        let class = classify_in_transaction(&error);
+    /// A rolled-back attempt on `pooled`. A write refused as read-only (`25006`) by a server
+    /// that reports itself read-only is a failover's (the session is retired on its return,
+    /// and the next attempt reaches the new primary): transient. Refused by a server that
+    /// takes writes, it is the work's own read-only transaction: fatal, at once.
+    fn rolled_back(error: tokio_postgres::Error, pooled: &PooledClient) -> Self {
+        let class = if error.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
+            && pooled.activity.server_read_only()
+        {
+            ErrorClass::Transient
+        } else {
+            classify_in_transaction(&error)
+        };
         Failure::RolledBack(Box::new(error), class)
     }
 }
@@ -292,7 +302,7 @@ where
     };
     match bounded(begin).await {
         Ok(Ok(())) => {}
-        Ok(Err(error)) => return Err(Failure::rolled_back(error)),
+        Ok(Err(error)) => return Err(Failure::rolled_back(error, pooled)),
         // Like a lost connection: the session is closed, and the work may run again.
         Err(timed_out) => {
             return Err(Failure::RolledBack(
@@ -312,7 +322,7 @@ where
             if let Ok(Ok(())) = bounded("ROLLBACK").await {
                 open.store(false, Ordering::Relaxed);
             }
-            return Err(Failure::rolled_back(error));
+            return Err(Failure::rolled_back(error, pooled));
         }
     };
     match bounded("COMMIT").await {
@@ -323,7 +333,7 @@ where
         // The server answered COMMIT with an ERROR: it rolled back and the session goes on.
         Ok(Err(error)) if answered_with_error(&error) => {
             open.store(false, Ordering::Relaxed);
-            Err(Failure::rolled_back(error))
+            Err(Failure::rolled_back(error, pooled))
         }
         // A FATAL (the session ended) or no answer at all: the outcome is unknown.
         Ok(Err(error)) => Err(Failure::CommitUnknown(Box::new(error))),

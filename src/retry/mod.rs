@@ -122,10 +122,11 @@ pub fn classify(error: &tokio_postgres::Error) -> ErrorClass {
 /// Classifies an error from a statement inside a transaction, for
 /// [`Pool::retry_transaction`](crate::Pool::retry_transaction): the connection-level errors
 /// of [`classify`] (connection closed or reset, server shutting down or restarting, proxy
-/// wake-up texts), the two errors Postgres asks clients to retry a transaction after,
-/// serialization failure (`40001`) and deadlock (`40P01`), and a write refused by a read-only
-/// server (`25006`, as after a failover: the pool retires that connection) are transient;
-/// everything else, authentication errors included, is fatal.
+/// wake-up texts) and the two errors Postgres asks clients to retry a transaction after,
+/// serialization failure (`40001`) and deadlock (`40P01`), are transient; everything else,
+/// authentication errors included, is fatal. (`retry_transaction` also retries a write
+/// refused as read-only, `25006`, when the server reports itself read-only, as after a
+/// failover: it knows the session; this function knows only the error.)
 ///
 /// ```no_run
 /// use lakebase_pool::retry::{classify_in_transaction, ErrorClass};
@@ -139,13 +140,8 @@ pub fn classify(error: &tokio_postgres::Error) -> ErrorClass {
 /// # }
 /// ```
 pub fn classify_in_transaction(error: &tokio_postgres::Error) -> ErrorClass {
-    // A read-only refusal (`25006`) too: after a failover, the old primary back as a
-    // standby; the connection that got it is retired when the transaction ends, and the
-    // retry gets one to the new primary.
     if error.code().is_some_and(|code| {
-        *code == SqlState::T_R_SERIALIZATION_FAILURE
-            || *code == SqlState::T_R_DEADLOCK_DETECTED
-            || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+        *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
     }) {
         return ErrorClass::Transient;
     }
