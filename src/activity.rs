@@ -498,20 +498,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                 &mut this.standby,
             );
             this.backend.feed(&buf.filled()[before..], |kind, body| {
-                if kind == b'E' && body.is_some_and(is_read_only_refusal) {
-                    *flags |= REFUSED_WRITE;
-                }
-                if kind == b'S'
-                    && let Some(read_only) = body.and_then(read_only_status)
-                {
-                    *standby_flags = read_only.apply(*standby_flags);
-                    if *standby_flags != 0 {
-                        *flags |= SERVER_READ_ONLY;
-                    } else {
-                        *flags &= !SERVER_READ_ONLY;
-                    }
-                }
                 match kind {
+                    // ParameterStatus: whether the server takes writes.
+                    b'S' => {
+                        if let Some(read_only) = body.and_then(read_only_status) {
+                            *standby_flags = read_only.apply(*standby_flags);
+                            if *standby_flags != 0 {
+                                *flags |= SERVER_READ_ONLY;
+                            } else {
+                                *flags &= !SERVER_READ_ONLY;
+                            }
+                        }
+                    }
                     b'Z' => {
                         *flags &= !RESULTS_IN;
                         // The start-up's `ReadyForQuery` was expected by nothing, and counts.
@@ -534,10 +532,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                     }
                     // (The one statement to come: `Close`s of dropped statements, answered by
                     // nobody, may be queued beside it.)
-                    kind if ends_results(kind)
-                        && expected.iter().filter(|e| e.ends_statement).count() == 1 =>
-                    {
-                        *flags |= RESULTS_IN;
+                    kind if ends_results(kind) => {
+                        if kind == b'E' && body.is_some_and(is_read_only_refusal) {
+                            *flags |= REFUSED_WRITE;
+                        }
+                        if expected.iter().filter(|e| e.ends_statement).count() == 1 {
+                            *flags |= RESULTS_IN;
+                        }
                     }
                     _ => {}
                 }
