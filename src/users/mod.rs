@@ -584,6 +584,23 @@ impl UserPools {
         }
     }
 
+    /// Replaces every session of every user's pool and of the app's: see
+    /// [`Pool::retire_all`]. Each user's next checkout logs in anew.
+    ///
+    /// ```no_run
+    /// # fn demo(users: lakebase_pool::users::UserPools) {
+    /// // A failover the application was told of: no session from before serves anyone.
+    /// users.retire_all();
+    /// # }
+    /// ```
+    pub fn retire_all(&self) {
+        let entries: Vec<Arc<Entry>> = lock(&self.inner.users).values().cloned().collect();
+        for entry in &entries {
+            entry.pool.retire_all();
+        }
+        self.inner.app.retire_all();
+    }
+
     /// Closes every user's pool and the app's: see [`Pool::close`].
     ///
     /// ```no_run

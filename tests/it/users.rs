@@ -275,6 +275,25 @@ async fn forwarded_headers_are_ignored_unless_trusted() {
     server.abort();
 }
 
+/// `UserPools::retire_all`: a user's session from before the call serves no one after it.
+#[tokio::test]
+async fn retire_all_replaces_each_users_session() {
+    let (lakebase, builder) = apps_stack().await;
+    let token = lakebase.add_users(&[ALICE]).await.unwrap().remove(0);
+    let users = trusted(builder).build().unwrap();
+    let alice = ForwardedUser::new(ALICE, token);
+    let conn = users.for_user(&alice).await.unwrap();
+    let before = crate::support::backend_pid(&conn).await;
+    drop(conn);
+    users.retire_all();
+    let conn = users.for_user(&alice).await.unwrap();
+    assert_ne!(
+        crate::support::backend_pid(&conn).await,
+        before,
+        "a new session"
+    );
+}
+
 #[tokio::test]
 async fn the_newest_user_token_mints_and_a_replaced_one_is_checked_again() {
     let (lakebase, builder) = apps_stack().await;
