@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel_async::RunQueryDsl;
+use lakebase_pool::Pool;
 use lakebase_pool::drivers::bb8::LakebaseConnectionManager;
 use lakebase_pool::drivers::diesel_async::deadpool;
-use lakebase_pool::{CachePolicy, Pool};
 use lakebase_pool_testing::LocalLakebase;
 
 use crate::support::LogCapture;
@@ -97,20 +97,7 @@ async fn load(sessions: &Arc<Sessions>, tasks: usize, rounds: usize) -> Vec<Stri
 async fn a_token_rotation_under_load_fails_no_query_and_needs_no_forced_refresh() {
     for driver in DRIVERS {
         let lakebase = LocalLakebase::start().await.unwrap();
-        lakebase
-            .workspace()
-            .set_token_lifetime(Duration::from_millis(1500));
-        let pool = lakebase
-            .pool_builder()
-            .unwrap()
-            .cache_policy(
-                CachePolicy::default()
-                    .min_remaining(Duration::from_millis(400))
-                    .refresh_ahead(Duration::from_millis(800)),
-            )
-            .max_lifetime(Duration::from_millis(300))
-            .build()
-            .unwrap();
+        let pool = crate::support::fast_rotation(&lakebase).build().unwrap();
         let sessions = Arc::new(Sessions::of(driver, &pool, 4).await);
         let errors = load(&sessions, 6, 400).await;
         assert!(errors.is_empty(), "{driver}: {errors:?}");

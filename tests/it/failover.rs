@@ -14,7 +14,7 @@ use crate::support::{app_pool, backend_pid, cluster};
 
 /// Makes every new transaction on `pg` read-only (`default_transaction_read_only`), as a
 /// standby is, or read-write again; sessions already open follow at their next statement.
-async fn set_read_only(pg: &LocalPostgres, read_only: bool) {
+pub(crate) async fn set_read_only(pg: &LocalPostgres, read_only: bool) {
     let admin = pg.admin().await.unwrap();
     let setting = if read_only {
         "ALTER SYSTEM SET default_transaction_read_only = on"
@@ -42,7 +42,8 @@ async fn set_read_only(pg: &LocalPostgres, read_only: bool) {
     panic!("the server did not become read_only={read_only}");
 }
 
-async fn table(pool: &Pool) {
+/// The `writes` table the failover tests write to.
+pub(crate) async fn table(pool: &Pool) {
     let conn = pool.get().await.unwrap();
     conn.batch_execute("CREATE TABLE IF NOT EXISTS writes (id int PRIMARY KEY)")
         .await

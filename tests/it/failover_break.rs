@@ -10,11 +10,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lakebase_pool::{Error, Pool, RetryPolicy};
+use lakebase_pool::{Error, RetryPolicy};
 use lakebase_pool_testing::LocalPostgres;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::failover::{set_read_only, table};
 use crate::support::{app_pool, backend_pid, cluster};
 
 /// What the proxy does to a backend `ErrorResponse` that carries SQLSTATE 25006.
@@ -131,41 +132,6 @@ async fn forward_backend(
             return;
         }
     }
-}
-
-/// As in `failover.rs`: every new transaction on `pg` read-only (or not), waited for.
-async fn set_read_only(pg: &LocalPostgres, read_only: bool) {
-    let admin = pg.admin().await.unwrap();
-    let setting = if read_only {
-        "ALTER SYSTEM SET default_transaction_read_only = on"
-    } else {
-        "ALTER SYSTEM RESET default_transaction_read_only"
-    };
-    admin.batch_execute(setting).await.unwrap();
-    admin
-        .batch_execute("SELECT pg_reload_conf()")
-        .await
-        .unwrap();
-    let expected = if read_only { "on" } else { "off" };
-    for _ in 0..100 {
-        let admin = pg.admin().await.unwrap();
-        let row = admin
-            .query_one("SHOW default_transaction_read_only", &[])
-            .await
-            .unwrap();
-        if row.get::<_, String>(0) == expected {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the server did not become read_only={read_only}");
-}
-
-async fn table(pool: &Pool) {
-    let conn = pool.get().await.unwrap();
-    conn.batch_execute("CREATE TABLE IF NOT EXISTS writes (id int PRIMARY KEY)")
-        .await
-        .unwrap();
 }
 
 fn is_read_only(error: &tokio_postgres::Error) -> bool {

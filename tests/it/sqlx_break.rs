@@ -497,17 +497,7 @@ mod v0_8 {
     async fn no_expired_token_is_sent_while_mints_fail() {
         let _env = env_unchanged();
         let lakebase = LocalLakebase::start().await.unwrap();
-        lakebase
-            .workspace()
-            .set_token_lifetime(Duration::from_millis(1500));
-        let pool = lakebase
-            .pool_builder()
-            .unwrap()
-            .cache_policy(
-                lakebase_pool::CachePolicy::default()
-                    .min_remaining(Duration::from_millis(400))
-                    .refresh_ahead(Duration::from_millis(800)),
-            )
+        let pool = crate::support::fast_rotation(&lakebase)
             .max_lifetime(Duration::from_millis(200))
             .retry(RetryPolicy::default().deadline(Duration::from_secs(2)))
             .build()

@@ -31,6 +31,24 @@ pub async fn lakebase_cluster(user: &str) -> LocalPostgres {
     pg
 }
 
+/// The local Lakebase made to rotate fast: its tokens live 1.5 s, and the builder refreshes
+/// them 800 ms ahead (never logging in with less than 400 ms left) and replaces sessions
+/// after at most 300 ms, so that a few seconds of load cross several rotations.
+pub fn fast_rotation(lakebase: &LocalLakebase) -> PoolBuilder {
+    lakebase
+        .workspace()
+        .set_token_lifetime(std::time::Duration::from_millis(1500));
+    lakebase
+        .pool_builder()
+        .unwrap()
+        .cache_policy(
+            lakebase_pool::CachePolicy::default()
+                .min_remaining(std::time::Duration::from_millis(400))
+                .refresh_ahead(std::time::Duration::from_millis(800)),
+        )
+        .max_lifetime(std::time::Duration::from_millis(300))
+}
+
 /// A pool builder for the `app` role with its initial (fixed) password.
 pub fn app_pool(pg: &LocalPostgres) -> PoolBuilder {
     pg.pool_builder(ROLE).password(INITIAL_PASSWORD)

@@ -68,20 +68,7 @@ async fn a_token_rotation_under_load_fails_no_query() {
     // No process environment variable changes while sqlx reads them.
     let _env = crate::sqlx_break::env_unchanged();
     let lakebase = LocalLakebase::start().await.unwrap();
-    lakebase
-        .workspace()
-        .set_token_lifetime(Duration::from_millis(1500));
-    let pool = lakebase
-        .pool_builder()
-        .unwrap()
-        .cache_policy(
-            CachePolicy::default()
-                .min_remaining(Duration::from_millis(400))
-                .refresh_ahead(Duration::from_millis(800)),
-        )
-        .max_lifetime(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let pool = crate::support::fast_rotation(&lakebase).build().unwrap();
     let pg = adapter::pg_pool(&pool, options(4)).await.unwrap();
     let (errors, backends) = load(&pool, &pg, 6, 400, false).await;
     assert!(errors.is_empty(), "{errors:?}");

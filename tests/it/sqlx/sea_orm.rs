@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use lakebase_pool::Pool;
 use lakebase_pool::drivers::sqlx_0_9 as adapter;
-use lakebase_pool::{CachePolicy, Pool};
 use lakebase_pool_testing::LocalLakebase;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, RuntimeErr, SqlxPostgresConnector,
@@ -51,20 +51,7 @@ async fn seaorm_survives_a_rotation_a_suspend_and_a_revoked_token() {
     // No process environment variable changes while sqlx reads them.
     let _env = crate::sqlx_break::env_unchanged();
     let lakebase = LocalLakebase::start().await.unwrap();
-    lakebase
-        .workspace()
-        .set_token_lifetime(Duration::from_millis(1500));
-    let pool = lakebase
-        .pool_builder()
-        .unwrap()
-        .cache_policy(
-            CachePolicy::default()
-                .min_remaining(Duration::from_millis(400))
-                .refresh_ahead(Duration::from_millis(800)),
-        )
-        .max_lifetime(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let pool = crate::support::fast_rotation(&lakebase).build().unwrap();
     let (pg, db) = connect(&pool).await;
 
     // Rotation under load, on SeaORM's own calls.
