@@ -17,8 +17,11 @@ use crate::session::plain_unix;
 use crate::session::{CancelRoute, PlainSocket, WatchedTls, plain_tcp};
 pub(crate) use crate::session::{Driver, Opened};
 
+mod hedge;
+
 use crate::backoff::{deadline_after, millis};
 use crate::credentials::{Credential, TokenCache};
+use crate::defaults;
 use crate::error::{BoxError, BoxFuture, Error, error_chain};
 use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolveError};
@@ -41,10 +44,16 @@ pub(crate) trait TargetSource: Send + Sync + 'static {
 
     /// `base` completed with what the look-up finds. Run before the first connect, and
     /// again at the next one after a failure.
-    fn complete(
-        &self,
-        base: tokio_postgres::Config,
-    ) -> BoxFuture<'_, Result<tokio_postgres::Config, Error>>;
+    fn complete(&self, base: tokio_postgres::Config) -> BoxFuture<'_, Result<Completed, Error>>;
+}
+
+/// A target completed by its [`TargetSource`].
+pub(crate) struct Completed {
+    pub(crate) config: tokio_postgres::Config,
+    /// The workspace reports the endpoint read-write: a login that reaches a read-only
+    /// server (mid-failover) is refused and retried, not kept as a session. Not for hosts
+    /// given directly, which may be standbys on purpose.
+    pub(crate) writable: bool,
 }
 
 /// Where a [`Connector`] connects to.
@@ -89,6 +98,8 @@ struct Prepared {
     loopback_only: bool,
     /// `user@host:port/dbname`, for errors and tracing.
     target: String,
+    /// Only a server that takes writes may serve it ([`Completed::writable`]).
+    writable: bool,
     /// The effective sslmode (read by the sqlx adapters).
     #[cfg_attr(not(any(feature = "sqlx-0_8", feature = "sqlx-0_9")), allow(dead_code))]
     mode: SslMode,
@@ -107,7 +118,10 @@ pub(crate) struct DriverTarget {
 
 /// Settles a complete configuration: its sslmode, TLS connector and description.
 fn complete(
-    mut pg_config: tokio_postgres::Config,
+    Completed {
+        config: mut pg_config,
+        writable,
+    }: Completed,
     tls: &TlsSettings,
     hide_user: bool,
 ) -> Result<Prepared, Error> {
@@ -121,6 +135,7 @@ fn complete(
         uses_tls: mode.uses_tls(),
         loopback_only: loopback_only && !mode.uses_tls(),
         target,
+        writable,
         mode,
     })
 }
@@ -150,14 +165,28 @@ enum AttemptError {
         host: String,
         address: IpAddr,
     },
+    /// A read-write endpoint's login reached a server that takes no writes.
+    ReadOnlyServer(ReadOnlyServer),
 }
+
+/// A read-write endpoint's login reached a read-only server: during a failover, the old
+/// primary back as a standby, or the route not yet switched.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the server is read-only (it reported `in_hot_standby` or `default_transaction_read_only` \
+     at login) but the endpoint is read-write: a failover is under way; waiting for the new \
+     primary"
+)]
+struct ReadOnlyServer;
 
 impl AttemptError {
     fn class(&self) -> ErrorClass {
         match self {
             AttemptError::Postgres(e) => classify(e),
             AttemptError::Socket(e) => crate::retry::classify_io(e.kind()),
-            AttemptError::TimedOut(_) | AttemptError::Resolve(_) => ErrorClass::Transient,
+            AttemptError::TimedOut(_)
+            | AttemptError::Resolve(_)
+            | AttemptError::ReadOnlyServer(_) => ErrorClass::Transient,
             AttemptError::NotLoopback { .. } => ErrorClass::Fatal,
         }
     }
@@ -168,6 +197,7 @@ impl AttemptError {
             AttemptError::Socket(e) => Box::new(e),
             AttemptError::TimedOut(e) => Box::new(e),
             AttemptError::Resolve(e) => Box::new(e),
+            AttemptError::ReadOnlyServer(e) => Box::new(e),
             AttemptError::NotLoopback { host, address } => {
                 format!("{host} resolved to {address}").into()
             }
@@ -180,6 +210,7 @@ impl AttemptError {
             AttemptError::Socket(e) => error_chain(e),
             AttemptError::TimedOut(e) => error_chain(e),
             AttemptError::Resolve(e) => error_chain(e),
+            AttemptError::ReadOnlyServer(e) => error_chain(e),
             AttemptError::NotLoopback { host, address } => format!("{host} resolved to {address}"),
         }
     }
@@ -200,7 +231,11 @@ impl Connector {
         let (lazy, prepared, placeholder) = match target {
             Target::Fixed(config) => {
                 let placeholder = describe_target(&config, hide_user);
-                let prepared = OnceCell::new_with(Some(complete(config, &tls, hide_user)?));
+                let fixed = Completed {
+                    config,
+                    writable: false,
+                };
+                let prepared = OnceCell::new_with(Some(complete(fixed, &tls, hide_user)?));
                 (None, prepared, placeholder)
             }
             Target::Lazy { base, source } => {
@@ -321,7 +356,7 @@ impl Connector {
 
     /// Runs the target source, if any, and settles the result.
     async fn prepare(&self) -> Result<Prepared, Error> {
-        let pg_config = match &self.lazy {
+        let completed = match &self.lazy {
             Some((base, source)) => source.complete(base.clone()).await?,
             None => {
                 return Err(Error::invalid(
@@ -330,7 +365,7 @@ impl Connector {
                 ));
             }
         };
-        complete(pg_config, &self.tls, self.hide_user)
+        complete(completed, &self.tls, self.hide_user)
     }
 
     /// `error`'s chain for a log line, with the user name hidden when it must be (servers
@@ -494,7 +529,13 @@ impl Connector {
     ) -> Result<Opened, AttemptError> {
         let mut config = prepared.pg_config.clone();
         let _ = config.password(credential.secret().expose());
-        match tokio::time::timeout(timeout, self.connect_any(prepared, config, watched)).await {
+        let tries = hedge::hedged(
+            self.retry.hedge_delay(),
+            defaults::HEDGED_TRIES,
+            || self.connect_any(prepared, config.clone(), watched),
+            || self.counters.hedge(),
+        );
+        match tokio::time::timeout(timeout, tries).await {
             Err(_) => Err(AttemptError::TimedOut(AttemptTimedOut(timeout))),
             Ok(result) => result,
         }
@@ -575,9 +616,13 @@ impl Connector {
                 activity: Arc::clone(&activity),
             };
             let (client, driver) = config.connect(tls).await.map_err(AttemptError::Postgres)?;
+            let driver = Driver::Tls(Box::new(driver));
+            if prepared.writable && driver.server_read_only() {
+                return Err(AttemptError::ReadOnlyServer(ReadOnlyServer));
+            }
             return Ok(Opened {
                 client,
-                driver: Driver::Tls(Box::new(driver)),
+                driver,
                 activity,
                 cancel: CancelRoute::Tls(prepared.tls.clone()),
             });
@@ -587,9 +632,13 @@ impl Connector {
             .connect_raw(Watched::new(socket, Arc::clone(&activity)), NoTls)
             .await
             .map_err(AttemptError::Postgres)?;
+        let driver = Driver::Plain(Box::new(driver));
+        if prepared.writable && driver.server_read_only() {
+            return Err(AttemptError::ReadOnlyServer(ReadOnlyServer));
+        }
         Ok(Opened {
             client,
-            driver: Driver::Plain(Box::new(driver)),
+            driver,
             activity,
             cancel,
         })

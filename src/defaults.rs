@@ -19,6 +19,7 @@
 //! | max size | 16 | |
 //! | wait timeout | 30 s | `get()` never waits forever for a free connection |
 //! | the pool's own statements (`BEGIN`, `COMMIT`, `ROLLBACK`, `LISTEN`, validation) | 10 s each | a server that stalls after login costs seconds, not a hang; long enough for a large commit |
+//! | hedged connect tries | a second try after 1 s without an answer, a third after 2 s, none after an answer | after a failover the proxy holds a connect on the dead compute for ~3 s while the new primary answers at once; a login takes well under 1 s, so only slow attempts pay an extra login |
 //! | connect attempt timeout | 10 s | covers TCP, TLS and login together (tokio-postgres's own timeout covers only TCP) |
 //! | cold-start backoff | 100 ms doubling to 4 s, full jitter; rate-limit errors 2-4 s | a waking compute usually answers within a second; full jitter spreads a crowd of reconnects |
 //! | TLS | `disable` (plain) for loopback hosts, `verify-full` for any other; `require` verifies too | a bearer token must never cross an unverified channel |
@@ -73,6 +74,9 @@ pub(crate) const TCP_KEEPALIVE_RETRIES: u32 = 3;
 pub(crate) const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEDGE_AFTER: Duration = Duration::from_secs(1);
+/// Tries per connect attempt at most: the first and two hedges.
+pub(crate) const HEDGED_TRIES: usize = 3;
 pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(4);
 /// Outlasts the Lakebase proxy's 30 s cache of a failed wake of the compute.

@@ -45,6 +45,7 @@ pub(crate) struct Counters {
     pub(crate) connections_opened: AtomicU64,
     pub(crate) connect_attempts_failed: AtomicU64,
     pub(crate) connect_retries_transient: AtomicU64,
+    pub(crate) connect_hedges: AtomicU64,
     pub(crate) connect_retries_rate_limited: AtomicU64,
     pub(crate) auth_refreshes: AtomicU64,
     pub(crate) retired_lifetime: AtomicU64,
@@ -115,6 +116,11 @@ impl Counters {
 
     pub(crate) fn attempt_failed(&self) {
         bump(&self.connect_attempts_failed);
+    }
+
+    /// A connect try started beside one that had not answered (`RetryPolicy::hedge_after`).
+    pub(crate) fn hedge(&self) {
+        bump(&self.connect_hedges);
     }
 
     pub(crate) fn retry(&self, cause: RetryCause) {

@@ -52,6 +52,20 @@ impl Driver {
             Driver::Plain(connection) => connection.poll_message(cx),
         }
     }
+
+    /// Whether the server said at login that it takes no writes: a hot standby
+    /// (`in_hot_standby`), or a server whose sessions are read-only by default
+    /// (`default_transaction_read_only`); both are reported at login by PostgreSQL 14 and
+    /// later, and passed on by the Lakebase proxy.
+    pub(crate) fn server_read_only(&self) -> bool {
+        let parameter = |name: &str| match self {
+            Driver::Tls(connection) => connection.parameter(name).map(str::to_owned),
+            Driver::Plain(connection) => connection.parameter(name).map(str::to_owned),
+        };
+        ["in_hot_standby", "default_transaction_read_only"]
+            .into_iter()
+            .any(|name| parameter(name).as_deref() == Some("on"))
+    }
 }
 
 impl Future for Driver {

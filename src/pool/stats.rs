@@ -45,6 +45,10 @@ pub struct Stats {
     pub connect_retries_transient: u64,
     /// Retries after a rate-limit error.
     pub connect_retries_rate_limited: u64,
+    /// Connect tries started beside one that had not answered within
+    /// [`RetryPolicy::hedge_after`](crate::RetryPolicy::hedge_after) (after a failover, the
+    /// proxy can hold the first on the old primary's address).
+    pub connect_hedges: u64,
     /// Logins rejected with a cached token, answered by minting a fresh one.
     pub auth_refreshes: u64,
     /// Connections closed because they reached their max lifetime.
@@ -118,6 +122,7 @@ impl Stats {
             connect_attempts_failed: load(&counters.connect_attempts_failed),
             connect_retries_transient: load(&counters.connect_retries_transient),
             connect_retries_rate_limited: load(&counters.connect_retries_rate_limited),
+            connect_hedges: load(&counters.connect_hedges),
             auth_refreshes: load(&counters.auth_refreshes),
             retired_lifetime: load(&counters.retired_lifetime),
             retired_idle: load(&counters.retired_idle),

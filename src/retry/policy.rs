@@ -30,6 +30,11 @@ use crate::retry::ErrorClass;
 /// opens: the server is back, so every checkout that was waiting retries at once instead of
 /// sitting out a backoff that can reach 4 s.
 ///
+/// An attempt that has not answered within 1 s gets a second try beside it, and a third a
+/// second later ([`hedge_after`](Self::hedge_after)); the first to log in is the session. After
+/// a failover the Lakebase proxy holds a connect to the dead compute for about 3 s while the
+/// new primary already answers through the same host: the later try reaches it.
+///
 /// Each attempt (TCP, TLS and login together) is bounded by the 10 s connect timeout, and no
 /// attempt starts, nor wait begins, that would end after the 40 s deadline. The worst case
 /// for one checkout is therefore the deadline plus the token mint timeout.
@@ -58,6 +63,7 @@ pub struct RetryPolicy {
     command_timeout: Duration,
     backoff: Backoff,
     deadline: Duration,
+    hedge_after: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -70,6 +76,7 @@ impl Default for RetryPolicy {
                 max: defaults::MAX_BACKOFF,
             },
             deadline: defaults::CONNECT_DEADLINE,
+            hedge_after: Some(defaults::HEDGE_AFTER),
         }
     }
 }
@@ -184,6 +191,61 @@ impl RetryPolicy {
         self
     }
 
+    /// When a connection attempt has not answered after `delay`, another try starts beside it
+    /// (and a third after another `delay`); the first to log in is kept, the others are
+    /// dropped. An attempt whose try has failed starts no more: the retry schedule takes over.
+    ///
+    /// This is what brings a pool back within about a second of a failover, while the proxy
+    /// still holds the first try on the old primary's address. The cost is an extra login at
+    /// the proxy for each attempt slower than `delay` (a cold start), never more than two.
+    ///
+    /// Default: 1 second. Must be greater than zero; see [`no_hedging`](Self::no_hedging).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let policy = lakebase_pool::RetryPolicy::default().hedge_after(Duration::from_millis(500));
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .retry(policy)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn hedge_after(mut self, delay: Duration) -> Self {
+        self.hedge_after = Some(delay);
+        self
+    }
+
+    /// One try per attempt, however long it takes (the attempt is still bounded by the
+    /// connect timeout).
+    ///
+    /// ```
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let policy = lakebase_pool::RetryPolicy::default().no_hedging();
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .host("127.0.0.1")
+    ///     .user("app")
+    ///     .password("local-dev-password")
+    ///     .retry(policy)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn no_hedging(mut self) -> Self {
+        self.hedge_after = None;
+        self
+    }
+
+    /// The delay before a hedged try, `None` without hedging.
+    pub(crate) fn hedge_delay(&self) -> Option<Duration> {
+        self.hedge_after
+    }
+
     /// A policy that never retries: one attempt, then the error.
     ///
     /// ```
@@ -230,6 +292,13 @@ impl RetryPolicy {
             ));
         }
         self.backoff.validate("backoff")?;
+        if self.hedge_after.is_some_and(|delay| delay.is_zero()) {
+            return Err(Error::invalid(
+                "hedge_after",
+                "must be greater than zero (three tries at once would only load the server); \
+                 use `no_hedging()` for one try per attempt",
+            ));
+        }
         Ok(())
     }
 
