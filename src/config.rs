@@ -111,6 +111,8 @@ pub(crate) struct PoolSettings {
     pub(crate) ssl_negotiation: Option<SslNegotiation>,
     pub(crate) hostaddr: Option<IpAddr>,
     pub(crate) root_certificates: Option<PathBuf>,
+    /// `LAKEBASE_READ_ONLY_HOST`: read from the endpoint's read-only host.
+    pub(crate) read_only_host_as_replica: bool,
     pub(crate) password_source: PasswordSource,
 }
 
@@ -123,7 +125,7 @@ pub(crate) enum PasswordSource {
 }
 
 /// Reads the pool settings in `env`: `PG*` as libpq does, `LAKEBASE_ENDPOINT`,
-/// `DATABRICKS_APP_NAME`.
+/// `LAKEBASE_READ_ONLY_HOST`, `DATABRICKS_APP_NAME`.
 pub(crate) fn pool_settings(env: &Environment) -> Result<PoolSettings, Error> {
     let invalid = |var: &'static str, problem: String| Error::InvalidEnv { var, problem };
     let mut port = None;
@@ -133,6 +135,19 @@ pub(crate) fn pool_settings(env: &Environment) -> Result<PoolSettings, Error> {
     let mut ssl_negotiation = None;
     let mut hostaddr = None;
     let mut root_certificates = None;
+    let read_only_host_as_replica = match env.get("LAKEBASE_READ_ONLY_HOST") {
+        None => false,
+        Some(text) => match text.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => true,
+            "0" | "false" | "no" | "off" | "" => false,
+            _ => {
+                return Err(invalid(
+                    "LAKEBASE_READ_ONLY_HOST",
+                    format!("must be true or false, not `{text}`"),
+                ));
+            }
+        },
+    };
     if let Some(text) = env.get("PGPORT") {
         let number = text
             .parse::<u16>()
@@ -260,6 +275,7 @@ pub(crate) fn pool_settings(env: &Environment) -> Result<PoolSettings, Error> {
         ssl_negotiation,
         hostaddr,
         root_certificates,
+        read_only_host_as_replica,
         password_source,
     })
 }
@@ -272,7 +288,7 @@ mod properties {
 
     /// Variables the pool reads, given any value. (`PGSSLROOTCERT` names a file to read, so it
     /// is given a path that does not exist.)
-    const VARS: [&str; 14] = [
+    const VARS: [&str; 15] = [
         "PGHOST",
         "PGHOSTADDR",
         "PGPORT",
@@ -285,6 +301,7 @@ mod properties {
         "PGCONNECT_TIMEOUT",
         "PGPASSWORD",
         "LAKEBASE_ENDPOINT",
+        "LAKEBASE_READ_ONLY_HOST",
         "DATABRICKS_HOST",
         "DATABRICKS_TOKEN",
     ];

@@ -43,7 +43,7 @@ pub use self::api::{CredentialRequest, CurrentUser, DatabaseCredential, Endpoint
 pub use self::branches::{
     Branch, BranchSpec, BranchState, EndpointType, Expiry, MAX_BRANCH_TTL, Operation, Project,
 };
-pub(crate) use self::discovery::{LakebaseDiscovery, endpoint_host};
+pub(crate) use self::discovery::{EndpointHost, HostKind, LakebaseDiscovery, endpoint_host};
 pub use self::provider::LakebaseCredentials;
 pub(crate) use self::time::format_rfc3339;
 pub(crate) use self::workspace::Caller;

@@ -16,10 +16,13 @@ use super::{Connection, Pool};
 use crate::backoff::millis;
 use crate::connect::Target;
 use crate::credentials::TokenCache;
-use crate::databricks::{LakebaseCredentials, LakebaseDiscovery, Workspace};
+use crate::databricks::{HostKind, LakebaseCredentials, LakebaseDiscovery, Workspace};
 use crate::error::{TokenKind, error_chain};
 use crate::telemetry::replica_pool_name;
 use crate::{EndpointName, Error, defaults};
+
+mod spec;
+pub(crate) use spec::ReplicaSpec;
 
 /// What [`Pool::get_read`] does when no read replica can serve: none is healthy, none was
 /// found, or (for [`Pool::get_read_at`]) none has caught up in time.
@@ -47,68 +50,14 @@ pub enum ReadFallback {
     Fail,
 }
 
-/// A replica as configured: a Lakebase read-only endpoint, or a plain Postgres host.
-#[derive(Clone, Debug)]
-pub(crate) enum ReplicaSpec {
-    Endpoint(EndpointName),
-    Host { host: String, port: Option<u16> },
-}
-
-impl ReplicaSpec {
-    /// `projects/.../endpoints/...` is an endpoint; anything else a host, optionally with
-    /// `:port`.
-    pub(crate) fn parse(text: &str) -> Result<Self, Error> {
-        let text = text.trim();
-        if text.starts_with("projects/") {
-            return EndpointName::parse(text).map(ReplicaSpec::Endpoint);
-        }
-        if text.is_empty() {
-            return Err(Error::invalid(
-                "read_replicas",
-                "an empty replica: give an endpoint name or a host",
-            ));
-        }
-        match text.rsplit_once(':') {
-            Some((host, port)) if !host.contains(':') => {
-                let port = port
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            "read_replicas",
-                            format!("`{text}`: the port must be 1-65535"),
-                        )
-                    })?;
-                Ok(ReplicaSpec::Host {
-                    host: host.to_owned(),
-                    port: Some(port),
-                })
-            }
-            _ => Ok(ReplicaSpec::Host {
-                host: text.to_owned(),
-                port: None,
-            }),
-        }
-    }
-
-    fn label(&self, primary_port: Option<u16>) -> String {
-        match self {
-            ReplicaSpec::Endpoint(name) => name.to_string(),
-            ReplicaSpec::Host { host, port } => match port.or(primary_port) {
-                Some(port) => format!("{host}:{port}"),
-                None => host.clone(),
-            },
-        }
-    }
-}
-
 /// The read replica settings of a [`PoolBuilder`](crate::PoolBuilder).
 #[derive(Debug)]
 pub(crate) struct ReplicaSettings {
     /// Each replica, or the error from parsing it (returned by `build`).
     pub(crate) specs: Vec<Result<ReplicaSpec, Error>>,
     pub(crate) of_branch: bool,
+    /// Read from the read-write endpoint's read-only host.
+    pub(crate) read_only_host: bool,
     pub(crate) fallback: ReadFallback,
     pub(crate) max_size: Option<usize>,
     pub(crate) catch_up_timeout: Duration,
@@ -119,6 +68,7 @@ impl Default for ReplicaSettings {
         ReplicaSettings {
             specs: Vec::new(),
             of_branch: false,
+            read_only_host: false,
             fallback: ReadFallback::Primary,
             max_size: None,
             catch_up_timeout: defaults::REPLICA_CATCH_UP_TIMEOUT,
@@ -138,7 +88,7 @@ impl ReplicaSettings {
         primary_tokens: &TokenCache,
     ) -> Result<Option<Arc<ReplicaSet>>, Error> {
         let specs = self.specs.into_iter().collect::<Result<Vec<_>, Error>>()?;
-        if specs.is_empty() && !self.of_branch {
+        if specs.is_empty() && !self.of_branch && !self.read_only_host {
             return Ok(None);
         }
         let ReplicaBase {
@@ -163,6 +113,17 @@ impl ReplicaSettings {
         if max_size == 0 {
             return Err(Error::invalid("replica_max_size", "must be at least 1"));
         }
+        let read_only_host = match (self.read_only_host, primary_endpoint) {
+            (false, _) => None,
+            (true, Some(endpoint)) => Some(ReplicaSpec::ReadOnlyHost(endpoint.clone())),
+            (true, None) => {
+                return Err(Error::invalid(
+                    "read_only_host_as_replica",
+                    "needs the read-write endpoint's name to look its read-only host up: call \
+                     `.lakebase_endpoint(..)` (or set LAKEBASE_ENDPOINT)",
+                ));
+            }
+        };
         let branch = match (self.of_branch, primary_endpoint) {
             (false, _) => None,
             (true, Some(endpoint)) => Some(endpoint.clone()),
@@ -184,18 +145,23 @@ impl ReplicaSettings {
             primary_tokens: primary_tokens.clone(),
             max_size,
         };
-        let members = specs
-            .iter()
-            .map(|spec| factory.member(spec))
-            .collect::<Result<Vec<_>, Error>>()?;
-        let members = if branch.is_some() && members.is_empty() {
+        // The branch's replicas are looked up at the first read unless others were given;
+        // the read-only host is then added to those found.
+        let discovered = branch.is_some() && specs.is_empty();
+        let members = if discovered {
             OnceCell::new()
         } else {
+            let members = specs
+                .iter()
+                .chain(&read_only_host)
+                .map(|spec| factory.member(spec))
+                .collect::<Result<Vec<_>, Error>>()?;
             OnceCell::new_with(Some(members))
         };
         Ok(Some(Arc::new(ReplicaSet {
             members,
-            branch,
+            branch: branch.filter(|_| discovered),
+            read_only_host: read_only_host.filter(|_| discovered),
             factory,
             discovery_failed: Mutex::new(None),
             fallback: self.fallback,
@@ -229,33 +195,21 @@ impl ReplicaFactory {
                 (Target::Fixed(config), self.primary_tokens.clone())
             }
             ReplicaSpec::Endpoint(endpoint) => {
-                let workspace = self.workspace.clone().ok_or_else(|| {
-                    Error::invalid(
-                        "read_replicas",
-                        "replicas given by endpoint name mint their tokens through the \
-                         workspace: call `.lakebase_endpoint(..)` or `.workspace(..)`",
-                    )
-                })?;
-                let credentials = LakebaseCredentials::new(workspace.clone(), endpoint.clone());
+                let credentials =
+                    LakebaseCredentials::new(self.workspace()?.clone(), endpoint.clone());
                 // A token is minted for the endpoint it is used on.
                 let tokens = TokenCache::labelled(
                     Box::new(credentials),
                     self.parts.cache_policy.clone(),
                     TokenKind::Database,
                 );
-                let base = replica_config(&self.base, None, primary_port);
-                let source = LakebaseDiscovery {
-                    host: true,
-                    user: base.get_user().is_none(),
-                    workspace,
-                    endpoint: endpoint.clone(),
-                };
-                let target = Target::Lazy {
-                    base,
-                    source: Box::new(source),
-                };
-                (target, tokens)
+                (self.discovered(endpoint, HostKind::Main)?, tokens)
             }
+            // The read-only host is the same endpoint's: its tokens are the primary's.
+            ReplicaSpec::ReadOnlyHost(endpoint) => (
+                self.discovered(endpoint, HostKind::ReadOnly)?,
+                self.primary_tokens.clone(),
+            ),
         };
         let name = spec.label(primary_port);
         let telemetry = self
@@ -272,6 +226,33 @@ impl ReplicaFactory {
         });
         member.observe();
         Ok(member)
+    }
+}
+
+impl ReplicaFactory {
+    fn workspace(&self) -> Result<&Workspace, Error> {
+        self.workspace.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "read_replicas",
+                "replicas given by endpoint name mint their tokens through the workspace: \
+                 call `.lakebase_endpoint(..)` or `.workspace(..)`",
+            )
+        })
+    }
+
+    /// The target of `endpoint`'s host of `kind`, looked up at the first connect.
+    fn discovered(&self, endpoint: &EndpointName, kind: HostKind) -> Result<Target, Error> {
+        let base = replica_config(&self.base, None, self.primary_port);
+        let source = LakebaseDiscovery {
+            host: Some(kind),
+            user: base.get_user().is_none(),
+            workspace: self.workspace()?.clone(),
+            endpoint: endpoint.clone(),
+        };
+        Ok(Target::Lazy {
+            base,
+            source: Box::new(source),
+        })
     }
 }
 
@@ -445,6 +426,8 @@ pub(crate) struct ReplicaSet {
     members: OnceCell<Vec<Arc<Member>>>,
     /// The read-write endpoint whose branch's read-only endpoints are looked up.
     branch: Option<EndpointName>,
+    /// Added to the branch's replicas when they are looked up.
+    read_only_host: Option<ReplicaSpec>,
     factory: ReplicaFactory,
     /// When the last look-up failed: not repeated for a while, so that a workspace outage
     /// does not slow every read down.
@@ -528,7 +511,9 @@ impl ReplicaSet {
             .filter(|e| {
                 e.endpoint_type.as_deref() == Some("ENDPOINT_TYPE_READ_ONLY") && !e.disabled
             })
-            .map(|e| self.factory.member(&ReplicaSpec::Endpoint(e.name)))
+            .map(|e| ReplicaSpec::Endpoint(e.name))
+            .chain(self.read_only_host.clone())
+            .map(|spec| self.factory.member(&spec))
             .collect::<Result<Vec<_>, Error>>()?;
         tracing::info!(
             branch = %endpoint.branch_path(),

@@ -6,9 +6,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::OnceCell;
 
 use super::refusal::{Refused, refusal, without_email};
-use crate::connect::TargetSource;
+use crate::connect::{Completed, TargetSource};
 use crate::credentials::{Credential, CredentialProvider};
-use crate::databricks::{Caller, CredentialRequest, Workspace, endpoint_host};
+use crate::databricks::{
+    Caller, CredentialRequest, EndpointHost, HostKind, Workspace, endpoint_host,
+};
 use crate::error::BoxFuture;
 use crate::target::HIDDEN_USER;
 use crate::{BoxError, EndpointName, Error, Secret};
@@ -86,15 +88,14 @@ impl CredentialProvider for UserCredentials {
 pub(super) struct SharedHost {
     pub(super) workspace: Workspace,
     pub(super) endpoint: EndpointName,
-    pub(super) host: OnceCell<String>,
+    pub(super) host: OnceCell<EndpointHost>,
 }
 
 impl SharedHost {
-    async fn host(&self) -> Result<&str, Error> {
+    async fn host(&self) -> Result<&EndpointHost, Error> {
         self.host
-            .get_or_try_init(|| endpoint_host(&self.workspace, &self.endpoint))
+            .get_or_try_init(|| endpoint_host(&self.workspace, &self.endpoint, HostKind::Main))
             .await
-            .map(String::as_str)
     }
 }
 
@@ -112,11 +113,14 @@ impl TargetSource for UserTarget {
     fn complete(
         &self,
         mut base: tokio_postgres::Config,
-    ) -> BoxFuture<'_, Result<tokio_postgres::Config, Error>> {
+    ) -> BoxFuture<'_, Result<Completed, Error>> {
         Box::pin(async move {
             let host = self.host.host().await?;
-            let _ = base.host(host).user(&self.role);
-            Ok(base)
+            let _ = base.host(&host.host).user(&self.role);
+            Ok(Completed {
+                config: base,
+                writable: host.writable,
+            })
         })
     }
 }

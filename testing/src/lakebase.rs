@@ -3,7 +3,7 @@
 use std::fmt;
 
 use super::branching::{Branching, LocalBranch};
-use super::{HarnessError, LakebaseEmulator, LocalPostgres, MockWorkspace};
+use super::{HaEndpoint, HarnessError, LakebaseEmulator, LocalPostgres, MockWorkspace};
 use lakebase_pool::{BoxError, Environment, Error, PoolBuilder, Secret};
 
 /// A throwaway PostgreSQL, a mock Databricks workspace and the Lakebase emulator, wired
@@ -34,6 +34,8 @@ pub struct LocalLakebase {
     workspace: MockWorkspace,
     /// Hot standbys behind the read-only endpoints.
     replicas: Vec<LocalPostgres>,
+    /// The endpoint's primary and secondary, when started with high availability.
+    ha: Option<HaEndpoint>,
     branching: Branching,
     postgres: LocalPostgres,
 }
@@ -83,6 +85,47 @@ impl LocalLakebase {
     /// # }
     /// ```
     pub async fn start_with_replicas(replicas: usize) -> Result<Self, HarnessError> {
+        Self::start_inner(replicas, false).await
+    }
+
+    /// Like [`start`](Self::start), with the endpoint run with high availability: a
+    /// synchronous secondary behind its read-only host, and a failover on demand; see
+    /// [`ha`](Self::ha) and [`HaEndpoint`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start), and when the secondary cannot be started.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let lakebase = lakebase_pool_testing::LocalLakebase::start_ha().await?;
+    /// let pool = lakebase.pool_builder()?.build()?;
+    /// lakebase.ha().unwrap().fail_over().await?;
+    /// pool.get().await?.simple_query("SELECT 1").await?; // the new primary
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn start_ha() -> Result<Self, HarnessError> {
+        Self::start_inner(0, true).await
+    }
+
+    /// The endpoint's servers and its failover, when started with
+    /// [`start_ha`](Self::start_ha).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// let lakebase = lakebase_pool_testing::LocalLakebase::start_ha().await?;
+    /// assert!(lakebase.ha().is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn ha(&self) -> Option<&HaEndpoint> {
+        self.ha.as_ref()
+    }
+
+    async fn start_inner(replicas: usize, ha: bool) -> Result<Self, HarnessError> {
         let postgres = LocalPostgres::start()?;
         // Never used for a login: the emulator checks tokens and logs in upstream itself.
         postgres
@@ -97,7 +140,12 @@ impl LocalLakebase {
         })?;
         workspace.add_pat(Self::PAT, Self::USER);
         let emulator = LakebaseEmulator::start(&postgres, &workspace)?;
-        emulator.add_endpoint(Self::ENDPOINT);
+        let ha = if ha {
+            Some(emulator.add_ha_endpoint(Self::ENDPOINT, &postgres).await?)
+        } else {
+            emulator.add_endpoint(Self::ENDPOINT);
+            None
+        };
         let replicas = (0..replicas)
             .map(|i| {
                 let standby = postgres.start_standby()?;
@@ -112,6 +160,7 @@ impl LocalLakebase {
             emulator,
             workspace,
             replicas,
+            ha,
             branching,
             postgres,
         })
@@ -227,6 +276,8 @@ impl LocalLakebase {
     }
 
     /// The PostgreSQL server behind the emulator: stop and resume it to simulate an outage.
+    /// With high availability it is the first primary (branches are copied from it); after a
+    /// failover, the endpoint's server is [`ha`](Self::ha)`().primary()`.
     ///
     /// ```no_run
     /// # async fn demo(lakebase: lakebase_pool_testing::LocalLakebase) -> Result<(), lakebase_pool_testing::HarnessError> {

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 use tokio_postgres::NoTls;
 
+mod replication;
 mod server;
 
 use self::server::{Inner, find_bin_dir, run};
@@ -202,6 +203,13 @@ impl LocalPostgres {
     /// # Ok::<(), lakebase_pool_testing::HarnessError>(())
     /// ```
     pub fn start_standby(&self) -> Result<LocalPostgres, HarnessError> {
+        self.copy_as_standby(None)
+    }
+
+    /// A copy of this server taken with `pg_basebackup -R`, started as its standby; with
+    /// `name`, the standby reports it as its `application_name` (its `cluster_name`), the
+    /// name `synchronous_standby_names` refers to.
+    fn copy_as_standby(&self, name: Option<&str>) -> Result<LocalPostgres, HarnessError> {
         let mut standby = Inner::new(self.inner.bin_dir.clone())?;
         standby.tls = self.inner.tls;
         let mut command = standby.command("pg_basebackup");
@@ -214,6 +222,14 @@ impl LocalPostgres {
             .arg(standby.data_dir())
             .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
         run(command)?;
+        if let Some(name) = name {
+            use std::io::Write as _;
+            let mut settings = std::fs::OpenOptions::new()
+                .append(true)
+                .open(standby.data_dir().join("postgresql.auto.conf"))
+                .map_err(io_error("name the standby"))?;
+            writeln!(settings, "cluster_name = '{name}'").map_err(io_error("name the standby"))?;
+        }
         standby.launch()
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::PoolBuilder;
 use crate::connect::Target;
 use crate::credentials::{CachePolicy, TokenCache};
-use crate::databricks::{LakebaseCredentials, LakebaseDiscovery, Workspace};
+use crate::databricks::{HostKind, LakebaseCredentials, LakebaseDiscovery, Workspace};
 use crate::defaults;
 use crate::pool::Pool;
 use crate::pool::endpoint::{EndpointParts, EndpointPool};
@@ -100,7 +100,8 @@ impl PoolBuilder {
                     let _ = pg_config.dbname(defaults::LAKEBASE_DATABASE);
                 }
                 Some(LakebaseDiscovery {
-                    host: pg_config.get_hosts().is_empty() && hosts.host.is_none(),
+                    host: (pg_config.get_hosts().is_empty() && hosts.host.is_none())
+                        .then_some(HostKind::Main),
                     user: pg_config.get_user().is_none(),
                     workspace,
                     endpoint,

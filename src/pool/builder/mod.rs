@@ -214,6 +214,7 @@ impl PoolBuilder {
         builder.port = settings.port;
         builder.hostaddr = settings.hostaddr;
         builder.in_databricks_app = settings.in_databricks_app;
+        builder.replicas.read_only_host = settings.read_only_host_as_replica;
         if let Some(user) = settings.user {
             builder = builder.user(user);
         }
@@ -653,6 +654,35 @@ impl PoolBuilder {
     /// ```
     pub fn read_replicas_of_branch(mut self) -> Self {
         self.replicas.of_branch = true;
+        self
+    }
+
+    /// Read from the read-only host of the read-write endpoint as a replica: the readable
+    /// secondaries of an endpoint with high availability, reported by the workspace as
+    /// `status.hosts.read_only_host` (nothing is guessed from the host name). Its sessions
+    /// log in with the endpoint's own tokens, and it follows the rules of every replica:
+    /// health, catch-up for [`Pool::get_read_at`], the [`ReadFallback`]. Looked up at its
+    /// first connect; an endpoint without one (no HA, or no readable secondaries) reads from
+    /// the fallback, and the error says why. Needs [`lakebase_endpoint`](Self::lakebase_endpoint).
+    /// Combines with [`read_replicas`](Self::read_replicas) and
+    /// [`read_replicas_of_branch`](Self::read_replicas_of_branch).
+    ///
+    /// From the environment: `LAKEBASE_READ_ONLY_HOST=true`.
+    ///
+    /// Default: off.
+    ///
+    /// ```
+    /// # fn demo() -> Result<(), lakebase_pool::Error> {
+    /// let pool = lakebase_pool::Pool::builder()
+    ///     .workspace(lakebase_pool::databricks::Workspace::builder().host("https://example.cloud.databricks.com").token("dapi-example").build()?)
+    ///     .lakebase_endpoint("projects/shop/branches/production/endpoints/ep-primary")
+    ///     .read_only_host_as_replica()
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn read_only_host_as_replica(mut self) -> Self {
+        self.replicas.read_only_host = true;
         self
     }
 

@@ -78,6 +78,9 @@ pub struct PoolSettings {
     /// `true`: the branch's read-only endpoints ([`PoolBuilder::read_replicas_of_branch`]);
     /// `false`: not them.
     pub read_replicas_of_branch: Option<bool>,
+    /// `true`: the endpoint's read-only host ([`PoolBuilder::read_only_host_as_replica`]);
+    /// `false`: not it.
+    pub read_only_host_as_replica: Option<bool>,
     /// `primary` or `fail` ([`PoolBuilder::read_fallback`]).
     #[serde(deserialize_with = "fallback")]
     pub read_fallback: Option<ReadFallback>,
@@ -210,6 +213,7 @@ impl PoolBuilder {
             wait_timeout,
             read_replicas,
             read_replicas_of_branch,
+            read_only_host_as_replica,
             read_fallback,
             replica_max_size,
             replica_catch_up_timeout,
@@ -247,6 +251,9 @@ impl PoolBuilder {
         );
         if let Some(of_branch) = read_replicas_of_branch {
             self.replicas.of_branch = of_branch;
+        }
+        if let Some(read_only_host) = read_only_host_as_replica {
+            self.replicas.read_only_host = read_only_host;
         }
         self.retry = retry.apply(self.retry.clone());
         self.cache_policy = tokens.apply(self.cache_policy.clone());

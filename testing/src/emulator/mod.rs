@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::server_thread::ServerThread;
 use super::workspace::WorkspaceHandle;
-use super::{HarnessError, LocalPostgres, MockWorkspace, TestCa};
+use super::{HaEndpoint, HarnessError, LocalPostgres, MockWorkspace, TestCa};
 use lakebase_pool::resolve::StaticResolver;
 
 mod relay;
@@ -30,6 +30,15 @@ use self::session::serve;
 const POSTGRES_ALPN: &[u8] = b"postgresql";
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How the proxy retries a compute that does not answer (REFERENCE 13a: 5 tries over about
+/// 3.2 s, always to the address it looked up for this connection): the waits between tries.
+const COMPUTE_RETRY_WAITS: [Duration; 4] = [
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+    Duration::from_millis(800),
+    Duration::from_millis(1600),
+];
+
 /// How many client connections are served at once by default; more are refused (`53300`).
 const MAX_CONNECTIONS: usize = 1024;
 
@@ -56,6 +65,9 @@ struct Endpoint {
     name: String,
     /// The Unix socket of the server behind it: the upstream, or a standby of it.
     upstream: PathBuf,
+    /// An HA endpoint's readable secondaries, served at the host `<label>-ro`: the socket
+    /// of the standby (a path where nothing listens while there is none).
+    read_only_upstream: Option<PathBuf>,
     /// `(database asked for, database served)`: a branch's copy of a database.
     database_rename: Option<(String, String)>,
     state: ComputeState,
@@ -373,6 +385,52 @@ impl LakebaseEmulator {
             .add(name, endpoint_id(name), upstream, read_only, None);
     }
 
+    /// Serves endpoint `name` from `server` from now on (existing sessions keep theirs), as
+    /// the control plane does when it moves an endpoint to another compute (a failover).
+    ///
+    /// ```no_run
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// let other = LocalPostgres::start()?;
+    /// lakebase.add_endpoint("projects/p/branches/b/endpoints/ep-test");
+    /// lakebase.route("projects/p/branches/b/endpoints/ep-test", &other);
+    /// # Ok::<(), lakebase_pool_testing::HarnessError>(())
+    /// ```
+    pub fn route(&self, name: &str, server: &LocalPostgres) {
+        self.handle().route(name, server.socket_path());
+    }
+
+    /// Adds an endpoint with high availability, served by `primary` and a new synchronous
+    /// standby of it behind the endpoint's read-only host; see [`HaEndpoint`]. The mock
+    /// workspace reports both hosts.
+    ///
+    /// # Errors
+    ///
+    /// When the standby cannot be copied, started or made synchronous.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lakebase_pool_testing::HarnessError> {
+    /// # use lakebase_pool_testing::{LakebaseEmulator, LocalPostgres, MockWorkspace};
+    /// # let pg = LocalPostgres::start().unwrap();
+    /// # let workspace = MockWorkspace::start().unwrap();
+    /// # let lakebase = LakebaseEmulator::start(&pg, &workspace).unwrap();
+    /// let ha = lakebase.add_ha_endpoint("projects/p/branches/b/endpoints/ep-ha", &pg).await?;
+    /// ha.fail_over().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn add_ha_endpoint(
+        &self,
+        name: &str,
+        primary: &LocalPostgres,
+    ) -> Result<HaEndpoint, HarnessError> {
+        self.add(name, primary.socket_path(), false);
+        HaEndpoint::start(self.handle(), name, primary).await
+    }
+
     /// A handle for the harness (branches add and remove endpoints from another thread).
     pub(crate) fn handle(&self) -> EmulatorHandle {
         EmulatorHandle(Arc::clone(&self.shared))
@@ -593,6 +651,26 @@ impl EmulatorHandle {
     pub(crate) fn host_of(&self, name: &str) -> String {
         format!("{}.{}", self.0.label_of(name), self.0.domain)
     }
+
+    /// Serves `name` from the server at `socket` from now on.
+    pub(crate) fn route(&self, name: &str, socket: PathBuf) {
+        let _ = self.0.with_endpoint(name, |e| e.upstream = socket);
+    }
+
+    /// Serves `name`'s read-only host (`<label>-ro`) from the server at `socket`, reporting
+    /// that host in the mock workspace; `None`: the host stays, with nothing behind it (no
+    /// secondary), so connections to it fail as the proxy's do.
+    pub(crate) fn route_read_only(&self, name: &str, socket: Option<PathBuf>) {
+        let socket = socket.unwrap_or_else(|| PathBuf::from("/nonexistent/lakebase-secondary"));
+        let host = self.0.with_endpoint(name, |e| {
+            e.read_only_upstream = Some(socket);
+        });
+        if host.is_some() {
+            let label = self.0.label_of(name);
+            let host = format!("{label}-ro.{}", self.0.domain);
+            self.0.workspace.set_read_only_host(name, &host);
+        }
+    }
 }
 
 impl Shared {
@@ -619,6 +697,7 @@ impl Shared {
             wake_until: None,
             refusals_left: 0,
             generation: watch::channel(0).0,
+            read_only_upstream: None,
         };
         let _ = lock(&self.endpoints).insert(label.to_owned(), endpoint);
     }

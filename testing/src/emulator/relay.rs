@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 
 use super::wire::{PROTOCOL_3, error_message, error_response, read_message, refuse};
-use super::{HANDSHAKE_TIMEOUT, Shared, lock};
+use super::{COMPUTE_RETRY_WAITS, HANDSHAKE_TIMEOUT, Shared, lock};
 
 /// Counts a session for its endpoint while it lives.
 struct SessionGuard<'a> {
@@ -40,6 +40,22 @@ impl Drop for ForgetKey<'_> {
     }
 }
 
+/// Connects to the compute as the proxy does: the address looked up for this connection,
+/// tried again after each of `COMPUTE_RETRY_WAITS` (so about 3 s) before giving up. After a
+/// failover, a connection that looked up the old primary is held this long even though the
+/// endpoint already routes to the new one.
+async fn connect_compute(path: &std::path::Path) -> Option<UnixStream> {
+    for wait in std::iter::once(Duration::ZERO).chain(COMPUTE_RETRY_WAITS) {
+        tokio::time::sleep(wait).await;
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, UnixStream::connect(path)).await
+        {
+            return Some(stream);
+        }
+    }
+    None
+}
+
 pub(super) async fn relay(
     shared: &Arc<Shared>,
     id: &str,
@@ -47,7 +63,9 @@ pub(super) async fn relay(
     mut client: tokio_rustls::server::TlsStream<TcpStream>,
     params: &[(String, String)],
 ) -> std::io::Result<()> {
-    let mut upstream = UnixStream::connect(upstream_path).await?;
+    let Some(mut upstream) = connect_compute(upstream_path).await else {
+        return refuse(&mut client, "Couldn't connect to compute node").await;
+    };
     let mut startup = Vec::new();
     startup.extend_from_slice(&PROTOCOL_3.to_be_bytes());
     for (key, value) in params {
@@ -168,4 +186,4 @@ where
 }
 
 /// How long a session's last words (the suspend notice, the TLS close) may take.
-const GOODBYE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -224,11 +224,31 @@ async fn serve_tls_client(
         (None, None) => return refuse(&mut client, NO_ENDPOINT).await,
     };
     let refused = password_failed(&user);
+    // `<label>-ro` is the read-only host of the endpoint `<label>`, when it has one: the
+    // same endpoint (its tokens, its compute state), served by its secondary.
+    let (id, read_only_host) = {
+        let endpoints = lock(&shared.endpoints);
+        match id.strip_suffix("-ro") {
+            Some(base)
+                if !endpoints.contains_key(&id)
+                    && endpoints
+                        .get(base)
+                        .is_some_and(|e| e.read_only_upstream.is_some()) =>
+            {
+                (base.to_owned(), true)
+            }
+            _ => (id, false),
+        }
+    };
     let found = lock(&shared.endpoints).get(&id).map(|endpoint| {
+        let upstream = match (&endpoint.read_only_upstream, read_only_host) {
+            (Some(secondary), true) => secondary.clone(),
+            _ => endpoint.upstream.clone(),
+        };
         (
             endpoint.name.clone(),
             endpoint.disabled,
-            endpoint.upstream.clone(),
+            upstream,
             endpoint.database_rename.clone(),
         )
     });

@@ -546,6 +546,7 @@ fn add_endpoint(state: &mut super::State, endpoint: &str, host: Option<String>) 
             state: String::from("ACTIVE"),
             disabled: false,
             read_only: false,
+            read_only_host: None,
         });
     entry.host = host;
 }

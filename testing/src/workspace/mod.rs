@@ -125,6 +125,8 @@ pub(super) struct MockEndpoint {
     pub(super) disabled: bool,
     /// `ENDPOINT_TYPE_READ_ONLY` rather than `ENDPOINT_TYPE_READ_WRITE`.
     pub(super) read_only: bool,
+    /// `status.hosts.read_only_host`: an HA endpoint's readable secondaries.
+    pub(super) read_only_host: Option<String>,
 }
 
 pub(super) struct State {
@@ -645,6 +647,7 @@ impl WorkspaceHandle {
             state: String::from("ACTIVE"),
             disabled: false,
             read_only,
+            read_only_host: None,
         };
         let mut state = lock(&self.0);
         let _ = state.endpoints.insert(name.to_owned(), endpoint);
@@ -660,6 +663,13 @@ impl WorkspaceHandle {
     pub(crate) fn clear_branch_hook(&self) {
         let hook = lock(&self.0).branches.hook.take();
         drop(hook);
+    }
+
+    /// Reports `host` as the endpoint's `status.hosts.read_only_host`.
+    pub(crate) fn set_read_only_host(&self, name: &str, host: &str) {
+        if let Some(endpoint) = lock(&self.0).endpoints.get_mut(name) {
+            endpoint.read_only_host = Some(host.to_owned());
+        }
     }
 
     pub(crate) fn set_endpoint_state(&self, name: &str, state: &str) {

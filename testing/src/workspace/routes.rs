@@ -393,6 +393,10 @@ fn endpoint_json(name: &str, endpoint: &MockEndpoint) -> Value {
     } else {
         "ENDPOINT_TYPE_READ_WRITE"
     };
+    let mut hosts = json!({"host": endpoint.host});
+    if let Some(read_only_host) = &endpoint.read_only_host {
+        hosts["read_only_host"] = json!(read_only_host);
+    }
     json!({
         "name": name,
         "parent": parent,
@@ -402,7 +406,7 @@ fn endpoint_json(name: &str, endpoint: &MockEndpoint) -> Value {
         "update_time": "2026-01-01T00:00:00Z",
         "spec": {"endpoint_type": endpoint_type, "disabled": endpoint.disabled},
         "status": {
-            "hosts": {"host": endpoint.host},
+            "hosts": hosts,
             "current_state": endpoint.state,
             "endpoint_type": endpoint_type,
             "disabled": endpoint.disabled,
