@@ -20,6 +20,7 @@ mod drivers_break;
 mod emulator;
 mod failover;
 mod failover_break;
+mod ha;
 mod lakebase;
 mod lifecycle;
 mod listener;
