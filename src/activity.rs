@@ -83,6 +83,12 @@ impl Activity {
             == REFUSED_WRITE | SERVER_READ_ONLY
     }
 
+    /// Whether the session's server was a standby and has been promoted since (it reports
+    /// `in_hot_standby` off, at the session's next statement after the promotion).
+    pub(crate) fn server_promoted(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & PROMOTED != 0
+    }
+
     /// Whether the server reports itself read-only now.
     pub(crate) fn server_read_only(&self) -> bool {
         self.flags.load(Ordering::Relaxed) & SERVER_READ_ONLY != 0
@@ -230,6 +236,9 @@ const REFUSED_WRITE: u8 = 8;
 /// The server reports itself read-only (`in_hot_standby` or `default_transaction_read_only`
 /// on, in its `ParameterStatus` messages): a standby, or a primary demoted after a failover.
 const SERVER_READ_ONLY: u8 = 16;
+/// The server was a hot standby and reported `in_hot_standby` off since: it was promoted (a
+/// failover made the replica's server the primary). Sticky.
+const PROMOTED: u8 = 32;
 
 /// Backend messages after which a statement's results are all in (its `ReadyForQuery` aside):
 /// `CommandComplete`, `EmptyQueryResponse`, `ErrorResponse`, `PortalSuspended`, the end of a
@@ -460,11 +469,14 @@ impl ReadOnlyStatus {
     }
 }
 
+/// [`ReadOnlyStatus::bit`] of `in_hot_standby`.
+const HOT_STANDBY: u8 = 1;
+
 /// The read-only parameter a `ParameterStatus` body (`name\0value\0`) sets, if it is one.
 fn read_only_status(body: &[u8]) -> Option<ReadOnlyStatus> {
     let mut parts = body.split(|b| *b == 0);
     let bit = match parts.next()? {
-        b"in_hot_standby" => 1,
+        b"in_hot_standby" => HOT_STANDBY,
         b"default_transaction_read_only" => 2,
         _ => return None,
     };
@@ -502,6 +514,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                     // ParameterStatus: whether the server takes writes.
                     b'S' => {
                         if let Some(read_only) = body.and_then(read_only_status) {
+                            if read_only.bit == HOT_STANDBY
+                                && !read_only.on
+                                && *standby_flags & HOT_STANDBY != 0
+                            {
+                                *flags |= PROMOTED;
+                            }
                             *standby_flags = read_only.apply(*standby_flags);
                             if *standby_flags != 0 {
                                 *flags |= SERVER_READ_ONLY;

@@ -19,8 +19,10 @@ pub(crate) enum RetireReason {
     Broken,
     /// A statement was left running on it (cancelled, then the session closed).
     Abandoned,
-    /// The server refused a write on it as read-only (`25006`): a primary that failed over
-    /// and came back as a standby, or a replica behind the primary's host.
+    /// Its server changed role under it: a primary's session whose write the server refused
+    /// as read-only (`25006`, a primary that failed over and came back as a standby, or a
+    /// replica behind the primary's host), or a replica's session whose standby was promoted
+    /// (a failover made it the primary).
     ReadOnly,
     /// [`Pool::retire_all`](crate::Pool::retire_all) was called after it was opened.
     RetiredAll,

@@ -52,7 +52,14 @@ impl PooledClient {
     /// Why it must be closed on its return rather than go back to the pool, if it must:
     /// `retire_all` was called since it opened, or it met a failover's read-only server.
     pub(crate) fn retire_on_return(&self) -> Option<crate::metrics::RetireReason> {
-        if self.takes_writes && self.activity.refused_write_as_standby() {
+        let role_changed = if self.takes_writes {
+            self.activity.refused_write_as_standby()
+        } else {
+            // A replica's reads belong on a standby: once its server is promoted, the next
+            // session goes to whatever now serves the replica's host.
+            self.activity.server_promoted()
+        };
+        if role_changed {
             Some(crate::metrics::RetireReason::ReadOnly)
         } else if self.generation < self.counters.generation.load(Ordering::Acquire) {
             Some(crate::metrics::RetireReason::RetiredAll)

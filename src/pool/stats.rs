@@ -57,8 +57,10 @@ pub struct Stats {
     pub retired_idle: u64,
     /// Connections discarded because the server closed them or they failed validation.
     pub retired_broken: u64,
-    /// Connections closed because the server refused a write on them as read-only (`25006`):
-    /// after a failover, the old primary back as a standby.
+    /// Connections closed because their server changed role: the server refused a write on
+    /// them as read-only (`25006`; after a failover, the old primary back as a standby), or,
+    /// in a replica's pool (counted in its [`ReplicaStats::retired`]), the standby was
+    /// promoted.
     pub retired_read_only: u64,
     /// Connections closed because [`Pool::retire_all`](crate::Pool::retire_all) was called
     /// after they were opened (the primary's; a replica's count in its
