@@ -3,85 +3,14 @@
 //! that stops the primary, promotes the secondary and routes the endpoint's host to it, and
 //! a proxy that holds a connect to the dead compute for about 3 s).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+#[path = "../common/failover_drill.rs"]
+mod failover_drill;
+
 use std::time::{Duration, Instant};
 
-use lakebase_pool::{Error, Pool};
 use lakebase_pool_testing::LocalLakebase;
 
-/// What one `retry_transaction` call told its writer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Told {
-    Committed,
-    Unknown,
-    Failed,
-}
-
-struct Write {
-    key: String,
-    told: Told,
-    at: Instant,
-    error: Option<String>,
-}
-
-async fn writes_table(pool: &Pool) {
-    // No key constraint: a unit of work run twice would show as two rows.
-    pool.get()
-        .await
-        .unwrap()
-        .batch_execute("CREATE TABLE ha_writes (key text NOT NULL)")
-        .await
-        .unwrap();
-}
-
-/// Runs `retry_transaction` writers until `stop`, each inserting a row with a key of its own
-/// and recording what it was told.
-fn writers(
-    pool: &Pool,
-    count: usize,
-    stop: &Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<Vec<Write>>> {
-    (0..count)
-        .map(|writer| {
-            let (pool, stop) = (pool.clone(), Arc::clone(stop));
-            tokio::spawn(async move {
-                let mut writes = Vec::new();
-                let mut n = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    n += 1;
-                    let key = format!("w{writer}-{n}");
-                    let row = key.clone();
-                    let result = pool
-                        .retry_transaction(move |tx| {
-                            let row = row.clone();
-                            async move {
-                                tx.execute("INSERT INTO ha_writes VALUES ($1)", &[&row])
-                                    .await?;
-                                Ok(())
-                            }
-                        })
-                        .await;
-                    let (told, error) = match result {
-                        Ok(()) => (Told::Committed, None),
-                        Err(error @ Error::CommitOutcomeUnknown { .. }) => {
-                            (Told::Unknown, Some(error.to_string()))
-                        }
-                        Err(error) => (Told::Failed, Some(error.to_string())),
-                    };
-                    writes.push(Write {
-                        key,
-                        told,
-                        at: Instant::now(),
-                        error,
-                    });
-                }
-                writes
-            })
-        })
-        .collect()
-}
+use self::failover_drill::{Drill, Told, drill, rows_by_key};
 
 /// The scenario: writers in `retry_transaction`, the primary killed under them with
 /// commits in flight, the secondary promoted, and the proxy holding the first reconnects on
@@ -99,26 +28,11 @@ async fn writers_come_through_a_failover_with_nothing_lost_or_doubled() {
         .max_size(8)
         .build()
         .unwrap();
-    writes_table(&pool).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = writers(&pool, 4, &stop);
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let failover = ha.fail_over().await.unwrap();
-    // Well past the proxy's 3 s hold on the dead compute.
-    tokio::time::sleep_until((failover.routed_at + Duration::from_secs(4)).into()).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut writes = Vec::new();
-    let mut resumed = Vec::new();
-    for task in tasks {
-        let mine = task.await.unwrap();
-        let first_after = mine
-            .iter()
-            .find(|w| w.told == Told::Committed && w.at > failover.routed_at)
-            .map(|w| w.at - failover.routed_at)
-            .expect("every writer wrote again after the failover");
-        resumed.push(first_after);
-        writes.extend(mine);
-    }
+    let Drill {
+        writes,
+        failover,
+        resumed,
+    } = drill(ha, &pool).await;
 
     let failed: Vec<_> = writes.iter().filter(|w| w.told == Told::Failed).collect();
     assert!(
@@ -141,13 +55,7 @@ async fn writers_come_through_a_failover_with_nothing_lost_or_doubled() {
         );
     }
 
-    let primary = ha.primary();
-    let admin = primary.admin_of("databricks_postgres").await.unwrap();
-    let rows = admin
-        .query("SELECT key, count(*) FROM ha_writes GROUP BY key", &[])
-        .await
-        .unwrap();
-    let counts: BTreeMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let counts = rows_by_key(ha).await;
     let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(doubled.is_empty(), "written twice: {doubled:?}");
     let committed: Vec<_> = writes
@@ -315,10 +223,7 @@ async fn a_read_write_endpoint_never_hands_out_a_read_only_session() {
     let direct = lakebase
         .pool_builder()
         .unwrap()
-        .host(format!(
-            "{}",
-            lakebase.emulator().host_of(LocalLakebase::ENDPOINT)
-        ))
+        .host(lakebase.emulator().host_of(LocalLakebase::ENDPOINT))
         .build()
         .unwrap();
     lakebase

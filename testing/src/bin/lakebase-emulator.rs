@@ -13,7 +13,9 @@
 //! Options: `--workspace-listen ADDR` (default 127.0.0.1:0), `--listen ADDR` for the
 //! emulator (default 127.0.0.1:0), `--suspend-after SECONDS` (scale to zero after that long
 //! without sessions; default never), `--ca-file PATH` (where to write the CA certificate
-//! clients must trust; default a temporary file, removed at exit).
+//! clients must trust; default a temporary file, removed at exit), `--ha` (the endpoint runs
+//! with high availability: a synchronous secondary behind its read-only host; `kill -USR1`
+//! the program to fail it over).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -31,6 +33,7 @@ struct Options {
     emulator: SocketAddr,
     suspend_after: Option<Duration>,
     ca_file: Option<std::path::PathBuf>,
+    ha: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -40,6 +43,7 @@ fn options() -> Result<Options, String> {
         emulator: loopback,
         suspend_after: None,
         ca_file: None,
+        ha: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -59,9 +63,10 @@ fn options() -> Result<Options, String> {
                 options.suspend_after = Some(Duration::from_secs(seconds));
             }
             "--ca-file" => options.ca_file = Some(value("a path")?.into()),
+            "--ha" => options.ha = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: lakebase-emulator [--workspace-listen ADDR] [--listen ADDR] [--suspend-after SECONDS] [--ca-file PATH]"
+                    "usage: lakebase-emulator [--workspace-listen ADDR] [--listen ADDR] [--suspend-after SECONDS] [--ca-file PATH] [--ha]"
                 );
                 std::process::exit(0);
             }
@@ -91,7 +96,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let workspace = MockWorkspace::start_on(options.workspace)?;
     workspace.add_pat(PAT, USER);
     let emulator = LakebaseEmulator::start_on(&pg, &workspace, options.emulator, "lakebase.test")?;
-    emulator.add_endpoint(ENDPOINT);
+    let ha = if options.ha {
+        Some(emulator.add_ha_endpoint(ENDPOINT, &pg).await?)
+    } else {
+        emulator.add_endpoint(ENDPOINT);
+        None
+    };
     emulator.set_suspend_after_idle(options.suspend_after);
     // A temporary file is removed at exit; a given path is kept.
     let temporary = tempfile::Builder::new()
@@ -117,13 +127,35 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("export PGPORT={}", emulator.port());
     println!("export PGSSLMODE=verify-full");
     println!("export PGSSLROOTCERT={}", ca_path.display());
+    if ha.is_some() {
+        println!("# High availability: reads through the read-only host with");
+        println!("export LAKEBASE_READ_ONLY_HOST=true");
+        println!(
+            "# Fail the endpoint over with: kill -USR1 {}",
+            std::process::id()
+        );
+    }
     println!("# Press Ctrl-C to stop.");
     // Ctrl-C, or SIGTERM from `docker compose down` or a supervisor: either way, return so
     // that the emulator, the workspace and the throwaway server are stopped and removed.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        interrupted = tokio::signal::ctrl_c() => interrupted?,
-        _ = terminate.recv() => {}
+    let mut fail_over =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+    loop {
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => break interrupted?,
+            _ = terminate.recv() => break,
+            _ = fail_over.recv() => match &ha {
+                Some(ha) => match ha.fail_over().await {
+                    Ok(failover) => println!(
+                        "# Failed over: the new primary took connections {:?} after the old one stopped.",
+                        failover.routed_at - failover.stopped_at
+                    ),
+                    Err(error) => eprintln!("lakebase-emulator: the failover failed: {error}"),
+                },
+                None => eprintln!("lakebase-emulator: SIGUSR1 fails over only with --ha"),
+            },
+        }
     }
     drop(emulator);
     Ok(())
