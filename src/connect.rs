@@ -17,11 +17,10 @@ use crate::session::plain_unix;
 use crate::session::{CancelRoute, PlainSocket, WatchedTls, plain_tcp};
 pub(crate) use crate::session::{Driver, Opened};
 
-mod hedge;
+mod stall;
 
 use crate::backoff::{deadline_after, millis};
 use crate::credentials::{Credential, TokenCache};
-use crate::defaults;
 use crate::error::{BoxError, BoxFuture, Error, error_chain};
 use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolveError};
@@ -165,19 +164,19 @@ enum AttemptError {
         host: String,
         address: IpAddr,
     },
-    /// A read-write endpoint's login reached a server that takes no writes.
-    ReadOnlyServer(ReadOnlyServer),
+    /// A read-write endpoint's login reached a hot standby.
+    StandbyLogin(StandbyLogin),
 }
 
-/// A read-write endpoint's login reached a read-only server: during a failover, the old
-/// primary back as a standby, or the route not yet switched.
+/// A read-write endpoint's login reached a hot standby: during a failover, the old primary
+/// back as a standby, or the route not yet switched.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the server is read-only (it reported `in_hot_standby` or `default_transaction_read_only` \
-     at login) but the endpoint is read-write: a failover is under way; waiting for the new \
-     primary"
+    "the server is a standby (it reported `in_hot_standby` at login) but the endpoint is \
+     read-write: a failover is under way (or the endpoint routes to a secondary); waiting for \
+     the primary"
 )]
-struct ReadOnlyServer;
+struct StandbyLogin;
 
 impl AttemptError {
     fn class(&self) -> ErrorClass {
@@ -186,7 +185,7 @@ impl AttemptError {
             AttemptError::Socket(e) => crate::retry::classify_io(e.kind()),
             AttemptError::TimedOut(_)
             | AttemptError::Resolve(_)
-            | AttemptError::ReadOnlyServer(_) => ErrorClass::Transient,
+            | AttemptError::StandbyLogin(_) => ErrorClass::Transient,
             AttemptError::NotLoopback { .. } => ErrorClass::Fatal,
         }
     }
@@ -197,7 +196,7 @@ impl AttemptError {
             AttemptError::Socket(e) => Box::new(e),
             AttemptError::TimedOut(e) => Box::new(e),
             AttemptError::Resolve(e) => Box::new(e),
-            AttemptError::ReadOnlyServer(e) => Box::new(e),
+            AttemptError::StandbyLogin(e) => Box::new(e),
             AttemptError::NotLoopback { host, address } => {
                 format!("{host} resolved to {address}").into()
             }
@@ -210,7 +209,7 @@ impl AttemptError {
             AttemptError::Socket(e) => error_chain(e),
             AttemptError::TimedOut(e) => error_chain(e),
             AttemptError::Resolve(e) => error_chain(e),
-            AttemptError::ReadOnlyServer(e) => error_chain(e),
+            AttemptError::StandbyLogin(e) => error_chain(e),
             AttemptError::NotLoopback { host, address } => format!("{host} resolved to {address}"),
         }
     }
@@ -529,11 +528,11 @@ impl Connector {
     ) -> Result<Opened, AttemptError> {
         let mut config = prepared.pg_config.clone();
         let _ = config.password(credential.secret().expose());
-        let tries = hedge::hedged(
-            self.retry.hedge_delay(),
-            defaults::HEDGED_TRIES,
+        let tries = stall::restarting_stalled(
+            self.retry.stalled_try_window(),
+            timeout,
             || self.connect_any(prepared, config.clone(), watched),
-            || self.counters.hedge(),
+            || self.counters.stalled_try(),
         );
         match tokio::time::timeout(timeout, tries).await {
             Err(_) => Err(AttemptError::TimedOut(AttemptTimedOut(timeout))),
@@ -617,8 +616,8 @@ impl Connector {
             };
             let (client, driver) = config.connect(tls).await.map_err(AttemptError::Postgres)?;
             let driver = Driver::Tls(Box::new(driver));
-            if prepared.writable && driver.server_read_only() {
-                return Err(AttemptError::ReadOnlyServer(ReadOnlyServer));
+            if prepared.writable && driver.hot_standby() {
+                return Err(AttemptError::StandbyLogin(StandbyLogin));
             }
             return Ok(Opened {
                 client,
@@ -633,8 +632,8 @@ impl Connector {
             .await
             .map_err(AttemptError::Postgres)?;
         let driver = Driver::Plain(Box::new(driver));
-        if prepared.writable && driver.server_read_only() {
-            return Err(AttemptError::ReadOnlyServer(ReadOnlyServer));
+        if prepared.writable && driver.hot_standby() {
+            return Err(AttemptError::StandbyLogin(StandbyLogin));
         }
         Ok(Opened {
             client,

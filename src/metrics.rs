@@ -47,7 +47,7 @@ pub(crate) struct Counters {
     pub(crate) connections_opened: AtomicU64,
     pub(crate) connect_attempts_failed: AtomicU64,
     pub(crate) connect_retries_transient: AtomicU64,
-    pub(crate) connect_hedges: AtomicU64,
+    pub(crate) connect_stalled_tries: AtomicU64,
     pub(crate) connect_retries_rate_limited: AtomicU64,
     pub(crate) auth_refreshes: AtomicU64,
     pub(crate) retired_lifetime: AtomicU64,
@@ -120,9 +120,9 @@ impl Counters {
         bump(&self.connect_attempts_failed);
     }
 
-    /// A connect try started beside one that had not answered (`RetryPolicy::hedge_after`).
-    pub(crate) fn hedge(&self) {
-        bump(&self.connect_hedges);
+    /// A connect try abandoned for a fresh one (`RetryPolicy::stalled_try_after`).
+    pub(crate) fn stalled_try(&self) {
+        bump(&self.connect_stalled_tries);
     }
 
     pub(crate) fn retry(&self, cause: RetryCause) {

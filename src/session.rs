@@ -53,18 +53,16 @@ impl Driver {
         }
     }
 
-    /// Whether the server said at login that it takes no writes: a hot standby
-    /// (`in_hot_standby`), or a server whose sessions are read-only by default
-    /// (`default_transaction_read_only`); both are reported at login by PostgreSQL 14 and
-    /// later, and passed on by the Lakebase proxy.
-    pub(crate) fn server_read_only(&self) -> bool {
-        let parameter = |name: &str| match self {
-            Driver::Tls(connection) => connection.parameter(name).map(str::to_owned),
-            Driver::Plain(connection) => connection.parameter(name).map(str::to_owned),
+    /// Whether the server said at login that it is a hot standby (`in_hot_standby`, reported
+    /// by PostgreSQL 14 and later and passed on by the Lakebase proxy). Not
+    /// `default_transaction_read_only`: a database or role made read-only by its owner is a
+    /// primary whose sessions refuse writes on purpose, not a failover.
+    pub(crate) fn hot_standby(&self) -> bool {
+        let parameter = match self {
+            Driver::Tls(connection) => connection.parameter("in_hot_standby"),
+            Driver::Plain(connection) => connection.parameter("in_hot_standby"),
         };
-        ["in_hot_standby", "default_transaction_read_only"]
-            .into_iter()
-            .any(|name| parameter(name).as_deref() == Some("on"))
+        parameter == Some("on")
     }
 }
 

@@ -250,7 +250,7 @@ fn observe_lakebase(observer: &Observer<'_, Stats>) {
                     ("transient", s.connect_retries_transient),
                     ("rate_limited", s.connect_retries_rate_limited),
                     ("auth_refresh", s.auth_refreshes),
-                    ("hedge", s.connect_hedges),
+                    ("stalled", s.connect_stalled_tries),
                 ],
             )
         },

@@ -137,6 +137,14 @@ impl ReplicaSettings {
         };
         let mut parts = parts.clone();
         parts.lifecycle.reads_only = true;
+        // A read has somewhere else to go: a replica that cannot be reached is given up on
+        // (and probed in the background) well before the primary's deadline, which outlasts
+        // the proxy's 30 s cache of a failed wake for the sake of writes.
+        let deadline = parts
+            .retry
+            .total_deadline()
+            .min(defaults::REPLICA_CONNECT_DEADLINE);
+        parts.retry = parts.retry.clone().deadline(deadline);
         let factory = ReplicaFactory {
             parts,
             base,
@@ -146,22 +154,27 @@ impl ReplicaSettings {
             max_size,
         };
         // The branch's replicas are looked up at the first read unless others were given;
-        // the read-only host is then added to those found.
+        // the read-only host is a member from now on either way (it needs no listing), and is
+        // added to those found.
         let discovered = branch.is_some() && specs.is_empty();
-        let members = if discovered {
-            OnceCell::new()
+        let read_only_host = read_only_host
+            .iter()
+            .map(|spec| factory.member(spec))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let (members, fixed) = if discovered {
+            (OnceCell::new(), read_only_host)
         } else {
-            let members = specs
+            let mut members = specs
                 .iter()
-                .chain(&read_only_host)
                 .map(|spec| factory.member(spec))
                 .collect::<Result<Vec<_>, Error>>()?;
-            OnceCell::new_with(Some(members))
+            members.extend(read_only_host);
+            (OnceCell::new_with(Some(members)), Vec::new())
         };
         Ok(Some(Arc::new(ReplicaSet {
             members,
             branch: branch.filter(|_| discovered),
-            read_only_host: read_only_host.filter(|_| discovered),
+            fixed,
             factory,
             discovery_failed: Mutex::new(None),
             fallback: self.fallback,
@@ -426,8 +439,9 @@ pub(crate) struct ReplicaSet {
     members: OnceCell<Vec<Arc<Member>>>,
     /// The read-write endpoint whose branch's read-only endpoints are looked up.
     branch: Option<EndpointName>,
-    /// Added to the branch's replicas when they are looked up.
-    read_only_host: Option<ReplicaSpec>,
+    /// Members known without the branch's listing (the read-only host): added to the
+    /// branch's replicas when they are found, and the members while they cannot be.
+    fixed: Vec<Arc<Member>>,
     factory: ReplicaFactory,
     /// When the last look-up failed: not repeated for a while, so that a workspace outage
     /// does not slow every read down.
@@ -442,7 +456,7 @@ pub(crate) struct ReplicaSet {
 impl fmt::Debug for ReplicaSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplicaSet")
-            .field("replicas", &self.members.get().map(Vec::len))
+            .field("replicas", &self.known().len())
             .field("fallback", &self.fallback)
             .finish_non_exhaustive()
     }
@@ -481,6 +495,9 @@ impl ReplicaSet {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if failed_at.is_some_and(|at| at.elapsed() < DISCOVERY_RETRY) {
+            if !self.fixed.is_empty() {
+                return Ok(&self.fixed);
+            }
             return Err(Error::workspace_config(String::from(
                 "looking up the branch's read replicas failed moments ago",
             )));
@@ -495,6 +512,9 @@ impl ReplicaSet {
                 .discovery_failed
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+            if !self.fixed.is_empty() {
+                return Ok(&self.fixed);
+            }
         }
         result.map(Vec::as_slice)
     }
@@ -511,9 +531,8 @@ impl ReplicaSet {
             .filter(|e| {
                 e.endpoint_type.as_deref() == Some("ENDPOINT_TYPE_READ_ONLY") && !e.disabled
             })
-            .map(|e| ReplicaSpec::Endpoint(e.name))
-            .chain(self.read_only_host.clone())
-            .map(|spec| self.factory.member(&spec))
+            .map(|e| self.factory.member(&ReplicaSpec::Endpoint(e.name)))
+            .chain(self.fixed.iter().cloned().map(Ok))
             .collect::<Result<Vec<_>, Error>>()?;
         tracing::info!(
             branch = %endpoint.branch_path(),
@@ -654,30 +673,34 @@ impl ReplicaSet {
         .await
     }
 
+    /// The replicas there are so far: all of them once the branch's were looked up, else
+    /// those known without it.
+    fn known(&self) -> &[Arc<Member>] {
+        self.members.get().map_or(&self.fixed, Vec::as_slice)
+    }
+
     pub(crate) fn stats(&self) -> Vec<ReplicaStats> {
-        self.members
-            .get()
-            .map(|members| members.iter().map(|m| m.stats()).collect())
-            .unwrap_or_default()
+        self.known().iter().map(|m| m.stats()).collect()
     }
 
     pub(crate) fn close(&self) {
-        if let Some(members) = self.members.get() {
-            members.iter().for_each(|member| member.pool.close());
-        }
+        self.known().iter().for_each(|member| member.pool.close());
     }
 
     /// Retires every replica's connections, as the primary's.
     pub(crate) fn retire_all(&self) {
-        if let Some(members) = self.members.get() {
-            members.iter().for_each(|member| member.pool.retire_all());
-        }
+        self.known()
+            .iter()
+            .for_each(|member| member.pool.retire_all());
     }
 
     /// Shuts every replica's pool down, together, as the primary's (see
     /// [`Pool::shutdown`](crate::Pool::shutdown)): their reports, summed.
     pub(crate) async fn shutdown(&self, grace: Duration) -> Option<ShutdownReport> {
-        let members = self.members.get()?;
+        let members = self.known();
+        if members.is_empty() {
+            return None;
+        }
         let mut shutdowns = tokio::task::JoinSet::new();
         for member in members {
             let member = Arc::clone(member);

@@ -45,10 +45,10 @@ pub struct Stats {
     pub connect_retries_transient: u64,
     /// Retries after a rate-limit error.
     pub connect_retries_rate_limited: u64,
-    /// Connect tries started beside one that had not answered within
-    /// [`RetryPolicy::hedge_after`](crate::RetryPolicy::hedge_after) (after a failover, the
-    /// proxy can hold the first on the old primary's address).
-    pub connect_hedges: u64,
+    /// Connect tries abandoned for a fresh one because they had not answered within their
+    /// window ([`RetryPolicy::stalled_try_after`](crate::RetryPolicy::stalled_try_after)):
+    /// after a failover, the proxy holds a try on the old primary's address.
+    pub connect_stalled_tries: u64,
     /// Logins rejected with a cached token, answered by minting a fresh one.
     pub auth_refreshes: u64,
     /// Connections closed because they reached their max lifetime.
@@ -86,8 +86,8 @@ pub struct Stats {
     /// How long `get()` took, successful or not, as a histogram: `(upper bound, count)`
     /// buckets from 100 µs to 5 s, the last (bound `None`) counting longer waits.
     pub checkout_wait: Vec<(Option<Duration>, u64)>,
-    /// Each read replica's pool (empty without replicas, and before the branch's replicas
-    /// are looked up).
+    /// Each read replica's pool (empty without replicas; those of the branch appear once
+    /// they are looked up).
     pub replicas: Vec<ReplicaStats>,
     /// Reads served by the read-write endpoint because no replica could serve (or none had
     /// caught up), with [`ReadFallback::Primary`](crate::ReadFallback::Primary).
@@ -124,7 +124,7 @@ impl Stats {
             connect_attempts_failed: load(&counters.connect_attempts_failed),
             connect_retries_transient: load(&counters.connect_retries_transient),
             connect_retries_rate_limited: load(&counters.connect_retries_rate_limited),
-            connect_hedges: load(&counters.connect_hedges),
+            connect_stalled_tries: load(&counters.connect_stalled_tries),
             auth_refreshes: load(&counters.auth_refreshes),
             retired_lifetime: load(&counters.retired_lifetime),
             retired_idle: load(&counters.retired_idle),

@@ -30,10 +30,10 @@ use crate::retry::ErrorClass;
 /// opens: the server is back, so every checkout that was waiting retries at once instead of
 /// sitting out a backoff that can reach 4 s.
 ///
-/// An attempt that has not answered within 1 s gets a second try beside it, and a third a
-/// second later ([`hedge_after`](Self::hedge_after)); the first to log in is the session. After
-/// a failover the Lakebase proxy holds a connect to the dead compute for about 3 s while the
-/// new primary already answers through the same host: the later try reaches it.
+/// Within an attempt, a try that has not answered within 1 s is abandoned for a fresh one,
+/// with a 2 s window, then 4 s ([`stalled_try_after`](Self::stalled_try_after)). After a
+/// failover the Lakebase proxy holds a connect to the dead compute for about 3 s while the new
+/// primary already answers through the same host: the fresh try reaches it.
 ///
 /// Each attempt (TCP, TLS and login together) is bounded by the 10 s connect timeout, and no
 /// attempt starts, nor wait begins, that would end after the 40 s deadline. The worst case
@@ -63,7 +63,7 @@ pub struct RetryPolicy {
     command_timeout: Duration,
     backoff: Backoff,
     deadline: Duration,
-    hedge_after: Option<Duration>,
+    stalled_try_after: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -76,7 +76,7 @@ impl Default for RetryPolicy {
                 max: defaults::MAX_BACKOFF,
             },
             deadline: defaults::CONNECT_DEADLINE,
-            hedge_after: Some(defaults::HEDGE_AFTER),
+            stalled_try_after: Some(defaults::STALLED_TRY_WINDOW),
         }
     }
 }
@@ -191,20 +191,24 @@ impl RetryPolicy {
         self
     }
 
-    /// When a connection attempt has not answered after `delay`, another try starts beside it
-    /// (and a third after another `delay`); the first to log in is kept, the others are
-    /// dropped. An attempt whose try has failed starts no more: the retry schedule takes over.
+    /// A connection try (TCP, TLS, login) that has not answered within `window` is abandoned
+    /// (its socket closed) and a fresh one started, with twice the window, then twice again;
+    /// a try after which less than twice its window of the connect timeout would remain keeps
+    /// all of it. One try is in flight at a time, so a pool never has more sessions opening
+    /// than it has slots.
     ///
     /// This is what brings a pool back within about a second of a failover, while the proxy
-    /// still holds the first try on the old primary's address. The cost is an extra login at
-    /// the proxy for each attempt slower than `delay` (a cold start), never more than two.
+    /// still holds the first try on the old primary's address. A login slower than `window`
+    /// (a far region, a busy server) completes in the next, longer window, one window later.
     ///
-    /// Default: 1 second. Must be greater than zero; see [`no_hedging`](Self::no_hedging).
+    /// Default: 1 second. Must be greater than zero; see
+    /// [`no_stalled_try_restart`](Self::no_stalled_try_restart).
     ///
     /// ```
     /// # use std::time::Duration;
     /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let policy = lakebase_pool::RetryPolicy::default().hedge_after(Duration::from_millis(500));
+    /// // Logins across regions take about 1.5 s here.
+    /// let policy = lakebase_pool::RetryPolicy::default().stalled_try_after(Duration::from_secs(3));
     /// let pool = lakebase_pool::Pool::builder()
     ///     .host("127.0.0.1")
     ///     .user("app")
@@ -215,17 +219,16 @@ impl RetryPolicy {
     /// # }
     /// ```
     #[must_use]
-    pub fn hedge_after(mut self, delay: Duration) -> Self {
-        self.hedge_after = Some(delay);
+    pub fn stalled_try_after(mut self, window: Duration) -> Self {
+        self.stalled_try_after = Some(window);
         self
     }
 
-    /// One try per attempt, however long it takes (the attempt is still bounded by the
-    /// connect timeout).
+    /// One try per attempt, however long it takes within the connect timeout.
     ///
     /// ```
     /// # fn demo() -> Result<(), lakebase_pool::Error> {
-    /// let policy = lakebase_pool::RetryPolicy::default().no_hedging();
+    /// let policy = lakebase_pool::RetryPolicy::default().no_stalled_try_restart();
     /// let pool = lakebase_pool::Pool::builder()
     ///     .host("127.0.0.1")
     ///     .user("app")
@@ -236,14 +239,14 @@ impl RetryPolicy {
     /// # }
     /// ```
     #[must_use]
-    pub fn no_hedging(mut self) -> Self {
-        self.hedge_after = None;
+    pub fn no_stalled_try_restart(mut self) -> Self {
+        self.stalled_try_after = None;
         self
     }
 
-    /// The delay before a hedged try, `None` without hedging.
-    pub(crate) fn hedge_delay(&self) -> Option<Duration> {
-        self.hedge_after
+    /// The first try's window, `None` for one try per attempt.
+    pub(crate) fn stalled_try_window(&self) -> Option<Duration> {
+        self.stalled_try_after
     }
 
     /// A policy that never retries: one attempt, then the error.
@@ -292,11 +295,14 @@ impl RetryPolicy {
             ));
         }
         self.backoff.validate("backoff")?;
-        if self.hedge_after.is_some_and(|delay| delay.is_zero()) {
+        if self
+            .stalled_try_after
+            .is_some_and(|window| window.is_zero())
+        {
             return Err(Error::invalid(
-                "hedge_after",
-                "must be greater than zero (three tries at once would only load the server); \
-                 use `no_hedging()` for one try per attempt",
+                "stalled_try_after",
+                "must be greater than zero (no try could ever answer in time); use \
+                 `no_stalled_try_restart()` for one try per attempt",
             ));
         }
         Ok(())

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use lakebase_pool::resolve::StaticResolver;
 use lakebase_pool::{Environment, PoolBuilder};
 
 #[tokio::test]
@@ -74,4 +75,98 @@ async fn the_emulator_program_prints_an_environment_that_works() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "nothing listens any more"
     );
+}
+
+/// With `--ha`, the program's endpoint has a synchronous secondary behind its read-only host
+/// (read from with `LAKEBASE_READ_ONLY_HOST=true`, the host mapped to loopback as the program
+/// says) and `kill -USR1` fails it over: a pool from the printed environment writes before
+/// and after, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_program_fails_over_on_sigusr1_with_ha() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lakebase-emulator"))
+        .arg("--ha")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_in, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_in.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut exports = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.recv())
+            .await
+            .expect("the program prints its environment within 60 s")
+            .expect("the program runs");
+        if line.starts_with("# Press Ctrl-C") {
+            break;
+        }
+        if let Some((name, value)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+            exports.push((name.to_owned(), value.to_owned()));
+        }
+    }
+    exports.push(("LAKEBASE_READ_ONLY_HOST".to_owned(), "true".to_owned()));
+    let loopback = std::net::Ipv4Addr::LOCALHOST;
+    let pool = PoolBuilder::from_environment(&Environment::from_vars(exports))
+        .unwrap()
+        .resolver(StaticResolver::new().with_domain("lakebase.test", loopback))
+        .build()
+        .unwrap();
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let position = conn.write_position().await.unwrap();
+    drop(conn);
+    let reader = pool.get_read_at(position).await.unwrap();
+    let on_secondary: bool = reader
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(on_secondary, "read through the read-only host");
+    drop(reader);
+
+    let status = std::process::Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.recv())
+            .await
+            .expect("the failover is reported within 60 s")
+            .expect("the program runs");
+        if line.starts_with("# Failed over") {
+            break;
+        }
+    }
+    let conn = pool.get().await.unwrap();
+    conn.execute("INSERT INTO t VALUES (2)", &[]).await.unwrap();
+    let rows: i64 = conn
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 2, "the write before the failover survived it");
+    drop(conn);
+    drop(pool);
+
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(30), exited)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
 }

@@ -1,6 +1,6 @@
 //! A failover drill: writers in `retry_transaction` while the local HA endpoint fails over,
 //! and what each was told. Shared by the test that checks the outcome (`tests/it/ha.rs`) and
-//! the benchmark that times the resume with and without hedged connects (`benches/failover.rs`).
+//! the benchmark that times the resume with and without stalled connect tries restarted (`benches/failover.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

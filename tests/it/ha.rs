@@ -17,7 +17,7 @@ use self::failover_drill::{Drill, Told, drill, rows_by_key};
 /// the dead compute for about 3 s. Every write reported committed is on the new primary,
 /// none is there twice, `CommitOutcomeUnknown` only for commits in flight (at most one per
 /// writer, at the kill), no other error reaches a caller, and writes resume within 2 s of
-/// the new primary taking connections (hedged connect tries overtake the held ones).
+/// the new primary taking connections (a stalled connect try is replaced by a fresh one, which reaches it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_come_through_a_failover_with_nothing_lost_or_doubled() {
     let lakebase = LocalLakebase::start_ha().await.unwrap();
@@ -76,12 +76,12 @@ async fn writers_come_through_a_failover_with_nothing_lost_or_doubled() {
     let stats = pool.stats();
     eprintln!(
         "failover: {} writes committed, {} unknown; failover took {:?}; writers resumed {:?} \
-         after the new primary took connections (slowest {slowest:?}); hedged tries {}",
+         after the new primary took connections (slowest {slowest:?}); stalled tries restarted {}",
         committed.len(),
         unknown.len(),
         failover.routed_at - failover.stopped_at,
         resumed,
-        stats.connect_hedges,
+        stats.connect_stalled_tries,
     );
     assert!(
         slowest < Duration::from_secs(2),

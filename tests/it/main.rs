@@ -21,6 +21,7 @@ mod emulator;
 mod failover;
 mod failover_break;
 mod ha;
+mod ha_break;
 mod lakebase;
 mod lifecycle;
 mod listener;

@@ -128,8 +128,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("export PGSSLMODE=verify-full");
     println!("export PGSSLROOTCERT={}", ca_path.display());
     if ha.is_some() {
-        println!("# High availability: reads through the read-only host with");
-        println!("export LAKEBASE_READ_ONLY_HOST=true");
+        println!(
+            "# High availability: the read-only host {} is served by the secondary. It resolves",
+            emulator.host_of(ENDPOINT).replacen('.', "-ro.", 1)
+        );
+        println!(
+            "# nowhere either: map it to 127.0.0.1 (a resolver hook, /etc/hosts), then read from"
+        );
+        println!("# it with LAKEBASE_READ_ONLY_HOST=true.");
         println!(
             "# Fail the endpoint over with: kill -USR1 {}",
             std::process::id()
