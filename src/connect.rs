@@ -21,6 +21,7 @@ mod stall;
 
 use crate::backoff::{deadline_after, millis};
 use crate::credentials::{Credential, TokenCache};
+use crate::defaults;
 use crate::error::{BoxError, BoxFuture, Error, error_chain};
 use crate::metrics::Counters;
 use crate::resolve::{Resolve, ResolveError};
@@ -528,8 +529,15 @@ impl Connector {
     ) -> Result<Opened, AttemptError> {
         let mut config = prepared.pg_config.clone();
         let _ = config.password(credential.secret().expose());
+        // Only right after the server ended a session (a failover, where the proxy holds a
+        // try on the dead compute): a cold start gains nothing from a fresh try, and a slow
+        // login loses the time already spent.
+        let window = self
+            .retry
+            .stalled_try_window()
+            .filter(|_| self.counters.lost_within(defaults::FAILOVER_SUSPECTED));
         let tries = stall::restarting_stalled(
-            self.retry.stalled_try_window(),
+            window,
             timeout,
             || self.connect_any(prepared, config.clone(), watched),
             || self.counters.stalled_try(),

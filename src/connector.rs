@@ -104,6 +104,14 @@ impl Lifetimes {
 }
 
 impl Connector {
+    /// Tells the connect path that the server ended a session opened here (an adapter's
+    /// pool noticed it): right after, stalled connect tries are replaced, as after a
+    /// failover (`RetryPolicy::stalled_try_after`).
+    #[cfg(feature = "bb8")]
+    pub(crate) fn session_lost(&self) {
+        self.inner.counters().session_lost();
+    }
+
     pub(crate) fn new(
         inner: Arc<connect::Connector>,
         closed: Arc<dyn Fn() -> bool + Send + Sync>,

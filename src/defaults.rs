@@ -19,14 +19,14 @@
 //! | max size | 16 | |
 //! | wait timeout | 30 s | `get()` never waits forever for a free connection |
 //! | the pool's own statements (`BEGIN`, `COMMIT`, `ROLLBACK`, `LISTEN`, validation) | 10 s each | a server that stalls after login costs seconds, not a hang; long enough for a large commit |
-//! | stalled connect tries | a try without an answer after 1 s is replaced by a fresh one, with a 2 s window, then 4 s, ... within the connect timeout | after a failover the proxy holds a connect on the dead compute for ~3 s while the new primary answers at once; a login takes well under 1 s; one try at a time keeps the sessions opening within `max_size`, and the doubling lets a slow login finish |
+//! | stalled connect tries | within 60 s of the server ending one of the pool's sessions: a try without an answer after 1 s is replaced by a fresh one, with a 2 s window, then 4 s, ... within the connect timeout | after a failover the proxy holds a connect on the dead compute for ~3 s while the new primary answers at once; a login takes well under 1 s; one try at a time, and the doubling lets a slow login finish; not otherwise, since a cold start gains nothing from a fresh try (the wake is the endpoint's) and a slow login would lose the time spent |
 //! | connect attempt timeout | 10 s | covers TCP, TLS and login together (tokio-postgres's own timeout covers only TCP) |
 //! | cold-start backoff | 100 ms doubling to 4 s, full jitter; rate-limit errors 2-4 s | a waking compute usually answers within a second; full jitter spreads a crowd of reconnects |
 //! | TLS | `disable` (plain) for loopback hosts, `verify-full` for any other; `require` verifies too | a bearer token must never cross an unverified channel |
 //! | database (Lakebase) | `databricks_postgres` | the database every new Lakebase project has |
 //! | cold-start deadline | 40 s | the Lakebase proxy's own wake-up budget is about 13 s, and it answers a failed wake from a 30 s cache: the deadline outlasts both |
 //! | read replica catch-up (`get_read_at`) | 2 s, polled from 5 ms doubling to 100 ms | replicas usually replay within milliseconds; past seconds, the read-write endpoint answers sooner than the replica will |
-//! | a read replica's connect deadline | 5 s (or the pool's, when shorter) | a read can go to the primary instead: one that finds its replica unreachable (an HA endpoint's read-only host between a failover and the new secondary) falls back within seconds, not after the primary's 40 s; a waking replica usually answers within 1-2 s |
+//! | a read replica's connect deadline and attempt timeout | 5 s (or the pool's, when shorter) | a read can go to the primary instead: one that finds its replica unreachable (an HA endpoint's read-only host between a failover and the new secondary) falls back within seconds, not after the primary's 40 s; a waking replica usually answers within 1-2 s |
 //! | unhealthy read replica | skipped for 1 s doubling to 30 s between probe connects, run in the background | once a replica is known to be down, no read waits for it (only the read that found it down paid its connect deadline), and one that comes back is used within about 30 s |
 //! | users with a pool (`UserPools`) | 32 | with 2 connections each, 64 sessions: with the app's own pool, within the ~104 connections of the smallest Lakebase compute |
 //! | connections per user | 2 | one person's requests rarely overlap more; the Node AppKit uses 3 |
@@ -77,6 +77,8 @@ pub(crate) const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const STALLED_TRY_WINDOW: Duration = Duration::from_secs(1);
+/// How long after the server ended a session stalled connect tries are replaced.
+pub(crate) const FAILOVER_SUSPECTED: Duration = Duration::from_secs(60);
 pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(4);
 /// Outlasts the Lakebase proxy's 30 s cache of a failed wake of the compute.

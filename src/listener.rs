@@ -284,6 +284,7 @@ impl Worker {
                 () = self.events.closed() => return,
             };
             drop(session);
+            self.connector.counters().session_lost();
             let target = self.connector.target().to_owned();
             tracing::warn!(cause = %lost.as_ref().map_or_else(|| "closed by the server".into(), |e| error_chain(e)), "listener connection lost; reconnecting");
             let noticed = Instant::now();

@@ -3,8 +3,9 @@
 //! observe it). They carry the pool's histograms too, which are recorded where the counters
 //! are bumped.
 
+use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::telemetry::{PoolTelemetry, RetryCause};
 
@@ -73,6 +74,9 @@ pub(crate) struct Counters {
     pub(crate) checkout_wait: [AtomicU64; WAIT_BUCKETS.len() + 1],
     /// The pool's OpenTelemetry histograms and spans (nothing without the feature).
     pub(crate) telemetry: PoolTelemetry,
+    /// When the server last ended one of the pool's sessions (or a failover's standby
+    /// refused a write on one): what tells a failover from a cold start at connect time.
+    lost_at: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Upper bounds of the checkout-wait histogram buckets.
@@ -118,6 +122,19 @@ impl Counters {
 
     pub(crate) fn attempt_failed(&self) {
         bump(&self.connect_attempts_failed);
+    }
+
+    /// The server ended a session the pool held (or refused a write on it as a standby).
+    pub(crate) fn session_lost(&self) {
+        *self.lost_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// Whether the server ended one of the pool's sessions within `window`.
+    pub(crate) fn lost_within(&self, window: Duration) -> bool {
+        self.lost_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() <= window)
     }
 
     /// A connect try abandoned for a fresh one (`RetryPolicy::stalled_try_after`).

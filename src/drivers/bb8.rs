@@ -183,7 +183,11 @@ impl ::bb8::ManageConnection for LakebaseConnectionManager {
             conn.watch.cancel();
             return true;
         }
-        conn.client.is_closed() || past(conn.retire_at)
+        if conn.client.is_closed() {
+            self.connector.session_lost();
+            return true;
+        }
+        past(conn.retire_at)
     }
 }
 

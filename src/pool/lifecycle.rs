@@ -288,6 +288,10 @@ impl managed::Manager for Manager {
         }
         let now = Instant::now();
         if let Some(reason) = self.lifecycle.retire_reason(client, now) {
+            let ended_by_server = client.client.is_closed() && !client.lease.cancelled();
+            if ended_by_server || reason == RetireReason::ReadOnly {
+                self.counters.session_lost();
+            }
             self.retire(reason, client);
             return Err(RecycleError::message(reason.as_str()));
         }
@@ -302,6 +306,7 @@ impl managed::Manager for Manager {
             ));
             let healthy = matches!(check.await, Ok(Ok(_)));
             if !healthy {
+                self.counters.session_lost();
                 self.retire(RetireReason::Broken, client);
                 return Err(RecycleError::message(RetireReason::Broken.as_str()));
             }

@@ -139,12 +139,16 @@ impl ReplicaSettings {
         parts.lifecycle.reads_only = true;
         // A read has somewhere else to go: a replica that cannot be reached is given up on
         // (and probed in the background) well before the primary's deadline, which outlasts
-        // the proxy's 30 s cache of a failed wake for the sake of writes.
-        let deadline = parts
+        // the proxy's 30 s cache of a failed wake for the sake of writes. The first attempt
+        // always gets the whole connect timeout, so that is bounded too.
+        let bound = defaults::REPLICA_CONNECT_DEADLINE;
+        let deadline = parts.retry.total_deadline().min(bound);
+        let attempt = parts.retry.attempt_timeout().min(bound);
+        parts.retry = parts
             .retry
-            .total_deadline()
-            .min(defaults::REPLICA_CONNECT_DEADLINE);
-        parts.retry = parts.retry.clone().deadline(deadline);
+            .clone()
+            .deadline(deadline)
+            .connect_timeout(attempt);
         let factory = ReplicaFactory {
             parts,
             base,

@@ -30,10 +30,11 @@ use crate::retry::ErrorClass;
 /// opens: the server is back, so every checkout that was waiting retries at once instead of
 /// sitting out a backoff that can reach 4 s.
 ///
-/// Within an attempt, a try that has not answered within 1 s is abandoned for a fresh one,
-/// with a 2 s window, then 4 s ([`stalled_try_after`](Self::stalled_try_after)). After a
-/// failover the Lakebase proxy holds a connect to the dead compute for about 3 s while the new
-/// primary already answers through the same host: the fresh try reaches it.
+/// Within a minute of the server ending one of the pool's sessions (a failover), a try that
+/// has not answered within 1 s is abandoned for a fresh one, with a 2 s window, then 4 s
+/// ([`stalled_try_after`](Self::stalled_try_after)): the Lakebase proxy holds a connect to the
+/// dead compute for about 3 s while the new primary already answers through the same host,
+/// and the fresh try reaches it.
 ///
 /// Each attempt (TCP, TLS and login together) is bounded by the 10 s connect timeout, and no
 /// attempt starts, nor wait begins, that would end after the 40 s deadline. The worst case
@@ -191,15 +192,18 @@ impl RetryPolicy {
         self
     }
 
-    /// A connection try (TCP, TLS, login) that has not answered within `window` is abandoned
-    /// (its socket closed) and a fresh one started, with twice the window, then twice again;
-    /// a try after which less than twice its window of the connect timeout would remain keeps
-    /// all of it. One try is in flight at a time, so a pool never has more sessions opening
-    /// than it has slots.
+    /// Within a minute of the server ending one of the pool's sessions (what a failover
+    /// does), a connection try (TCP, TLS, login) that has not answered within `window` is
+    /// abandoned (its socket closed) and a fresh one started, with twice the window, then
+    /// twice again; a try after which less than twice its window of the connect timeout would
+    /// remain keeps all of it. One try is in flight at a time.
     ///
     /// This is what brings a pool back within about a second of a failover, while the proxy
-    /// still holds the first try on the old primary's address. A login slower than `window`
-    /// (a far region, a busy server) completes in the next, longer window, one window later.
+    /// still holds the first try on the old primary's address. At other times there is one
+    /// try per attempt: a cold start gains nothing from a fresh try (the wake is the
+    /// endpoint's, not the connection's), and a login that is merely slow would lose the time
+    /// it had spent (during that minute, one slower than `window` completes in a later,
+    /// longer window, or not within the connect timeout if it needs most of it).
     ///
     /// Default: 1 second. Must be greater than zero; see
     /// [`no_stalled_try_restart`](Self::no_stalled_try_restart).

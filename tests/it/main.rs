@@ -39,6 +39,7 @@ mod settings_break;
 mod shutdown;
 mod sqlx;
 mod sqlx_break;
+mod stall_break;
 mod stats;
 mod support;
 #[cfg(feature = "opentelemetry")]
