@@ -51,7 +51,10 @@ async fn run() -> Result<(), lakebase_pool::BoxError> {
     // variables an App would have, plus the resolver hook (the endpoint's host name resolves
     // nowhere; the hook maps it to the emulator while TLS still verifies the name and sends it
     // as SNI) and the emulator's CA.
-    let (builder, local) = LocalLakebase::unless_configured(&Environment::from_process()).await?;
+    let env = Environment::from_process();
+    // `PGPASSWORD` is the password only without `LAKEBASE_ENDPOINT` (whose tokens win).
+    let fixed_password = env.get("PGPASSWORD").is_some() && env.get("LAKEBASE_ENDPOINT").is_none();
+    let (builder, local) = LocalLakebase::unless_configured(&env).await?;
     match &local {
         None => println!("using the configuration in the environment"),
         Some(local) => {
@@ -85,9 +88,14 @@ async fn run() -> Result<(), lakebase_pool::BoxError> {
     tokio::time::sleep(DEMO_LIFETIME + Duration::from_millis(500)).await;
     let conn = pool.get().await?;
     let second_pid: i32 = conn.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+    let login = if fixed_password {
+        "with the same fixed password"
+    } else {
+        "with the cached token"
+    };
     println!(
         "recycled: server process {first_pid} was retired, {second_pid} replaced it \
-         (a new login with the cached token)"
+         (a new login {login})"
     );
 
     drop(conn);
@@ -107,9 +115,14 @@ async fn run() -> Result<(), lakebase_pool::BoxError> {
     }
 
     let stats = pool.stats();
+    let tokens = if fixed_password {
+        String::from("a fixed password (PGPASSWORD), no tokens")
+    } else {
+        format!("{} token(s) minted", stats.tokens.minted)
+    };
     println!(
-        "stats: {} token(s) minted, {} connection(s) opened, {} retired by lifetime, {} broken",
-        stats.tokens.minted, stats.connections_opened, stats.retired_lifetime, stats.retired_broken
+        "stats: {tokens}, {} connection(s) opened, {} retired by lifetime, {} broken",
+        stats.connections_opened, stats.retired_lifetime, stats.retired_broken
     );
     // Close the pool before the local servers stop.
     pool.shutdown(Duration::from_secs(5)).await;

@@ -118,6 +118,9 @@ impl Connection {
     }
 }
 
+// What deadpool's pool needs to hand out `Connection`s; `Manager` is the crate's own, so the
+// conversion is of no use outside it and is kept out of the documentation.
+#[doc(hidden)]
 impl From<managed::Object<Manager>> for Connection {
     fn from(object: managed::Object<Manager>) -> Self {
         Connection {
