@@ -449,6 +449,7 @@ impl Connector {
                         return Err(Error::AuthRejected {
                             target: prepared.target.clone(),
                             user: if self.hide_user { HIDDEN_USER } else { user }.to_owned(),
+                            fixed_password: self.tokens.fixed_password_source().map(str::to_owned),
                             source: self.caller_error(prepared, AttemptError::Postgres(source)),
                         });
                     }

@@ -113,7 +113,7 @@ pub enum Error {
     /// No database token that is still valid could be obtained: the credential provider failed
     /// (its error is the [`source`](std::error::Error::source)) and no cached token is left that
     /// has not expired.
-    #[error("no valid {kind} is available ({})", retry_hint(*.retry_in))]
+    #[error("{}no valid {kind} is available ({})", headline(.source.as_ref()), retry_hint(*.retry_in))]
     #[non_exhaustive]
     Credentials {
         /// Which token.
@@ -168,17 +168,16 @@ pub enum Error {
 
     /// The server refused the login twice, the second time with a freshly minted token (or a
     /// freshly read password): retrying will not help.
-    #[error(
-        "{target} refused the login as `{user}`: the token was rejected, and a freshly minted one \
-         too (check that the role exists, may log in, and matches the identity the tokens are minted for, and \
-         that the endpoint exists: Lakebase answers a token for an unknown endpoint the same way)"
-    )]
+    #[error("{target} refused the login as `{user}`: {}", refusal_fix(.fixed_password.as_deref()))]
     #[non_exhaustive]
     AuthRejected {
         /// `user@host:port/dbname` of the connection that failed.
         target: String,
         /// The role the login was for.
         user: String,
+        /// Where the password came from when it is a fixed one (`PGPASSWORD`,
+        /// `` `PoolBuilder::password` ``); `None` for minted tokens.
+        fixed_password: Option<String>,
         /// The server's authentication error: SQLSTATE `28P01` or `28000` from Postgres, or
         /// the Lakebase proxy's `XX000` "password authentication failed" (a
         /// [`tokio_postgres::Error`], or its text with the user's name redacted for a
@@ -431,6 +430,46 @@ pub enum Error {
         /// What is wrong and what it should look like.
         problem: String,
     },
+}
+
+/// What a refused login's caller should check: the fixed password and where it was set, or
+/// the tokens' identity and endpoint.
+fn refusal_fix(fixed_password: Option<&str>) -> String {
+    match fixed_password {
+        Some(source) => format!(
+            "the password (set in {source}) was refused: check that it is the role's password \
+             and that the role exists and may log in"
+        ),
+        None => String::from(
+            "the token was rejected, and a freshly minted one too (check that the role exists, \
+             may log in, and matches the identity the tokens are minted for, and that the \
+             endpoint exists: Lakebase answers a token for an unknown endpoint the same way)",
+        ),
+    }
+}
+
+/// What a caller must fix, when the provider's error chain says it in so many words (a
+/// workspace host that refuses connections or does not resolve), followed by `: `; else
+/// nothing. It leads the message, so that the first thing read is the fix.
+fn headline(source: &(dyn StdError + 'static)) -> String {
+    let mut cause = Some(source);
+    while let Some(error) = cause {
+        let workspace = match error.downcast_ref::<Error>() {
+            Some(Error::Workspace(workspace)) => Some(workspace),
+            _ => error.downcast_ref::<WorkspaceError>(),
+        };
+        if let Some(WorkspaceError::Request {
+            problem:
+                problem @ (RequestProblem::ConnectionRefused { .. }
+                | RequestProblem::HostNotFound { .. }),
+            ..
+        }) = workspace
+        {
+            return format!("{problem}: ");
+        }
+        cause = error.source();
+    }
+    String::new()
 }
 
 fn retry_hint(retry_in: Option<Duration>) -> String {

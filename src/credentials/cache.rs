@@ -228,6 +228,12 @@ impl Drop for Flight {
 }
 
 impl TokenCache {
+    /// Where its provider's fixed password comes from, when it has one (see
+    /// [`CredentialProvider::fixed_password_source`]).
+    pub(crate) fn fixed_password_source(&self) -> Option<&str> {
+        self.inner.provider.fixed_password_source()
+    }
+
     /// How long one mint may take (the cache's policy).
     pub(crate) fn mint_timeout(&self) -> Duration {
         self.inner.policy.mint_timeout_value()

@@ -68,6 +68,13 @@ pub trait CredentialProvider: Send + Sync + 'static {
     /// [`Error::Credentials`](crate::Error::Credentials)) as the error's `source`, so they
     /// should say what failed; they must not contain the secret.
     fn credential(&self) -> BoxFuture<'_, Result<Credential, BoxError>>;
+
+    /// Where the password comes from, for a provider whose password never changes (a fixed
+    /// password): a refused login then names it (`PGPASSWORD`, `PoolBuilder::password`)
+    /// instead of talking about tokens. `None` (the default) for providers that mint tokens.
+    fn fixed_password_source(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A database password together with the moment it stops being accepted.

@@ -19,6 +19,8 @@ use crate::{BoxError, Secret};
 #[derive(Clone)]
 pub struct StaticPassword {
     password: Secret,
+    /// Where it was set, for a refused login's message.
+    source: &'static str,
 }
 
 impl StaticPassword {
@@ -29,8 +31,14 @@ impl StaticPassword {
     /// # let _ = provider;
     /// ```
     pub fn new(password: impl Into<Secret>) -> Self {
+        Self::set_in("a `StaticPassword`", password)
+    }
+
+    /// A provider of `password`, set in `source` (`PGPASSWORD`, `PoolBuilder::password`).
+    pub(crate) fn set_in(source: &'static str, password: impl Into<Secret>) -> Self {
         StaticPassword {
             password: password.into(),
+            source,
         }
     }
 }
@@ -47,6 +55,10 @@ impl CredentialProvider for StaticPassword {
     fn credential(&self) -> BoxFuture<'_, Result<Credential, BoxError>> {
         let credential = Credential::new(self.password.clone());
         Box::pin(async move { Ok(credential) })
+    }
+
+    fn fixed_password_source(&self) -> Option<&str> {
+        Some(self.source)
     }
 }
 

@@ -368,7 +368,12 @@ impl HttpClient {
             let problem = if e.is_timeout() {
                 RequestProblem::TimedOut(self.policy.request_timeout)
             } else {
-                RequestProblem::Unreachable
+                let host = call.url.host_str().unwrap_or_default();
+                let host = match call.url.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.to_owned(),
+                };
+                unreachable_because(&e, &host)
             };
             call.request_error(problem, Some(e))
         };
@@ -411,6 +416,48 @@ impl HttpClient {
     }
 }
 
+/// Why a request could not reach the workspace: a refused connection or a name that does not
+/// resolve are a wrong host, known at once; anything else (a reset, TLS, a DNS server that
+/// did not answer) may pass.
+fn unreachable_because(error: &reqwest::Error, host: &str) -> RequestProblem {
+    if !error.is_connect() {
+        return RequestProblem::Unreachable;
+    }
+    let mut refused = false;
+    let mut text = String::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        text.push_str(&error.to_string());
+        text.push('\n');
+        cause = error.source();
+    }
+    unreachable_from(refused, &text, host)
+}
+
+/// [`unreachable_because`] on what the error chain says: whether an I/O error in it was a
+/// refused connection, and its text.
+fn unreachable_from(refused: bool, text: &str, host: &str) -> RequestProblem {
+    let host = host.to_owned();
+    if refused {
+        return RequestProblem::ConnectionRefused { host };
+    }
+    // getaddrinfo's answers for a name that does not exist (glibc, musl, macOS); a resolver
+    // that could not be asked ("Temporary failure in name resolution") may recover.
+    const NO_SUCH_NAME: [&str; 4] = [
+        "Name or service not known",
+        "No address associated with hostname",
+        "nodename nor servname provided",
+        "Name does not resolve",
+    ];
+    if text.contains("dns error") && NO_SUCH_NAME.iter().any(|known| text.contains(known)) {
+        return RequestProblem::HostNotFound { host };
+    }
+    RequestProblem::Unreachable
+}
+
 pub(crate) fn api_error(method: &reqwest::Method, path: String, answer: &Answer) -> Error {
     let body = parse_error_body(&answer.body);
     Error::Workspace(WorkspaceError::Api {
@@ -425,6 +472,42 @@ pub(crate) fn api_error(method: &reqwest::Method, path: String, answer: &Answer)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wrong_host_is_told_from_a_passing_network_fault() {
+        let host = "wrong.example.com";
+        assert_eq!(
+            unreachable_from(true, "error sending request\ntcp connect error\n", host),
+            RequestProblem::ConnectionRefused { host: host.into() }
+        );
+        for answer in [
+            "dns error: failed to lookup address information: Name or service not known",
+            "dns error: failed to lookup address information: nodename nor servname provided, or not known",
+        ] {
+            assert_eq!(
+                unreachable_from(false, answer, host),
+                RequestProblem::HostNotFound { host: host.into() }
+            );
+        }
+        // A resolver that could not be asked, a reset: may pass, retried.
+        assert_eq!(
+            unreachable_from(
+                false,
+                "dns error: failed to lookup address information: Temporary failure in name resolution",
+                host
+            ),
+            RequestProblem::Unreachable
+        );
+        assert_eq!(
+            unreachable_from(false, "connection reset by peer", host),
+            RequestProblem::Unreachable
+        );
+        let refused = RequestProblem::ConnectionRefused { host: host.into() }.to_string();
+        assert!(
+            refused.contains("DATABRICKS_HOST") && refused.contains(host),
+            "{refused}"
+        );
+    }
 
     #[tokio::test]
     async fn waits_after_a_refusal_are_spread_within_bounds_and_the_budget() {

@@ -83,8 +83,20 @@ impl std::fmt::Display for UserProblem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RequestProblem {
-    /// The workspace could not be reached (DNS, connection refused or reset, TLS).
+    /// The workspace could not be reached (a reset, TLS, a DNS server that did not answer).
     Unreachable,
+    /// Nothing accepts connections at the workspace's address: a wrong `DATABRICKS_HOST`
+    /// (or port), known at once; not retried.
+    ConnectionRefused {
+        /// The workspace's host, as configured.
+        host: String,
+    },
+    /// The workspace's host name does not resolve: a wrong `DATABRICKS_HOST`, known at
+    /// once; not retried.
+    HostNotFound {
+        /// The workspace's host, as configured.
+        host: String,
+    },
     /// No answer within the request timeout.
     TimedOut(Duration),
     /// The answer began but the connection dropped before its end.
@@ -110,6 +122,16 @@ impl std::fmt::Display for RequestProblem {
         match self {
             RequestProblem::Unreachable => f.write_str(
                 "the workspace could not be reached (check DATABRICKS_HOST and the network)",
+            ),
+            RequestProblem::ConnectionRefused { host } => write!(
+                f,
+                "the workspace at {host} refused the connection: nothing listens there; check \
+                 DATABRICKS_HOST (`WorkspaceBuilder::host`)"
+            ),
+            RequestProblem::HostNotFound { host } => write!(
+                f,
+                "the workspace host {host} does not resolve: check DATABRICKS_HOST \
+                 (`WorkspaceBuilder::host`) and the network's DNS"
             ),
             RequestProblem::TimedOut(after) => write!(f, "no answer within {after:.1?}"),
             RequestProblem::CutOff => {

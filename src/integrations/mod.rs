@@ -9,7 +9,8 @@
 //! | every connection in use ([`Error::PoolTimeout`]) | 503 | 1 s |
 //! | pool shut down ([`Error::PoolClosed`]) | 503 | 1 s |
 //! | database unreachable or still waking up when the retry deadline passed ([`Error::ConnectRetriesExhausted`], [`Error::ConnectTimeout`]) | 503 | 5 s |
-//! | no valid token ([`Error::Credentials`]) | 503 | when the pool asks the provider again, at least 1 s |
+//! | no valid token ([`Error::Credentials`]) because the workspace could not answer (down, throttled, unreachable for a while) | 503 | when the pool asks the provider again, at least 1 s |
+//! | no valid token because the workspace refused for good (the identity's credentials revoked or wrong, no such endpoint, a host that refuses connections or does not resolve) | 500 | |
 //! | a transaction that kept failing with transient errors, or a lost connection | 503 | 1 s |
 //! | no read replica could serve, or none caught up, with `ReadFallback::Fail` ([`Error::ReplicaUnavailable`], [`Error::ReplicaBehind`]) | 503 | 1 s |
 //! | no trusted signed-in user, or the user's token or login refused ([`Error::UserUnauthorized`]) | 401 | |
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use crate::Error;
 use crate::error::BoxError;
+use crate::error::WorkspaceError;
 use crate::error::error_chain;
 use crate::retry::{ErrorClass, classify_in_transaction};
 
@@ -268,6 +270,9 @@ impl From<Error> for HttpError {
             Error::ConnectRetriesExhausted { .. } | Error::ConnectTimeout { .. } => {
                 Some((UNAVAILABLE, OUTAGE_WAIT))
             }
+            // Waiting cures only what the workspace could not answer; a refusal (a revoked
+            // secret, a wrong host) is the service's own fault, not an outage.
+            Error::Credentials { source, .. } if refused_for_good(source.as_ref()) => None,
             Error::Credentials { retry_in, .. } => Some((
                 UNAVAILABLE,
                 retry_in.map_or(OUTAGE_WAIT, |wait| {
@@ -283,6 +288,24 @@ impl From<Error> for HttpError {
             None => HttpError::internal(Box::new(error)),
         }
     }
+}
+
+/// Whether a credential provider's error is the workspace refusing for good: the first
+/// workspace error in its chain is not transient (authentication refused, 4xx but 429, a
+/// configuration error, a host that refuses connections or does not resolve).
+fn refused_for_good(source: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(source);
+    while let Some(error) = cause {
+        let workspace = match error.downcast_ref::<Error>() {
+            Some(Error::Workspace(workspace)) => Some(workspace),
+            _ => error.downcast_ref::<WorkspaceError>(),
+        };
+        if let Some(workspace) = workspace {
+            return !workspace.is_transient();
+        }
+        cause = error.source();
+    }
+    false
 }
 
 impl From<tokio_postgres::Error> for HttpError {

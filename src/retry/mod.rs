@@ -354,6 +354,22 @@ pub fn fix_for(error: &tokio_postgres::Error) -> Option<&'static str> {
             .then(|| proxy_text(db.message()).and_then(|entry| entry.fix))
             .flatten();
     }
+    // The server's certificate, as rustls judged it (inside an I/O error, whose `source`
+    // skips it: its text is what is left to read).
+    if error_chain_contains(error, "UnknownIssuer") {
+        return Some(
+            "the server's certificate is not trusted: it is not signed by a known certificate \
+             authority. For a private CA, trust its certificate: PGSSLROOTCERT=<its PEM file>, or \
+             `PoolBuilder::root_certificates_file` / `root_certificates_pem`",
+        );
+    }
+    if error_chain_contains(error, "NotValidForName") {
+        return Some(
+            "the server's certificate does not name the host connected to: connect by the name \
+             it is issued for (keep that name as the host, and give an address with PGHOSTADDR \
+             or the resolver hook)",
+        );
+    }
     // tokio-postgres's own refusal under `channel_binding=require`; it has no error kind of
     // its own, so the text is the only way to tell.
     error_chain_contains(error, "did not use channel binding").then_some(

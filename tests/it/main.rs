@@ -20,6 +20,7 @@ mod drivers_break;
 mod emulator;
 mod failover;
 mod failover_break;
+mod first_hour;
 mod ha;
 mod ha_break;
 mod lakebase;

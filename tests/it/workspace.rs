@@ -512,16 +512,19 @@ async fn an_unreachable_workspace_is_reported_as_such() {
         .build()
         .unwrap();
     let err = workspace.current_user().await.unwrap_err();
+    // A refused connection is a wrong host, known at once: not retried, and said so.
     assert!(
         matches!(
             err,
             Error::Workspace(WorkspaceError::Request {
-                problem: RequestProblem::Unreachable,
+                problem: RequestProblem::ConnectionRefused { .. },
                 ..
             })
         ),
         "{err:?}"
     );
+    assert!(!err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains("DATABRICKS_HOST"), "{err}");
 }
 
 /// The client secret goes only where the workspace host's rule allows: a discovered

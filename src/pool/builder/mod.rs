@@ -239,7 +239,9 @@ impl PoolBuilder {
                 builder.endpoint = Some(Ok(endpoint));
                 builder
             }
-            PasswordSource::Fixed(password) => builder.password(password),
+            PasswordSource::Fixed(password) => {
+                builder.credentials(StaticPassword::set_in("PGPASSWORD", password))
+            }
         })
     }
 
@@ -330,7 +332,7 @@ impl PoolBuilder {
     ///
     /// Default: none; one of `password`, `credentials` or `lakebase_endpoint` is required.
     pub fn password(self, password: impl Into<Secret>) -> Self {
-        self.credentials(StaticPassword::new(password))
+        self.credentials(StaticPassword::set_in("`PoolBuilder::password`", password))
     }
 
     /// Where passwords come from: a provider asked (through the token cache) for the token
