@@ -438,7 +438,8 @@ fn refusal_fix(fixed_password: Option<&str>) -> String {
     match fixed_password {
         Some(source) => format!(
             "the password (set in {source}) was refused: check that it is the role's password \
-             and that the role exists and may log in"
+             and that the role exists and may log in (a Lakebase token as the password: that it \
+             has not expired and that the endpoint exists, which is refused the same way)"
         ),
         None => String::from(
             "the token was rejected, and a freshly minted one too (check that the role exists, \
