@@ -453,24 +453,34 @@ fn refusal_fix(fixed_password: Option<&str>) -> String {
 /// workspace host that refuses connections or does not resolve), followed by `: `; else
 /// nothing. It leads the message, so that the first thing read is the fix.
 fn headline(source: &(dyn StdError + 'static)) -> String {
+    match first_workspace_error(source) {
+        Some(WorkspaceError::Request {
+            problem:
+                problem @ (RequestProblem::ConnectionRefused { .. }
+                | RequestProblem::HostNotFound { .. }),
+            ..
+        }) => format!("{problem}: "),
+        _ => String::new(),
+    }
+}
+
+/// The first workspace error in `source`'s chain (as an [`Error::Workspace`] or on its own):
+/// what a credential provider's failure was, when the workspace was involved.
+pub(crate) fn first_workspace_error<'a>(
+    source: &'a (dyn StdError + 'static),
+) -> Option<&'a WorkspaceError> {
     let mut cause = Some(source);
     while let Some(error) = cause {
         let workspace = match error.downcast_ref::<Error>() {
             Some(Error::Workspace(workspace)) => Some(workspace),
             _ => error.downcast_ref::<WorkspaceError>(),
         };
-        if let Some(WorkspaceError::Request {
-            problem:
-                problem @ (RequestProblem::ConnectionRefused { .. }
-                | RequestProblem::HostNotFound { .. }),
-            ..
-        }) = workspace
-        {
-            return format!("{problem}: ");
+        if workspace.is_some() {
+            return workspace;
         }
         cause = error.source();
     }
-    String::new()
+    None
 }
 
 fn retry_hint(retry_in: Option<Duration>) -> String {

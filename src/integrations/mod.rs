@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use crate::Error;
 use crate::error::BoxError;
-use crate::error::WorkspaceError;
 use crate::error::error_chain;
+use crate::error::first_workspace_error;
 use crate::retry::{ErrorClass, classify_in_transaction};
 
 /// A connection for reading, from [`Pool::get_read`](crate::Pool::get_read): on a read
@@ -294,18 +294,7 @@ impl From<Error> for HttpError {
 /// workspace error in its chain is not transient (authentication refused, 4xx but 429, a
 /// configuration error, a host that refuses connections or does not resolve).
 fn refused_for_good(source: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(source);
-    while let Some(error) = cause {
-        let workspace = match error.downcast_ref::<Error>() {
-            Some(Error::Workspace(workspace)) => Some(workspace),
-            _ => error.downcast_ref::<WorkspaceError>(),
-        };
-        if let Some(workspace) = workspace {
-            return !workspace.is_transient();
-        }
-        cause = error.source();
-    }
-    false
+    first_workspace_error(source).is_some_and(|workspace| !workspace.is_transient())
 }
 
 impl From<tokio_postgres::Error> for HttpError {
