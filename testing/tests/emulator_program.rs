@@ -6,21 +6,45 @@ use std::time::Duration;
 use lakebase_pool::resolve::StaticResolver;
 use lakebase_pool::{Environment, PoolBuilder};
 
-#[tokio::test]
-async fn the_emulator_program_prints_an_environment_that_works() {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lakebase-emulator"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
+/// The program, started with `args`, and its output line by line.
+struct Program {
+    child: std::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Program {
+    fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lakebase-emulator"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (lines_in, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines_in.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Program { child, lines }
+    }
+
+    /// Reads its output until a line that starts with `prefix`, within 60 s; the variables
+    /// it printed to export on the way.
+    async fn read_until(&mut self, prefix: &str) -> Vec<(String, String)> {
         let mut exports = Vec::new();
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            if line.starts_with("# Press Ctrl-C") {
-                break;
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no line `{prefix}...` within 60 s"))
+                .expect("the program runs");
+            if line.starts_with(prefix) {
+                return exports;
             }
             if let Some((name, value)) =
                 line.strip_prefix("export ").and_then(|l| l.split_once('='))
@@ -28,12 +52,33 @@ async fn the_emulator_program_prints_an_environment_that_works() {
                 exports.push((name.to_owned(), value.to_owned()));
             }
         }
-        exports
-    });
-    let exports = tokio::time::timeout(Duration::from_secs(60), lines)
-        .await
-        .unwrap()
-        .unwrap();
+    }
+
+    /// Sends it `signal` (`-TERM`, `-USR1`) with `kill`.
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM (what `docker compose down` sends): it exits cleanly within 30 s.
+    async fn terminate(mut self) {
+        self.signal("-TERM");
+        let exited = tokio::task::spawn_blocking(move || self.child.wait().unwrap());
+        let status = tokio::time::timeout(Duration::from_secs(30), exited)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_emulator_program_prints_an_environment_that_works() {
+    let mut program = Program::start(&[]);
+    let exports = program.read_until("# Press Ctrl-C").await;
     assert!(
         exports.iter().any(|(k, _)| k == "LAKEBASE_ENDPOINT"),
         "{exports:?}"
@@ -54,18 +99,8 @@ async fn the_emulator_program_prints_an_environment_that_works() {
     assert!(connected);
     drop(pool);
 
-    // SIGTERM (what `docker compose down` sends) stops it cleanly, removing its server.
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap());
-    let status = tokio::time::timeout(Duration::from_secs(30), exited)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    // SIGTERM stops it cleanly, removing its server.
+    program.terminate().await;
     let port: u16 = exports
         .iter()
         .find(|(k, _)| k == "PGPORT")
@@ -83,36 +118,8 @@ async fn the_emulator_program_prints_an_environment_that_works() {
 /// and after, and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emulator_program_fails_over_on_sigusr1_with_ha() {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lakebase-emulator"))
-        .arg("--ha")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines_in, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines_in.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut exports = Vec::new();
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.recv())
-            .await
-            .expect("the program prints its environment within 60 s")
-            .expect("the program runs");
-        if line.starts_with("# Press Ctrl-C") {
-            break;
-        }
-        if let Some((name, value)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
-            exports.push((name.to_owned(), value.to_owned()));
-        }
-    }
+    let mut program = Program::start(&["--ha"]);
+    let mut exports = program.read_until("# Press Ctrl-C").await;
     exports.push(("LAKEBASE_READ_ONLY_HOST".to_owned(), "true".to_owned()));
     let loopback = std::net::Ipv4Addr::LOCALHOST;
     let pool = PoolBuilder::from_environment(&Environment::from_vars(exports))
@@ -135,20 +142,8 @@ async fn the_emulator_program_fails_over_on_sigusr1_with_ha() {
     assert!(on_secondary, "read through the read-only host");
     drop(reader);
 
-    let status = std::process::Command::new("kill")
-        .args(["-USR1", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.recv())
-            .await
-            .expect("the failover is reported within 60 s")
-            .expect("the program runs");
-        if line.starts_with("# Failed over") {
-            break;
-        }
-    }
+    program.signal("-USR1");
+    let _ = program.read_until("# Failed over").await;
     let conn = pool.get().await.unwrap();
     conn.execute("INSERT INTO t VALUES (2)", &[]).await.unwrap();
     let rows: i64 = conn
@@ -160,13 +155,5 @@ async fn the_emulator_program_fails_over_on_sigusr1_with_ha() {
     drop(conn);
     drop(pool);
 
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap());
-    let status = tokio::time::timeout(Duration::from_secs(30), exited)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    program.terminate().await;
 }

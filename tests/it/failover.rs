@@ -10,7 +10,7 @@ use std::time::Duration;
 use lakebase_pool::Pool;
 use lakebase_pool_testing::LocalPostgres;
 
-use crate::support::{app_pool, backend_pid, cluster};
+use crate::support::{app_pool, backend_pid, cluster, in_recovery};
 
 /// Makes every new transaction on `pg` read-only (`default_transaction_read_only`), as a
 /// standby is, or read-write again; sessions already open follow at their next statement.
@@ -94,12 +94,7 @@ async fn a_replica_session_refusing_a_write_is_kept() {
         .unwrap();
     table(&pool).await;
     let read = pool.get_read().await.unwrap();
-    let in_recovery: bool = read
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(in_recovery, "served by the standby");
+    assert!(in_recovery(&read).await, "served by the standby");
     assert!(
         read.execute("INSERT INTO writes VALUES (7)", &[])
             .await

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use lakebase_pool_testing::LocalLakebase;
 
 use self::failover_drill::{Drill, Told, drill, rows_by_key};
+use crate::support::in_recovery;
 
 /// The scenario: writers in `retry_transaction`, the primary killed under them with
 /// commits in flight, the secondary promoted, and the proxy holding the first reconnects on
@@ -87,14 +88,6 @@ async fn writers_come_through_a_failover_with_nothing_lost_or_doubled() {
         slowest < Duration::from_secs(2),
         "writes resumed {slowest:?} after the new primary took connections; {stats:?}"
     );
-}
-
-/// Whether `conn`'s server is a standby.
-async fn in_recovery(conn: &lakebase_pool::Connection) -> bool {
-    conn.query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// Reads through the endpoint's read-only host (the secondary), reported by the workspace

@@ -16,32 +16,7 @@ use lakebase_pool_testing::{Fault, LocalLakebase, LocalPostgres, StopMode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-/// `error` and its sources, one line.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// Whether `conn`'s server is a standby.
-async fn in_recovery(conn: &lakebase_pool::Connection) -> bool {
-    conn.query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn backend_pid(conn: &lakebase_pool::Connection) -> i32 {
-    conn.query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
+use crate::support::{backend_pid, chain, in_recovery};
 
 /// Runs a blocking harness step (`pg_ctl`) off the runtime's threads.
 async fn blocking(step: impl FnOnce() + Send + 'static) {

@@ -9,19 +9,12 @@ use std::time::{Duration, Instant};
 use lakebase_pool::{Connection, Error, Pool, PoolBuilder, ReadFallback, RetryPolicy};
 use lakebase_pool_testing::{LocalLakebase, StopMode};
 
-use crate::support::{app_pool, cluster};
+use crate::support::{app_pool, cluster, in_recovery};
 
 const CLIENT_ID: &str = "replica-app";
 const CLIENT_SECRET: &str = "replica-app-secret";
 
 /// Whether the session is on a standby.
-async fn on_replica(conn: &Connection) -> bool {
-    conn.query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 async fn notes(conn: &Connection) -> Vec<String> {
     conn.query("SELECT body FROM notes ORDER BY id", &[])
         .await
@@ -97,7 +90,7 @@ async fn reads_of_your_own_writes_wait_for_replay_then_fall_back_per_the_setting
 
     let first = insert(&pool, "first").await;
     let reader = pool.get_read_at(first).await.unwrap();
-    assert!(on_replica(&reader).await, "served by the replica");
+    assert!(in_recovery(&reader).await, "served by the replica");
     assert_eq!(notes(&reader).await, ["first"]);
     drop(reader);
 
@@ -105,7 +98,7 @@ async fn reads_of_your_own_writes_wait_for_replay_then_fall_back_per_the_setting
     standby.pause_replay().await.unwrap();
     let second = insert(&pool, "second").await;
     let reader = pool.get_read_at(second).await.unwrap();
-    assert!(!on_replica(&reader).await, "fell back to the primary");
+    assert!(!in_recovery(&reader).await, "fell back to the primary");
     assert_eq!(notes(&reader).await, ["first", "second"]);
     drop(reader);
     let stats = pool.stats();
@@ -137,7 +130,7 @@ async fn reads_of_your_own_writes_wait_for_replay_then_fall_back_per_the_setting
 
     standby.resume_replay().await.unwrap();
     let reader = pool.get_read_at(second).await.unwrap();
-    assert!(on_replica(&reader).await);
+    assert!(in_recovery(&reader).await);
     assert_eq!(notes(&reader).await, ["first", "second"]);
 
     let workspace = lakebase.workspace();
@@ -167,7 +160,7 @@ async fn a_replica_that_is_down_is_skipped_and_comes_back_after_a_probe() {
         .retry(RetryPolicy::default().deadline(Duration::from_secs(2)))
         .build()
         .unwrap();
-    assert!(on_replica(&pool.get_read().await.unwrap()).await);
+    assert!(in_recovery(&pool.get_read().await.unwrap()).await);
 
     let standby = lakebase.replica(0).unwrap();
     standby.stop(StopMode::Fast).unwrap();
@@ -176,7 +169,7 @@ async fn a_replica_that_is_down_is_skipped_and_comes_back_after_a_probe() {
     // replica as for the primary).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let reader = pool.get_read().await.unwrap();
-    assert!(!on_replica(&reader).await, "fell back");
+    assert!(!in_recovery(&reader).await, "fell back");
     drop(reader);
     let stats = pool.stats();
     assert!(!stats.replicas[0].healthy, "{stats:?}");
@@ -184,7 +177,7 @@ async fn a_replica_that_is_down_is_skipped_and_comes_back_after_a_probe() {
     let failed_before = stats.replicas[0].connections_opened;
     // Skipped now: served by the primary, the replica not tried again yet.
     for _ in 0..5 {
-        assert!(!on_replica(&pool.get_read().await.unwrap()).await);
+        assert!(!in_recovery(&pool.get_read().await.unwrap()).await);
     }
     assert_eq!(pool.stats().read_fallbacks, 6);
     assert_eq!(pool.stats().replicas[0].connections_opened, failed_before);
@@ -194,7 +187,7 @@ async fn a_replica_that_is_down_is_skipped_and_comes_back_after_a_probe() {
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         let conn = pool.get_read().await.unwrap();
-        if on_replica(&conn).await {
+        if in_recovery(&conn).await {
             break;
         }
         drop(conn);
@@ -219,7 +212,7 @@ async fn the_branchs_read_only_endpoints_are_found_and_reads_spread_over_them() 
         .unwrap();
     let a = pool.get_read().await.unwrap();
     let b = pool.get_read().await.unwrap();
-    assert!(on_replica(&a).await && on_replica(&b).await);
+    assert!(in_recovery(&a).await && in_recovery(&b).await);
     let stats = pool.stats();
     let mut names: Vec<&str> = stats.replicas.iter().map(|r| r.endpoint.as_str()).collect();
     names.sort_unstable();
@@ -306,7 +299,7 @@ async fn a_plain_postgres_standby_by_host_serves_reads_after_catch_up() {
     let position = writer.write_position().await.unwrap();
     drop(writer);
     let reader = pool.get_read_at(position).await.unwrap();
-    assert!(on_replica(&reader).await);
+    assert!(in_recovery(&reader).await);
     assert_eq!(notes(&reader).await, ["hello"]);
     assert!(
         matches!(reader.write_position().await, Err(Error::Statement { .. })),
@@ -355,7 +348,7 @@ async fn bad_replica_settings_fail_build_naming_the_setting() {
     );
     // Without replicas, reads are the primary's.
     let plain = app_pool(&pg).build().unwrap();
-    assert!(!on_replica(&plain.get_read().await.unwrap()).await);
+    assert!(!in_recovery(&plain.get_read().await.unwrap()).await);
     assert!(plain.stats().replicas.is_empty());
 }
 

@@ -13,7 +13,7 @@ use lakebase_pool_testing::LocalLakebase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{ROLE, app_pool, chain, cluster};
+use crate::support::{ROLE, app_pool, chain, cluster, in_recovery};
 
 /// A TCP forwarder whose server holds back its first answer on every connection for
 /// `delay`: a login that takes that long (a busy proxy, a slow SCRAM, a far region). Aborted
@@ -417,11 +417,7 @@ async fn a_read_falls_back_within_the_replica_deadline_while_the_replica_wakes()
         .expect("bounded")
         .unwrap();
     let elapsed = started.elapsed();
-    let standby: bool = reader
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let standby = in_recovery(&reader).await;
     drop(reader);
     let stats = pool.stats();
     pool.close();

@@ -66,6 +66,14 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Whether the server behind a connection is a standby (in recovery).
+pub async fn in_recovery(conn: &Connection) -> bool {
+    conn.query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .expect("ask whether the server is in recovery")
+        .get(0)
+}
+
 /// The server process id behind a connection: which physical connection this is.
 pub async fn backend_pid(conn: &Connection) -> i32 {
     conn.query_one("SELECT pg_backend_pid()", &[])
