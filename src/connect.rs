@@ -618,29 +618,22 @@ impl Connector {
         } else {
             Activity::unwatched()
         });
-        if prepared.uses_tls {
+        let (client, driver, cancel) = if prepared.uses_tls {
             let tls = WatchedTls {
                 tls: prepared.tls.clone(),
                 activity: Arc::clone(&activity),
             };
             let (client, driver) = config.connect(tls).await.map_err(AttemptError::Postgres)?;
-            let driver = Driver::Tls(Box::new(driver));
-            if prepared.writable && driver.hot_standby() {
-                return Err(AttemptError::StandbyLogin(StandbyLogin));
-            }
-            return Ok(Opened {
-                client,
-                driver,
-                activity,
-                cancel: CancelRoute::Tls(prepared.tls.clone()),
-            });
-        }
-        let (socket, cancel) = plain_socket(config).await?;
-        let (client, driver) = config
-            .connect_raw(Watched::new(socket, Arc::clone(&activity)), NoTls)
-            .await
-            .map_err(AttemptError::Postgres)?;
-        let driver = Driver::Plain(Box::new(driver));
+            let cancel = CancelRoute::Tls(prepared.tls.clone());
+            (client, Driver::Tls(Box::new(driver)), cancel)
+        } else {
+            let (socket, cancel) = plain_socket(config).await?;
+            let (client, driver) = config
+                .connect_raw(Watched::new(socket, Arc::clone(&activity)), NoTls)
+                .await
+                .map_err(AttemptError::Postgres)?;
+            (client, Driver::Plain(Box::new(driver)), cancel)
+        };
         if prepared.writable && driver.hot_standby() {
             return Err(AttemptError::StandbyLogin(StandbyLogin));
         }
